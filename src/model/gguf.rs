@@ -1,0 +1,362 @@
+//! GGUF files: metadata → [`LlamaConfig`], tensors dequantized to f32 and renamed to the Hugging
+//! Face names, Q/K rows un-permuted back to the HF layout, and a tokenizer built from the
+//! `tokenizer.ggml.*` metadata.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use super::config::{Arch, LlamaConfig, SUPPORTED_GGUF_ARCHS};
+
+/// A parsed GGUF file: its header and an open handle for reading tensors.
+pub struct GgufFile {
+    pub content: Content,
+    reader: BufReader<File>,
+    path: std::path::PathBuf,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path)
+            .wrap_err_with(|| format!("cannot open GGUF file `{}`", path.display()))?;
+        let size = file.metadata()?.len();
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| {
+            eyre!(
+                "`{}` is not a readable GGUF file ({e}); it may be truncated or not GGUF at all: download it again",
+                path.display()
+            )
+        })?;
+        // Check that every tensor's bytes are present before doing any work.
+        let mut needed = content.tensor_data_offset;
+        for info in content.tensor_infos.values() {
+            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
+                * info.ggml_dtype.type_size();
+            needed = needed.max(content.tensor_data_offset + info.offset + bytes as u64);
+        }
+        if size < needed {
+            bail!(
+                "`{}` is truncated: its header describes {needed} bytes of data but the file has {size}; download it again",
+                path.display()
+            );
+        }
+        Ok(Self {
+            content,
+            reader,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn meta_u(&self, key: &str) -> Result<usize> {
+        let v = self.meta(key).ok_or_else(|| {
+            eyre!(
+                "GGUF metadata `{key}` is missing in `{}`",
+                self.path.display()
+            )
+        })?;
+        Ok(match v {
+            Value::U8(x) => *x as usize,
+            Value::U16(x) => *x as usize,
+            Value::U32(x) => *x as usize,
+            Value::U64(x) => *x as usize,
+            Value::I32(x) => *x as usize,
+            Value::I64(x) => *x as usize,
+            other => bail!(
+                "GGUF metadata `{key}` has unexpected type {:?}",
+                other.value_type()
+            ),
+        })
+    }
+
+    fn meta_f(&self, key: &str) -> Option<f64> {
+        match self.meta(key)? {
+            Value::F32(x) => Some(*x as f64),
+            Value::F64(x) => Some(*x),
+            _ => None,
+        }
+    }
+
+    pub fn architecture(&self) -> Result<String> {
+        match self.meta("general.architecture") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => bail!(
+                "`{}` has no `general.architecture` metadata",
+                self.path.display()
+            ),
+        }
+    }
+
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let a = self.architecture()?;
+        let arch = match a.as_str() {
+            "llama" => Arch::Llama,
+            "mistral" => Arch::Mistral,
+            "qwen2" => Arch::Qwen2,
+            other => bail!(
+                "unsupported architecture `{other}` in `{}`: dlpx runs {} (Llama-family decoders)",
+                self.path.display(),
+                SUPPORTED_GGUF_ARCHS.join(", ")
+            ),
+        };
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            bail!(
+                "`{}` stores Llama-3.1 rope frequency factors (rope_freqs.weight), which dlpx reads only from \
+                 safetensors checkpoints: use the Hugging Face model instead",
+                self.path.display()
+            );
+        }
+        let hidden = self.meta_u(&format!("{a}.embedding_length"))?;
+        let heads = self.meta_u(&format!("{a}.attention.head_count"))?;
+        let kv_heads = self
+            .meta_u(&format!("{a}.attention.head_count_kv"))
+            .unwrap_or(heads);
+        let head_dim = self
+            .meta_u(&format!("{a}.attention.key_length"))
+            .unwrap_or(hidden / heads);
+        let vocab = match self.meta("tokenizer.ggml.tokens") {
+            Some(Value::Array(t)) => t.len(),
+            _ => self.meta_u(&format!("{a}.vocab_size"))?,
+        };
+        let tied = !self.content.tensor_infos.contains_key("output.weight");
+        let eos = self
+            .meta_u("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|x| x as u32);
+        Ok(LlamaConfig {
+            arch,
+            hidden_size: hidden,
+            intermediate_size: self.meta_u(&format!("{a}.feed_forward_length"))?,
+            num_hidden_layers: self.meta_u(&format!("{a}.block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: self
+                .meta_f(&format!("{a}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
+            rope_theta: self
+                .meta_f(&format!("{a}.rope.freq_base"))
+                .unwrap_or(10_000.0),
+            rope_scaling: None,
+            vocab_size: vocab,
+            max_position_embeddings: self.meta_u(&format!("{a}.context_length")).unwrap_or(4096),
+            tie_word_embeddings: tied,
+            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            bos_token_id: self
+                .meta_u("tokenizer.ggml.bos_token_id")
+                .ok()
+                .map(|x| x as u32),
+            eos_token_ids: eos.into_iter().collect(),
+        })
+    }
+
+    /// Dequantize every tensor to f32, rename it to its HF name and un-permute Q/K.
+    pub fn load_tensors(
+        &mut self,
+        cfg: &LlamaConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<HashMap<String, Tensor>> {
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        let mut out = HashMap::with_capacity(names.len());
+        // llama.cpp permutes Q/K rows for its interleaved rope only for Llama-style architectures.
+        let permuted = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+        for name in names {
+            let Some(hf) = gguf_to_hf_name(&name) else {
+                continue;
+            };
+            let q = self
+                .content
+                .tensor(&mut self.reader, &name, &Device::Cpu)
+                .wrap_err_with(|| {
+                    format!("reading tensor `{name}` from `{}`", self.path.display())
+                })?;
+            let mut t = q.dequantize(&Device::Cpu)?;
+            if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
+                t = unpermute_rows(&t, cfg.num_attention_heads)?;
+            } else if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias"))
+            {
+                t = unpermute_rows(&t, cfg.num_key_value_heads)?;
+            }
+            out.insert(hf, t.to_device(device)?.to_dtype(dtype)?);
+        }
+        Ok(out)
+    }
+
+    /// Build the tokenizer described by the `tokenizer.ggml.*` metadata.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let model = match self.meta("tokenizer.ggml.model") {
+            Some(Value::String(s)) => s.clone(),
+            _ => bail!(
+                "`{}` has no tokenizer metadata (tokenizer.ggml.model)",
+                self.path.display()
+            ),
+        };
+        if model != "gpt2" {
+            bail!(
+                "`{}` uses a `{model}` tokenizer; dlpx builds only byte-level BPE (gpt2) tokenizers from GGUF. \
+                 Use a folder with tokenizer.json instead",
+                self.path.display()
+            );
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match self.meta(key) {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.to_string()
+                            .map(|s| s.clone())
+                            .map_err(|e| eyre!("{key}: {e}"))
+                    })
+                    .collect(),
+                _ => bail!("GGUF metadata `{key}` is missing"),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                let (a, b) = m
+                    .split_once(' ')
+                    .ok_or_else(|| eyre!("malformed BPE merge `{m}`"))?;
+                Ok((a.to_string(), b.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_i32().map(|x| x as i64).unwrap_or(1))
+                .collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| eyre!("building the BPE tokenizer: {e}"))?;
+        let mut tok = Tokenizer::new(bpe);
+        let pre = match self.meta("tokenizer.ggml.pre") {
+            Some(Value::String(s)) => s.clone(),
+            _ => "default".to_string(),
+        };
+        // The pre-tokenizer must match the one the model was trained with; no prefix space is added
+        // (a prefix space shifts every id of the first word).
+        let byte_level = ByteLevel::new(false, true, true);
+        match pre.as_str() {
+            "llama-bpe" | "llama3" | "qwen2" | "smaug-bpe" => {
+                let digits = if pre == "qwen2" {
+                    r"\p{N}"
+                } else {
+                    r"\p{N}{1,3}"
+                };
+                let pattern = format!(
+                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+                );
+                let split = Split::new(
+                    SplitPattern::Regex(pattern),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| eyre!("tokenizer regex: {e}"))?;
+                tok.with_pre_tokenizer(Some(Sequence::new(vec![
+                    split.into(),
+                    ByteLevel::new(false, true, false).into(),
+                ])));
+            }
+            // SmolLM's tokenizer splits digits individually before the GPT-2 regex.
+            "smollm" | "starcoder" => {
+                tok.with_pre_tokenizer(Some(Sequence::new(vec![
+                    Digits::new(true).into(),
+                    byte_level.into(),
+                ])));
+            }
+            _ => {
+                tok.with_pre_tokenizer(Some(byte_level));
+            }
+        }
+        tok.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole, before BPE.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(s, &t)| AddedToken::from(s.clone(), t == 3))
+            .collect();
+        tok.add_special_tokens(specials)
+            .map_err(|e| eyre!("adding control tokens: {e}"))?;
+        Ok(tok)
+    }
+}
+
+/// llama.cpp name → Hugging Face name (`None` for tensors we do not use).
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let (part, kind) = tail.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{idx}.{hf}.{kind}"))
+}
+
+/// Undo llama.cpp's row permutation of Q/K (`[heads, 2, hd/2] → [heads, hd/2, 2]` at conversion).
+pub fn unpermute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / heads;
+    t.reshape((heads, hd / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
+/// The inverse of [`unpermute_rows`], as llama.cpp's converter applies it (used by tests to write
+/// GGUF files the way llama.cpp does).
+pub fn permute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / heads;
+    t.reshape((heads, 2, hd / 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}

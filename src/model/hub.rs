@@ -1,0 +1,85 @@
+//! Hugging Face Hub downloads (hf-hub's blocking API, no progress bars of its own).
+//!
+//! Honours `HF_HOME` (cache), `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE=1`.
+
+use std::path::PathBuf;
+
+use color_eyre::eyre::{bail, eyre, Result};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+fn offline() -> bool {
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").as_deref(),
+        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
+    )
+}
+
+/// Download (or find in the cache) what a model folder needs and return the snapshot folder that
+/// holds config.json, tokenizer.json and the safetensors files.
+pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let cache = Cache::from_env();
+    let cache_path = cache.path().clone();
+    let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
+    let explain = |file: &str, err: String| {
+        eyre!(
+            "could not get `{file}` of Hugging Face model `{id}` (revision {revision}): {err}. \
+             Check the id, the network, or HF_TOKEN for gated models; the cache is {}",
+            cache_path.display()
+        )
+    };
+    let get: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline() {
+        let cached = cache.repo(repo.clone());
+        Box::new(move |file: &str| {
+            cached.get(file).ok_or_else(|| {
+                eyre!(
+                    "Hugging Face model `{id}` (revision {revision}) has no `{file}` in the cache at {} and \
+                     HF_HUB_OFFLINE is set: run once with network access, or unset HF_HUB_OFFLINE",
+                    cache_path.display()
+                )
+            })
+        })
+    } else {
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| cache.token());
+        let api = ApiBuilder::from_env()
+            .with_progress(false)
+            .with_token(token)
+            .build()
+            .map_err(|e| explain("(api)", e.to_string()))?;
+        let r = api.repo(repo.clone());
+        Box::new(move |file: &str| r.get(file).map_err(|e| explain(file, e.to_string())))
+    };
+    status(&format!("fetching {id} config"));
+    let config = get("config.json")?;
+    get("tokenizer.json")?;
+    let weights = match get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index)?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| eyre!("bad index file"))?;
+            let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| s.to_string()).collect()
+        }
+        Err(_) => vec!["model.safetensors".to_string()],
+    };
+    for (i, w) in weights.iter().enumerate() {
+        status(&format!(
+            "fetching {id} weights {}/{}: {w}",
+            i + 1,
+            weights.len()
+        ));
+        get(w)?;
+    }
+    match config.parent() {
+        Some(p) => Ok(p.to_path_buf()),
+        None => bail!("unexpected cache layout for {id}"),
+    }
+}

@@ -1,0 +1,196 @@
+//! A linear layer that can be pruned: it owns its weight, can carry a mask, and its inputs can be
+//! observed by the calibration code (the Wanda `scaler_row` statistic is built from them).
+
+use candle_core::{DType, Result, Tensor};
+
+/// The seven prunable linears of a decoder block, in the reference code's module order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LinearKind {
+    pub const ALL: [LinearKind; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// The HF tensor-name suffix inside `model.layers.N.`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PrunableLinear {
+    /// HF name prefix, e.g. `model.layers.3.self_attn.q_proj` (weight is `<name>.weight`).
+    pub name: String,
+    /// `[out_features, in_features]`, in the model's compute dtype. Pruned entries are exact zeros.
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// `u8` keep-mask (`1` = kept) once the layer has been pruned.
+    pub mask: Option<Tensor>,
+}
+
+impl PrunableLinear {
+    pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            name: name.into(),
+            weight,
+            bias,
+            mask: None,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `x @ Wᵀ (+ b)` for an input of shape `[.., in_features]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (rows, cols) = (
+            dims[..dims.len() - 1].iter().product::<usize>(),
+            dims[dims.len() - 1],
+        );
+        let y = x.reshape((rows, cols))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.out_features();
+        y.reshape(out)
+    }
+
+    /// Apply a keep-mask (`u8` or any dtype, nonzero = keep): the weight becomes exactly zero where
+    /// the mask is zero, and the mask is kept so later code can report or export it.
+    pub fn set_mask(&mut self, mask: Tensor) -> Result<()> {
+        let mask = mask.to_dtype(DType::U8)?;
+        let keep = mask.to_dtype(self.weight.dtype())?;
+        self.weight = (&self.weight * keep)?;
+        self.mask = Some(mask);
+        Ok(())
+    }
+
+    /// Fraction of exactly-zero weights.
+    pub fn sparsity(&self) -> Result<f64> {
+        let zeros = self
+            .weight
+            .eq(0.0)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+        Ok(zeros / self.weight.elem_count() as f64)
+    }
+}
+
+/// The Wanda input statistic of one linear (`scaler_row` of the reference code): after N
+/// sequences, `sq_norm[j] = (1/N) Σ_sequences Σ_tokens x[t, j]²`. `n` counts sequences, not tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputStats {
+    pub sq_norm: Vec<f32>,
+    pub n: usize,
+}
+
+impl InputStats {
+    pub fn new(cols: usize) -> Self {
+        Self {
+            sq_norm: vec![0.0; cols],
+            n: 0,
+        }
+    }
+
+    /// Add a batch `[b, t, cols]` (or `[t, cols]`); every row of the batch is one sequence and
+    /// is added with the reference code's running-mean update, in f32.
+    pub fn add_batch(&mut self, x: &Tensor) -> Result<()> {
+        let x = if x.rank() == 2 {
+            x.unsqueeze(0)?
+        } else {
+            x.clone()
+        };
+        // Norm first, then squared, as torch.norm(X, p=2, dim=1) ** 2 does.
+        let norms = x.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?; // [b, cols]
+        for row in norms.to_vec2::<f32>()? {
+            let n = self.n as f32;
+            let keep = n / (n + 1.0);
+            self.n += 1;
+            let inv = self.n as f32;
+            for (s, v) in self.sq_norm.iter_mut().zip(row) {
+                *s *= keep;
+                *s += v * v / inv;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Observer of the inputs of a block's linears during a forward pass.
+pub type Observer<'a> = &'a mut dyn FnMut(LinearKind, &Tensor) -> Result<()>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn forward_matches_manual_and_mask_zeroes() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev)?;
+        let b = Tensor::new(&[0.5f32, -1.0], &dev)?;
+        let mut l = PrunableLinear::new("x", w, Some(b));
+        let x = Tensor::new(&[[[1f32, 0., -1.]]], &dev)?;
+        assert_eq!(
+            l.forward(&x)?.to_vec3::<f32>()?,
+            vec![vec![vec![-1.5, -3.0]]]
+        );
+        l.set_mask(Tensor::new(&[[1u8, 0, 1], [0, 1, 1]], &dev)?)?;
+        assert_eq!(
+            l.weight.to_vec2::<f32>()?,
+            vec![vec![1., 0., 3.], vec![0., 5., 6.]]
+        );
+        assert!((l.sparsity()? - 2.0 / 6.0).abs() < 1e-12);
+        Ok(())
+    }
+
+    #[test]
+    fn input_stats_is_running_mean_over_sequences() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut s = InputStats::new(2);
+        // two sequences of two tokens
+        let x = Tensor::new(&[[[1f32, 2.], [3., 0.]], [[0f32, 1.], [1., 1.]]], &dev)?;
+        s.add_batch(&x)?;
+        assert_eq!(s.n, 2);
+        // seq0: [10, 4], seq1: [1, 2] → mean [5.5, 3]
+        assert!((s.sq_norm[0] - 5.5).abs() < 1e-6 && (s.sq_norm[1] - 3.0).abs() < 1e-6);
+        Ok(())
+    }
+}

@@ -1,0 +1,474 @@
+//! Our own Llama-family decoder (Llama 1/2/3, Mistral, Qwen2, SmolLM).
+//!
+//! It is ours rather than candle-transformers' because pruning needs to run blocks one at a time,
+//! observe the input of every linear, and zero weights in place; candle's models keep blocks private.
+//! Q/K weights are always in the Hugging Face layout, so the half-split rope (`rope`) is used for
+//! every source (GGUF weights are un-permuted at load).
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+
+use super::config::LlamaConfig;
+use super::linear::{LinearKind, Observer, PrunableLinear};
+
+/// Precomputed rope tables `[max_pos, head_dim/2]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig, max_pos: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let inv_freq = rope_inv_freq(cfg);
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_pos, half), dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), dev)?.to_dtype(dtype)?,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotate `[b, heads, t, head_dim]` for positions `offset..offset+t`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dims()[2];
+        if offset + t > self.max_positions() {
+            candle_core::bail!(
+                "position {} is beyond the rope table ({} positions)",
+                offset + t,
+                self.max_positions()
+            );
+        }
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+/// Inverse frequencies, with Llama-3 frequency-dependent scaling when configured.
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
+    let d = cfg.head_dim;
+    let base: Vec<f64> = (0..d / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
+        .collect();
+    let Some(s) = &cfg.rope_scaling else {
+        return base;
+    };
+    let old = s.original_max_position_embeddings as f64;
+    let low_wavelen = old / s.low_freq_factor;
+    let high_wavelen = old / s.high_freq_factor;
+    base.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / s.factor
+            } else {
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// Keys and values of one block for the positions seen so far (`[b, kv_heads, T, head_dim]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvEntry {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+/// One KV entry per block.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub blocks: Vec<KvEntry>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_blocks: usize) -> Self {
+        Self {
+            blocks: vec![KvEntry::default(); n_blocks],
+            len: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+    /// q, k, v, o, gate, up, down — indexed by [`LinearKind::index`].
+    pub linears: [PrunableLinear; 7],
+}
+
+impl Block {
+    pub fn linear(&self, k: LinearKind) -> &PrunableLinear {
+        &self.linears[k.index()]
+    }
+
+    pub fn linear_mut(&mut self, k: LinearKind) -> &mut PrunableLinear {
+        &mut self.linears[k.index()]
+    }
+}
+
+/// Additive causal mask `[t, offset+t]`: query i (at absolute position offset+i) sees keys ≤ offset+i.
+fn causal_mask(t: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, total), dev)?.to_dtype(dtype)
+}
+
+/// Repeat KV heads for grouped-query attention: `[b, kv, T, d]` → `[b, kv*n_rep, T, d]`.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Tensor,
+    /// `None` when the head is tied to the embeddings.
+    pub lm_head: Option<PrunableLinear>,
+    pub rope: Rope,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// How many rope positions to precompute: enough for any window we run, bounded for memory.
+const MAX_ROPE_POSITIONS: usize = 16_384;
+
+impl Llama {
+    /// Build from tensors named as in Hugging Face checkpoints; `get` returns a tensor by name
+    /// (already on the target device and dtype) or an error naming the missing tensor.
+    pub fn from_named(
+        config: LlamaConfig,
+        device: &Device,
+        dtype: DType,
+        mut get: impl FnMut(&str) -> color_eyre::Result<Option<Tensor>>,
+    ) -> color_eyre::Result<Self> {
+        use color_eyre::eyre::eyre;
+        let mut req = |name: &str| -> color_eyre::Result<Tensor> {
+            get(name)?.ok_or_else(|| eyre!("the checkpoint has no tensor `{name}`"))
+        };
+        let embed_tokens = req("model.embed_tokens.weight")?;
+        let norm = req("model.norm.weight")?;
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut mk = |k: LinearKind| -> color_eyre::Result<PrunableLinear> {
+                let name = format!("{p}.{}", k.hf_name());
+                let w = req(&format!("{name}.weight"))?;
+                let wants_bias = config.attention_bias
+                    && matches!(k, LinearKind::Q | LinearKind::K | LinearKind::V);
+                let b = if wants_bias {
+                    Some(req(&format!("{name}.bias"))?)
+                } else {
+                    None
+                };
+                Ok(PrunableLinear::new(name, w, b))
+            };
+            let linears = [
+                mk(LinearKind::Q)?,
+                mk(LinearKind::K)?,
+                mk(LinearKind::V)?,
+                mk(LinearKind::O)?,
+                mk(LinearKind::Gate)?,
+                mk(LinearKind::Up)?,
+                mk(LinearKind::Down)?,
+            ];
+            blocks.push(Block {
+                input_layernorm: req(&format!("{p}.input_layernorm.weight"))?,
+                post_attention_layernorm: req(&format!("{p}.post_attention_layernorm.weight"))?,
+                linears,
+            });
+        }
+        drop(req);
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            match get("lm_head.weight")? {
+                Some(w) => Some(PrunableLinear::new("lm_head", w, None)),
+                // Some checkpoints omit the head even without the flag: fall back to tying.
+                None => None,
+            }
+        };
+        let max_pos = config.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
+        let rope = Rope::new(&config, max_pos, dtype, device)?;
+        let m = Self {
+            config,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+            dtype,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    fn check_shapes(&self) -> color_eyre::Result<()> {
+        let c = &self.config;
+        let q = c.num_attention_heads * c.head_dim;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let expect = |k: LinearKind| match k {
+            LinearKind::Q => (q, c.hidden_size),
+            LinearKind::K | LinearKind::V => (kv, c.hidden_size),
+            LinearKind::O => (c.hidden_size, q),
+            LinearKind::Gate | LinearKind::Up => (c.intermediate_size, c.hidden_size),
+            LinearKind::Down => (c.hidden_size, c.intermediate_size),
+        };
+        for b in &self.blocks {
+            for k in LinearKind::ALL {
+                let l = b.linear(k);
+                let (o, i) = expect(k);
+                if l.weight.dims() != [o, i] {
+                    color_eyre::eyre::bail!(
+                        "tensor `{}.weight` has shape {:?}, the config implies [{o}, {i}]",
+                        l.name,
+                        l.weight.dims()
+                    );
+                }
+            }
+        }
+        if self.embed_tokens.dims() != [c.vocab_size, c.hidden_size] {
+            color_eyre::eyre::bail!(
+                "embedding has shape {:?}, the config implies [{}, {}]",
+                self.embed_tokens.dims(),
+                c.vocab_size,
+                c.hidden_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Every tensor under its HF name, in a stable order (used by export).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                b.input_layernorm.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_attention_layernorm.clone(),
+            ));
+            for l in &b.linears {
+                out.push((format!("{}.weight", l.name), l.weight.clone()));
+                if let Some(bias) = &l.bias {
+                    out.push((format!("{}.bias", l.name), bias.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.weight.clone()));
+        }
+        out
+    }
+
+    /// Token embeddings `[b, t, hidden]` for ids `[b, t]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))
+    }
+
+    /// Run decoder block `i` on `x` `[b, t, hidden]` whose first position is `offset`.
+    /// With `cache`, keys/values are appended to it; `observe` sees the input of every linear.
+    pub fn forward_block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvEntry>,
+        mut observe: Option<Observer<'_>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let blk = &self.blocks[i];
+        let (b, t, _) = x.dims3()?;
+        let eps = c.rms_norm_eps as f32;
+        let mut see = |k: LinearKind, v: &Tensor| -> Result<()> {
+            match observe.as_mut() {
+                Some(f) => f(k, v),
+                None => Ok(()),
+            }
+        };
+
+        let h = rms_norm(&x.contiguous()?, &blk.input_layernorm, eps)?;
+        see(LinearKind::Q, &h)?;
+        see(LinearKind::K, &h)?;
+        see(LinearKind::V, &h)?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let q = blk
+            .linear(LinearKind::Q)
+            .forward(&h)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = blk
+            .linear(LinearKind::K)
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = blk
+            .linear(LinearKind::V)
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let q = self.rope.apply(&q, offset)?;
+        let k = self.rope.apply(&k, offset)?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some(e) => {
+                let k = match &e.k {
+                    Some(prev) => Tensor::cat(&[prev, &k], 2)?,
+                    None => k,
+                };
+                let v = match &e.v {
+                    Some(prev) => Tensor::cat(&[prev, &v], 2)?,
+                    None => v,
+                };
+                e.k = Some(k.clone());
+                e.v = Some(v.clone());
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let total = k.dims()[2];
+        let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+        let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if t > 1 {
+            let mask = causal_mask(t, total - t, att.dtype(), &self.device)?;
+            att = att.broadcast_add(&mask)?;
+        }
+        let att = softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        see(LinearKind::O, &y)?;
+        let x = (x + blk.linear(LinearKind::O).forward(&y)?)?;
+
+        let h = rms_norm(&x, &blk.post_attention_layernorm, eps)?;
+        see(LinearKind::Gate, &h)?;
+        see(LinearKind::Up, &h)?;
+        let g = blk.linear(LinearKind::Gate).forward(&h)?;
+        let u = blk.linear(LinearKind::Up).forward(&h)?;
+        let a = (candle_nn::ops::silu(&g)? * u)?;
+        see(LinearKind::Down, &a)?;
+        x + blk.linear(LinearKind::Down).forward(&a)?
+    }
+
+    /// Final norm and LM head: `[b, t, hidden]` → logits `[b, t, vocab]`.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let h = rms_norm(
+            &x.contiguous()?,
+            &self.norm,
+            self.config.rms_norm_eps as f32,
+        )?;
+        match &self.lm_head {
+            Some(l) => l.forward(&h),
+            None => {
+                let (b, t, d) = h.dims3()?;
+                h.reshape((b * t, d))?
+                    .matmul(&self.embed_tokens.t()?)?
+                    .reshape((b, t, self.config.vocab_size))
+            }
+        }
+    }
+
+    /// Full forward of ids `[b, t]` at `offset`: logits `[b, t, vocab]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            let entry = cache.as_deref_mut().map(|c| &mut c.blocks[i]);
+            x = self.forward_block(i, &x, offset, entry, None)?;
+        }
+        if let Some(c) = cache {
+            c.len = offset + ids.dims()[1];
+        }
+        self.head(&x)
+    }
+
+    /// Logits of the last position only, `[b, vocab]` (generation).
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            let entry = cache.as_deref_mut().map(|c| &mut c.blocks[i]);
+            x = self.forward_block(i, &x, offset, entry, None)?;
+        }
+        let t = ids.dims()[1];
+        if let Some(c) = cache {
+            c.len = offset + t;
+        }
+        let last = x.narrow(1, t - 1, 1)?;
+        self.head(&last)?.squeeze(1)
+    }
+
+    /// Fraction of zero weights over all prunable linears (the 7·L matrices).
+    pub fn linear_sparsity(&self) -> Result<f64> {
+        let (mut zeros, mut total) = (0f64, 0f64);
+        for b in &self.blocks {
+            for l in &b.linears {
+                let n = l.weight.elem_count() as f64;
+                zeros += l.sparsity()? * n;
+                total += n;
+            }
+        }
+        Ok(zeros / total)
+    }
+}
+
+/// Log-softmax over the vocabulary in f32 (used by perplexity).
+pub fn log_softmax_f32(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}
