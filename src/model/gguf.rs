@@ -219,8 +219,7 @@ impl GgufFile {
                 Some(Value::Array(a)) => a
                     .iter()
                     .map(|v| {
-                        v.to_string()
-                            .map(|s| s.clone())
+                        v.to_string().cloned()
                             .map_err(|e| eyre!("{key}: {e}"))
                     })
                     .collect(),
@@ -282,13 +281,15 @@ impl GgufFile {
                     ByteLevel::new(false, true, false).into(),
                 ])));
             }
-            // SmolLM's tokenizer splits digits individually before the GPT-2 regex.
-            "smollm" | "starcoder" => {
+            // StarCoder-style vocabularies split digits individually before the GPT-2 regex.
+            "starcoder" => {
                 tok.with_pre_tokenizer(Some(Sequence::new(vec![
                     Digits::new(true).into(),
                     byte_level.into(),
                 ])));
             }
+            // gpt2, smollm and the rest: ByteLevel's GPT-2 regex alone. For SmolLM2 this reproduces
+            // every id of the demo corpus (the protocol's token counts are tested).
             _ => {
                 tok.with_pre_tokenizer(Some(byte_level));
             }

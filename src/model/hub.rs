@@ -8,6 +8,9 @@ use color_eyre::eyre::{bail, eyre, Result};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
+/// Fetches one file of the repo (from the cache or the network).
+type Getter<'a> = Box<dyn Fn(&str) -> Result<PathBuf> + 'a>;
+
 fn offline() -> bool {
     matches!(
         std::env::var("HF_HUB_OFFLINE").as_deref(),
@@ -28,7 +31,7 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
             cache_path.display()
         )
     };
-    let get: Box<dyn Fn(&str) -> Result<PathBuf>> = if offline() {
+    let get: Getter<'_> = if offline() {
         let cached = cache.repo(repo.clone());
         Box::new(move |file: &str| {
             cached.get(file).ok_or_else(|| {

@@ -215,15 +215,11 @@ impl Llama {
                 linears,
             });
         }
-        drop(req);
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            match get("lm_head.weight")? {
-                Some(w) => Some(PrunableLinear::new("lm_head", w, None)),
-                // Some checkpoints omit the head even without the flag: fall back to tying.
-                None => None,
-            }
+            // Some checkpoints omit the head even without the flag: then it is tied.
+            get("lm_head.weight")?.map(|w| PrunableLinear::new("lm_head", w, None))
         };
         let max_pos = config.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
         let rope = Rope::new(&config, max_pos, dtype, device)?;
