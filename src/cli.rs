@@ -56,8 +56,117 @@ pub enum Command {
     Demo(DemoArgs),
     /// Fetch the demo model and corpus into the cache and verify them.
     FetchDemo,
+    /// Calibrate, allocate (uniform, OWL, DLP), prune, and compare perplexity dense vs pruned.
+    Prune(Box<PruneArgs>),
     /// Benchmark dense forward throughput and tokenizer speed.
     Bench(BenchArgs),
+    /// Print the JSON Schema of the report/config format.
+    Schema,
+}
+
+/// `inf` (or `∞`) means no temperature: the paper's linear map.
+pub fn parse_tau(s: &str) -> Result<f64, String> {
+    match s {
+        "inf" | "infinity" | "∞" | "+inf" => Ok(f64::INFINITY),
+        _ => s
+            .parse::<f64>()
+            .map_err(|_| format!("`{s}` is not a number or `inf`")),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration text: `demo` (Brown a–j), a .txt file, or a .jsonl file with a `text` field.
+    #[arg(long)]
+    pub calib: Option<String>,
+    /// Evaluation text: `demo` (Brown k–r), a file, or `none` to skip perplexity.
+    #[arg(long)]
+    pub eval: Option<String>,
+    /// Number of calibration windows.
+    #[arg(long)]
+    pub calib_samples: Option<usize>,
+    /// Tokens per calibration and evaluation window.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Number of evaluation windows.
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    /// Per-weight metric.
+    #[arg(long, value_enum)]
+    pub metric: Option<crate::prune::mask::Metric>,
+    /// Layer-wise allocation.
+    #[arg(long, value_enum)]
+    pub allocation: Option<crate::prune::allocate::Allocation>,
+    /// Global target sparsity p in [0, 1) over the 7·L linears.
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// DLP range α: block sparsities span 2α.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// DLP temperature τ (`inf` = the paper's linear map; small τ > 0 concentrates sparsity on the least important blocks).
+    #[arg(long, value_parser = parse_tau, allow_hyphen_values = true)]
+    pub tau: Option<f64>,
+    /// DLP block statistic F.
+    #[arg(long, value_enum)]
+    pub statistic: Option<crate::prune::stats::Statistic>,
+    /// Clamp policy: budget (clamp to [0, 0.99] and re-balance to p) or paper (≤ 0 → 0.01).
+    #[arg(long, value_enum)]
+    pub clamp: Option<crate::prune::allocate::ClampPolicy>,
+    /// Allocation unit for DLP: block (the paper) or linear.
+    #[arg(long, value_enum)]
+    pub granularity: Option<crate::prune::pipeline::Granularity>,
+    /// OWL outlier threshold M.
+    #[arg(long)]
+    pub owl_m: Option<f64>,
+    /// OWL range λ: sparsities span 2λ.
+    #[arg(long)]
+    pub owl_lambda: Option<f64>,
+    /// Pattern: unstructured, 2:4 or 4:8 (N:M sets the target to N/M; DLP picks N per block).
+    #[arg(long)]
+    pub pattern: Option<crate::prune::mask::Pattern>,
+    /// faithful (the paper's sequential pass) or preview (masks from the dense statistics).
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::prune::pipeline::Mode>,
+    /// Pin a block's sparsity, e.g. `--pin 3=0.5` (repeatable); the others re-solve under the budget.
+    #[arg(long = "pin", value_parser = parse_pin)]
+    pub pins: Vec<(usize, f64)>,
+    /// Write the report (also a replayable config) as JSON.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+    /// Write the per-block keep ratios as a JSON list (the reference code's ratios/ format).
+    #[arg(long)]
+    pub ratios_out: Option<std::path::PathBuf>,
+    /// Save the pruned model as a Hugging Face safetensors folder.
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+    /// Replay a report/config: its parameters and data settings (flags given here override them).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Generate from this prompt before and after pruning (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 24)]
+    pub max_new_tokens: usize,
+    /// Print the report JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_pin(s: &str) -> Result<(usize, f64), String> {
+    let (b, v) = s
+        .split_once('=')
+        .ok_or(format!("`{s}`: use BLOCK=SPARSITY, e.g. 3=0.5"))?;
+    Ok((
+        b.trim()
+            .parse()
+            .map_err(|_| format!("`{b}` is not a block index"))?,
+        v.trim()
+            .parse()
+            .map_err(|_| format!("`{v}` is not a number"))?,
+    ))
 }
 
 #[derive(Args, Debug)]

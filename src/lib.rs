@@ -11,3 +11,6 @@ pub mod device;
 pub mod eval;
 pub mod model;
 pub mod progress;
+pub mod prune;
+pub mod prune_cmd;
+pub mod report;

@@ -12,6 +12,11 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Demo(a)) => commands::demo(&mut ctx, &a),
         Some(Command::FetchDemo) => commands::fetch_demo(&mut ctx),
         Some(Command::Bench(a)) => dlpx::bench::run(&mut ctx, &a),
+        Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
+        Some(Command::Schema) => {
+            print!("{}", dlpx::report::json_schema());
+            Ok(())
+        }
         None => commands::demo(
             &mut ctx,
             &DemoArgs {

@@ -7,23 +7,44 @@ use std::process::{Command, Output};
 use dlpx::data::{DemoSplit, TextSource};
 
 fn dlpx(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlpx")).args(args).arg("--quiet").output().expect("run dlpx")
+    Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run dlpx")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = dlpx(args);
-    assert!(o.status.success(), "dlpx {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dlpx {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
 /// Runs dlpx expecting failure; returns stderr, checking it is one clear error and not a panic.
 fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_dlpx")).args(args).arg("--quiet").envs(env.iter().copied()).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .arg("--quiet")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "dlpx {args:?} should exit 1: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "dlpx {args:?} should exit 1: {err}"
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
     assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one message expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one message expected: {err}"
+    );
     err
 }
 
@@ -42,8 +63,13 @@ fn tokenizer_matches_protocol_counts() {
     let g = dlpx::model::gguf::GgufFile::open(&demo_gguf()).unwrap();
     let tok = g.tokenizer().unwrap();
     let enc = |s: &str| dlpx::model::encode(&tok, s).unwrap();
-    assert_eq!(enc("The capital of France is"), vec![504, 3575, 282, 4649, 314]);
-    let calib = TextSource::Demo(DemoSplit::Calib).load(&mut |_| {}).unwrap();
+    assert_eq!(
+        enc("The capital of France is"),
+        vec![504, 3575, 282, 4649, 314]
+    );
+    let calib = TextSource::Demo(DemoSplit::Calib)
+        .load(&mut |_| {})
+        .unwrap();
     let eval = TextSource::Demo(DemoSplit::Eval).load(&mut |_| {}).unwrap();
     assert_eq!(calib.len(), 4_656_953);
     assert_eq!(eval.len(), 1_452_991);
@@ -53,14 +79,38 @@ fn tokenizer_matches_protocol_counts() {
 
 #[test]
 fn greedy_generation_says_paris() {
-    let out = ok(&["generate", "--prompt", "The capital of France is", "--max-new-tokens", "8"]);
+    let out = ok(&[
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "8",
+    ]);
     assert!(out.starts_with("The capital of France is Paris"), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&ok(&["generate", "--prompt", "The capital of France is", "--max-new-tokens", "8", "--json"]))
-            .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&ok(&[
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
     assert!(j["text"].as_str().unwrap().starts_with(" Paris"), "{j}");
     // Seeded sampling is reproducible.
-    let s = ["generate", "--prompt", "Once upon a time", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7", "--max-new-tokens", "12"];
+    let s = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        "12",
+    ];
     assert_eq!(ok(&s), ok(&s));
 }
 
@@ -70,7 +120,10 @@ fn perplexity_and_export_round_trip() {
     let dense = ppl_json(&[]);
     let ppl = dense["ppl"].as_f64().unwrap();
     assert_eq!(dense["tokens"], 16320);
-    assert!((ppl / 52.81 - 1.0).abs() < 0.005, "dense ppl {ppl}, expected 52.81 ± 0.5 %");
+    assert!(
+        (ppl / 52.81 - 1.0).abs() < 0.005,
+        "dense ppl {ppl}, expected 52.81 ± 0.5 %"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2-f32");
@@ -78,8 +131,13 @@ fn perplexity_and_export_round_trip() {
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let back = ppl_json(&["--model", out.to_str().unwrap()])["ppl"].as_f64().unwrap();
-    assert!((back / ppl - 1.0).abs() < 1e-4, "round trip {back} vs {ppl}");
+    let back = ppl_json(&["--model", out.to_str().unwrap()])["ppl"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (back / ppl - 1.0).abs() < 1e-4,
+        "round trip {back} vs {ppl}"
+    );
 }
 
 #[test]
@@ -109,14 +167,23 @@ fn bad_inputs_are_one_clear_error() {
     )
     .unwrap();
     let e = fails(&["eval", "--model", arch.to_str().unwrap()], &[]);
-    assert!(e.contains("unsupported architecture `gpt_neox`") && e.contains("llama, mistral, qwen2"), "{e}");
+    assert!(
+        e.contains("unsupported architecture `gpt_neox`") && e.contains("llama, mistral, qwen2"),
+        "{e}"
+    );
     // Unknown Hub id while offline: names the id and the cache.
     let hf_home = d.join("hf");
     let e = fails(
         &["eval", "--model", "no-such-org/no-such-model"],
-        &[("HF_HUB_OFFLINE", "1"), ("HF_HOME", hf_home.to_str().unwrap())],
+        &[
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_HOME", hf_home.to_str().unwrap()),
+        ],
     );
-    assert!(e.contains("no-such-org/no-such-model") && e.contains(hf_home.to_str().unwrap()), "{e}");
+    assert!(
+        e.contains("no-such-org/no-such-model") && e.contains(hf_home.to_str().unwrap()),
+        "{e}"
+    );
     // Bad numbers.
     let e = fails(&["eval", "--windows", "100000"], &[]);
     assert!(e.contains("windows"), "{e}");

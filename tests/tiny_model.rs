@@ -21,13 +21,30 @@ fn gguf_unpermutes_qk_and_builds_the_config() {
     let (p, w) = t.gguf_in(dir.path(), 1);
     let m = load_gguf(&p);
     let c = &m.llama.config;
-    assert_eq!((c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim), (32, 4, 2, 8));
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim
+        ),
+        (32, 4, 2, 8)
+    );
     assert!(c.tie_word_embeddings && m.llama.lm_head.is_none());
-    for k in [LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::Down] {
+    for k in [
+        LinearKind::Q,
+        LinearKind::K,
+        LinearKind::V,
+        LinearKind::Down,
+    ] {
         let got = &m.llama.blocks[1].linear(k).weight;
         let want = &w[&format!("model.layers.1.{}.weight", k.hf_name())];
         assert_eq!(got.dims(), want.dims());
-        assert_eq!(max_abs_diff(got, want), 0.0, "{k:?} differs from the HF layout");
+        assert_eq!(
+            max_abs_diff(got, want),
+            0.0,
+            "{k:?} differs from the HF layout"
+        );
     }
 }
 
@@ -43,7 +60,10 @@ fn shapes_of_logits_and_blocks() {
     let y = m.llama.forward_block(0, &h, 0, None, None).unwrap();
     assert_eq!(y.dims(), &[2, 4, 32]);
     // Each batch row is an independent sequence.
-    let single = m.llama.forward(&x.narrow(0, 1, 1).unwrap(), 0, None).unwrap();
+    let single = m
+        .llama
+        .forward(&x.narrow(0, 1, 1).unwrap(), 0, None)
+        .unwrap();
     assert!(max_abs_diff(&single, &logits.narrow(0, 1, 1).unwrap()) < 1e-5);
 }
 
@@ -53,15 +73,35 @@ fn kv_cache_equals_full_forward() {
     let (p, _) = Tiny::default().gguf_in(dir.path(), 3);
     let m = load_gguf(&p);
     let seq: Vec<u32> = vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110];
-    let full = m.llama.forward(&ids(&seq), 0, None).unwrap().squeeze(0).unwrap();
+    let full = m
+        .llama
+        .forward(&ids(&seq), 0, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     let mut cache = KvCache::new(m.llama.blocks.len());
     // Prefill 4 tokens, then a chunk of 3, then one token at a time.
-    let a = m.llama.forward(&ids(&seq[..4]), 0, Some(&mut cache)).unwrap().squeeze(0).unwrap();
+    let a = m
+        .llama
+        .forward(&ids(&seq[..4]), 0, Some(&mut cache))
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     assert!(max_abs_diff(&a, &full.narrow(0, 0, 4).unwrap()) < 1e-4);
-    let b = m.llama.forward(&ids(&seq[4..7]), 4, Some(&mut cache)).unwrap().squeeze(0).unwrap();
+    let b = m
+        .llama
+        .forward(&ids(&seq[4..7]), 4, Some(&mut cache))
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
     assert!(max_abs_diff(&b, &full.narrow(0, 4, 3).unwrap()) < 1e-4);
     for i in 7..seq.len() {
-        let l = m.llama.forward_last(&ids(&seq[i..i + 1]), i, Some(&mut cache)).unwrap().squeeze(0).unwrap();
+        let l = m
+            .llama
+            .forward_last(&ids(&seq[i..i + 1]), i, Some(&mut cache))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let d = max_abs_diff(&l, &full.get(i).unwrap());
         assert!(d < 1e-4, "position {i}: {d}");
     }
@@ -80,16 +120,24 @@ fn gqa_equals_repeated_kv_heads() {
     for b in 0..t.blocks {
         for k in ["k_proj", "v_proj"] {
             let name = format!("model.layers.{b}.self_attn.{k}.weight");
-            let heads: Vec<Tensor> = (0..t.heads).map(|h| w[&name].narrow(0, (h / rep) * hd, hd).unwrap()).collect();
+            let heads: Vec<Tensor> = (0..t.heads)
+                .map(|h| w[&name].narrow(0, (h / rep) * hd, hd).unwrap())
+                .collect();
             w.insert(name, Tensor::cat(&heads, 0).unwrap());
         }
     }
-    let mha_t = Tiny { kv_heads: t.heads, ..Tiny::default() };
+    let mha_t = Tiny {
+        kv_heads: t.heads,
+        ..Tiny::default()
+    };
     let p2 = dir.path().join("mha.gguf");
     mha_t.write_gguf(&p2, &w, "llama");
     let mha = load_gguf(&p2);
     let x = ids(&[5, 6, 7, 8, 9, 10]);
-    let d = max_abs_diff(&gqa.llama.forward(&x, 0, None).unwrap(), &mha.llama.forward(&x, 0, None).unwrap());
+    let d = max_abs_diff(
+        &gqa.llama.forward(&x, 0, None).unwrap(),
+        &mha.llama.forward(&x, 0, None).unwrap(),
+    );
     assert!(d < 1e-5, "{d}");
 }
 
@@ -107,7 +155,13 @@ fn rope_matches_definition() {
     let d = cfg.head_dim;
     let x = Tensor::randn(0f32, 1.0, (1, 1, 5, d), &Device::Cpu).unwrap();
     let offset = 7;
-    let got = rope.apply(&x, offset).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = rope
+        .apply(&x, offset)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for pos in 0..5 {
         for i in 0..d / 2 {
@@ -124,7 +178,11 @@ fn rope_matches_definition() {
 #[test]
 fn export_round_trip_gives_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let (p, _) = Tiny { tied: false, ..Tiny::default() }.gguf_in(dir.path(), 5);
+    let (p, _) = Tiny {
+        tied: false,
+        ..Tiny::default()
+    }
+    .gguf_in(dir.path(), 5);
     let m = load_gguf(&p);
     assert!(m.llama.lm_head.is_some());
     let out = dir.path().join("export");
@@ -132,10 +190,25 @@ fn export_round_trip_gives_identical_logits() {
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let back = model::load(&ModelSource::Folder(out.clone()), &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
+    let back = model::load(
+        &ModelSource::Folder(out.clone()),
+        &Device::Cpu,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap();
     let x = ids(&[1, 104, 105, 257, 3]);
-    assert_eq!(max_abs_diff(&m.llama.forward(&x, 0, None).unwrap(), &back.llama.forward(&x, 0, None).unwrap()), 0.0);
-    assert_eq!(m.encode("he said 12").unwrap(), back.encode("he said 12").unwrap());
+    assert_eq!(
+        max_abs_diff(
+            &m.llama.forward(&x, 0, None).unwrap(),
+            &back.llama.forward(&x, 0, None).unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.encode("he said 12").unwrap(),
+        back.encode("he said 12").unwrap()
+    );
     // Exporting over a non-empty folder is refused and leaves it alone.
     let e = model::save_folder(&m, &out).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
@@ -148,8 +221,17 @@ fn gguf_tokenizer_has_no_prefix_space_and_splits_digits() {
     let m = load_gguf(&p);
     let ids = m.encode("he<|endoftext|>").unwrap();
     let he = m.tokenizer.token_to_id("he").unwrap();
-    assert_eq!(ids, vec![he, 0], "no prefix space, merge applied, control token whole");
-    assert_eq!(m.tokenizer.decode(&m.encode("a 12 é").unwrap(), false).unwrap(), "a 12 é");
+    assert_eq!(
+        ids,
+        vec![he, 0],
+        "no prefix space, merge applied, control token whole"
+    );
+    assert_eq!(
+        m.tokenizer
+            .decode(&m.encode("a 12 é").unwrap(), false)
+            .unwrap(),
+        "a 12 é"
+    );
 }
 
 #[test]
@@ -174,7 +256,10 @@ fn bad_inputs_give_clear_errors() {
     let other = dir.path().join("gpt2.gguf");
     t.write_gguf(&other, &w, "gpt2");
     let e = err(&other);
-    assert!(e.contains("unsupported architecture `gpt2`") && e.contains("llama"), "{e}");
+    assert!(
+        e.contains("unsupported architecture `gpt2`") && e.contains("llama"),
+        "{e}"
+    );
     // Folder without config.json.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

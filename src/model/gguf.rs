@@ -218,10 +218,7 @@ impl GgufFile {
             match self.meta(key) {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|v| {
-                        v.to_string().cloned()
-                            .map_err(|e| eyre!("{key}: {e}"))
-                    })
+                    .map(|v| v.to_string().cloned().map_err(|e| eyre!("{key}: {e}")))
                     .collect(),
                 _ => bail!("GGUF metadata `{key}` is missing"),
             }

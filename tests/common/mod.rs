@@ -21,13 +21,22 @@ pub struct Tiny {
 
 impl Default for Tiny {
     fn default() -> Self {
-        Self { hidden: 32, heads: 4, kv_heads: 2, ffn: 48, blocks: 2, tied: true }
+        Self {
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 48,
+            blocks: 2,
+            tied: true,
+        }
     }
 }
 
 /// Byte-level vocabulary: `<|endoftext|>` (control), the 256 byte symbols, and one merge.
 pub fn vocab() -> (Vec<String>, Vec<String>) {
-    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+    let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
     alphabet.sort();
     let mut tokens = vec!["<|endoftext|>".to_string()];
     tokens.extend(alphabet.iter().map(|c| c.to_string()));
@@ -46,12 +55,16 @@ impl Tiny {
         let dev = Device::Cpu;
         let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(seed));
         let uniform = |n: usize, scale: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.borrow_mut().random_range(-scale..scale)).collect()
+            (0..n)
+                .map(|_| rng.borrow_mut().random_range(-scale..scale))
+                .collect()
         };
         let v = vocab().0.len();
         let (h, hd) = (self.hidden, self.head_dim());
         // Uniform weights with variance ≈ 1/fan_in keep activations O(1) through the blocks.
-        let r = |o: usize, i: usize| Tensor::from_vec(uniform(o * i, (3.0 / i as f32).sqrt()), (o, i), &dev).unwrap();
+        let r = |o: usize, i: usize| {
+            Tensor::from_vec(uniform(o * i, (3.0 / i as f32).sqrt()), (o, i), &dev).unwrap()
+        };
         let norm = |n: usize| (Tensor::from_vec(uniform(n, 0.2), n, &dev).unwrap() + 1.0).unwrap();
         let mut w = HashMap::new();
         w.insert("model.embed_tokens.weight".into(), r(v, h));
@@ -63,10 +76,22 @@ impl Tiny {
             let p = format!("model.layers.{b}");
             w.insert(format!("{p}.input_layernorm.weight"), norm(h));
             w.insert(format!("{p}.post_attention_layernorm.weight"), norm(h));
-            w.insert(format!("{p}.self_attn.q_proj.weight"), r(self.heads * hd, h));
-            w.insert(format!("{p}.self_attn.k_proj.weight"), r(self.kv_heads * hd, h));
-            w.insert(format!("{p}.self_attn.v_proj.weight"), r(self.kv_heads * hd, h));
-            w.insert(format!("{p}.self_attn.o_proj.weight"), r(h, self.heads * hd));
+            w.insert(
+                format!("{p}.self_attn.q_proj.weight"),
+                r(self.heads * hd, h),
+            );
+            w.insert(
+                format!("{p}.self_attn.k_proj.weight"),
+                r(self.kv_heads * hd, h),
+            );
+            w.insert(
+                format!("{p}.self_attn.v_proj.weight"),
+                r(self.kv_heads * hd, h),
+            );
+            w.insert(
+                format!("{p}.self_attn.o_proj.weight"),
+                r(h, self.heads * hd),
+            );
             w.insert(format!("{p}.mlp.gate_proj.weight"), r(self.ffn, h));
             w.insert(format!("{p}.mlp.up_proj.weight"), r(self.ffn, h));
             w.insert(format!("{p}.mlp.down_proj.weight"), r(h, self.ffn));
@@ -97,17 +122,38 @@ impl Tiny {
         let meta: Vec<(String, Value)> = vec![
             ("general.architecture".into(), s(a)),
             (format!("{a}.block_count"), Value::U32(self.blocks as u32)),
-            (format!("{a}.embedding_length"), Value::U32(self.hidden as u32)),
-            (format!("{a}.feed_forward_length"), Value::U32(self.ffn as u32)),
-            (format!("{a}.attention.head_count"), Value::U32(self.heads as u32)),
-            (format!("{a}.attention.head_count_kv"), Value::U32(self.kv_heads as u32)),
-            (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+            (
+                format!("{a}.embedding_length"),
+                Value::U32(self.hidden as u32),
+            ),
+            (
+                format!("{a}.feed_forward_length"),
+                Value::U32(self.ffn as u32),
+            ),
+            (
+                format!("{a}.attention.head_count"),
+                Value::U32(self.heads as u32),
+            ),
+            (
+                format!("{a}.attention.head_count_kv"),
+                Value::U32(self.kv_heads as u32),
+            ),
+            (
+                format!("{a}.attention.layer_norm_rms_epsilon"),
+                Value::F32(1e-5),
+            ),
             (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
             (format!("{a}.context_length"), Value::U32(256)),
             ("tokenizer.ggml.model".into(), s("gpt2")),
             ("tokenizer.ggml.pre".into(), s("starcoder")),
-            ("tokenizer.ggml.tokens".into(), Value::Array(tokens.iter().map(|t| s(t)).collect())),
-            ("tokenizer.ggml.merges".into(), Value::Array(merges.iter().map(|t| s(t)).collect())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.iter().map(|t| s(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(merges.iter().map(|t| s(t)).collect()),
+            ),
             ("tokenizer.ggml.token_type".into(), Value::Array(types)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(0)),
         ];
@@ -151,5 +197,16 @@ pub fn hf_to_gguf(name: &str) -> String {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

@@ -1,0 +1,6 @@
+//! The pruning engine: calibrate (stats), allocate (pure), mask, and the two pipelines.
+
+pub mod allocate;
+pub mod mask;
+pub mod pipeline;
+pub mod stats;

@@ -1,0 +1,280 @@
+//! From calibration statistics and parameters to a pruned model: plan the allocation, then apply
+//! masks in `preview` (dense statistics, no further forward) or `faithful` mode (the paper's
+//! sequential pass: each block's masks from the outputs of the already-pruned earlier blocks).
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use color_eyre::eyre::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
+use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric, Metric, Pattern};
+use super::stats::{
+    embed_windows, observe_block, weights_f32, BlockProgress, Calibration, Statistic,
+};
+use crate::model::{InputStats, LinearKind, Llama};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper: masks of block l from the outputs of the pruned blocks 0..l-1.
+    Faithful,
+    /// All masks from the dense statistics; no further forward passes.
+    Preview,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// All 7 linears of a block share its sparsity (the paper).
+    Block,
+    /// Each linear is scored and allocated on its own, parameter-weighted (DLP only).
+    Linear,
+}
+
+/// Every parameter of a pruning run (the `params` object of a report / config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    pub metric: Metric,
+    pub statistic: Statistic,
+    pub granularity: Granularity,
+    pub pattern: Pattern,
+    pub mode: Mode,
+    /// OWL's outlier threshold M (scores above M × mean are outliers).
+    pub owl_m: f64,
+    pub alloc: AllocParams,
+}
+
+impl Default for PruneParams {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Wanda,
+            statistic: Statistic::Median,
+            granularity: Granularity::Block,
+            pattern: Pattern::Unstructured,
+            mode: Mode::Faithful,
+            owl_m: 5.0,
+            alloc: AllocParams::default(),
+        }
+    }
+}
+
+impl PruneParams {
+    /// The allocation parameters actually used: an N:M pattern sets the global target to N/M.
+    pub fn effective_alloc(&self) -> AllocParams {
+        let mut a = self.alloc.clone();
+        if let Pattern::NOfM { n, m } = self.pattern {
+            a.sparsity = n as f64 / m as f64;
+        }
+        a
+    }
+
+    pub fn validate(&self, n_blocks: usize) -> Result<()> {
+        self.effective_alloc().validate(n_blocks)?;
+        if !(self.owl_m > 0.0 && self.owl_m.is_finite()) {
+            bail!("--owl-m must be > 0 (got {})", self.owl_m);
+        }
+        if let Pattern::NOfM { n, m } = self.pattern {
+            if m == 0 || n > m {
+                bail!("pattern {n}:{m}: need N ≤ M and M > 0");
+            }
+        }
+        if self.granularity == Granularity::Linear && self.alloc.allocation != Allocation::Dlp {
+            bail!("--granularity linear applies to DLP only");
+        }
+        if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
+            bail!("per-block overrides need --granularity block");
+        }
+        Ok(())
+    }
+}
+
+/// The allocation of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Block score under the chosen statistic.
+    pub scores: Vec<f64>,
+    /// Requested sparsity per block and linear.
+    pub linear: Vec<[f64; 7]>,
+    /// Requested sparsity per block (parameter-weighted over its linears).
+    pub block: Vec<f64>,
+    /// N per block for N:M patterns.
+    pub n_of_m: Option<Vec<usize>>,
+    pub allocate_us: f64,
+}
+
+/// Pure allocation from cached statistics.
+pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
+    let n = model.blocks.len();
+    p.validate(n)?;
+    let started = Instant::now();
+    let alloc = p.effective_alloc();
+    let numel: Vec<[f64; 7]> = model
+        .blocks
+        .iter()
+        .map(|b| std::array::from_fn(|k| b.linears[k].weight.elem_count() as f64))
+        .collect();
+    let scores: Vec<f64> = cal.blocks.iter().map(|s| s.get(p.statistic)).collect();
+    let linear: Vec<[f64; 7]> = match p.granularity {
+        Granularity::Block => {
+            let s32: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
+            let w: Vec<f64> = numel.iter().map(|x| x.iter().sum()).collect();
+            let inp = AllocInput {
+                scores: &scores,
+                scores_f32: &s32,
+                outliers: &cal.owl,
+                weights: &w,
+            };
+            allocate(&inp, &alloc).into_iter().map(|s| [s; 7]).collect()
+        }
+        Granularity::Linear => {
+            let ls: Vec<f64> = cal
+                .linears
+                .iter()
+                .flat_map(|b| b.iter().map(|s| s.get(p.statistic)))
+                .collect();
+            let s32: Vec<f32> = ls.iter().map(|&x| x as f32).collect();
+            let w: Vec<f64> = numel.iter().flatten().copied().collect();
+            let owl: Vec<f64> = cal.owl.iter().flat_map(|&o| [o; 7]).collect();
+            let inp = AllocInput {
+                scores: &ls,
+                scores_f32: &s32,
+                outliers: &owl,
+                weights: &w,
+            };
+            allocate(&inp, &alloc)
+                .chunks(7)
+                .map(|c| std::array::from_fn(|k| c[k]))
+                .collect()
+        }
+    };
+    let block: Vec<f64> = linear
+        .iter()
+        .zip(&numel)
+        .map(|(s, w)| s.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>())
+        .collect();
+    let n_of_m = match p.pattern {
+        Pattern::NOfM { m, .. } => Some(n_of_m(&block, m)),
+        Pattern::Unstructured => None,
+    };
+    Ok(Plan {
+        scores,
+        linear,
+        block,
+        n_of_m,
+        allocate_us: started.elapsed().as_secs_f64() * 1e6,
+    })
+}
+
+/// Mask the 7 linears of block `i` from its input statistics.
+pub fn prune_block(
+    model: &mut Llama,
+    i: usize,
+    stats: &[InputStats],
+    plan: &Plan,
+    p: &PruneParams,
+) -> Result<()> {
+    let device = model.device.clone();
+    let blk = &mut model.blocks[i];
+    for k in LinearKind::ALL {
+        let l = blk.linear_mut(k);
+        let (rows, cols) = (l.out_features(), l.in_features());
+        let w = weights_f32(&l.weight)?;
+        let metric = match p.metric {
+            Metric::Wanda => wanda_metric(&w, cols, &stats[k.index()].sq_norm),
+            Metric::Magnitude => w.iter().map(|x| x.abs()).collect(),
+        };
+        let s = plan.linear[i][k.index()];
+        let mask = match (p.pattern, p.metric) {
+            (Pattern::NOfM { m, .. }, _) => {
+                if cols % m != 0 {
+                    bail!(
+                        "{}: {cols} input columns are not a multiple of M = {m}",
+                        l.name
+                    );
+                }
+                n_of_m_mask(
+                    &metric,
+                    cols,
+                    plan.n_of_m.as_ref().map(|v| v[i]).unwrap_or(0),
+                    m,
+                )
+            }
+            (Pattern::Unstructured, Metric::Wanda) => per_row(&metric, cols, s),
+            (Pattern::Unstructured, Metric::Magnitude) => per_matrix(&metric, s),
+        };
+        l.set_mask(Tensor::from_vec(mask, (rows, cols), &device)?)?;
+    }
+    Ok(())
+}
+
+/// Preview: every block's masks from the dense statistics.
+pub fn prune_preview(
+    model: &mut Llama,
+    cal: &Calibration,
+    plan: &Plan,
+    p: &PruneParams,
+) -> Result<()> {
+    for i in 0..model.blocks.len() {
+        prune_block(model, i, &cal.inputs[i], plan, p)?;
+    }
+    Ok(())
+}
+
+/// Faithful: block by block, statistics from the outputs of the already-pruned earlier blocks
+/// (all 7 linears observed in one pass of the still-dense block), then the pruned block's
+/// outputs feed the next (dlp-spec.md §2.4, §8.7).
+pub fn prune_faithful(
+    model: &mut Llama,
+    windows: &[Vec<u32>],
+    plan: &Plan,
+    p: &PruneParams,
+    progress: &mut dyn FnMut(BlockProgress) -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let n = model.blocks.len();
+    let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
+    let mut xs = embed_windows(model, windows)?;
+    for i in 0..n {
+        let (stats, _) = observe_block(model, i, &xs, false)?;
+        prune_block(model, i, &stats, plan, p)?;
+        if i + 1 < n {
+            xs = xs
+                .iter()
+                .map(|x| model.forward_block(i, x, 0, None, None))
+                .collect::<candle_core::Result<_>>()?;
+        }
+        if !progress(BlockProgress {
+            block: i + 1,
+            blocks: n,
+            tokens,
+            started,
+        }) {
+            bail!("cancelled");
+        }
+    }
+    Ok(())
+}
+
+/// Achieved sparsity (exact zeros) per block over its 7 linears.
+pub fn achieved(model: &Llama) -> Result<Vec<f64>> {
+    model
+        .blocks
+        .iter()
+        .map(|b| {
+            let (mut z, mut t) = (0f64, 0f64);
+            for l in &b.linears {
+                let n = l.weight.elem_count() as f64;
+                z += l.sparsity()? * n;
+                t += n;
+            }
+            Ok(z / t)
+        })
+        .collect()
+}

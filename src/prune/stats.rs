@@ -1,0 +1,270 @@
+//! Calibration: the dense "ratio pass" (dlp-spec.md §2.1) and the block statistics it yields.
+//!
+//! Blocks run one at a time over all calibration windows; only one block's input activations are
+//! held. Every linear's Wanda input statistic (`scaler_row`) is recorded, and from the dense
+//! weights each block's Wanda-score statistics (median, mean, …) and OWL outlier ratio.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use color_eyre::eyre::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::mask::wanda_metric;
+use crate::model::{InputStats, LinearKind, Llama};
+
+/// The block statistic F of dlp-spec.md §2.2 / §10.1.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistic {
+    /// Lower median (rank (n−1)/2), by selection.
+    Median,
+    Mean,
+    Sum,
+    Max,
+    /// Unbiased standard deviation.
+    Std,
+    /// Unbiased variance.
+    Var,
+}
+
+/// Summary of a set of Wanda scores (one linear, or one block's 7 linears concatenated).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct ScoreStats {
+    pub numel: usize,
+    pub median: f32,
+    pub mean: f64,
+    pub max: f32,
+    pub var: f64,
+}
+
+impl ScoreStats {
+    pub fn of(values: &mut [f32]) -> Self {
+        let n = values.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let (mut sum, mut sq, mut max) = (0f64, 0f64, f32::NEG_INFINITY);
+        for &v in values.iter() {
+            sum += v as f64;
+            sq += (v as f64) * (v as f64);
+            max = max.max(v);
+        }
+        let mean = sum / n as f64;
+        let var = if n > 1 {
+            (sq - sum * mean).max(0.0) / (n - 1) as f64
+        } else {
+            0.0
+        };
+        let k = (n - 1) / 2;
+        let (_, &mut median, _) = values.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+        Self {
+            numel: n,
+            median,
+            mean,
+            max,
+            var,
+        }
+    }
+
+    pub fn get(&self, f: Statistic) -> f64 {
+        match f {
+            Statistic::Median => self.median as f64,
+            Statistic::Mean => self.mean,
+            Statistic::Sum => self.mean * self.numel as f64,
+            Statistic::Max => self.max as f64,
+            Statistic::Std => self.var.sqrt(),
+            Statistic::Var => self.var,
+        }
+    }
+}
+
+/// Everything the dense pass produced.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// `inputs[block][linear]`: Wanda input statistics of the dense pass.
+    pub inputs: Vec<Vec<InputStats>>,
+    /// Per block: statistics of the concatenated Wanda scores of its 7 linears.
+    pub blocks: Vec<ScoreStats>,
+    /// Per block and linear: the same, per matrix (for `linear` granularity).
+    pub linears: Vec<Vec<ScoreStats>>,
+    /// OWL outlier ratio (percent of scores > M · mean) per block, for `owl_m`.
+    pub owl: Vec<f64>,
+    pub owl_m: f64,
+    pub seconds: f64,
+}
+
+/// Progress of a block-by-block pass.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockProgress {
+    pub block: usize,
+    pub blocks: usize,
+    pub tokens: usize,
+    pub started: Instant,
+}
+
+/// Windows forwarded together through one block.
+const BATCH: usize = 8;
+
+/// Embed all windows: one `[b, t, hidden]` tensor per batch.
+pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    let t = windows.first().map(|w| w.len()).unwrap_or(0);
+    if t == 0 || windows.iter().any(|w| w.len() != t) {
+        bail!("calibration windows must be non-empty and of equal length");
+    }
+    windows
+        .chunks(BATCH)
+        .map(|c| {
+            let flat: Vec<u32> = c.iter().flatten().copied().collect();
+            Ok(model.embed(&Tensor::from_vec(flat, (c.len(), t), &model.device)?)?)
+        })
+        .collect()
+}
+
+/// Forward block `i` over every batch, recording its linears' input statistics. Returns the
+/// statistics and (when `propagate`) the block outputs.
+pub fn observe_block(
+    model: &Llama,
+    i: usize,
+    xs: &[Tensor],
+    propagate: bool,
+) -> Result<(Vec<InputStats>, Vec<Tensor>)> {
+    let blk = &model.blocks[i];
+    let mut stats: Vec<InputStats> = LinearKind::ALL
+        .iter()
+        .map(|&k| InputStats::new(blk.linear(k).in_features()))
+        .collect();
+    let mut outs = Vec::with_capacity(xs.len());
+    for x in xs {
+        // q/k/v share their input, and so do gate/up: record once, copy after.
+        let mut obs = |k: LinearKind, inp: &Tensor| -> candle_core::Result<()> {
+            match k {
+                LinearKind::Q | LinearKind::O | LinearKind::Gate | LinearKind::Down => {
+                    stats[k.index()].add_batch(inp)
+                }
+                _ => Ok(()),
+            }
+        };
+        let y = model.forward_block(i, x, 0, None, Some(&mut obs))?;
+        if propagate {
+            outs.push(y);
+        }
+    }
+    for (dst, src) in [
+        (LinearKind::K, LinearKind::Q),
+        (LinearKind::V, LinearKind::Q),
+        (LinearKind::Up, LinearKind::Gate),
+    ] {
+        stats[dst.index()] = stats[src.index()].clone();
+    }
+    Ok((stats, outs))
+}
+
+/// A matrix's weights as f32 row-major.
+pub fn weights_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Wanda scores of block `i`'s 7 linears (dense weights, given input statistics).
+fn block_scores(model: &Llama, i: usize, inputs: &[InputStats]) -> Result<Vec<Vec<f32>>> {
+    let blk = &model.blocks[i];
+    LinearKind::ALL
+        .iter()
+        .map(|&k| {
+            let l = blk.linear(k);
+            Ok(wanda_metric(
+                &weights_f32(&l.weight)?,
+                l.in_features(),
+                &inputs[k.index()].sq_norm,
+            ))
+        })
+        .collect()
+}
+
+/// OWL's layerwise outlier density in percent: share of scores above `m` × their mean.
+pub fn outlier_ratio(scores: &[Vec<f32>], m: f64) -> f64 {
+    let n: usize = scores.iter().map(|s| s.len()).sum();
+    let mean = scores.iter().flatten().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let thresh = (m * mean) as f32;
+    let count = scores.iter().flatten().filter(|&&v| v > thresh).count();
+    100.0 * count as f64 / n as f64
+}
+
+/// The dense ratio pass: block by block, dense activations propagated (§2.1, §8.7). Each block is
+/// forwarded once (the reference code forwards twice with identical results). `progress` may
+/// return `false` to cancel.
+pub fn calibrate(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    owl_m: f64,
+    progress: &mut dyn FnMut(BlockProgress) -> bool,
+) -> Result<Calibration> {
+    let started = Instant::now();
+    let n = model.blocks.len();
+    let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
+    let mut xs = embed_windows(model, windows)?;
+    let mut cal = Calibration {
+        inputs: vec![],
+        blocks: vec![],
+        linears: vec![],
+        owl: vec![],
+        owl_m,
+        seconds: 0.0,
+    };
+    for i in 0..n {
+        let (stats, outs) = observe_block(model, i, &xs, i + 1 < n)?;
+        xs = outs;
+        let mut scores = block_scores(model, i, &stats)?;
+        cal.owl.push(outlier_ratio(&scores, owl_m));
+        cal.linears
+            .push(scores.iter_mut().map(|s| ScoreStats::of(s)).collect());
+        let mut all: Vec<f32> = scores.into_iter().flatten().collect();
+        cal.blocks.push(ScoreStats::of(&mut all));
+        cal.inputs.push(stats);
+        if !progress(BlockProgress {
+            block: i + 1,
+            blocks: n,
+            tokens,
+            started,
+        }) {
+            bail!("cancelled");
+        }
+    }
+    cal.seconds = started.elapsed().as_secs_f64();
+    Ok(cal)
+}
+
+/// Recompute OWL ratios for another M from the dense weights and cached input statistics.
+pub fn owl_ratios(model: &Llama, cal: &Calibration, m: f64) -> Result<Vec<f64>> {
+    (0..model.blocks.len())
+        .map(|i| Ok(outlier_ratio(&block_scores(model, i, &cal.inputs[i])?, m)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_stats_lower_median_and_unbiased_var() {
+        let mut v = vec![4.0f32, 1.0, 3.0, 2.0];
+        let s = ScoreStats::of(&mut v);
+        assert_eq!(s.median, 2.0, "lower median of an even count");
+        assert_eq!(s.mean, 2.5);
+        assert!((s.var - 5.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.get(Statistic::Sum), 10.0);
+        assert_eq!(s.get(Statistic::Max), 4.0);
+    }
+
+    #[test]
+    fn outlier_ratio_counts_above_m_times_mean() {
+        let s = vec![
+            vec![1.0f32, 1.0, 1.0, 1.0],
+            vec![1.0, 1.0, 1.0, 1.0, 1.0, 11.0],
+        ];
+        // mean = 2.0; M = 5 → threshold 10 → one of ten
+        assert!((outlier_ratio(&s, 5.0) - 10.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,188 @@
+//! The versioned report of a pruning run; the same JSON is the config that `--config` replays.
+//! Every file is written atomically (temp file in the same folder, then rename).
+
+use std::path::Path;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::prune::pipeline::PruneParams;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool: Tool,
+    pub model: ModelInfo,
+    pub data: DataInfo,
+    pub params: PruneParams,
+    pub blocks: Vec<BlockReport>,
+    pub overall: Overall,
+    pub ppl: PplInfo,
+    #[serde(default)]
+    pub generations: Vec<GenerationPair>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+}
+
+impl Default for Tool {
+    fn default() -> Self {
+        Self {
+            name: "dlpx".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// What `--model` named (`demo`, a path, or a Hub id).
+    pub source: String,
+    /// sha256 of the GGUF file, for file sources.
+    pub sha256: Option<String>,
+    /// Hub revision, for Hub sources.
+    pub revision: Option<String>,
+    pub architecture: String,
+    pub blocks: usize,
+    pub parameters: usize,
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataSet {
+    /// `demo` or a file path.
+    pub source: String,
+    pub sha256: String,
+    pub windows: usize,
+    pub seq_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataInfo {
+    pub calib: DataSet,
+    pub eval: Option<DataSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockReport {
+    pub index: usize,
+    /// Block score under the chosen statistic (higher = less important for DLP).
+    pub score: f64,
+    /// OWL outlier ratio (percent) at `params.owl_m`.
+    pub outlier_ratio: f64,
+    pub target_sparsity: f64,
+    pub achieved_sparsity: f64,
+    /// N of every M pruned in this block, for N:M patterns.
+    pub n_of_m: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overall {
+    pub target_sparsity: f64,
+    pub achieved_sparsity: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PplInfo {
+    pub dense: Option<f64>,
+    pub pruned: Option<f64>,
+    /// Human description of the evaluation protocol, so numbers are not compared across protocols.
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationPair {
+    pub prompt: String,
+    pub dense: String,
+    pub pruned: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    pub load_s: f64,
+    pub calibrate_s: f64,
+    pub allocate_us: f64,
+    pub prune_s: f64,
+    pub eval_s: f64,
+}
+
+/// Write `bytes` to `path` atomically: a temp file beside it, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write `{}`: folder `{}` does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dlpx-")
+        .tempfile_in(dir)
+        .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path)
+        .map_err(|e| eyre!("cannot write `{}`: {e}", path.display()))?;
+    Ok(())
+}
+
+impl Report {
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, self.to_json()?.as_bytes())
+    }
+
+    /// Read a report/config, checking the schema version first so an old or future file gets
+    /// a clear message rather than a field error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .wrap_err_with(|| format!("cannot read config `{}`", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .wrap_err_with(|| format!("config `{}` is not valid JSON", path.display()))?;
+        match v.get("schema_version").and_then(|s| s.as_u64()) {
+            Some(x) if x == SCHEMA_VERSION as u64 => {}
+            Some(x) => bail!(
+                "config `{}` has schema_version {x}; this dlpx reads version {SCHEMA_VERSION}: re-export it with this version",
+                path.display()
+            ),
+            None => bail!("config `{}` has no schema_version: is it a dlpx report?", path.display()),
+        }
+        serde_json::from_value(v).map_err(|e| eyre!("config `{}`: {e}", path.display()))
+    }
+
+    /// Keep ratios per block (`1 − sparsity`), the format of the reference code's ratios/ files.
+    pub fn keep_ratios(&self) -> Vec<f64> {
+        self.blocks
+            .iter()
+            .map(|b| 1.0 - b.target_sparsity)
+            .collect()
+    }
+}
+
+/// The JSON Schema of [`Report`] (committed as `report.schema.json`, checked by a test).
+pub fn json_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(Report)).expect("schema serializes") + "\n"
+}
