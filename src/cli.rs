@@ -100,10 +100,10 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub allocation: Option<crate::prune::allocate::Allocation>,
     /// Global target sparsity p in [0, 1) over the 7·L linears.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub sparsity: Option<f64>,
     /// DLP range α: block sparsities span 2α.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub alpha: Option<f64>,
     /// DLP temperature τ (`inf` = the paper's linear map; small τ > 0 concentrates sparsity on the least important blocks).
     #[arg(long, value_parser = parse_tau, allow_hyphen_values = true)]
@@ -118,10 +118,10 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub granularity: Option<crate::prune::pipeline::Granularity>,
     /// OWL outlier threshold M.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub owl_m: Option<f64>,
     /// OWL range λ: sparsities span 2λ.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub owl_lambda: Option<f64>,
     /// Pattern: unstructured, 2:4 or 4:8 (N:M sets the target to N/M; DLP picks N per block).
     #[arg(long)]

@@ -1,0 +1,137 @@
+//! The pruning engine on the real demo model and protocol: allocation invariants, the paper's
+//! ordering at p = 0.7 (Wanda, faithful), report replay, saved-model round trip, bad input.
+
+use std::process::Command;
+
+use candle_core::{DType, Device};
+use dlpx::data::{windows, DemoSplit, TextSource};
+use dlpx::eval::perplexity::perplexity;
+use dlpx::model::{self, ModelSource};
+use dlpx::prune::allocate::Allocation;
+use dlpx::prune::pipeline::{achieved, plan, prune_faithful, PruneParams};
+use dlpx::prune::stats::calibrate;
+
+fn protocol_windows(m: &model::LoadedModel, split: DemoSplit, n: usize) -> Vec<Vec<u32>> {
+    let text = TextSource::Demo(split).load(&mut |_| {}).unwrap();
+    windows(&m.encode(&text).unwrap(), 256, n, "demo").unwrap()
+}
+
+/// One calibration, three faithful prunings: DLP(median) < OWL(M=5, λ=0.08) < uniform.
+#[test]
+fn paper_ordering_and_invariants_at_70_percent() {
+    let m = model::load(&ModelSource::Demo, &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
+    let calib = protocol_windows(&m, DemoSplit::Calib, 32);
+    let eval = protocol_windows(&m, DemoSplit::Eval, 64);
+    let cal = calibrate(&m.llama, &calib, 5.0, &mut |_| true).unwrap();
+    let mut ppl = Vec::new();
+    for alloc in [Allocation::Uniform, Allocation::Owl, Allocation::Dlp] {
+        let mut p = PruneParams::default();
+        p.alloc.allocation = alloc;
+        let pl = plan(&m.llama, &cal, &p).unwrap();
+        let n = pl.block.len() as f64;
+        let mean = pl.block.iter().sum::<f64>() / n;
+        assert!((mean - 0.7).abs() < 1e-6, "{alloc:?}: mean target {mean}");
+        let (lo, hi) = pl.block.iter().fold((9f64, -9f64), |(a, b), &v| (a.min(v), b.max(v)));
+        let spread = match alloc {
+            Allocation::Uniform => 0.0,
+            Allocation::Owl => 0.16,
+            Allocation::Dlp => 0.30,
+        };
+        assert!((hi - lo - spread).abs() < 1e-6, "{alloc:?}: spread {}", hi - lo);
+        if alloc == Allocation::Dlp {
+            // Blocks ordered by score: a higher median Wanda score never gets less sparsity.
+            let mut idx: Vec<usize> = (0..pl.block.len()).collect();
+            idx.sort_by(|&a, &b| pl.scores[a].total_cmp(&pl.scores[b]));
+            assert!(idx.windows(2).all(|w| pl.block[w[0]] <= pl.block[w[1]] + 1e-12));
+        }
+        let mut pruned = m.llama.clone();
+        prune_faithful(&mut pruned, &calib, &pl, &p, &mut |_| true).unwrap();
+        let got = achieved(&pruned).unwrap();
+        let overall = got.iter().sum::<f64>() / n;
+        assert!((overall - 0.7).abs() < 0.002, "{alloc:?}: achieved {overall}");
+        let r = perplexity(&pruned, &eval, &mut |_, _| true).unwrap();
+        eprintln!("{alloc:?}: ppl {:.3}, achieved {overall:.5}", r.ppl);
+        ppl.push(r.ppl);
+    }
+    let (uniform, owl, dlp) = (ppl[0], ppl[1], ppl[2]);
+    assert!(dlp < owl && owl < uniform, "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}");
+}
+
+fn dlpx(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dlpx")).args(args).arg("--quiet").output().unwrap()
+}
+
+/// Preview run with a report, replay via --config, --save then eval of the folder.
+#[test]
+fn report_replay_and_saved_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rep = d.join("r.json");
+    let ratios = d.join("ratios.json");
+    let saved = d.join("pruned");
+    let common = ["prune", "--mode", "preview", "--calib-samples", "8", "--eval-windows", "8"];
+    let mut a = common.to_vec();
+    let (r, ra, s) = (rep.to_str().unwrap(), ratios.to_str().unwrap(), saved.to_str().unwrap());
+    a.extend(["--alpha", "0.1", "--tau", "0.5", "--report", r, "--ratios-out", ra, "--save", s]);
+    let o = dlpx(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["params"]["alloc"]["tau"], 0.5);
+    let keep: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&ratios).unwrap()).unwrap();
+    assert_eq!(keep.len(), 30);
+    assert!((keep.iter().sum::<f64>() / 30.0 - 0.3).abs() < 1e-6);
+
+    // Replay: identical per-block sparsities.
+    let rep2 = d.join("r2.json");
+    let o = dlpx(&["prune", "--config", r, "--eval", "none", "--report", rep2.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep2).unwrap()).unwrap();
+    for (a, b) in report["blocks"].as_array().unwrap().iter().zip(report2["blocks"].as_array().unwrap()) {
+        assert_eq!(a["target_sparsity"], b["target_sparsity"]);
+        assert_eq!(a["achieved_sparsity"], b["achieved_sparsity"]);
+    }
+
+    // The saved folder evaluates to the report's pruned perplexity.
+    let o = dlpx(&["eval", "--model", s, "--windows", "8", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (got, want) = (e["ppl"].as_f64().unwrap(), report["ppl"]["pruned"].as_f64().unwrap());
+    assert!((got / want - 1.0).abs() < 1e-4, "saved {got} vs report {want}");
+}
+
+#[test]
+fn bad_prune_input_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rep = d.join("r.json");
+    let r = rep.to_str().unwrap();
+    let check = |args: &[&str], needle: &str| {
+        let mut a = vec!["prune", "--report", r];
+        a.extend_from_slice(args);
+        let o = dlpx(&a);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && err.contains(needle), "{args:?}: {err}");
+        assert!(!rep.exists(), "{args:?} wrote a report");
+    };
+    check(&["--sparsity", "1.3"], "sparsity must be in [0, 1)");
+    check(&["--sparsity", "-0.1"], "sparsity must be in [0, 1)");
+    check(&["--alpha", "-0.1"], "--alpha must be ≥ 0");
+    check(&["--tau", "0"], "--tau must be nonzero");
+    check(&["--pattern", "5:4"], "N ≤ M");
+    let cfg = d.join("cfg.json");
+    let c = cfg.to_str().unwrap();
+    std::fs::write(&cfg, r#"{"schema_version": 99}"#).unwrap();
+    check(&["--config", c], "schema_version 99");
+    // A config naming an unknown field.
+    let schema_ok = include_str!("../src/report.schema.json");
+    assert!(schema_ok.contains("schema_version"));
+    std::fs::write(&cfg, r#"{"schema_version": 1, "tool": {"name": "dlpx", "version": "0", "colour": 1}}"#).unwrap();
+    check(&["--config", c], "unknown field `colour`");
+}
+
+#[test]
+fn committed_schema_matches_the_types() {
+    assert_eq!(include_str!("../src/report.schema.json"), dlpx::report::json_schema(), "run `dlpx schema > src/report.schema.json`");
+}
