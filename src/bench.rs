@@ -60,6 +60,11 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         "forward": {"windows": a.windows, "seq_len": a.seq_len, "median_s": fwd_s, "tokens_per_s": tokens / fwd_s, "gflops": gflops},
         "tokenizer": {"bytes": text.len(), "ids": n_ids, "median_s": tok_s, "mb_per_s": text.len() as f64 / 1e6 / tok_s},
     });
+    let v = if a.prune {
+        with_prune_stages(ctx, &m, &ids, v, a.json)?
+    } else {
+        v
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -81,4 +86,54 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Time each pruning stage on the demo protocol (32 × 256 calibration, 64 × 256 evaluation).
+fn with_prune_stages(
+    ctx: &mut Ctx,
+    m: &crate::model::LoadedModel,
+    calib_ids: &[u32],
+    mut v: serde_json::Value,
+    json: bool,
+) -> Result<serde_json::Value> {
+    use crate::prune::pipeline::{plan, prune_faithful, prune_preview, PruneParams};
+    let calib = crate::data::windows(calib_ids, 256, 32, "calib")?;
+    let p = &mut ctx.progress;
+    let eval_text = TextSource::Demo(DemoSplit::Eval).load(&mut |s| p.status(s))?;
+    let eval = crate::data::windows(&m.encode(&eval_text)?, 256, 64, "eval")?;
+    ctx.progress.status("timing: dense calibration pass");
+    let t = Instant::now();
+    let cal = crate::prune::stats::calibrate(&m.llama, &calib, 5.0, &mut |_| true)?;
+    let dense_s = t.elapsed().as_secs_f64();
+    let params = PruneParams::default();
+    let mut us = Vec::new();
+    for _ in 0..1000 {
+        us.push(plan(&m.llama, &cal, &params)?.allocate_us);
+    }
+    let alloc_us = median(us);
+    let pl = plan(&m.llama, &cal, &params)?;
+    ctx.progress.status("timing: preview masks");
+    let mut pruned = m.llama.clone();
+    let t = Instant::now();
+    prune_preview(&mut pruned, &cal, &pl, &params)?;
+    let masks_s = t.elapsed().as_secs_f64();
+    ctx.progress.status("timing: faithful pass");
+    let mut faithful = m.llama.clone();
+    let t = Instant::now();
+    prune_faithful(&mut faithful, &calib, &pl, &params, &mut |_| true)?;
+    let faithful_s = t.elapsed().as_secs_f64();
+    ctx.progress.status("timing: evaluation");
+    let t = Instant::now();
+    crate::eval::perplexity::perplexity(&faithful, &eval, &mut |_, _| true)?;
+    let eval_s = t.elapsed().as_secs_f64();
+    v["prune"] = serde_json::json!({
+        "dense_pass_s": dense_s, "allocate_median_us": alloc_us, "preview_masks_s": masks_s,
+        "faithful_pass_s": faithful_s, "eval_s": eval_s,
+    });
+    if !json {
+        println!(
+            "prune stages (32×256 calib, 64×256 eval): dense pass {dense_s:.1}s · allocation {alloc_us:.1} µs (median of 1000) · preview masks {masks_s:.2}s · faithful pass {faithful_s:.1}s · eval {eval_s:.1}s"
+        );
+    }
+    Ok(v)
 }

@@ -245,4 +245,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also time the pruning stages on the demo protocol (dense pass, allocation, masks, faithful pass, eval).
+    #[arg(long)]
+    pub prune: bool,
 }

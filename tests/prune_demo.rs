@@ -31,34 +31,53 @@ fn paper_ordering_and_invariants_at_70_percent() {
         let n = pl.block.len() as f64;
         let mean = pl.block.iter().sum::<f64>() / n;
         assert!((mean - 0.7).abs() < 1e-6, "{alloc:?}: mean target {mean}");
-        let (lo, hi) = pl.block.iter().fold((9f64, -9f64), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = pl
+            .block
+            .iter()
+            .fold((9f64, -9f64), |(a, b), &v| (a.min(v), b.max(v)));
         let spread = match alloc {
             Allocation::Uniform => 0.0,
             Allocation::Owl => 0.16,
             Allocation::Dlp => 0.30,
         };
-        assert!((hi - lo - spread).abs() < 1e-6, "{alloc:?}: spread {}", hi - lo);
+        assert!(
+            (hi - lo - spread).abs() < 1e-6,
+            "{alloc:?}: spread {}",
+            hi - lo
+        );
         if alloc == Allocation::Dlp {
             // Blocks ordered by score: a higher median Wanda score never gets less sparsity.
             let mut idx: Vec<usize> = (0..pl.block.len()).collect();
             idx.sort_by(|&a, &b| pl.scores[a].total_cmp(&pl.scores[b]));
-            assert!(idx.windows(2).all(|w| pl.block[w[0]] <= pl.block[w[1]] + 1e-12));
+            assert!(idx
+                .windows(2)
+                .all(|w| pl.block[w[0]] <= pl.block[w[1]] + 1e-12));
         }
         let mut pruned = m.llama.clone();
         prune_faithful(&mut pruned, &calib, &pl, &p, &mut |_| true).unwrap();
         let got = achieved(&pruned).unwrap();
         let overall = got.iter().sum::<f64>() / n;
-        assert!((overall - 0.7).abs() < 0.002, "{alloc:?}: achieved {overall}");
+        assert!(
+            (overall - 0.7).abs() < 0.002,
+            "{alloc:?}: achieved {overall}"
+        );
         let r = perplexity(&pruned, &eval, &mut |_, _| true).unwrap();
         eprintln!("{alloc:?}: ppl {:.3}, achieved {overall:.5}", r.ppl);
         ppl.push(r.ppl);
     }
     let (uniform, owl, dlp) = (ppl[0], ppl[1], ppl[2]);
-    assert!(dlp < owl && owl < uniform, "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}");
+    assert!(
+        dlp < owl && owl < uniform,
+        "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}"
+    );
 }
 
 fn dlpx(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dlpx")).args(args).arg("--quiet").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .unwrap()
 }
 
 /// Preview run with a report, replay via --config, --save then eval of the folder.
@@ -69,13 +88,37 @@ fn report_replay_and_saved_model() {
     let rep = d.join("r.json");
     let ratios = d.join("ratios.json");
     let saved = d.join("pruned");
-    let common = ["prune", "--mode", "preview", "--calib-samples", "8", "--eval-windows", "8"];
+    let common = [
+        "prune",
+        "--mode",
+        "preview",
+        "--calib-samples",
+        "8",
+        "--eval-windows",
+        "8",
+    ];
     let mut a = common.to_vec();
-    let (r, ra, s) = (rep.to_str().unwrap(), ratios.to_str().unwrap(), saved.to_str().unwrap());
-    a.extend(["--alpha", "0.1", "--tau", "0.5", "--report", r, "--ratios-out", ra, "--save", s]);
+    let (r, ra, s) = (
+        rep.to_str().unwrap(),
+        ratios.to_str().unwrap(),
+        saved.to_str().unwrap(),
+    );
+    a.extend([
+        "--alpha",
+        "0.1",
+        "--tau",
+        "0.5",
+        "--report",
+        r,
+        "--ratios-out",
+        ra,
+        "--save",
+        s,
+    ]);
     let o = dlpx(&a);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
     assert_eq!(report["schema_version"], 1);
     assert_eq!(report["params"]["alloc"]["tau"], 0.5);
     let keep: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&ratios).unwrap()).unwrap();
@@ -84,10 +127,24 @@ fn report_replay_and_saved_model() {
 
     // Replay: identical per-block sparsities.
     let rep2 = d.join("r2.json");
-    let o = dlpx(&["prune", "--config", r, "--eval", "none", "--report", rep2.to_str().unwrap()]);
+    let o = dlpx(&[
+        "prune",
+        "--config",
+        r,
+        "--eval",
+        "none",
+        "--report",
+        rep2.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep2).unwrap()).unwrap();
-    for (a, b) in report["blocks"].as_array().unwrap().iter().zip(report2["blocks"].as_array().unwrap()) {
+    let report2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep2).unwrap()).unwrap();
+    for (a, b) in report["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(report2["blocks"].as_array().unwrap())
+    {
         assert_eq!(a["target_sparsity"], b["target_sparsity"]);
         assert_eq!(a["achieved_sparsity"], b["achieved_sparsity"]);
     }
@@ -96,8 +153,14 @@ fn report_replay_and_saved_model() {
     let o = dlpx(&["eval", "--model", s, "--windows", "8", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let (got, want) = (e["ppl"].as_f64().unwrap(), report["ppl"]["pruned"].as_f64().unwrap());
-    assert!((got / want - 1.0).abs() < 1e-4, "saved {got} vs report {want}");
+    let (got, want) = (
+        e["ppl"].as_f64().unwrap(),
+        report["ppl"]["pruned"].as_f64().unwrap(),
+    );
+    assert!(
+        (got / want - 1.0).abs() < 1e-4,
+        "saved {got} vs report {want}"
+    );
 }
 
 #[test]
@@ -112,7 +175,10 @@ fn bad_prune_input_writes_nothing() {
         let o = dlpx(&a);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(!o.status.success(), "{args:?}: {err}");
-        assert!(!err.contains("panicked") && err.contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && err.contains(needle),
+            "{args:?}: {err}"
+        );
         assert!(!rep.exists(), "{args:?} wrote a report");
     };
     check(&["--sparsity", "1.3"], "sparsity must be in [0, 1)");
@@ -127,11 +193,19 @@ fn bad_prune_input_writes_nothing() {
     // A config naming an unknown field.
     let schema_ok = include_str!("../src/report.schema.json");
     assert!(schema_ok.contains("schema_version"));
-    std::fs::write(&cfg, r#"{"schema_version": 1, "tool": {"name": "dlpx", "version": "0", "colour": 1}}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        r#"{"schema_version": 1, "tool": {"name": "dlpx", "version": "0", "colour": 1}}"#,
+    )
+    .unwrap();
     check(&["--config", c], "unknown field `colour`");
 }
 
 #[test]
 fn committed_schema_matches_the_types() {
-    assert_eq!(include_str!("../src/report.schema.json"), dlpx::report::json_schema(), "run `dlpx schema > src/report.schema.json`");
+    assert_eq!(
+        include_str!("../src/report.schema.json"),
+        dlpx::report::json_schema(),
+        "run `dlpx schema > src/report.schema.json`"
+    );
 }

@@ -100,7 +100,7 @@ pub fn min_max(x: &[f64]) -> Vec<f64> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    if !(hi > lo) {
+    if hi.is_nan() || lo.is_nan() || hi <= lo {
         return vec![0.0; x.len()];
     }
     x.iter().map(|v| (v - lo) / (hi - lo)).collect()
