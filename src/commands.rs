@@ -147,16 +147,7 @@ pub fn generate_cmd(ctx: &mut Ctx, a: &GenerateArgs) -> Result<()> {
 }
 
 pub fn export_model(ctx: &mut Ctx, a: &ExportArgs) -> Result<()> {
-    if a.out.exists()
-        && std::fs::read_dir(&a.out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        color_eyre::eyre::bail!(
-            "`{}` already exists and is not empty: choose another --out or remove it",
-            a.out.display()
-        );
-    }
+    model::ensure_free_dir(&a.out)?;
     let m = ctx.load_model(&a.model)?;
     ctx.progress.status(&format!("writing {}", a.out.display()));
     model::save_folder(&m, &a.out)?;

@@ -168,16 +168,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         .map(|e| TextSource::parse(e, DemoSplit::Eval))
         .transpose()?;
     if let Some(dir) = &a.save {
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map(|mut x| x.next().is_some())
-                .unwrap_or(true)
-        {
-            bail!(
-                "--save `{}` already exists and is not empty: choose another folder or remove it",
-                dir.display()
-            );
-        }
+        crate::model::ensure_free_dir(dir)?;
     }
     for f in [&a.report, &a.ratios_out].into_iter().flatten() {
         let parent = f

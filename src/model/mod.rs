@@ -177,20 +177,27 @@ pub fn load_folder(
     })
 }
 
+/// Refuse an output folder that exists with something in it (checked before any work, so bad
+/// input loses nothing).
+pub fn ensure_free_dir(out: &Path) -> Result<()> {
+    let non_empty = out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if non_empty {
+        bail!(
+            "`{}` already exists and is not empty: choose another folder or remove it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Write an HF-style folder (model.safetensors with the original tensor names, config.json,
 /// tokenizer.json). The folder is built beside `out` and renamed into place, so a failure never
 /// leaves a half-written model at `out`.
 pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "`{}` already exists and is not empty: choose another --out or remove it",
-            out.display()
-        );
-    }
+    ensure_free_dir(out)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
