@@ -123,6 +123,9 @@ pub struct PruneArgs {
     /// OWL range λ: sparsities span 2λ.
     #[arg(long, allow_hyphen_values = true)]
     pub owl_lambda: Option<f64>,
+    /// AlphaPruning ε: per-block factors in [1 − ε, 1 + ε] before normalising to p.
+    #[arg(long, allow_hyphen_values = true)]
+    pub alpha_eps: Option<f64>,
     /// Pattern: unstructured, 2:4 or 4:8 (N:M sets the target to N/M; DLP picks N per block).
     #[arg(long)]
     pub pattern: Option<crate::prune::mask::Pattern>,
@@ -132,6 +135,9 @@ pub struct PruneArgs {
     /// Pin a block's sparsity, e.g. `--pin 3=0.5` (repeatable); the others re-solve under the budget.
     #[arg(long = "pin", value_parser = parse_pin)]
     pub pins: Vec<(usize, f64)>,
+    /// Recompute the calibration statistics even when the on-disk cache has them.
+    #[arg(long)]
+    pub no_stats_cache: bool,
     /// Write the report (also a replayable config) as JSON.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,

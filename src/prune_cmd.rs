@@ -10,8 +10,8 @@ use crate::data::demo::sha256_bytes;
 use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::model::{LoadedModel, ModelSource};
+use crate::prune::cache::{calibrate_cached, StatsKey};
 use crate::prune::pipeline::{achieved, plan, prune_faithful, prune_preview, Mode, PruneParams};
-use crate::prune::stats::calibrate;
 use crate::report::{
     BlockReport, DataInfo, DataSet, GenerationPair, ModelInfo, Overall, PplInfo, Report, Timings,
     Tool, SCHEMA_VERSION,
@@ -93,6 +93,9 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
     }
     if let Some(v) = a.owl_lambda {
         p.alloc.owl_lambda = v;
+    }
+    if let Some(v) = a.alpha_eps {
+        p.alloc.alpha_eps = v;
     }
     if let Some(v) = a.pattern {
         p.pattern = v;
@@ -231,19 +234,41 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     let dense_gens = gens(&m, &a.prompt, a.max_new_tokens)?;
 
     let t = Instant::now();
+    let key = match a.no_stats_cache {
+        true => None,
+        false => Some(StatsKey::new(
+            &m,
+            &calib_set.sha256,
+            d.calib_samples,
+            d.seq_len,
+            ctx.dtype,
+        )?),
+    };
     let p = &mut ctx.progress;
-    let cal = calibrate(&m.llama, &calib_windows, params.owl_m, &mut |bp| {
-        p.step(
-            "calibrate block",
-            bp.block,
-            bp.blocks,
-            "tok",
-            bp.tokens / bp.blocks.max(1),
-            bp.started,
-        );
-        true
-    })?;
+    let (cal, hit) = calibrate_cached(
+        &m,
+        &calib_windows,
+        key.as_ref(),
+        params.owl_m,
+        &mut |bp| {
+            p.step(
+                "calibrate block",
+                bp.block,
+                bp.blocks,
+                "tok",
+                bp.tokens / bp.blocks.max(1),
+                bp.started,
+            );
+            true
+        },
+        &mut |w| eprintln!("{w}"),
+    )?;
     timings.calibrate_s = t.elapsed().as_secs_f64();
+    timings.stats_cache_hit = hit;
+    if hit {
+        ctx.progress
+            .status("calibration statistics from the cache (--no-stats-cache recomputes them)");
+    }
 
     let pl = plan(&m.llama, &cal, &params)?;
     timings.allocate_us = pl.allocate_us;
@@ -293,6 +318,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             index: i,
             score: pl.scores[i],
             outlier_ratio: cal.owl[i],
+            esd_alpha: cal.esd[i].iter().sum::<f64>() / 7.0,
             target_sparsity: pl.block[i],
             achieved_sparsity: got[i],
             n_of_m: pl.n_of_m.as_ref().map(|v| v[i]),
@@ -365,10 +391,11 @@ fn print_table(r: &Report) {
         p.mode
     );
     println!(
-        "{:>5} {:>12} {:>9} {:>8} {:>9}{}",
+        "{:>5} {:>12} {:>9} {:>7} {:>8} {:>9}{}",
         "block",
         "score",
         "outl.%",
+        "α̂",
         "target",
         "achieved",
         if r.blocks.iter().any(|b| b.n_of_m.is_some()) {
@@ -380,8 +407,8 @@ fn print_table(r: &Report) {
     for b in &r.blocks {
         let n = b.n_of_m.map(|n| format!(" {n:>4}")).unwrap_or_default();
         println!(
-            "{:>5} {:>12.6} {:>9.3} {:>8.4} {:>9.4}{n}",
-            b.index, b.score, b.outlier_ratio, b.target_sparsity, b.achieved_sparsity
+            "{:>5} {:>12.6} {:>9.3} {:>7.3} {:>8.4} {:>9.4}{n}",
+            b.index, b.score, b.outlier_ratio, b.esd_alpha, b.target_sparsity, b.achieved_sparsity
         );
     }
     println!(

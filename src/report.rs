@@ -83,6 +83,9 @@ pub struct BlockReport {
     pub score: f64,
     /// OWL outlier ratio (percent) at `params.owl_m`.
     pub outlier_ratio: f64,
+    /// AlphaPruning's α̂, the mean over the block's 7 linears.
+    #[serde(default)]
+    pub esd_alpha: f64,
     pub target_sparsity: f64,
     pub achieved_sparsity: f64,
     /// N of every M pruned in this block, for N:M patterns.
@@ -118,6 +121,9 @@ pub struct GenerationPair {
 pub struct Timings {
     pub load_s: f64,
     pub calibrate_s: f64,
+    /// The calibration statistics came from the on-disk cache.
+    #[serde(default)]
+    pub stats_cache_hit: bool,
     pub allocate_us: f64,
     pub prune_s: f64,
     pub eval_s: f64,
@@ -141,6 +147,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
     std::io::Write::write_all(&mut tmp, bytes)?;
+    // Temp files are created 0600; an exported file is meant to be shared like any other.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     tmp.persist(path)
         .map_err(|e| eyre!("cannot write `{}`: {e}", path.display()))?;
     Ok(())

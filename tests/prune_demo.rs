@@ -8,7 +8,9 @@ use dlpx::data::{windows, DemoSplit, TextSource};
 use dlpx::eval::perplexity::perplexity;
 use dlpx::model::{self, ModelSource};
 use dlpx::prune::allocate::Allocation;
-use dlpx::prune::pipeline::{achieved, plan, prune_faithful, PruneParams};
+use dlpx::prune::cache::{self, StatsKey};
+use dlpx::prune::mask::Pattern;
+use dlpx::prune::pipeline::{achieved, plan, prune_faithful, prune_preview, Mode, PruneParams};
 use dlpx::prune::stats::calibrate;
 
 fn protocol_windows(m: &model::LoadedModel, split: DemoSplit, n: usize) -> Vec<Vec<u32>> {
@@ -39,6 +41,7 @@ fn paper_ordering_and_invariants_at_70_percent() {
             Allocation::Uniform => 0.0,
             Allocation::Owl => 0.16,
             Allocation::Dlp => 0.30,
+            Allocation::Alpha => unreachable!("not in this loop"),
         };
         assert!(
             (hi - lo - spread).abs() < 1e-6,
@@ -139,6 +142,8 @@ fn report_replay_and_saved_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report2: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&rep2).unwrap()).unwrap();
+    // The second run over the same model and data reads the statistics cache.
+    assert_eq!(report2["timings"]["stats_cache_hit"], true);
     for (a, b) in report["blocks"]
         .as_array()
         .unwrap()
@@ -186,6 +191,7 @@ fn bad_prune_input_writes_nothing() {
     check(&["--alpha", "-0.1"], "--alpha must be ≥ 0");
     check(&["--tau", "0"], "--tau must be nonzero");
     check(&["--pattern", "5:4"], "N ≤ M");
+    check(&["--alpha-eps", "1.5"], "--alpha-eps must be in [0, 1)");
     let cfg = d.join("cfg.json");
     let c = cfg.to_str().unwrap();
     std::fs::write(&cfg, r#"{"schema_version": 99}"#).unwrap();
@@ -208,4 +214,82 @@ fn committed_schema_matches_the_types() {
         dlpx::report::json_schema(),
         "run `dlpx schema > src/report.schema.json`"
     );
+}
+
+/// N:M masks verified row by row on the real model (DLP picks N per block), AlphaPruning's
+/// allocation invariants, and the statistics cache round trip.
+#[test]
+fn n_of_m_rows_alphapruning_and_stats_cache() {
+    let m = model::load(&ModelSource::Demo, &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
+    let calib = protocol_windows(&m, DemoSplit::Calib, 8);
+    let cal = calibrate(&m.llama, &calib, 5.0, &mut |_| true).unwrap();
+
+    for (n, mm) in [(2usize, 4usize), (4, 8)] {
+        let p = PruneParams {
+            pattern: Pattern::NOfM { n, m: mm },
+            mode: Mode::Preview,
+            ..Default::default()
+        };
+        let pl = plan(&m.llama, &cal, &p).unwrap();
+        let ns = pl.n_of_m.clone().unwrap();
+        // DLP spreads N around n: some blocks prune fewer, some more, the mean stays near n.
+        let mean_n = ns.iter().sum::<usize>() as f64 / ns.len() as f64;
+        assert!((mean_n - n as f64).abs() < 0.5, "{n}:{mm}: mean N {mean_n}");
+        assert!(
+            ns.iter().any(|&x| x != ns[0]),
+            "{n}:{mm}: N does not vary: {ns:?}"
+        );
+        let mut pruned = m.llama.clone();
+        prune_preview(&mut pruned, &cal, &pl, &p).unwrap();
+        for (b, blk) in pruned.blocks.iter().enumerate() {
+            for l in &blk.linears {
+                let mask = l.mask.as_ref().unwrap().to_vec2::<u8>().unwrap();
+                for (r, row) in mask.iter().enumerate() {
+                    for (g, grp) in row.chunks(mm).enumerate() {
+                        let pruned_in_group = grp.iter().filter(|&&k| k == 0).count();
+                        assert_eq!(
+                            pruned_in_group, ns[b],
+                            "{n}:{mm} block {b} {} row {r} group {g}",
+                            l.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // AlphaPruning: parameter-weighted mean p, a lighter tail (higher α̂) never gets less
+    // sparsity, and the spread is the ε factor range (1 + ε)/(1 − ε) when nothing clamps.
+    let mut p = PruneParams::default();
+    p.alloc.allocation = Allocation::Alpha;
+    let pl = plan(&m.llama, &cal, &p).unwrap();
+    let n = pl.block.len() as f64;
+    assert!((pl.block.iter().sum::<f64>() / n - 0.7).abs() < 1e-6);
+    let esd: Vec<f64> = cal
+        .esd
+        .iter()
+        .map(|a| a.iter().sum::<f64>() / 7.0)
+        .collect();
+    assert!(esd.iter().all(|a| a.is_finite() && *a > 1.0), "{esd:?}");
+    let mut idx: Vec<usize> = (0..esd.len()).collect();
+    idx.sort_by(|&a, &b| esd[a].total_cmp(&esd[b]));
+    assert!(idx
+        .windows(2)
+        .all(|w| pl.block[w[0]] <= pl.block[w[1]] + 1e-12));
+    let (lo, hi) = pl
+        .block
+        .iter()
+        .fold((9f64, -9f64), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!((hi / lo - 1.2 / 0.8).abs() < 1e-9, "ratio {}", hi / lo);
+
+    // The cache returns exactly what was stored, and the same allocation follows.
+    let key = StatsKey::new(&m, "test-only-key", 8, 256, DType::F32).unwrap();
+    cache::store(&key, &cal).unwrap();
+    let back = cache::load(&key).expect("cached statistics");
+    assert!(
+        serde_json::to_string(&back).unwrap() == serde_json::to_string(&cal).unwrap(),
+        "cached statistics differ from the stored ones"
+    );
+    assert_eq!(plan(&m.llama, &back, &p).unwrap().block, pl.block);
+    std::fs::remove_file(key.path().unwrap()).unwrap();
 }

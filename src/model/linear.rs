@@ -115,7 +115,7 @@ impl PrunableLinear {
 
 /// The Wanda input statistic of one linear (`scaler_row` of the reference code): after N
 /// sequences, `sq_norm[j] = (1/N) Σ_sequences Σ_tokens x[t, j]²`. `n` counts sequences, not tokens.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InputStats {
     pub sq_norm: Vec<f32>,
     pub n: usize,

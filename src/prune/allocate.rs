@@ -15,6 +15,8 @@ pub enum Allocation {
     Uniform,
     Owl,
     Dlp,
+    /// AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights.
+    Alpha,
 }
 
 /// Clamp policy of dlp-spec.md §10.4.
@@ -43,6 +45,9 @@ pub struct AllocParams {
     pub clamp: ClampPolicy,
     /// OWL λ: sparsities span 2λ.
     pub owl_lambda: f64,
+    /// AlphaPruning ε: sparsities scale by factors in [1 − ε, 1 + ε] before normalising.
+    #[serde(default = "default_alpha_eps")]
+    pub alpha_eps: f64,
     /// Per-block pinned sparsities `(block, sparsity)`; the others re-solve under the budget.
     #[serde(default)]
     pub overrides: Vec<(usize, f64)>,
@@ -57,9 +62,14 @@ impl Default for AllocParams {
             tau: None,
             clamp: ClampPolicy::Budget,
             owl_lambda: 0.08,
+            alpha_eps: default_alpha_eps(),
             overrides: vec![],
         }
     }
+}
+
+fn default_alpha_eps() -> f64 {
+    0.2
 }
 
 impl AllocParams {
@@ -80,6 +90,9 @@ impl AllocParams {
         }
         if !(self.owl_lambda >= 0.0 && self.owl_lambda.is_finite()) {
             bail!("--owl-lambda must be ≥ 0 (got {})", self.owl_lambda);
+        }
+        if !(0.0..1.0).contains(&self.alpha_eps) {
+            bail!("--alpha-eps must be in [0, 1) (got {})", self.alpha_eps);
         }
         for &(b, s) in &self.overrides {
             if b >= n_blocks {
@@ -171,6 +184,17 @@ pub fn dlp_raw(scores: &[f64], weights: &[f64], p: f64, alpha: f64, tau: Option<
     v.iter().map(|x| p + 2.0 * alpha * (x - m)).collect()
 }
 
+/// AlphaPruning's linear map (§4.7): `f = minmax(α̂)·2ε + 1 − ε`, scaled so the
+/// parameter-weighted mean is p. Higher α̂ (lighter tail) → more sparsity.
+pub fn alpha_raw(esd: &[f64], weights: &[f64], p: f64, eps: f64) -> Vec<f64> {
+    let f: Vec<f64> = min_max(esd)
+        .into_iter()
+        .map(|u| u * 2.0 * eps + 1.0 - eps)
+        .collect();
+    let scale = p / wmean(&f, weights);
+    f.iter().map(|x| x * scale).collect()
+}
+
 /// Apply a clamp policy and the per-block overrides. `weights` are parameter counts.
 pub fn clamp(
     raw: &[f64],
@@ -239,6 +263,8 @@ pub struct AllocInput<'a> {
     pub scores_f32: &'a [f32],
     /// OWL outlier ratios in percent (higher → less sparsity).
     pub outliers: &'a [f64],
+    /// AlphaPruning's α̂ (block-averaged for blocks).
+    pub esd: &'a [f64],
     /// Parameter count of each unit.
     pub weights: &'a [f64],
 }
@@ -254,6 +280,7 @@ pub fn allocate(inp: &AllocInput, a: &AllocParams) -> Vec<f64> {
             dlp_reference_f32(inp.scores_f32, a.sparsity, a.alpha)
         }
         Allocation::Dlp => dlp_raw(inp.scores, inp.weights, a.sparsity, a.alpha, a.tau),
+        Allocation::Alpha => alpha_raw(inp.esd, inp.weights, a.sparsity, a.alpha_eps),
     };
     clamp(&raw, inp.weights, a.sparsity, a.clamp, &a.overrides)
 }
@@ -275,6 +302,7 @@ mod tests {
             scores: s,
             scores_f32: s32,
             outliers: s,
+            esd: s,
             weights: w,
         }
     }
@@ -299,6 +327,23 @@ mod tests {
         // Ordered by score: the highest score gets the most sparsity.
         assert_eq!(s.iter().cloned().fold(0f64, f64::max), s[3]);
         assert_eq!(s.iter().cloned().fold(1f64, f64::min), s[1]);
+    }
+
+    #[test]
+    fn alphapruning_normalises_by_parameter_count() {
+        // Transcription of ww_sparsity: f = minmax(α̂)(s2 − s1) + s1, times p·Σn / Σ(n·f).
+        let esd = [2.0, 4.0, 3.0];
+        let w = [1.0, 3.0, 2.0];
+        let got = alpha_raw(&esd, &w, 0.7, 0.2);
+        let f = [0.8, 1.2, 1.0];
+        let scale = 0.7 * 6.0 / (0.8 + 3.6 + 2.0);
+        for (g, x) in got.iter().zip(f) {
+            assert!((g - x * scale).abs() < 1e-12);
+        }
+        let wmean: f64 = got.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / 6.0;
+        assert!((wmean - 0.7).abs() < 1e-12);
+        // A lighter tail (higher α̂) is pruned more.
+        assert!(got[1] > got[2] && got[2] > got[0]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The pruning engine: calibrate (stats), allocate (pure), mask, and the two pipelines.
 
 pub mod allocate;
+pub mod cache;
+pub mod esd;
 pub mod mask;
 pub mod pipeline;
 pub mod stats;

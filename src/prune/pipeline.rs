@@ -85,8 +85,10 @@ impl PruneParams {
                 bail!("pattern {n}:{m}: need N ≤ M and M > 0");
             }
         }
-        if self.granularity == Granularity::Linear && self.alloc.allocation != Allocation::Dlp {
-            bail!("--granularity linear applies to DLP only");
+        if self.granularity == Granularity::Linear
+            && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
+        {
+            bail!("--granularity linear applies to DLP and AlphaPruning only");
         }
         if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
             bail!("per-block overrides need --granularity block");
@@ -125,10 +127,17 @@ pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
         Granularity::Block => {
             let s32: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
             let w: Vec<f64> = numel.iter().map(|x| x.iter().sum()).collect();
+            // AlphaPruning's `block_wise` mapping: the mean α̂ of the block's linears.
+            let esd: Vec<f64> = cal
+                .esd
+                .iter()
+                .map(|a| a.iter().sum::<f64>() / 7.0)
+                .collect();
             let inp = AllocInput {
                 scores: &scores,
                 scores_f32: &s32,
                 outliers: &cal.owl,
+                esd: &esd,
                 weights: &w,
             };
             allocate(&inp, &alloc).into_iter().map(|s| [s; 7]).collect()
@@ -142,10 +151,12 @@ pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
             let s32: Vec<f32> = ls.iter().map(|&x| x as f32).collect();
             let w: Vec<f64> = numel.iter().flatten().copied().collect();
             let owl: Vec<f64> = cal.owl.iter().flat_map(|&o| [o; 7]).collect();
+            let esd: Vec<f64> = cal.esd.iter().flatten().copied().collect();
             let inp = AllocInput {
                 scores: &ls,
                 scores_f32: &s32,
                 outliers: &owl,
+                esd: &esd,
                 weights: &w,
             };
             allocate(&inp, &alloc)

@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor};
 use color_eyre::eyre::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::esd::{alpha_hat, eigenvalues};
 use super::mask::wanda_metric;
 use crate::model::{InputStats, LinearKind, Llama};
 
@@ -81,8 +82,8 @@ impl ScoreStats {
     }
 }
 
-/// Everything the dense pass produced.
-#[derive(Debug, Clone)]
+/// Everything the dense pass produced (what the statistics cache stores).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
     /// `inputs[block][linear]`: Wanda input statistics of the dense pass.
     pub inputs: Vec<Vec<InputStats>>,
@@ -93,6 +94,8 @@ pub struct Calibration {
     /// OWL outlier ratio (percent of scores > M · mean) per block, for `owl_m`.
     pub owl: Vec<f64>,
     pub owl_m: f64,
+    /// AlphaPruning's α̂ per block and linear (weights only, §4.7).
+    pub esd: Vec<[f64; 7]>,
     pub seconds: f64,
 }
 
@@ -183,6 +186,18 @@ fn block_scores(model: &Llama, i: usize, inputs: &[InputStats]) -> Result<Vec<Ve
         .collect()
 }
 
+/// AlphaPruning's α̂ of block `i`'s 7 linears.
+fn block_alphas(model: &Llama, i: usize) -> Result<[f64; 7]> {
+    let blk = &model.blocks[i];
+    let mut out = [0f64; 7];
+    for k in LinearKind::ALL {
+        let l = blk.linear(k);
+        let e = eigenvalues(&weights_f32(&l.weight)?, l.out_features(), l.in_features())?;
+        out[k.index()] = alpha_hat(&e);
+    }
+    Ok(out)
+}
+
 /// OWL's layerwise outlier density in percent: share of scores above `m` × their mean.
 pub fn outlier_ratio(scores: &[Vec<f32>], m: f64) -> f64 {
     let n: usize = scores.iter().map(|s| s.len()).sum();
@@ -211,6 +226,7 @@ pub fn calibrate(
         linears: vec![],
         owl: vec![],
         owl_m,
+        esd: vec![],
         seconds: 0.0,
     };
     for i in 0..n {
@@ -223,6 +239,7 @@ pub fn calibrate(
         let mut all: Vec<f32> = scores.into_iter().flatten().collect();
         cal.blocks.push(ScoreStats::of(&mut all));
         cal.inputs.push(stats);
+        cal.esd.push(block_alphas(model, i)?);
         if !progress(BlockProgress {
             block: i + 1,
             blocks: n,
