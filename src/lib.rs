@@ -1,8 +1,11 @@
 //! dlpx: layer-wise pruning explorer for Llama-family language models.
 //!
 //! Data flow: `model` (load GGUF / safetensors / Hub) → `data` (texts, windows) →
-//! `eval` (perplexity, generation). The pruning engine and the TUI build on these.
+//! `eval` (perplexity, generation) → `prune` (calibrate, allocate, mask) → `report`.
+//! The explorer: `app` (state + update) ← `worker` (engine on its own thread) and `tui` (terminal,
+//! event loop) → `ui` (pure drawing).
 
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod commands;
@@ -14,3 +17,6 @@ pub mod progress;
 pub mod prune;
 pub mod prune_cmd;
 pub mod report;
+pub mod tui;
+pub mod ui;
+pub mod worker;

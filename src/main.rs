@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use dlpx::cli::{Cli, Command, DemoArgs, ModelArgs};
+use dlpx::cli::{Cli, Command};
 use dlpx::commands::{self, Ctx};
 
 fn run(cli: Cli) -> color_eyre::Result<()> {
@@ -17,17 +17,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
             print!("{}", dlpx::report::json_schema());
             Ok(())
         }
-        None => commands::demo(
-            &mut ctx,
-            &DemoArgs {
-                model: ModelArgs {
-                    model: None,
-                    revision: None,
-                },
-                prompt: "The capital of France is".into(),
-                windows: 64,
-            },
-        ),
+        None => dlpx::tui::start(&cli.global, &cli.tui),
     }
 }
 

@@ -114,8 +114,8 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
     Ok((p, d, base))
 }
 
-fn dataset(src: &TextSource, text: &str, windows: usize, seq_len: usize, arg: &str) -> DataSet {
-    let _ = src;
+/// The report's description of a text set.
+pub fn dataset(text: &str, windows: usize, seq_len: usize, arg: &str) -> DataSet {
     DataSet {
         source: arg.to_string(),
         sha256: sha256_bytes(text.as_bytes()),
@@ -124,7 +124,7 @@ fn dataset(src: &TextSource, text: &str, windows: usize, seq_len: usize, arg: &s
     }
 }
 
-fn model_info(m: &LoadedModel, dtype: candle_core::DType) -> Result<ModelInfo> {
+pub fn model_info(m: &LoadedModel, dtype: candle_core::DType) -> Result<ModelInfo> {
     let (source, sha256, revision) = match &m.source {
         ModelSource::Demo => (
             "demo".to_string(),
@@ -149,6 +149,14 @@ fn model_info(m: &LoadedModel, dtype: candle_core::DType) -> Result<ModelInfo> {
         parameters: c.param_count(),
         dtype: format!("{dtype:?}").to_lowercase(),
     })
+}
+
+/// How the perplexity was measured, so numbers are never compared across protocols.
+pub fn protocol_text(windows: usize, seq_len: usize, label: &str) -> String {
+    format!(
+        "{windows} windows × {seq_len} tokens of {label}, each its own sequence; ppl = exp(mean NLL over {} predictions)",
+        windows * (seq_len - 1)
+    )
 }
 
 fn gens(m: &LoadedModel, prompts: &[String], max_new: usize) -> Result<Vec<String>> {
@@ -201,20 +209,13 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         d.calib_samples,
         &calib_src.label(),
     )?;
-    let calib_set = dataset(
-        &calib_src,
-        &calib_text,
-        d.calib_samples,
-        d.seq_len,
-        &d.calib,
-    );
+    let calib_set = dataset(&calib_text, d.calib_samples, d.seq_len, &d.calib);
     let (eval_windows, eval_set) = match &eval_src {
         Some(src) => {
             let text = src.load(&mut |s| p.status(s))?;
             let w =
                 crate::data::windows(&m.encode(&text)?, d.seq_len, d.eval_windows, &src.label())?;
             let set = dataset(
-                src,
                 &text,
                 d.eval_windows,
                 d.seq_len,
@@ -320,7 +321,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             outlier_ratio: cal.owl[i],
             esd_alpha: cal.esd[i].iter().sum::<f64>() / 7.0,
             target_sparsity: pl.block[i],
-            achieved_sparsity: got[i],
+            achieved_sparsity: Some(got[i]),
             n_of_m: pl.n_of_m.as_ref().map(|v| v[i]),
         })
         .collect();
@@ -329,26 +330,37 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         schema_version: SCHEMA_VERSION,
         tool: Tool::default(),
         model: model_info(&m, ctx.dtype)?,
-        data: DataInfo { calib: calib_set, eval: eval_set },
+        data: DataInfo {
+            calib: calib_set,
+            eval: eval_set,
+        },
         params: params.clone(),
         blocks,
-        overall: Overall { target_sparsity: mean(&pl.block), achieved_sparsity: mean(&got) },
+        overall: Overall {
+            target_sparsity: mean(&pl.block),
+            achieved_sparsity: Some(mean(&got)),
+        },
         ppl: PplInfo {
             dense: dense_ppl,
             pruned: pruned_ppl,
-            protocol: format!(
-                "{} windows × {} tokens of {}, each its own sequence; ppl = exp(mean NLL over {} predictions)",
+            protocol: protocol_text(
                 d.eval_windows,
                 d.seq_len,
-                eval_src.as_ref().map(|s| s.label()).unwrap_or_else(|| "none".into()),
-                d.eval_windows * (d.seq_len - 1)
+                &eval_src
+                    .as_ref()
+                    .map(|s| s.label())
+                    .unwrap_or_else(|| "none".into()),
             ),
         },
         generations: a
             .prompt
             .iter()
             .zip(dense_gens.into_iter().zip(pruned_gens))
-            .map(|(p, (dn, pr))| GenerationPair { prompt: p.clone(), dense: dn, pruned: pr })
+            .map(|(p, (dn, pr))| GenerationPair {
+                prompt: p.clone(),
+                dense: dn,
+                pruned: pr,
+            })
             .collect(),
         timings,
     };
@@ -408,12 +420,18 @@ fn print_table(r: &Report) {
         let n = b.n_of_m.map(|n| format!(" {n:>4}")).unwrap_or_default();
         println!(
             "{:>5} {:>12.6} {:>9.3} {:>7.3} {:>8.4} {:>9.4}{n}",
-            b.index, b.score, b.outlier_ratio, b.esd_alpha, b.target_sparsity, b.achieved_sparsity
+            b.index,
+            b.score,
+            b.outlier_ratio,
+            b.esd_alpha,
+            b.target_sparsity,
+            b.achieved_sparsity.unwrap_or(f64::NAN)
         );
     }
     println!(
         "overall target {:.4}, achieved {:.4}",
-        r.overall.target_sparsity, r.overall.achieved_sparsity
+        r.overall.target_sparsity,
+        r.overall.achieved_sparsity.unwrap_or(f64::NAN)
     );
     if let (Some(d), Some(p)) = (r.ppl.dense, r.ppl.pruned) {
         println!(

@@ -87,7 +87,8 @@ pub struct BlockReport {
     #[serde(default)]
     pub esd_alpha: f64,
     pub target_sparsity: f64,
-    pub achieved_sparsity: f64,
+    /// Measured zeros after masking; `null` in a configuration exported before applying it.
+    pub achieved_sparsity: Option<f64>,
     /// N of every M pruned in this block, for N:M patterns.
     pub n_of_m: Option<usize>,
 }
@@ -96,7 +97,8 @@ pub struct BlockReport {
 #[serde(deny_unknown_fields)]
 pub struct Overall {
     pub target_sparsity: f64,
-    pub achieved_sparsity: f64,
+    /// `null` in a configuration exported before applying it.
+    pub achieved_sparsity: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -120,7 +120,9 @@ fn fetch_with(
     let tmp = tempfile::tempdir_in(&dest)?;
     status(&format!("fetching {expect} with {program}"));
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(tmp.path());
+    cmd.args(args)
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::null());
     if program == "npm" {
         cmd.arg("--pack-destination").arg(tmp.path());
     } else {

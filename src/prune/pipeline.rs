@@ -111,17 +111,30 @@ pub struct Plan {
     pub allocate_us: f64,
 }
 
-/// Pure allocation from cached statistics.
-pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
-    let n = model.blocks.len();
-    p.validate(n)?;
-    let started = Instant::now();
-    let alloc = p.effective_alloc();
-    let numel: Vec<[f64; 7]> = model
+/// Parameter count of every linear, `[block][LinearKind::index]`: all that allocation needs to
+/// know about the model.
+pub fn linear_numel(model: &Llama) -> Vec<[f64; 7]> {
+    model
         .blocks
         .iter()
         .map(|b| std::array::from_fn(|k| b.linears[k].weight.elem_count() as f64))
-        .collect();
+        .collect()
+}
+
+/// Pure allocation from cached statistics.
+pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
+    plan_for(&linear_numel(model), cal, p)
+}
+
+/// Pure allocation from cached statistics and the linears' sizes (what the TUI calls per key).
+pub fn plan_for(numel: &[[f64; 7]], cal: &Calibration, p: &PruneParams) -> Result<Plan> {
+    let n = numel.len();
+    p.validate(n)?;
+    if cal.blocks.len() != n {
+        bail!("statistics for {} of {n} blocks", cal.blocks.len());
+    }
+    let started = Instant::now();
+    let alloc = p.effective_alloc();
     let scores: Vec<f64> = cal.blocks.iter().map(|s| s.get(p.statistic)).collect();
     let linear: Vec<[f64; 7]> = match p.granularity {
         Granularity::Block => {
@@ -167,7 +180,7 @@ pub fn plan(model: &Llama, cal: &Calibration, p: &PruneParams) -> Result<Plan> {
     };
     let block: Vec<f64> = linear
         .iter()
-        .zip(&numel)
+        .zip(numel)
         .map(|(s, w)| s.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>())
         .collect();
     let n_of_m = match p.pattern {
@@ -266,6 +279,7 @@ pub fn prune_faithful(
             blocks: n,
             tokens,
             started,
+            stats: None,
         }) {
             bail!("cancelled");
         }

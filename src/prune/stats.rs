@@ -106,6 +106,9 @@ pub struct BlockProgress {
     pub blocks: usize,
     pub tokens: usize,
     pub started: Instant,
+    /// The finished block's score statistics (calibration only), so a UI can draw bars as
+    /// they arrive.
+    pub stats: Option<ScoreStats>,
 }
 
 /// Windows forwarded together through one block.
@@ -245,6 +248,7 @@ pub fn calibrate(
             blocks: n,
             tokens,
             started,
+            stats: cal.blocks.last().copied(),
         }) {
             bail!("cancelled");
         }

@@ -1,0 +1,413 @@
+//! The key binding table: dispatch and the help overlay are both generated from it, so the help
+//! can never drift from what the keys do.
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// What a key asks for (overlays — text entry, help, quit confirmation — read keys themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    FieldNext,
+    FieldPrev,
+    Inc,
+    Dec,
+    IncCoarse,
+    DecCoarse,
+    TypeValue,
+    BlockNext,
+    BlockPrev,
+    PinUp,
+    PinDown,
+    Unpin,
+    UnpinAll,
+    Apply,
+    ToggleCompare,
+    PromptNext,
+    PromptPrev,
+    EditPrompt,
+    AddPrompt,
+    DeletePrompt,
+    Generate,
+    Export,
+    Open,
+    SaveModel,
+    Recalibrate,
+    Cancel,
+    Help,
+    Quit,
+}
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Main,
+    Compare,
+    Any,
+}
+
+pub struct Binding {
+    pub code: KeyCode,
+    pub mods: KeyModifiers,
+    /// How the help overlay names the key (bindings sharing a label and help are listed once).
+    pub label: &'static str,
+    pub help: &'static str,
+    pub action: Action,
+    pub scope: Scope,
+}
+
+const fn b(
+    code: KeyCode,
+    mods: KeyModifiers,
+    label: &'static str,
+    help: &'static str,
+    action: Action,
+    scope: Scope,
+) -> Binding {
+    Binding {
+        code,
+        mods,
+        label,
+        help,
+        action,
+        scope,
+    }
+}
+
+const N: KeyModifiers = KeyModifiers::NONE;
+const S: KeyModifiers = KeyModifiers::SHIFT;
+
+pub const BINDINGS: &[Binding] = &[
+    b(
+        KeyCode::Up,
+        N,
+        "↑/↓ Tab",
+        "move between parameters",
+        Action::FieldPrev,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Down,
+        N,
+        "↑/↓ Tab",
+        "move between parameters",
+        Action::FieldNext,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Tab,
+        N,
+        "↑/↓ Tab",
+        "move between parameters",
+        Action::FieldNext,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::BackTab,
+        S,
+        "↑/↓ Tab",
+        "move between parameters",
+        Action::FieldPrev,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Right,
+        N,
+        "←/→",
+        "change the value (fine)",
+        Action::Inc,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Left,
+        N,
+        "←/→",
+        "change the value (fine)",
+        Action::Dec,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Right,
+        S,
+        "⇧←/→ H/L",
+        "change the value (coarse)",
+        Action::IncCoarse,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Left,
+        S,
+        "⇧←/→ H/L",
+        "change the value (coarse)",
+        Action::DecCoarse,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('L'),
+        S,
+        "⇧←/→ H/L",
+        "change the value (coarse)",
+        Action::IncCoarse,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('H'),
+        S,
+        "⇧←/→ H/L",
+        "change the value (coarse)",
+        Action::DecCoarse,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('l'),
+        N,
+        "←/→",
+        "change the value (fine)",
+        Action::Inc,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('h'),
+        N,
+        "←/→",
+        "change the value (fine)",
+        Action::Dec,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Enter,
+        N,
+        "Enter",
+        "type an exact value",
+        Action::TypeValue,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char(']'),
+        N,
+        "[ ]",
+        "previous / next block",
+        Action::BlockNext,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('['),
+        N,
+        "[ ]",
+        "previous / next block",
+        Action::BlockPrev,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('+'),
+        N,
+        "+ / -",
+        "pin block sparsity up/down",
+        Action::PinUp,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('='),
+        N,
+        "+ / -",
+        "pin block sparsity up/down",
+        Action::PinUp,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('-'),
+        N,
+        "+ / -",
+        "pin block sparsity up/down",
+        Action::PinDown,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('u'),
+        N,
+        "u / U",
+        "unpin block / all blocks",
+        Action::Unpin,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('U'),
+        S,
+        "u / U",
+        "unpin block / all blocks",
+        Action::UnpinAll,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Up,
+        N,
+        "↑/↓",
+        "select a prompt",
+        Action::PromptPrev,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Down,
+        N,
+        "↑/↓",
+        "select a prompt",
+        Action::PromptNext,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Char('p'),
+        N,
+        "p",
+        "edit the prompt",
+        Action::EditPrompt,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Char('n'),
+        N,
+        "n",
+        "add a prompt",
+        Action::AddPrompt,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Char('x'),
+        N,
+        "x",
+        "remove the prompt",
+        Action::DeletePrompt,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Char('g'),
+        N,
+        "g",
+        "generate again (both)",
+        Action::Generate,
+        Scope::Compare,
+    ),
+    b(
+        KeyCode::Char('a'),
+        N,
+        "a",
+        "apply masks (as mode says)",
+        Action::Apply,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('c'),
+        N,
+        "c",
+        "charts ⇄ compare view",
+        Action::ToggleCompare,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('e'),
+        N,
+        "e",
+        "export report/config JSON",
+        Action::Export,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('o'),
+        N,
+        "o",
+        "open a config (restores)",
+        Action::Open,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('s'),
+        N,
+        "s",
+        "save the pruned model",
+        Action::SaveModel,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('r'),
+        N,
+        "r",
+        "calibrate again",
+        Action::Recalibrate,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Esc,
+        N,
+        "Esc",
+        "cancel the running job",
+        Action::Cancel,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('?'),
+        N,
+        "?",
+        "this help",
+        Action::Help,
+        Scope::Any,
+    ),
+    b(KeyCode::Char('q'), N, "q", "quit", Action::Quit, Scope::Any),
+];
+
+/// The action bound to `key` in a view (`compare` = the compare view is showing).
+pub fn lookup(key: &KeyEvent, compare: bool) -> Option<Action> {
+    // Terminals disagree on whether Shift comes with upper-case letters and '?' / '+'.
+    let mods = key.modifiers & (KeyModifiers::SHIFT | KeyModifiers::CONTROL | KeyModifiers::ALT);
+    let char_key = matches!(key.code, KeyCode::Char(_));
+    BINDINGS
+        .iter()
+        .find(|b| {
+            let scope_ok = match b.scope {
+                Scope::Any => true,
+                Scope::Main => !compare,
+                Scope::Compare => compare,
+            };
+            let mods_ok = if char_key {
+                (mods - KeyModifiers::SHIFT).is_empty()
+            } else {
+                mods == b.mods
+            };
+            scope_ok && b.code == key.code && mods_ok
+        })
+        .map(|b| b.action)
+}
+
+/// `(key label, help, scope)` rows for the help overlay, each listed once.
+pub fn help_rows() -> Vec<(&'static str, &'static str, Scope)> {
+    let mut rows: Vec<(&'static str, &'static str, Scope)> = Vec::new();
+    for b in BINDINGS {
+        if !rows.iter().any(|r| r.0 == b.label && r.1 == b.help) {
+            rows.push((b.label, b.help, b.scope));
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_reachable_and_help_has_no_duplicates() {
+        let k = |c: KeyCode, m: KeyModifiers| KeyEvent::new(c, m);
+        assert_eq!(lookup(&k(KeyCode::Right, N), false), Some(Action::Inc));
+        assert_eq!(
+            lookup(&k(KeyCode::Right, S), false),
+            Some(Action::IncCoarse)
+        );
+        assert_eq!(lookup(&k(KeyCode::Up, N), true), Some(Action::PromptPrev));
+        assert_eq!(lookup(&k(KeyCode::Char('?'), S), true), Some(Action::Help));
+        assert_eq!(
+            lookup(&k(KeyCode::Char('U'), S), false),
+            Some(Action::UnpinAll)
+        );
+        assert_eq!(lookup(&k(KeyCode::Char('z'), N), false), None);
+        let rows = help_rows();
+        for (i, a) in rows.iter().enumerate() {
+            assert!(!rows[i + 1..].iter().any(|b| b.0 == a.0 && b.1 == a.1));
+        }
+        assert!(rows.len() >= 20);
+    }
+}

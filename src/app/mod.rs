@@ -1,0 +1,817 @@
+//! The TUI's single owner of state and its `update`: keys and worker messages come in, the state
+//! changes, and jobs for the worker go out. Nothing here draws or touches the terminal, so every
+//! behaviour can be tested (and benchmarked) without one.
+
+pub mod keys;
+pub mod params;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::prune::allocate::MAX_SPARSITY;
+use crate::prune::pipeline::{plan_for, Plan, PruneParams};
+use crate::prune::stats::{Calibration, ScoreStats};
+use crate::report::{
+    BlockReport, DataInfo, GenerationPair, ModelInfo, Overall, PplInfo, Report, Timings, Tool,
+    SCHEMA_VERSION,
+};
+use keys::Action;
+use params::Field;
+
+/// What the worker knows about the loaded model and data, sent once after loading.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    pub info: ModelInfo,
+    pub data: DataInfo,
+    /// Parameter count per block and linear (all that allocation needs of the model).
+    pub numel: Vec<[f64; 7]>,
+    pub device: String,
+    /// Human description of the perplexity protocol.
+    pub protocol: String,
+}
+
+/// Long-running work, as shown in the progress line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Load,
+    Calibrate,
+    DenseEval,
+    Prune,
+    PrunedEval,
+    Generate,
+    Save,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Load => "loading",
+            Stage::Calibrate => "calibrating block",
+            Stage::DenseEval => "dense perplexity, window",
+            Stage::Prune => "faithful pruning, block",
+            Stage::PrunedEval => "pruned perplexity, window",
+            Stage::Generate => "generating",
+            Stage::Save => "saving",
+        }
+    }
+}
+
+/// Messages from the worker thread.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Status(String),
+    Progress {
+        stage: Stage,
+        done: usize,
+        total: usize,
+        /// Tokens processed per step (for tokens/s).
+        tokens_per_step: usize,
+        started: Instant,
+    },
+    Loaded(Box<ModelSummary>),
+    BlockScored {
+        block: usize,
+        stats: ScoreStats,
+    },
+    Calibrated {
+        cal: Arc<Calibration>,
+        cache_hit: bool,
+    },
+    DensePpl(f64),
+    Applied {
+        id: usize,
+        achieved: Vec<f64>,
+        seconds: f64,
+    },
+    PrunedPpl {
+        id: usize,
+        ppl: f64,
+    },
+    /// Generation of prompt `prompt` on one side starts (clears its text).
+    GenStart {
+        pruned: bool,
+        prompt: usize,
+    },
+    Token {
+        pruned: bool,
+        prompt: usize,
+        text: String,
+    },
+    Saved(PathBuf),
+    Cancelled(Stage),
+    Failed(String),
+    /// The worker has nothing left to do.
+    Idle,
+}
+
+/// Work for the worker thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Calibrate (again) over the calibration windows.
+    Calibrate,
+    /// Prune a copy of the dense model, then evaluate and generate with it.
+    Apply {
+        id: usize,
+        params: Box<PruneParams>,
+        plan: Box<Plan>,
+        prompts: Vec<String>,
+    },
+    /// Generate every prompt with the dense and (if any) the pruned model.
+    Generate {
+        prompts: Vec<String>,
+    },
+    SaveModel {
+        dir: PathBuf,
+    },
+}
+
+/// One applied configuration (the history in the compare view).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub id: usize,
+    pub params: PruneParams,
+    pub target: Vec<f64>,
+    pub n_of_m: Option<Vec<usize>>,
+    pub achieved: Option<Vec<f64>>,
+    pub ppl: Option<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PromptGen {
+    pub prompt: String,
+    pub dense: String,
+    pub pruned: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Main,
+    Compare,
+}
+
+/// What a text entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputPurpose {
+    Value(Field),
+    ExportPath,
+    OpenPath,
+    SavePath,
+    EditPrompt(usize),
+    AddPrompt,
+}
+
+impl InputPurpose {
+    pub fn title(self) -> String {
+        match self {
+            InputPurpose::Value(f) => format!("exact value for {}", f.label()),
+            InputPurpose::ExportPath => "export the report / config to".into(),
+            InputPurpose::OpenPath => "open a config (report JSON)".into(),
+            InputPurpose::SavePath => "save the pruned model to the folder".into(),
+            InputPurpose::EditPrompt(i) => format!("prompt {}", i + 1),
+            InputPurpose::AddPrompt => "new prompt".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    Help,
+    Input { purpose: InputPurpose, text: String },
+    ConfirmQuit,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub stage: Stage,
+    pub done: usize,
+    pub total: usize,
+    pub tokens_per_s: f64,
+    pub eta_s: f64,
+}
+
+/// Severity of the status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Info,
+    Good,
+    Error,
+}
+
+pub struct State {
+    pub summary: Option<ModelSummary>,
+    /// Block statistics as they arrive during calibration.
+    pub block_stats: Vec<ScoreStats>,
+    pub cal: Option<Arc<Calibration>>,
+    pub cache_hit: bool,
+    pub params: PruneParams,
+    pub plan: Option<Plan>,
+    pub field: Field,
+    pub block: usize,
+    pub view: View,
+    pub overlay: Option<Overlay>,
+    pub job: Option<JobView>,
+    /// True while the worker has queued or running work.
+    pub busy: bool,
+    pub dense_ppl: Option<f64>,
+    pub history: Vec<Applied>,
+    pub prompts: Vec<PromptGen>,
+    pub prompt_sel: usize,
+    pub status: (String, Tone),
+    pub export_path: String,
+    pub save_path: String,
+    pub theme_name: String,
+    pub quit: bool,
+    /// The worker should cancel its running job.
+    pub cancel_requested: bool,
+    /// Nanoseconds spent in the last reallocation (shown in the panel).
+    pub last_allocate_us: f64,
+}
+
+impl State {
+    pub fn new(params: PruneParams, prompts: Vec<String>) -> Self {
+        Self {
+            summary: None,
+            block_stats: vec![],
+            cal: None,
+            cache_hit: false,
+            params,
+            plan: None,
+            field: Field::Sparsity,
+            block: 0,
+            view: View::Main,
+            overlay: None,
+            job: Some(JobView {
+                stage: Stage::Load,
+                done: 0,
+                total: 0,
+                tokens_per_s: 0.0,
+                eta_s: 0.0,
+            }),
+            busy: true,
+            dense_ppl: None,
+            history: vec![],
+            prompts: prompts
+                .into_iter()
+                .map(|p| PromptGen {
+                    prompt: p,
+                    ..Default::default()
+                })
+                .collect(),
+            prompt_sel: 0,
+            status: ("starting".into(), Tone::Info),
+            export_path: "dlpx-config.json".into(),
+            save_path: "dlpx-pruned".into(),
+            theme_name: "dark".into(),
+            quit: false,
+            cancel_requested: false,
+            last_allocate_us: 0.0,
+        }
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.summary.as_ref().map(|s| s.numel.len()).unwrap_or(0)
+    }
+
+    /// The last applied configuration, if its parameters are the current ones.
+    pub fn current_applied(&self) -> Option<&Applied> {
+        self.history.last().filter(|a| a.params == self.params)
+    }
+
+    fn say(&mut self, msg: impl Into<String>, tone: Tone) {
+        self.status = (msg.into(), tone);
+    }
+
+    /// Recompute the allocation (the pure function; microseconds).
+    pub fn replan(&mut self) {
+        let (Some(s), Some(cal)) = (&self.summary, &self.cal) else {
+            return;
+        };
+        match plan_for(&s.numel, cal, &self.params) {
+            Ok(p) => {
+                self.last_allocate_us = p.allocate_us;
+                self.plan = Some(p);
+            }
+            Err(e) => self.say(format!("{e}"), Tone::Error),
+        }
+    }
+
+    /// Accept `candidate` parameters if the engine would; else keep the old ones and say why.
+    fn set_params(&mut self, candidate: PruneParams) {
+        if let Err(e) = candidate.validate(self.n_blocks().max(1)) {
+            self.say(format!("{e}"), Tone::Error);
+            return;
+        }
+        self.params = candidate;
+        self.replan();
+    }
+
+    /// Handle a key; returns jobs for the worker.
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Job> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return vec![];
+        }
+        match self.overlay.clone() {
+            Some(Overlay::Help) => {
+                self.overlay = None;
+                return vec![];
+            }
+            Some(Overlay::ConfirmQuit) => {
+                match key.code {
+                    KeyCode::Char('y') | KeyCode::Char('q') | KeyCode::Enter => self.quit = true,
+                    _ => self.overlay = None,
+                }
+                return vec![];
+            }
+            Some(Overlay::Input { purpose, mut text }) => {
+                match key.code {
+                    KeyCode::Esc => self.overlay = None,
+                    KeyCode::Enter => {
+                        self.overlay = None;
+                        return self.submit(purpose, text);
+                    }
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.overlay = Some(Overlay::Input { purpose, text });
+                    }
+                    KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                        self.overlay = Some(Overlay::Input {
+                            purpose,
+                            text: String::new(),
+                        });
+                    }
+                    KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                        text.push(c);
+                        self.overlay = Some(Overlay::Input { purpose, text });
+                    }
+                    _ => {}
+                }
+                return vec![];
+            }
+            None => {}
+        }
+        match keys::lookup(&key, self.view == View::Compare) {
+            Some(a) => self.act(a),
+            None => vec![],
+        }
+    }
+
+    fn input(&mut self, purpose: InputPurpose, text: String) {
+        self.overlay = Some(Overlay::Input { purpose, text });
+    }
+
+    pub fn act(&mut self, a: Action) -> Vec<Job> {
+        let n_fields = Field::ALL.len();
+        let fi = Field::ALL
+            .iter()
+            .position(|f| *f == self.field)
+            .unwrap_or(0);
+        match a {
+            Action::FieldNext => self.field = Field::ALL[(fi + 1) % n_fields],
+            Action::FieldPrev => self.field = Field::ALL[(fi + n_fields - 1) % n_fields],
+            Action::Inc | Action::Dec | Action::IncCoarse | Action::DecCoarse => {
+                let dir = if matches!(a, Action::Inc | Action::IncCoarse) {
+                    1
+                } else {
+                    -1
+                };
+                let coarse = matches!(a, Action::IncCoarse | Action::DecCoarse);
+                let c = self.field.nudge(&self.params, dir, coarse);
+                self.set_params(c);
+            }
+            Action::TypeValue => {
+                if self.field.is_numeric() {
+                    let cur = match (self.field, self.params.alloc.tau) {
+                        (Field::Tau, None) => "inf".to_string(),
+                        _ => self.field.value(&self.params),
+                    };
+                    self.input(InputPurpose::Value(self.field), cur);
+                } else {
+                    let c = self.field.nudge(&self.params, 1, false);
+                    self.set_params(c);
+                }
+            }
+            Action::BlockNext => {
+                self.block = (self.block + 1).min(self.n_blocks().saturating_sub(1))
+            }
+            Action::BlockPrev => self.block = self.block.saturating_sub(1),
+            Action::PinUp | Action::PinDown => {
+                let Some(plan) = &self.plan else {
+                    self.say(
+                        "calibration has to finish before blocks can be pinned",
+                        Tone::Error,
+                    );
+                    return vec![];
+                };
+                let cur = plan.block.get(self.block).copied().unwrap_or(0.0);
+                let d = if a == Action::PinUp { 0.01 } else { -0.01 };
+                let v = ((cur + d) * 100.0).round() / 100.0;
+                let mut c = self.params.clone();
+                c.alloc.overrides.retain(|o| o.0 != self.block);
+                c.alloc
+                    .overrides
+                    .push((self.block, v.clamp(0.0, MAX_SPARSITY)));
+                c.alloc.overrides.sort_by_key(|o| o.0);
+                self.set_params(c);
+            }
+            Action::Unpin => {
+                let mut c = self.params.clone();
+                c.alloc.overrides.retain(|o| o.0 != self.block);
+                self.set_params(c);
+            }
+            Action::UnpinAll => {
+                let mut c = self.params.clone();
+                c.alloc.overrides.clear();
+                self.set_params(c);
+            }
+            Action::Apply => return self.apply(),
+            Action::ToggleCompare => {
+                self.view = match self.view {
+                    View::Main => View::Compare,
+                    View::Compare => View::Main,
+                }
+            }
+            Action::PromptNext => {
+                self.prompt_sel = (self.prompt_sel + 1).min(self.prompts.len().saturating_sub(1))
+            }
+            Action::PromptPrev => self.prompt_sel = self.prompt_sel.saturating_sub(1),
+            Action::EditPrompt => {
+                if let Some(p) = self.prompts.get(self.prompt_sel) {
+                    let t = p.prompt.clone();
+                    self.input(InputPurpose::EditPrompt(self.prompt_sel), t);
+                }
+            }
+            Action::AddPrompt => self.input(InputPurpose::AddPrompt, String::new()),
+            Action::DeletePrompt => {
+                if self.prompts.len() > 1 {
+                    self.prompts.remove(self.prompt_sel);
+                    self.prompt_sel = self.prompt_sel.min(self.prompts.len() - 1);
+                } else {
+                    self.say("keep at least one prompt (p edits it)", Tone::Error);
+                }
+            }
+            Action::Generate => return self.generate_jobs(),
+            Action::Export => {
+                let t = self.export_path.clone();
+                self.input(InputPurpose::ExportPath, t);
+            }
+            Action::Open => {
+                let t = self.export_path.clone();
+                self.input(InputPurpose::OpenPath, t);
+            }
+            Action::SaveModel => {
+                if self.history.iter().all(|h| h.achieved.is_none()) {
+                    self.say(
+                        "apply masks first (a); then s saves the pruned model",
+                        Tone::Error,
+                    );
+                } else {
+                    let t = self.save_path.clone();
+                    self.input(InputPurpose::SavePath, t);
+                }
+            }
+            Action::Recalibrate => {
+                if self.busy {
+                    self.say("a job is running (Esc cancels it)", Tone::Error);
+                } else {
+                    self.cal = None;
+                    self.plan = None;
+                    self.block_stats.clear();
+                    self.busy = true;
+                    return vec![Job::Calibrate];
+                }
+            }
+            Action::Cancel => {
+                if self.busy {
+                    self.cancel_requested = true;
+                    self.say("cancelling…", Tone::Info);
+                }
+            }
+            Action::Help => self.overlay = Some(Overlay::Help),
+            Action::Quit => {
+                if self.busy {
+                    self.overlay = Some(Overlay::ConfirmQuit);
+                } else {
+                    self.quit = true;
+                }
+            }
+        }
+        vec![]
+    }
+
+    fn apply(&mut self) -> Vec<Job> {
+        let Some(plan) = self.plan.clone() else {
+            self.say(
+                "calibration has to finish before masks can be applied",
+                Tone::Error,
+            );
+            return vec![];
+        };
+        let id = self.history.len() + 1;
+        self.history.push(Applied {
+            id,
+            params: self.params.clone(),
+            target: plan.block.clone(),
+            n_of_m: plan.n_of_m.clone(),
+            achieved: None,
+            ppl: None,
+            seconds: 0.0,
+        });
+        self.busy = true;
+        let mode = format!("{:?}", self.params.mode).to_lowercase();
+        self.say(format!("applying #{id} ({mode})…"), Tone::Info);
+        vec![Job::Apply {
+            id,
+            params: Box::new(self.params.clone()),
+            plan: Box::new(plan),
+            prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
+        }]
+    }
+
+    fn generate_jobs(&mut self) -> Vec<Job> {
+        self.busy = true;
+        vec![Job::Generate {
+            prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
+        }]
+    }
+
+    fn submit(&mut self, purpose: InputPurpose, text: String) -> Vec<Job> {
+        match purpose {
+            InputPurpose::Value(f) => match f.set_typed(&self.params, &text) {
+                Ok(c) => self.set_params(c),
+                Err(e) => self.say(e, Tone::Error),
+            },
+            InputPurpose::ExportPath => {
+                self.export_path = text.clone();
+                match self.export(&PathBuf::from(&text)) {
+                    Ok(()) => self.say(format!("exported to {text}"), Tone::Good),
+                    Err(e) => self.say(format!("export failed: {e}"), Tone::Error),
+                }
+            }
+            InputPurpose::OpenPath => match self.open(&PathBuf::from(&text)) {
+                Ok(()) => self.say(format!("restored the parameters of {text}"), Tone::Good),
+                Err(e) => self.say(format!("{e}"), Tone::Error),
+            },
+            InputPurpose::SavePath => {
+                self.save_path = text.clone();
+                self.busy = true;
+                return vec![Job::SaveModel {
+                    dir: PathBuf::from(text),
+                }];
+            }
+            InputPurpose::EditPrompt(i) => {
+                if let Some(p) = self.prompts.get_mut(i) {
+                    *p = PromptGen {
+                        prompt: text,
+                        ..Default::default()
+                    };
+                }
+                return self.generate_jobs();
+            }
+            InputPurpose::AddPrompt => {
+                if !text.trim().is_empty() {
+                    self.prompts.push(PromptGen {
+                        prompt: text,
+                        ..Default::default()
+                    });
+                    self.prompt_sel = self.prompts.len() - 1;
+                    return self.generate_jobs();
+                }
+            }
+        }
+        vec![]
+    }
+
+    /// The report of the current state: current parameters and allocation, plus measurements of
+    /// the last apply when it used these parameters.
+    pub fn report(&self) -> color_eyre::Result<Report> {
+        let (Some(s), Some(cal), Some(plan)) = (&self.summary, &self.cal, &self.plan) else {
+            color_eyre::eyre::bail!("nothing to export before calibration has finished");
+        };
+        let applied = self.current_applied();
+        let achieved = applied.and_then(|a| a.achieved.clone());
+        let w: Vec<f64> = s.numel.iter().map(|x| x.iter().sum()).collect();
+        let wmean =
+            |v: &[f64]| v.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>();
+        let blocks = (0..plan.block.len())
+            .map(|i| BlockReport {
+                index: i,
+                score: plan.scores[i],
+                outlier_ratio: cal.owl[i],
+                esd_alpha: cal
+                    .esd
+                    .get(i)
+                    .map(|a| a.iter().sum::<f64>() / 7.0)
+                    .unwrap_or(0.0),
+                target_sparsity: plan.block[i],
+                achieved_sparsity: achieved.as_ref().map(|a| a[i]),
+                n_of_m: plan.n_of_m.as_ref().map(|v| v[i]),
+            })
+            .collect();
+        let generations = match applied {
+            Some(_) => self
+                .prompts
+                .iter()
+                .map(|p| GenerationPair {
+                    prompt: p.prompt.clone(),
+                    dense: p.dense.clone(),
+                    pruned: p.pruned.clone(),
+                })
+                .collect(),
+            None => vec![],
+        };
+        Ok(Report {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::default(),
+            model: s.info.clone(),
+            data: s.data.clone(),
+            params: self.params.clone(),
+            blocks,
+            overall: Overall {
+                target_sparsity: wmean(&plan.block),
+                achieved_sparsity: achieved.as_ref().map(|a| wmean(a)),
+            },
+            ppl: PplInfo {
+                dense: self.dense_ppl,
+                pruned: applied.and_then(|a| a.ppl),
+                protocol: s.protocol.clone(),
+            },
+            generations,
+            timings: Timings {
+                load_s: 0.0,
+                calibrate_s: cal.seconds,
+                stats_cache_hit: self.cache_hit,
+                allocate_us: plan.allocate_us,
+                prune_s: applied.map(|a| a.seconds).unwrap_or(0.0),
+                eval_s: 0.0,
+            },
+        })
+    }
+
+    pub fn export(&self, path: &std::path::Path) -> color_eyre::Result<()> {
+        self.report()?.save(path)
+    }
+
+    /// Restore parameters (and pins) from a saved report/config.
+    pub fn open(&mut self, path: &std::path::Path) -> color_eyre::Result<()> {
+        let r = Report::load(path)?;
+        let n = self.n_blocks();
+        if n > 0 && r.blocks.len() != n {
+            color_eyre::eyre::bail!(
+                "`{}` is for a model with {} blocks; this one has {n}",
+                path.display(),
+                r.blocks.len()
+            );
+        }
+        r.params.validate(n.max(1))?;
+        self.params = r.params;
+        self.replan();
+        Ok(())
+    }
+
+    /// Handle a worker message.
+    pub fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Status(s) => self.say(s, Tone::Info),
+            Msg::Progress {
+                stage,
+                done,
+                total,
+                tokens_per_step,
+                started,
+            } => {
+                let el = started.elapsed().as_secs_f64().max(1e-9);
+                self.job = Some(JobView {
+                    stage,
+                    done,
+                    total,
+                    tokens_per_s: (done * tokens_per_step) as f64 / el,
+                    eta_s: if done > 0 {
+                        el / done as f64 * (total - done.min(total)) as f64
+                    } else {
+                        0.0
+                    },
+                });
+            }
+            Msg::Loaded(s) => {
+                self.say(
+                    format!(
+                        "loaded {} ({} blocks); calibrating…",
+                        s.info.source, s.info.blocks
+                    ),
+                    Tone::Info,
+                );
+                self.summary = Some(*s);
+                self.block = self.block.min(self.n_blocks().saturating_sub(1));
+            }
+            Msg::BlockScored { block, stats } => {
+                if block == self.block_stats.len() {
+                    self.block_stats.push(stats);
+                }
+            }
+            Msg::Calibrated { cal, cache_hit } => {
+                self.block_stats = cal.blocks.clone();
+                self.cache_hit = cache_hit;
+                self.say(
+                    if cache_hit {
+                        "calibration statistics from the cache; ←/→ change the allocation, a applies"
+                            .to_string()
+                    } else {
+                        format!(
+                            "calibrated in {:.1}s; ←/→ change the allocation, a applies",
+                            cal.seconds
+                        )
+                    },
+                    Tone::Good,
+                );
+                self.cal = Some(cal);
+                self.replan();
+            }
+            Msg::DensePpl(p) => self.dense_ppl = Some(p),
+            Msg::Applied {
+                id,
+                achieved,
+                seconds,
+            } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.achieved = Some(achieved);
+                    h.seconds = seconds;
+                }
+                for p in &mut self.prompts {
+                    p.pruned.clear();
+                }
+                self.say(
+                    format!("applied #{id} in {seconds:.1}s; evaluating…"),
+                    Tone::Info,
+                );
+            }
+            Msg::PrunedPpl { id, ppl } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.ppl = Some(ppl);
+                }
+                self.say(format!("#{id}: pruned perplexity {ppl:.2}"), Tone::Good);
+            }
+            Msg::GenStart { pruned, prompt } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    if pruned {
+                        p.pruned.clear()
+                    } else {
+                        p.dense.clear()
+                    }
+                }
+            }
+            Msg::Token {
+                pruned,
+                prompt,
+                text,
+            } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    if pruned {
+                        p.pruned.push_str(&text)
+                    } else {
+                        p.dense.push_str(&text)
+                    }
+                }
+            }
+            Msg::Saved(dir) => self.say(
+                format!("saved the pruned model to {}", dir.display()),
+                Tone::Good,
+            ),
+            Msg::Cancelled(stage) => self.say(
+                format!("cancelled: {} (finished work kept)", stage.label()),
+                Tone::Info,
+            ),
+            Msg::Failed(e) => self.say(e, Tone::Error),
+            Msg::Idle => {
+                self.busy = false;
+                self.job = None;
+                self.cancel_requested = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_entry_and_bad_values_keep_state() {
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        s.act(Action::TypeValue);
+        assert!(matches!(s.overlay, Some(Overlay::Input { .. })));
+        // Replace the text with an invalid sparsity: refused, state unchanged.
+        s.overlay = Some(Overlay::Input {
+            purpose: InputPurpose::Value(Field::Sparsity),
+            text: "1.3".into(),
+        });
+        s.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert_eq!(s.params.alloc.sparsity, 0.7);
+        assert_eq!(s.status.1, Tone::Error);
+        assert!(s.status.0.contains("sparsity must be in [0, 1)"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The terminal side of the explorer: enter/leave the alternate screen (always restored, also
+//! after a panic, Ctrl-C or SIGTERM), read keys on their own thread, and run the tokio event loop
+//! that feeds keys and worker messages to `State` and redraws — immediately after a key, at most
+//! ten times a second for background progress, inside synchronized updates.
+
+use std::io::{stdout, IsTerminal, Stdout};
+use std::time::{Duration, Instant};
+
+use color_eyre::eyre::{bail, Result};
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use ratatui::crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate,
+    EnterAlternateScreen, LeaveAlternateScreen,
+};
+use ratatui::crossterm::{cursor, execute};
+use ratatui::Terminal;
+use tokio::sync::mpsc;
+
+use crate::app::{Job, Msg, State};
+use crate::ui::theme::Theme;
+use crate::worker::{self, Spec};
+
+/// Minimum time between redraws caused by background progress (10 frames/s).
+const FRAME: Duration = Duration::from_millis(100);
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(stdout(), LeaveAlternateScreen, cursor::Show);
+}
+
+/// Restores the terminal when dropped, whatever path leaves the event loop.
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn enter() -> Result<(Terminal<CrosstermBackend<Stdout>>, Guard)> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // A worker panic is reported in the UI (see worker.rs); any other restores first so the
+        // message lands on a normal screen.
+        if std::thread::current().name() == Some("dlpx-worker") {
+            return;
+        }
+        restore();
+        prev(info);
+    }));
+    enable_raw_mode()?;
+    let guard = Guard;
+    execute!(stdout(), EnterAlternateScreen, cursor::Hide)?;
+    let mut term = Terminal::new(CrosstermBackend::new(stdout()))?;
+    term.clear()?;
+    Ok((term, guard))
+}
+
+/// Run the explorer until the user quits.
+pub fn run(spec: Spec, state: State, theme: Theme) -> Result<()> {
+    if !stdout().is_terminal() {
+        bail!("the explorer needs a terminal (stdout is not one); for scripts use `dlpx prune` or `dlpx demo`");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(event_loop(spec, state, theme))
+}
+
+async fn event_loop(spec: Spec, mut state: State, theme: Theme) -> Result<()> {
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
+    let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Event>();
+    let (mut term, _guard) = enter()?;
+    let handle = worker::spawn(spec, msg_tx);
+    // crossterm's read blocks: it gets its own thread, which ends with the process.
+    std::thread::Builder::new()
+        .name("dlpx-keys".into())
+        .spawn(move || {
+            while let Ok(ev) = event::read() {
+                if key_tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })?;
+    let mut sigterm = signal_term()?;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_draw = Instant::now() - FRAME;
+    let (mut dirty, mut now) = (true, true);
+    loop {
+        tokio::select! {
+            Some(ev) = key_rx.recv() => match ev {
+                Event::Key(k) if k.kind != KeyEventKind::Release => {
+                    for job in state.on_key(k) {
+                        send(&handle, job);
+                    }
+                    now = true;
+                }
+                Event::Resize(..) => now = true,
+                _ => {}
+            },
+            Some(m) = msg_rx.recv() => {
+                state.on_msg(m);
+                dirty = true;
+            }
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => state.quit = true,
+            _ = sigterm.recv() => state.quit = true,
+        }
+        if state.cancel_requested {
+            handle
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            state.cancel_requested = false;
+        }
+        if state.quit {
+            break;
+        }
+        if now || (dirty && last_draw.elapsed() >= FRAME) {
+            execute!(stdout(), BeginSynchronizedUpdate)?;
+            term.draw(|f| crate::ui::draw(f, &state, &theme))?;
+            execute!(stdout(), EndSynchronizedUpdate)?;
+            last_draw = Instant::now();
+            dirty = false;
+            now = false;
+        }
+    }
+    // Stop a running job quickly; the worker thread ends with the process.
+    handle
+        .cancel
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+fn send(h: &worker::Handle, job: Job) {
+    // The worker only goes away with the process.
+    let _ = h.jobs.send(job);
+}
+
+#[cfg(unix)]
+fn signal_term() -> Result<tokio::signal::unix::Signal> {
+    Ok(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::terminate(),
+    )?)
+}
+
+#[cfg(not(unix))]
+fn signal_term() -> Result<NeverSignal> {
+    Ok(NeverSignal)
+}
+
+#[cfg(not(unix))]
+struct NeverSignal;
+
+#[cfg(not(unix))]
+impl NeverSignal {
+    async fn recv(&mut self) -> Option<()> {
+        std::future::pending().await
+    }
+}
+
+/// `dlpx` without a subcommand: check everything that can be checked before the terminal is
+/// taken over (so bad input prints one plain error), then open the explorer.
+pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> {
+    use crate::data::{DemoSplit, TextSource};
+    use crate::prune::pipeline::PruneParams;
+    let theme = Theme::resolve(&a.theme)?;
+    let device = crate::device::parse_device(&g.device)?;
+    let dtype = crate::device::parse_dtype(&g.dtype, &device)?;
+    let source =
+        crate::model::ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?;
+    TextSource::parse(&a.calib, DemoSplit::Calib)?;
+    TextSource::parse(&a.eval, DemoSplit::Eval)?;
+    if a.calib_samples == 0 || a.eval_windows == 0 || a.seq_len < 2 {
+        bail!("--calib-samples and --eval-windows must be at least 1, --seq-len at least 2");
+    }
+    let params = match &a.config {
+        Some(p) => crate::report::Report::load(p)?.params,
+        None => PruneParams {
+            mode: crate::prune::pipeline::Mode::Preview,
+            ..Default::default()
+        },
+    };
+    params.validate(usize::MAX)?;
+    let prompts = if a.prompt.is_empty() {
+        vec!["The capital of France is".to_string()]
+    } else {
+        a.prompt.clone()
+    };
+    let mut state = State::new(params.clone(), prompts.clone());
+    state.theme_name = theme.name.clone();
+    let spec = Spec {
+        source,
+        device,
+        dtype,
+        calib: a.calib.clone(),
+        eval: a.eval.clone(),
+        calib_samples: a.calib_samples,
+        seq_len: a.seq_len,
+        eval_windows: a.eval_windows,
+        owl_m: params.owl_m,
+        max_new_tokens: a.max_new_tokens,
+        prompts,
+        use_stats_cache: !a.no_stats_cache,
+    };
+    run(spec, state, theme)
+}

@@ -1,0 +1,637 @@
+//! Drawing: a pure function of the state (and the theme). Nothing here changes state or does
+//! work, so a frame can be snapshotted with ratatui's TestBackend.
+
+pub mod bars;
+pub mod theme;
+
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+use crate::app::keys::{help_rows, Scope};
+use crate::app::params::Field;
+use crate::app::{Overlay, Stage, State, Tone, View};
+use crate::prune::allocate::Allocation;
+use bars::Bars;
+use theme::Theme;
+
+/// Below this the layout cannot show the charts and the panel; a notice is shown instead.
+pub const MIN_W: u16 = 60;
+pub const MIN_H: u16 = 16;
+
+pub fn draw(f: &mut Frame, s: &State, t: &Theme) {
+    let area = f.area();
+    if area.width < MIN_W || area.height < MIN_H {
+        let msg = format!(
+            "dlpx needs at least {MIN_W}×{MIN_H} (this terminal is {}×{}); q quits",
+            area.width, area.height
+        );
+        f.render_widget(
+            Paragraph::new(msg)
+                .wrap(Wrap { trim: true })
+                .style(t.fg(t.text)),
+            area,
+        );
+        return;
+    }
+    let [header, body, status, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(8),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(f, s, t, header);
+    match s.view {
+        View::Main => draw_main(f, s, t, body),
+        View::Compare => draw_compare(f, s, t, body),
+    }
+    draw_status(f, s, t, status);
+    draw_keys(f, s, t, keys);
+    match &s.overlay {
+        Some(Overlay::Help) => draw_help(f, t, area),
+        Some(Overlay::Input { purpose, text }) => draw_input(f, t, area, &purpose.title(), text),
+        Some(Overlay::ConfirmQuit) => draw_confirm(f, t, area),
+        None => {}
+    }
+}
+
+fn block<'a>(title: impl Into<Line<'a>>, t: &Theme) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(t.fg(t.border))
+        .title(title.into())
+        .title_style(t.fg(t.text).add_modifier(Modifier::BOLD))
+}
+
+fn draw_header(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let mut spans = vec![Span::styled(
+        " dlpx ",
+        t.fg(t.accent).add_modifier(Modifier::BOLD),
+    )];
+    match &s.summary {
+        Some(m) => {
+            let i = &m.info;
+            let d = &m.data;
+            let eval = d
+                .eval
+                .as_ref()
+                .map(|e| format!("{}×{} {}", e.windows, e.seq_len, e.source))
+                .unwrap_or_else(|| "none".into());
+            let long = format!(
+                "{} · {} · {} blocks · {:.1}M params │ {} · {} │ calib {}×{} {} · eval {eval}",
+                i.source,
+                i.architecture,
+                i.blocks,
+                i.parameters as f64 / 1e6,
+                m.device,
+                i.dtype,
+                d.calib.windows,
+                d.calib.seq_len,
+                d.calib.source,
+            );
+            // Narrow terminals get the same facts, abbreviated.
+            let short = format!(
+                "{} · {} blk · {:.0}M │ {} {} │ cal {}×{} · ev {}",
+                i.source,
+                i.blocks,
+                i.parameters as f64 / 1e6,
+                m.device.split(' ').next().unwrap_or(""),
+                i.dtype,
+                d.calib.windows,
+                d.calib.seq_len,
+                d.eval
+                    .as_ref()
+                    .map(|e| format!("{}×{}", e.windows, e.seq_len))
+                    .unwrap_or("none".into()),
+            );
+            let room = (area.width as usize).saturating_sub(6);
+            let text = if long.chars().count() <= room {
+                long
+            } else {
+                short
+            };
+            spans.push(Span::styled(text, t.fg(t.text)));
+        }
+        None => spans.push(Span::styled("loading the model…", t.fg(t.dim))),
+    }
+    f.render_widget(Line::from(spans), area);
+}
+
+fn stat_name(s: &State) -> String {
+    format!("{:?}", s.params.statistic).to_lowercase()
+}
+
+fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let panel_w = if area.width >= 120 { 38 } else { 28 };
+    let [charts, panel] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Length(panel_w)]).areas(area);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+    let n = s.n_blocks();
+    let sel = (n > 0).then_some(s.block);
+    let active = match &s.job {
+        Some(j) if j.stage == Stage::Calibrate && s.cal.is_none() => Some(j.done),
+        _ => None,
+    };
+    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+
+    // Importance: the chosen statistic of each block, as bars arrive.
+    let scores: Vec<Option<f64>> = (0..n)
+        .map(|i| s.block_stats.get(i).map(|b| b.get(s.params.statistic)))
+        .collect();
+    let hi = scores.iter().flatten().cloned().fold(0f64, f64::max);
+    let sel_score = sel
+        .and_then(|i| scores.get(i).copied().flatten())
+        .map(|v| format!(" block {}: {v:.4} ", s.block))
+        .unwrap_or_default();
+    let b = block(format!(" importance · {} Wanda score ", stat_name(s)), t)
+        .title(Line::from(sel_score).alignment(Alignment::Right));
+    let inner = b.inner(top);
+    f.render_widget(b, top);
+    if n == 0 {
+        f.render_widget(
+            Paragraph::new("waiting for the model…").style(t.fg(t.dim)),
+            inner,
+        );
+    } else {
+        f.render_widget(
+            Bars {
+                values: &scores,
+                lo: 0.0,
+                hi: if hi > 0.0 { hi } else { 1.0 },
+                selected: sel,
+                active,
+                line: None,
+                ticks: None,
+                pinned: &pinned,
+                theme: t,
+            },
+            inner,
+        );
+    }
+
+    // Allocation: target sparsity per block (0..1), the global target, achieved ticks.
+    let applied = s.current_applied();
+    let targets: Vec<Option<f64>> = match &s.plan {
+        Some(p) => p.block.iter().map(|&v| Some(v)).collect(),
+        None => vec![None; n],
+    };
+    let p_eff = s.params.effective_alloc().sparsity;
+    let sel_alloc = match (sel, &s.plan) {
+        (Some(i), Some(p)) if i < p.block.len() => {
+            let mut x = format!(" block {i}: {:.3}", p.block[i]);
+            if let Some(a) = applied.and_then(|a| a.achieved.as_ref()) {
+                x.push_str(&format!(" → {:.3}", a[i]));
+            }
+            if let Some(nm) = &p.n_of_m {
+                x.push_str(&format!(" N={}", nm[i]));
+            }
+            if pinned.contains(&i) {
+                x.push_str(" pinned");
+            }
+            x + " "
+        }
+        _ => String::new(),
+    };
+    let label = match applied {
+        Some(a) if a.achieved.is_some() => format!(
+            " sparsity · achieved ticks ({}) · p {p_eff:.2} ",
+            format!("{:?}", a.params.mode).to_lowercase()
+        ),
+        _ => format!(" sparsity · target · p {p_eff:.2} "),
+    };
+    let b = block(label, t).title(Line::from(sel_alloc).alignment(Alignment::Right));
+    let inner = b.inner(bottom);
+    f.render_widget(b, bottom);
+    if s.plan.is_some() {
+        f.render_widget(
+            Bars {
+                values: &targets,
+                lo: 0.0,
+                hi: 1.0,
+                selected: sel,
+                active: None,
+                line: Some(p_eff),
+                ticks: applied.and_then(|a| a.achieved.as_deref()),
+                pinned: &pinned,
+                theme: t,
+            },
+            inner,
+        );
+    } else {
+        f.render_widget(
+            Paragraph::new("the allocation appears when calibration has finished")
+                .style(t.fg(t.dim))
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+    }
+    draw_panel(f, s, t, panel);
+}
+
+fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let b = block(" parameters ", t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let w = inner.width as usize;
+    let mut lines: Vec<Line> = Vec::new();
+    for field in Field::ALL {
+        let relevant = match field {
+            Field::Alpha | Field::Tau | Field::Statistic => {
+                s.params.alloc.allocation == Allocation::Dlp
+            }
+            Field::OwlLambda => s.params.alloc.allocation == Allocation::Owl,
+            Field::AlphaEps => s.params.alloc.allocation == Allocation::Alpha,
+            _ => true,
+        };
+        let v = field.value(&s.params);
+        let focus = field == s.field;
+        let label = format!("{}{}", if focus { "▸ " } else { "  " }, field.label());
+        let pad = w
+            .saturating_sub(label.chars().count() + v.chars().count())
+            .max(1);
+        let style = if focus {
+            t.highlight()
+        } else if relevant {
+            t.fg(t.text)
+        } else {
+            t.fg(t.dim)
+        };
+        lines.push(Line::styled(
+            format!("{label}{}{v}", " ".repeat(pad)),
+            style,
+        ));
+    }
+    lines.push(Line::raw(""));
+    let kv = |k: &str, v: String, st: Style| {
+        let pad = w
+            .saturating_sub(k.chars().count() + v.chars().count())
+            .max(1);
+        Line::styled(format!("{k}{}{v}", " ".repeat(pad)), st)
+    };
+    lines.push(kv(
+        "dense ppl",
+        s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+        t.fg(t.text),
+    ));
+    if let Some(h) = s.history.last() {
+        let mode = format!("{:?}", h.params.mode).to_lowercase();
+        lines.push(kv(
+            &format!("#{} {mode}", h.id),
+            h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+            t.fg(if s.current_applied().is_some() {
+                t.good
+            } else {
+                t.dim
+            }),
+        ));
+    }
+    if !s.params.alloc.overrides.is_empty() {
+        let pins: Vec<String> = s
+            .params
+            .alloc
+            .overrides
+            .iter()
+            .map(|(b, v)| format!("{b}={v:.2}"))
+            .collect();
+        lines.push(Line::styled(
+            format!("pins {}", pins.join(" ")),
+            t.fg(t.pinned),
+        ));
+    }
+    if s.plan.is_some() {
+        lines.push(kv(
+            "reallocation",
+            format!("{:.0} µs", s.last_allocate_us),
+            t.fg(t.dim),
+        ));
+    }
+    f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let [gens, tables] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(gens);
+    let pruned_title = match s.history.last() {
+        Some(h) => format!(
+            " pruned #{} ({}) ",
+            h.id,
+            format!("{:?}", h.params.mode).to_lowercase()
+        ),
+        None => " pruned (press a to apply) ".into(),
+    };
+    for (pane, title, pruned) in [
+        (left, " dense ".to_string(), false),
+        (right, pruned_title, true),
+    ] {
+        let mut lines: Vec<Line> = Vec::new();
+        for (i, p) in s.prompts.iter().enumerate() {
+            let mark = if i == s.prompt_sel { "▸ " } else { "  " };
+            lines.push(Line::styled(
+                format!("{mark}{}", p.prompt),
+                if i == s.prompt_sel {
+                    t.highlight()
+                } else {
+                    t.fg(t.accent).add_modifier(Modifier::BOLD)
+                },
+            ));
+            let text = if pruned { &p.pruned } else { &p.dense };
+            lines.push(Line::styled(
+                if text.is_empty() {
+                    "…".to_string()
+                } else {
+                    text.replace('\n', " ⏎ ")
+                },
+                t.fg(t.text),
+            ));
+        }
+        f.render_widget(
+            Paragraph::new(lines)
+                .wrap(Wrap { trim: false })
+                .block(block(title, t)),
+            pane,
+        );
+    }
+    let [hist, blocks] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(tables);
+    let mut lines = vec![Line::styled(
+        format!(
+            "dense{}{}",
+            " ".repeat(8),
+            s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into())
+        ),
+        t.fg(t.text),
+    )];
+    for h in s.history.iter().rev() {
+        let a = &h.params.alloc;
+        let alloc = match a.allocation {
+            Allocation::Dlp => format!(
+                "DLP α{:.2} τ{} {}",
+                a.alpha,
+                a.tau.map(|x| format!("{x:.2}")).unwrap_or("∞".into()),
+                format!("{:?}", h.params.statistic).to_lowercase()
+            ),
+            Allocation::Owl => format!("OWL λ{:.2}", a.owl_lambda),
+            Allocation::Alpha => format!("Alpha ε{:.2}", a.alpha_eps),
+            Allocation::Uniform => "uniform".into(),
+        };
+        let ach = h
+            .achieved
+            .as_ref()
+            .map(|v| format!(" ach {:.3}", v.iter().sum::<f64>() / v.len().max(1) as f64))
+            .unwrap_or_default();
+        lines.push(Line::styled(
+            format!(
+                "#{:<3} {:>8}  {} {} p{:.2} {} {}{ach}",
+                h.id,
+                h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+                format!("{:?}", h.params.mode).to_lowercase(),
+                format!("{:?}", h.params.metric).to_lowercase(),
+                h.params.effective_alloc().sparsity,
+                h.params.pattern,
+                alloc
+            ),
+            t.fg(if Some(h.id) == s.current_applied().map(|c| c.id) {
+                t.good
+            } else {
+                t.text
+            }),
+        ));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(block(" perplexity (history) ", t)),
+        hist,
+    );
+    // Requested vs achieved per block for the last applied configuration, around the selection.
+    let b = block(" block  requested  achieved ", t);
+    let inner = b.inner(blocks);
+    f.render_widget(b, blocks);
+    if let Some(h) = s.history.last() {
+        let rows = inner.height as usize;
+        let n = h.target.len();
+        let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
+        let lines: Vec<Line> = (first..n.min(first + rows))
+            .map(|i| {
+                let ach = h
+                    .achieved
+                    .as_ref()
+                    .map(|a| format!("{:.4}", a[i]))
+                    .unwrap_or("…".into());
+                let nm = h
+                    .n_of_m
+                    .as_ref()
+                    .map(|v| format!("  N={}", v[i]))
+                    .unwrap_or_default();
+                Line::styled(
+                    format!("{i:>5}  {:>9.4}  {ach:>8}{nm}", h.target[i]),
+                    if i == s.block {
+                        t.highlight()
+                    } else {
+                        t.fg(t.text)
+                    },
+                )
+            })
+            .collect();
+        f.render_widget(Paragraph::new(lines), inner);
+    }
+}
+
+fn draw_status(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    if let (Some(j), true) = (&s.job, s.busy) {
+        if j.total == 0 {
+            // Loading has no step count: the last status message instead of an empty bar.
+            f.render_widget(
+                Line::from(vec![
+                    Span::styled(format!(" {} ", j.stage.label()), t.fg(t.accent)),
+                    Span::styled(s.status.0.clone(), t.fg(t.dim)),
+                ]),
+                area,
+            );
+            return;
+        }
+        let label = if j.total > 0 {
+            format!(" {} {}/{} ", j.stage.label(), j.done, j.total)
+        } else {
+            format!(" {} ", j.stage.label())
+        };
+        let rate = if j.tokens_per_s > 0.0 {
+            format!(
+                " {:.0} tok/s · ETA {:.0}s · Esc cancels ",
+                j.tokens_per_s, j.eta_s
+            )
+        } else {
+            " Esc cancels ".to_string()
+        };
+        let bar_w =
+            (area.width as usize).saturating_sub(label.chars().count() + rate.chars().count() + 2);
+        // total > 0 here (the no-step case returned above).
+        let filled = (bar_w * j.done.min(j.total))
+            .checked_div(j.total)
+            .unwrap_or(0);
+        let line = Line::from(vec![
+            Span::styled(label, t.fg(t.accent).add_modifier(Modifier::BOLD)),
+            Span::styled("━".repeat(filled), t.fg(t.good)),
+            Span::styled("─".repeat(bar_w - filled), t.fg(t.border)),
+            Span::styled(rate, t.fg(t.dim)),
+        ]);
+        f.render_widget(line, area);
+        return;
+    }
+    let color = match s.status.1 {
+        Tone::Info => t.text,
+        Tone::Good => t.good,
+        Tone::Error => t.error,
+    };
+    let mut st = t.fg(color);
+    if s.status.1 == Tone::Error && t.mono {
+        st = st.add_modifier(Modifier::BOLD);
+    }
+    f.render_widget(Line::styled(format!(" {}", s.status.0), st), area);
+}
+
+fn draw_keys(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let hints: &[(&str, &str)] = match s.view {
+        View::Main => &[
+            ("←→", "adjust"),
+            ("↑↓", "field"),
+            ("[ ]", "block"),
+            ("+-", "pin"),
+            ("a", "apply"),
+            ("c", "compare"),
+            ("e", "export"),
+            ("?", "help"),
+            ("q", "quit"),
+            ("o", "open"),
+            ("s", "save"),
+        ],
+        View::Compare => &[
+            ("↑↓", "prompt"),
+            ("p", "edit"),
+            ("n", "new"),
+            ("g", "generate"),
+            ("a", "apply"),
+            ("c", "charts"),
+            ("e", "export"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
+    };
+    let mut spans = vec![Span::raw(" ")];
+    let mut used = 1;
+    for (k, h) in hints {
+        // Only whole hints, in order of importance.
+        let w = k.chars().count() + h.chars().count() + 3;
+        if used + w > area.width as usize {
+            break;
+        }
+        used += w;
+        spans.push(Span::styled(
+            *k,
+            t.fg(t.accent).add_modifier(Modifier::BOLD),
+        ));
+        spans.push(Span::styled(format!(" {h}  "), t.fg(t.dim)));
+    }
+    f.render_widget(Line::from(spans), area);
+}
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn draw_help(f: &mut Frame, t: &Theme, area: Rect) {
+    let rows = help_rows();
+    let section = |scope: Scope, title: &str| {
+        let mut v = vec![Line::styled(
+            title.to_string(),
+            t.fg(t.accent).add_modifier(Modifier::BOLD),
+        )];
+        for (k, h, sc) in &rows {
+            if *sc == scope {
+                v.push(Line::from(vec![
+                    Span::styled(format!("{k:<10}"), t.fg(t.bar_selected)),
+                    Span::styled(h.to_string(), t.fg(t.text)),
+                ]));
+            }
+        }
+        v
+    };
+    let mut left = section(Scope::Main, "charts view");
+    left.push(Line::raw(""));
+    left.extend(section(Scope::Compare, "compare view"));
+    let right = section(Scope::Any, "everywhere");
+    let popup = centered(area, area.width.saturating_sub(2), area.height);
+    f.render_widget(Clear, popup);
+    let b = block(" keys · any key closes ", t);
+    let inner = b.inner(popup);
+    f.render_widget(b, popup);
+    let [l, r] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    f.render_widget(Paragraph::new(left).wrap(Wrap { trim: false }), l);
+    f.render_widget(Paragraph::new(right).wrap(Wrap { trim: false }), r);
+}
+
+fn draw_input(f: &mut Frame, t: &Theme, area: Rect, title: &str, text: &str) {
+    let popup = centered(area, area.width.saturating_sub(8).min(70), 4);
+    f.render_widget(Clear, popup);
+    let b = block(format!(" {title} "), t);
+    let inner = b.inner(popup);
+    f.render_widget(b, popup);
+    let [line, hint] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
+    // Show the end of long text, where the cursor is.
+    let room = inner.width.saturating_sub(1) as usize;
+    let n = text.chars().count();
+    let shown: String = text.chars().skip(n.saturating_sub(room)).collect();
+    f.render_widget(
+        Line::from(vec![
+            Span::styled(shown, t.fg(t.text)),
+            Span::styled("▏", t.fg(t.accent)),
+        ]),
+        line,
+    );
+    f.render_widget(
+        Line::styled("Enter accepts · Esc cancels", t.fg(t.dim)),
+        hint,
+    );
+}
+
+fn draw_confirm(f: &mut Frame, t: &Theme, area: Rect) {
+    let popup = centered(area, 44, 3);
+    f.render_widget(Clear, popup);
+    f.render_widget(
+        Paragraph::new("A job is running. Quit anyway? y / n")
+            .alignment(Alignment::Center)
+            .style(t.fg(t.text))
+            .block(block(" quit ", t)),
+        popup,
+    );
+}
+
+/// Draw one frame into an off-screen buffer and return its text, one line per row (snapshot
+/// tests and the latency benchmark use this).
+pub fn render_to_string(s: &State, t: &Theme, w: u16, h: u16) -> String {
+    let mut term =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).expect("test backend");
+    term.draw(|f| draw(f, s, t)).expect("draw");
+    let buf = term.backend().buffer();
+    let mut out = String::with_capacity((w as usize + 1) * h as usize);
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}

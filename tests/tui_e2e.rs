@@ -1,0 +1,179 @@
+//! End to end: the real binary in a real terminal (tmux), on the demo model. Open, wait for
+//! calibration, change α and τ and see the allocation numbers change on screen, apply preview,
+//! see a pruned perplexity, export, quit (terminal restored, exit 0); then the exported JSON
+//! replays with `dlpx prune --config` to the same per-block sparsities.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn tmux(args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux is needed for this test (apt-get install tmux)")
+    }
+
+    fn start(cmd: &str) -> Self {
+        let session = format!("dlpx-e2e-{}", std::process::id());
+        let o = Self::tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "100",
+            "-y",
+            "30",
+            cmd,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Self { session }
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&Self::tmux(&["capture-pane", "-p", "-t", &self.session]).stdout)
+            .to_string()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            Self::tmux(&["send-keys", "-t", &self.session, k]);
+            std::thread::sleep(Duration::from_millis(120));
+        }
+    }
+
+    /// Wait until `pred` holds for the screen; panics with the screen after `secs`.
+    fn wait(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        Self::tmux(&["kill-session", "-t", &self.session]);
+    }
+}
+
+/// The selected block's target sparsity from the sparsity chart's title.
+fn selected_target(screen: &str) -> String {
+    let line = screen
+        .lines()
+        .find(|l| l.contains("sparsity ·"))
+        .unwrap_or_else(|| panic!("no sparsity chart:\n{screen}"));
+    let i = line.find("block 0: ").expect("selected block value") + 9;
+    line[i..i + 5].to_string()
+}
+
+#[test]
+fn explorer_end_to_end_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("explored.json");
+    let bin = env!("CARGO_BIN_EXE_dlpx");
+    let cmd = format!(
+        "{bin} --calib-samples 8 --eval-windows 4 --max-new-tokens 6 --no-stats-cache; echo EXIT=$?; sleep 60"
+    );
+    let t = Tmux::start(&cmd);
+    let s = t.wait("calibration and dense perplexity", 600, |s| {
+        s.contains("a applies") && !s.contains("Esc cancels")
+    });
+    let before = selected_target(&s);
+
+    // α: one field down, three steps right → 0.180; the allocation numbers change on screen.
+    t.keys(&["Down", "Right", "Right", "Right"]);
+    let s = t.wait("α = 0.180", 10, |s| s.contains("0.180"));
+    let after_alpha = selected_target(&s);
+    assert_ne!(
+        before, after_alpha,
+        "α did not change block 0's sparsity:\n{s}"
+    );
+
+    // τ: one more field down, one step right → τ = 2.
+    t.keys(&["Down", "Right"]);
+    let s = t.wait("τ = 2.000", 10, |s| s.contains("2.000"));
+    let after_tau = selected_target(&s);
+    assert_ne!(
+        after_alpha, after_tau,
+        "τ did not change block 0's sparsity:\n{s}"
+    );
+
+    // Apply (preview is the explorer's default mode) and wait for the pruned perplexity.
+    t.keys(&["a"]);
+    let s = t.wait("the pruned perplexity", 600, |s| {
+        s.contains("pruned perplexity") && !s.contains("Esc cancels")
+    });
+    assert!(s.contains("#1 preview"), "{s}");
+
+    // Export to an edited path.
+    t.keys(&["e", "C-u"]);
+    Tmux::tmux(&[
+        "send-keys",
+        "-t",
+        &t.session,
+        "-l",
+        export.to_str().unwrap(),
+    ]);
+    t.keys(&["Enter"]);
+    t.wait("the export message", 10, |s| s.contains("exported to"));
+    assert!(export.exists());
+
+    // Quit: the terminal is given back and the process exits 0.
+    t.keys(&["q"]);
+    let s = t.wait("exit", 20, |s| s.contains("EXIT="));
+    assert!(s.contains("EXIT=0"), "{s}");
+
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    assert_eq!(exported["params"]["alloc"]["alpha"], 0.18);
+    assert_eq!(exported["params"]["alloc"]["tau"], 2.0);
+    assert!(
+        exported["ppl"]["pruned"].as_f64().unwrap() > exported["ppl"]["dense"].as_f64().unwrap()
+    );
+
+    // Headless replay of the exported config: identical per-block sparsities.
+    let replay = dir.path().join("replay.json");
+    let o = Command::new(bin)
+        .args(["prune", "--quiet", "--eval", "none", "--config"])
+        .arg(&export)
+        .arg("--report")
+        .arg(&replay)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&replay).unwrap()).unwrap();
+    let blocks = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["target_sparsity"].clone())
+            .collect()
+    };
+    assert_eq!(blocks(&exported), blocks(&r));
+    // The explorer applied preview masks; so did the replay (the mode is in the config).
+    assert_eq!(r["params"]["mode"], "preview");
+    for (a, b) in exported["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["blocks"].as_array().unwrap())
+    {
+        assert_eq!(a["achieved_sparsity"], b["achieved_sparsity"]);
+    }
+}

@@ -1,0 +1,283 @@
+//! Snapshots of the explorer's screens (ratatui TestBackend) at 80×24 and 160×48: during
+//! calibration, after it, after a parameter change, the compare view and the help overlay.
+//! The state is built from fixed statistics so the frames are exact; the files live in
+//! tests/snapshots/ (`UPDATE_SNAPSHOTS=1 cargo test --release --test tui_snapshots` rewrites them).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dlpx::app::keys::Action;
+use dlpx::app::{Job, ModelSummary, Msg, Stage, State, View};
+use dlpx::prune::pipeline::PruneParams;
+use dlpx::prune::stats::{Calibration, ScoreStats};
+use dlpx::report::{DataInfo, DataSet, ModelInfo};
+use dlpx::ui::render_to_string;
+use dlpx::ui::theme::Theme;
+
+const BLOCKS: usize = 30;
+
+/// A median score that rises with depth with some bumps, like the demo model's.
+fn score(i: usize) -> f64 {
+    0.12 + 0.014 * i as f64 + 0.02 * ((i * 7 % 5) as f64 - 2.0) / 2.0
+}
+
+fn stats(i: usize) -> ScoreStats {
+    let m = score(i);
+    ScoreStats {
+        numel: 4_000_000,
+        median: m as f32,
+        mean: m * 1.4,
+        max: (40.0 + i as f64) as f32,
+        var: m * 0.5,
+    }
+}
+
+fn summary() -> ModelSummary {
+    let set = |w| DataSet {
+        source: "demo".into(),
+        sha256: "0".repeat(64),
+        windows: w,
+        seq_len: 256,
+    };
+    ModelSummary {
+        info: ModelInfo {
+            source: "demo".into(),
+            sha256: None,
+            revision: None,
+            architecture: "llama".into(),
+            blocks: BLOCKS,
+            parameters: 134_515_008,
+            dtype: "f32".into(),
+        },
+        data: DataInfo {
+            calib: set(32),
+            eval: Some(set(64)),
+        },
+        numel: vec![[331776.0, 110592.0, 110592.0, 331776.0, 884736.0, 884736.0, 884736.0]; BLOCKS],
+        device: "cpu (2 threads)".into(),
+        protocol: "64 windows × 256 tokens of demo:eval".into(),
+    }
+}
+
+fn calibration() -> Calibration {
+    Calibration {
+        inputs: vec![],
+        blocks: (0..BLOCKS).map(stats).collect(),
+        linears: vec![],
+        owl: (0..BLOCKS).map(|i| 0.5 + 0.06 * i as f64).collect(),
+        owl_m: 5.0,
+        esd: (0..BLOCKS)
+            .map(|i| [3.0 + (i % 4) as f64 * 0.3; 7])
+            .collect(),
+        seconds: 15.0,
+    }
+}
+
+fn calibrating() -> State {
+    let mut s = State::new(
+        PruneParams {
+            mode: dlpx::prune::pipeline::Mode::Preview,
+            ..Default::default()
+        },
+        vec!["The capital of France is".into(), "Water boils at".into()],
+    );
+    s.on_msg(Msg::Loaded(Box::new(summary())));
+    for b in 0..12 {
+        s.on_msg(Msg::BlockScored {
+            block: b,
+            stats: stats(b),
+        });
+    }
+    s.on_msg(Msg::Progress {
+        stage: Stage::Calibrate,
+        done: 12,
+        total: BLOCKS,
+        tokens_per_step: 0,
+        started: Instant::now(),
+    });
+    s
+}
+
+fn calibrated() -> State {
+    let mut s = calibrating();
+    s.on_msg(Msg::Calibrated {
+        cal: Arc::new(calibration()),
+        cache_hit: false,
+    });
+    s.on_msg(Msg::DensePpl(52.8128));
+    s.on_msg(Msg::Idle);
+    // Fixed figures for the frame (the real ones are timings).
+    s.last_allocate_us = 21.0;
+    s
+}
+
+fn changed() -> State {
+    let mut s = calibrated();
+    s.act(Action::FieldNext); // α
+    for _ in 0..5 {
+        s.act(Action::Inc);
+    }
+    s.act(Action::FieldNext); // τ
+    s.act(Action::Inc);
+    s.block = 20;
+    s.act(Action::PinDown);
+    s.last_allocate_us = 21.0;
+    s
+}
+
+fn compared() -> State {
+    let mut s = calibrated();
+    let jobs = s.act(Action::Apply);
+    assert!(matches!(jobs.as_slice(), [Job::Apply { id: 1, .. }]));
+    let target = s.plan.as_ref().unwrap().block.clone();
+    s.on_msg(Msg::Applied {
+        id: 1,
+        achieved: target.iter().map(|t| t - 0.0007).collect(),
+        seconds: 2.5,
+    });
+    s.on_msg(Msg::PrunedPpl { id: 1, ppl: 355.03 });
+    for (i, (d, p)) in [
+        (" Paris.", " a city, the."),
+        (" 100 degrees.", " the the the"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.on_msg(Msg::Token {
+            pruned: false,
+            prompt: i,
+            text: d.to_string(),
+        });
+        s.on_msg(Msg::Token {
+            pruned: true,
+            prompt: i,
+            text: p.to_string(),
+        });
+    }
+    s.on_msg(Msg::Idle);
+    s.act(Action::ToggleCompare);
+    assert_eq!(s.view, View::Compare);
+    s
+}
+
+fn check(name: &str, s: &State) {
+    let theme = Theme::mono();
+    for (w, h) in [(80u16, 24u16), (160, 48)] {
+        let got = render_to_string(s, &theme, w, h);
+        let path = format!(
+            "{}/tests/snapshots/{name}_{w}x{h}.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::create_dir_all(format!("{}/tests/snapshots", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!("missing snapshot {path}; run with UPDATE_SNAPSHOTS=1 and review it")
+        });
+        assert!(
+            got == want,
+            "{name} at {w}×{h} differs from {path}:\n{got}\n(run with UPDATE_SNAPSHOTS=1 to accept)"
+        );
+    }
+}
+
+#[test]
+fn screen_while_calibrating() {
+    let s = calibrating();
+    let frame = render_to_string(&s, &Theme::mono(), 80, 24);
+    assert!(frame.contains("calibrating block 12/30"), "{frame}");
+    assert!(
+        frame.contains("allocation appears when calibration"),
+        "{frame}"
+    );
+    check("calibrating", &s);
+}
+
+#[test]
+fn screen_after_calibration() {
+    let s = calibrated();
+    let frame = render_to_string(&s, &Theme::mono(), 80, 24);
+    assert!(frame.contains("dense ppl            52.81"), "{frame}");
+    check("calibrated", &s);
+}
+
+#[test]
+fn screen_after_a_parameter_change() {
+    let before = calibrated();
+    let s = changed();
+    assert_eq!(s.params.alloc.alpha, 0.2);
+    assert_eq!(s.params.alloc.tau, Some(2.0));
+    let pins = &s.params.alloc.overrides;
+    assert_eq!(pins.len(), 1);
+    assert_eq!(pins[0].0, 20);
+    // The allocation changed: the spread is now 2α around p, with block 20 pinned.
+    let (a, b) = (
+        &before.plan.as_ref().unwrap().block,
+        &s.plan.as_ref().unwrap().block,
+    );
+    assert!(a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3));
+    assert!((b[20] - pins[0].1).abs() < 1e-12);
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    assert!(
+        frame.contains(&format!("pins 20={:.2}", pins[0].1)),
+        "{frame}"
+    );
+    assert!(frame.contains("temperature τ"), "{frame}");
+    check("changed", &s);
+}
+
+#[test]
+fn compare_view() {
+    let s = compared();
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    assert!(frame.contains("pruned #1 (preview)"), "{frame}");
+    assert!(frame.contains("355.03"), "{frame}");
+    check("compare", &s);
+}
+
+#[test]
+fn help_overlay() {
+    let mut s = calibrated();
+    s.act(Action::Help);
+    let frame = render_to_string(&s, &Theme::mono(), 80, 24);
+    // Every binding's help line is on the overlay (it is generated from the table).
+    for (_, help, _) in dlpx::app::keys::help_rows() {
+        assert!(frame.contains(help), "help lacks `{help}`:\n{frame}");
+    }
+    check("help", &s);
+}
+
+#[test]
+fn tiny_terminals_get_a_notice_not_a_panic() {
+    let s = compared();
+    for (w, h) in [(1, 1), (20, 5), (59, 30), (200, 15), (60, 16)] {
+        let frame = render_to_string(&s, &Theme::mono(), w, h);
+        if (w < 60 || h < 16) && w >= 20 {
+            assert!(frame.replace('\n', "").contains("dlpx"), "{w}×{h}: {frame}");
+        }
+    }
+}
+
+#[test]
+fn export_then_open_restores_parameters() {
+    let s = changed();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.json");
+    s.export(&path).unwrap();
+    let r = dlpx::report::Report::load(&path).unwrap();
+    assert_eq!(r.params, s.params);
+    assert!(r.blocks.iter().all(|b| b.achieved_sparsity.is_none()));
+    let mut fresh = calibrated();
+    fresh.open(&path).unwrap();
+    assert_eq!(fresh.params, s.params);
+    assert_eq!(
+        fresh.plan.as_ref().unwrap().block,
+        s.plan.as_ref().unwrap().block
+    );
+    // A missing file is one clear message and changes nothing.
+    let e = fresh.open(&dir.path().join("nope.json")).unwrap_err();
+    assert!(format!("{e:#}").contains("nope.json"));
+}
