@@ -183,6 +183,7 @@ fn with_tui_latency(
             numel: linear_numel(&m.llama),
             device: crate::device::describe(&ctx.device),
             protocol: String::new(),
+            memory_gib: 0.0,
         })));
         s.on_msg(Msg::Calibrated {
             cal: std::sync::Arc::new(cal.clone()),

@@ -105,6 +105,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print the JSON Schema of the report/config format.
     Schema,
+    /// Preflight memory estimate of a pruning run from a config.json alone (no weights needed).
+    Estimate(EstimateArgs),
 }
 
 /// `inf` (or `∞`) means no temperature: the paper's linear map.
@@ -300,4 +302,23 @@ pub struct BenchArgs {
     /// Also time the explorer's key press → reallocation → redrawn frame on the demo statistics.
     #[arg(long)]
     pub tui: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EstimateArgs {
+    /// A Hugging Face config.json (e.g. of Llama-2-7B); only the shapes are read.
+    #[arg(long)]
+    pub config_json: std::path::PathBuf,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    pub calib_samples: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Per-weight metric (SparseGPT adds its Hessians).
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub metric: crate::prune::mask::Metric,
+    /// Print the figures as JSON (bytes).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -181,3 +181,45 @@ pub fn fetch_demo(ctx: &mut Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+/// `dlpx estimate`: the preflight memory estimate from a config.json.
+pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
+    use color_eyre::eyre::WrapErr;
+    let text = std::fs::read_to_string(&a.config_json)
+        .wrap_err_with(|| format!("cannot read `{}`", a.config_json.display()))?;
+    let c = crate::model::LlamaConfig::from_hf_json(&text)
+        .wrap_err_with(|| format!("`{}`", a.config_json.display()))?;
+    let e = crate::prune::memory::Estimate::new(
+        &c,
+        ctx.dtype.size_in_bytes(),
+        a.calib_samples,
+        a.seq_len,
+        a.metric,
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!(
+            "{} blocks, {:.2} B parameters, {:?}, {} × {} calibration tokens, {:?}",
+            c.num_hidden_layers,
+            c.param_count() as f64 / 1e9,
+            ctx.dtype,
+            a.calib_samples,
+            a.seq_len,
+            a.metric
+        );
+        println!("{}", e.describe());
+        if let Some(avail) = crate::prune::memory::available_bytes() {
+            println!(
+                "available here: {:.1} GiB ({})",
+                crate::prune::memory::gib(avail),
+                if e.total <= avail {
+                    "fits"
+                } else {
+                    "does not fit"
+                }
+            );
+        }
+    }
+    Ok(())
+}

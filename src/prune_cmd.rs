@@ -195,11 +195,25 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         }
     }
     let mut timings = Timings::default();
+    // Measured before the weights are loaded, so the estimate (weights included) compares with it.
+    let available = match ctx.device {
+        candle_core::Device::Cpu => crate::prune::memory::available_bytes(),
+        _ => None,
+    };
     let t = Instant::now();
     let mut m = ctx.load_model(&a.model)?;
     timings.load_s = t.elapsed().as_secs_f64();
     let n_blocks = m.llama.blocks.len();
     params.validate(n_blocks)?;
+    let est = crate::prune::memory::Estimate::new(
+        &m.llama.config,
+        ctx.dtype.size_in_bytes(),
+        d.calib_samples,
+        d.seq_len,
+        params.metric,
+    );
+    ctx.progress.status(&est.describe());
+    est.check(available, d.calib_samples)?;
 
     let p = &mut ctx.progress;
     let calib_text = calib_src.load(&mut |s| p.status(s))?;

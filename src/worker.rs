@@ -66,6 +66,8 @@ pub fn spawn(spec: Spec, out: UnboundedSender<Msg>) -> Handle {
                 eval: vec![],
                 key: None,
                 cal: None,
+                dense_ppl_done: false,
+                dense_gens_done: false,
             };
             w.main(rx)
         })
@@ -83,6 +85,8 @@ struct Worker {
     eval: Vec<Vec<u32>>,
     key: Option<StatsKey>,
     cal: Option<Arc<Calibration>>,
+    dense_ppl_done: bool,
+    dense_gens_done: bool,
 }
 
 fn cancelled(e: &color_eyre::Report) -> bool {
@@ -165,7 +169,11 @@ impl Worker {
     fn run(&mut self, job: Job) {
         match job {
             Job::Calibrate => {
-                let _ = self.calibrate();
+                // After a cancelled start, also finish what the start would have done.
+                let prompts = self.spec.prompts.clone();
+                let _ = self.calibrate()
+                    && (self.dense_ppl_done || self.dense_eval())
+                    && (self.dense_gens_done || self.generate_side(false, &prompts));
             }
             Job::Apply {
                 id,
@@ -194,7 +202,22 @@ impl Worker {
         let mut status = |m: &str| {
             let _ = out.send(Msg::Status(m.to_string()));
         };
+        let available = match s.device {
+            Device::Cpu => crate::prune::memory::available_bytes(),
+            _ => None,
+        };
         let m = crate::model::load(&s.source, &s.device, s.dtype, &mut status)?;
+        let est = crate::prune::memory::Estimate::new(
+            &m.llama.config,
+            s.dtype.size_in_bytes(),
+            s.calib_samples,
+            s.seq_len,
+            crate::prune::mask::Metric::SparseGpt,
+        );
+        // The explorer also keeps a pruned copy of the weights next to the dense ones.
+        let mut est_tui = est.clone();
+        est_tui.total += est.weights;
+        est_tui.check(available, s.calib_samples)?;
         let calib_src = TextSource::parse(&s.calib, DemoSplit::Calib)?;
         let eval_src = TextSource::parse(&s.eval, DemoSplit::Eval)?;
         let calib_text = calib_src.load(&mut status)?;
@@ -234,6 +257,7 @@ impl Worker {
             numel: linear_numel(&m.llama),
             device: crate::device::describe(&s.device),
             protocol: crate::prune_cmd::protocol_text(s.eval_windows, s.seq_len, &eval_src.label()),
+            memory_gib: crate::prune::memory::gib(est_tui.total),
         };
         self.send(Msg::Loaded(Box::new(summary)));
         self.dense = Some(m);
@@ -261,7 +285,8 @@ impl Worker {
                         stage: Stage::Calibrate,
                         done: bp.block,
                         total: bp.blocks,
-                        tokens_per_step: bp.tokens,
+                        // Whole-model equivalent: each step runs every token through one block.
+                        tokens_per_step: bp.tokens / bp.blocks.max(1),
                         started: bp.started,
                     });
                     !cancel.load(Ordering::Relaxed)
@@ -362,7 +387,7 @@ impl Worker {
     }
 
     /// Greedy generations of every prompt on one side, streamed token by token.
-    fn generate_side(&self, pruned: bool, prompts: &[String]) -> bool {
+    fn generate_side(&mut self, pruned: bool, prompts: &[String]) -> bool {
         let m = if pruned { &self.pruned } else { &self.dense };
         let Some(m) = m else { return false };
         let params = GenParams {
@@ -393,6 +418,9 @@ impl Worker {
             }
             Ok(())
         })();
+        if !pruned && r.is_ok() {
+            self.dense_gens_done = true;
+        }
         self.stage(Stage::Generate, r)
     }
 

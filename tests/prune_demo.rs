@@ -9,7 +9,7 @@ use dlpx::eval::perplexity::perplexity;
 use dlpx::model::{self, ModelSource};
 use dlpx::prune::allocate::Allocation;
 use dlpx::prune::cache::{self, StatsKey};
-use dlpx::prune::mask::Pattern;
+use dlpx::prune::mask::{Metric, Pattern};
 use dlpx::prune::pipeline::{achieved, plan, prune_faithful, prune_preview, Mode, PruneParams};
 use dlpx::prune::stats::calibrate;
 
@@ -18,7 +18,8 @@ fn protocol_windows(m: &model::LoadedModel, split: DemoSplit, n: usize) -> Vec<V
     windows(&m.encode(&text).unwrap(), 256, n, "demo").unwrap()
 }
 
-/// One calibration, three faithful prunings: DLP(median) < OWL(M=5, λ=0.08) < uniform.
+/// One calibration, five faithful prunings: with Wanda DLP(median) < OWL(M=5, λ=0.08) < uniform;
+/// SparseGPT-uniform < Wanda-uniform and SparseGPT-DLP < SparseGPT-uniform.
 #[test]
 fn paper_ordering_and_invariants_at_70_percent() {
     let m = model::load(&ModelSource::Demo, &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
@@ -72,6 +73,42 @@ fn paper_ordering_and_invariants_at_70_percent() {
     assert!(
         dlp < owl && owl < uniform,
         "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}"
+    );
+
+    // SparseGPT (faithful): uniform beats Wanda-uniform, and DLP beats SparseGPT-uniform.
+    let mut sgpt = Vec::new();
+    for alloc in [Allocation::Uniform, Allocation::Dlp] {
+        let mut p = PruneParams {
+            metric: Metric::SparseGpt,
+            ..Default::default()
+        };
+        p.alloc.allocation = alloc;
+        let pl = plan(&m.llama, &cal, &p).unwrap();
+        let mut pruned = m.llama.clone();
+        prune_faithful(&mut pruned, &calib, &pl, &p, &mut |_| true).unwrap();
+        let got = achieved(&pruned).unwrap();
+        let overall = got.iter().sum::<f64>() / got.len() as f64;
+        assert!(
+            (overall - 0.7).abs() < 0.002,
+            "SparseGPT {alloc:?}: {overall}"
+        );
+        let r = perplexity(&pruned, &eval, &mut |_, _| true).unwrap();
+        eprintln!(
+            "SparseGPT {alloc:?}: ppl {:.3}, achieved {overall:.5}",
+            r.ppl
+        );
+        sgpt.push(r.ppl);
+    }
+    assert!(
+        sgpt[0] < uniform,
+        "SparseGPT-uniform {} ≥ Wanda-uniform {uniform}",
+        sgpt[0]
+    );
+    assert!(
+        sgpt[1] < sgpt[0],
+        "SparseGPT-DLP {} ≥ SparseGPT-uniform {}",
+        sgpt[1],
+        sgpt[0]
     );
 }
 
@@ -192,6 +229,10 @@ fn bad_prune_input_writes_nothing() {
     check(&["--tau", "0"], "--tau must be nonzero");
     check(&["--pattern", "5:4"], "N ≤ M");
     check(&["--alpha-eps", "1.5"], "--alpha-eps must be in [0, 1)");
+    check(
+        &["--metric", "sparsegpt", "--mode", "preview"],
+        "--metric sparsegpt needs --mode faithful",
+    );
     let cfg = d.join("cfg.json");
     let c = cfg.to_str().unwrap();
     std::fs::write(&cfg, r#"{"schema_version": 99}"#).unwrap();

@@ -269,3 +269,58 @@ fn bad_inputs_give_clear_errors() {
     };
     assert!(e.contains("no config.json"), "{e}");
 }
+
+/// The preflight estimate for Llama-2-7B's shapes (config only) against a hand calculation.
+#[test]
+fn memory_estimate_for_llama2_7b_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":4096,
+            "intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,
+            "num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,
+            "rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":false,
+            "bos_token_id":1,"eos_token_id":2}"#,
+    )
+    .unwrap();
+    let run = |metric: &str| -> serde_json::Value {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+            .args(["estimate", "--config-json", cfg.to_str().unwrap()])
+            .args([
+                "--calib-samples",
+                "128",
+                "--seq-len",
+                "2048",
+                "--dtype",
+                "f32",
+            ])
+            .args(["--metric", metric, "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let e = run("wanda");
+    // Hand calculation, f32 (4 bytes), 128 windows × 2048 tokens, batches of 8.
+    let params: u64 = 32000 * 4096 // embeddings
+        + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) // blocks with their 2 norms
+        + 4096 // final norm
+        + 32000 * 4096; // untied head
+    assert_eq!(params, 6_738_415_616);
+    assert_eq!(e["weights"], params * 4);
+    assert_eq!(e["activations"], 2u64 * 128 * 2048 * 4096 * 4); // 8 GiB
+    assert_eq!(
+        e["block_workspace"],
+        2u64 * 8 * 32 * 2048 * 2048 * 4 + 4 * 8 * 2048 * 11008 * 4
+    );
+    assert_eq!(e["block_scores"], 2u64 * 202_375_168 * 4);
+    assert_eq!(e["wanda_stats"], 32u64 * (6 * 4096 + 11008) * 4);
+    assert_eq!(e["hessians"], 0);
+    assert_eq!(e["total"], 48_642_768_896u64);
+    let s = run("sparsegpt");
+    assert_eq!(
+        s["hessians"],
+        (3u64 * 4096 * 4096 + 11008 * 11008) * 4 + 3 * 11008 * 11008 * 8
+    );
+}

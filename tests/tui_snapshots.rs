@@ -56,6 +56,7 @@ fn summary() -> ModelSummary {
         numel: vec![[331776.0, 110592.0, 110592.0, 331776.0, 884736.0, 884736.0, 884736.0]; BLOCKS],
         device: "cpu (2 threads)".into(),
         protocol: "64 windows × 256 tokens of demo:eval".into(),
+        memory_gib: 1.6,
     }
 }
 

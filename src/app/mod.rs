@@ -31,6 +31,8 @@ pub struct ModelSummary {
     pub device: String,
     /// Human description of the perplexity protocol.
     pub protocol: String,
+    /// Preflight memory estimate of calibration and pruning, GiB.
+    pub memory_gib: f64,
 }
 
 /// Long-running work, as shown in the progress line.

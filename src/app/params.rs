@@ -144,7 +144,17 @@ impl Field {
                     dir,
                 )
             }
-            Field::Metric => q.metric = cycle(&[Metric::Magnitude, Metric::Wanda], q.metric, dir),
+            Field::Metric => {
+                q.metric = cycle(
+                    &[Metric::Magnitude, Metric::Wanda, Metric::SparseGpt],
+                    q.metric,
+                    dir,
+                );
+                // SparseGPT's Hessians come from the sequential pass.
+                if q.metric == Metric::SparseGpt {
+                    q.mode = Mode::Faithful;
+                }
+            }
             Field::Pattern => {
                 q.pattern = cycle(
                     &[

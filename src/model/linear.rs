@@ -101,6 +101,24 @@ impl PrunableLinear {
         Ok(())
     }
 
+    /// Replace the weight (e.g. SparseGPT's updated values) and record the keep-mask; masked
+    /// entries are forced to exact zeros.
+    pub fn set_weight_and_mask(&mut self, weight: Tensor, mask: Tensor) -> Result<()> {
+        let weight = weight
+            .to_dtype(self.weight.dtype())?
+            .to_device(self.weight.device())?;
+        if weight.dims() != self.weight.dims() {
+            candle_core::bail!(
+                "{}: new weight {:?} for a {:?} linear",
+                self.name,
+                weight.dims(),
+                self.weight.dims()
+            );
+        }
+        self.weight = weight;
+        self.set_mask(mask)
+    }
+
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
         let zeros = self

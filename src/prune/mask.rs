@@ -12,6 +12,11 @@ pub enum Metric {
     Magnitude,
     /// |W| · ‖X_j‖, compared within each output row.
     Wanda,
+    /// OBS with the layer Hessian: prunes per 128-column block and updates the kept weights
+    /// (faithful mode only).
+    #[value(name = "sparsegpt")]
+    #[serde(rename = "sparsegpt")]
+    SparseGpt,
 }
 
 /// Sparsity pattern: unstructured, or N of every M consecutive input weights per row.

@@ -4,5 +4,7 @@ pub mod allocate;
 pub mod cache;
 pub mod esd;
 pub mod mask;
+pub mod memory;
 pub mod pipeline;
+pub mod sparsegpt;
 pub mod stats;

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
 use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric, Metric, Pattern};
+use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
-    embed_windows, observe_block, weights_f32, BlockProgress, Calibration, Statistic,
+    embed_windows, observe_block_with, weights_f32, BlockProgress, Calibration, Statistic,
 };
 use crate::model::{InputStats, LinearKind, Llama};
 
@@ -89,6 +90,9 @@ impl PruneParams {
             && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
         {
             bail!("--granularity linear applies to DLP and AlphaPruning only");
+        }
+        if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
+            bail!("--metric sparsegpt needs --mode faithful (its Hessians come from the sequential pass)");
         }
         if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
             bail!("per-block overrides need --granularity block");
@@ -196,11 +200,13 @@ pub fn plan_for(numel: &[[f64; 7]], cal: &Calibration, p: &PruneParams) -> Resul
     })
 }
 
-/// Mask the 7 linears of block `i` from its input statistics.
+/// Mask the 7 linears of block `i` from its input statistics (and, for SparseGPT, their
+/// Hessians).
 pub fn prune_block(
     model: &mut Llama,
     i: usize,
     stats: &[InputStats],
+    hessians: Option<&[Hessian]>,
     plan: &Plan,
     p: &PruneParams,
 ) -> Result<()> {
@@ -209,29 +215,44 @@ pub fn prune_block(
     for k in LinearKind::ALL {
         let l = blk.linear_mut(k);
         let (rows, cols) = (l.out_features(), l.in_features());
-        let w = weights_f32(&l.weight)?;
-        let metric = match p.metric {
-            Metric::Wanda => wanda_metric(&w, cols, &stats[k.index()].sq_norm),
-            Metric::Magnitude => w.iter().map(|x| x.abs()).collect(),
-        };
         let s = plan.linear[i][k.index()];
-        let mask = match (p.pattern, p.metric) {
-            (Pattern::NOfM { m, .. }, _) => {
+        let n_of_m = match p.pattern {
+            Pattern::NOfM { m, .. } => {
                 if cols % m != 0 {
                     bail!(
                         "{}: {cols} input columns are not a multiple of M = {m}",
                         l.name
                     );
                 }
-                n_of_m_mask(
-                    &metric,
-                    cols,
-                    plan.n_of_m.as_ref().map(|v| v[i]).unwrap_or(0),
-                    m,
-                )
+                Some((plan.n_of_m.as_ref().map(|v| v[i]).unwrap_or(0), m))
             }
-            (Pattern::Unstructured, Metric::Wanda) => per_row(&metric, cols, s),
-            (Pattern::Unstructured, Metric::Magnitude) => per_matrix(&metric, s),
+            Pattern::Unstructured => None,
+        };
+        let w = weights_f32(&l.weight)?;
+        if p.metric == Metric::SparseGpt {
+            let h = hessians
+                .ok_or_else(|| color_eyre::eyre::eyre!("SparseGPT needs the layer Hessians"))?;
+            let mut w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+            let target = match n_of_m {
+                Some((n, m)) => Target::NOfM { n, m },
+                None => Target::Ratio(s),
+            };
+            let mask = fasterprune(&mut w64, rows, cols, &h[k.index()].matrix()?, target)?;
+            let w32: Vec<f32> = w64.iter().map(|&x| x as f32).collect();
+            l.set_weight_and_mask(
+                Tensor::from_vec(w32, (rows, cols), &device)?,
+                Tensor::from_vec(mask, (rows, cols), &device)?,
+            )?;
+            continue;
+        }
+        let metric = match p.metric {
+            Metric::Wanda => wanda_metric(&w, cols, &stats[k.index()].sq_norm),
+            _ => w.iter().map(|x| x.abs()).collect(),
+        };
+        let mask = match (n_of_m, p.metric) {
+            (Some((n, m)), _) => n_of_m_mask(&metric, cols, n, m),
+            (None, Metric::Wanda) => per_row(&metric, cols, s),
+            (None, _) => per_matrix(&metric, s),
         };
         l.set_mask(Tensor::from_vec(mask, (rows, cols), &device)?)?;
     }
@@ -246,7 +267,7 @@ pub fn prune_preview(
     p: &PruneParams,
 ) -> Result<()> {
     for i in 0..model.blocks.len() {
-        prune_block(model, i, &cal.inputs[i], plan, p)?;
+        prune_block(model, i, &cal.inputs[i], None, plan, p)?;
     }
     Ok(())
 }
@@ -266,8 +287,8 @@ pub fn prune_faithful(
     let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
     let mut xs = embed_windows(model, windows)?;
     for i in 0..n {
-        let (stats, _) = observe_block(model, i, &xs, false)?;
-        prune_block(model, i, &stats, plan, p)?;
+        let o = observe_block_with(model, i, &xs, false, p.metric == Metric::SparseGpt)?;
+        prune_block(model, i, &o.stats, o.hessians.as_deref(), plan, p)?;
         if i + 1 < n {
             xs = xs
                 .iter()

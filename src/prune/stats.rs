@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::esd::{alpha_hat, eigenvalues};
 use super::mask::wanda_metric;
+use super::sparsegpt::Hessian;
 use crate::model::{InputStats, LinearKind, Llama};
 
 /// The block statistic F of dlp-spec.md §2.2 / §10.1.
@@ -137,17 +138,52 @@ pub fn observe_block(
     xs: &[Tensor],
     propagate: bool,
 ) -> Result<(Vec<InputStats>, Vec<Tensor>)> {
+    let o = observe_block_with(model, i, xs, propagate, false)?;
+    Ok((o.stats, o.outputs))
+}
+
+/// What one pass through a block recorded.
+pub struct Observed {
+    pub stats: Vec<InputStats>,
+    /// The block's outputs, when asked to propagate.
+    pub outputs: Vec<Tensor>,
+    /// Per linear, when asked for SparseGPT.
+    pub hessians: Option<Vec<Hessian>>,
+}
+
+/// As `observe_block`, also accumulating each linear's input Hessian (SparseGPT) when asked.
+pub fn observe_block_with(
+    model: &Llama,
+    i: usize,
+    xs: &[Tensor],
+    propagate: bool,
+    hessians: bool,
+) -> Result<Observed> {
     let blk = &model.blocks[i];
     let mut stats: Vec<InputStats> = LinearKind::ALL
         .iter()
         .map(|&k| InputStats::new(blk.linear(k).in_features()))
         .collect();
+    let mut hess: Option<Vec<Hessian>> = match hessians {
+        true => Some(
+            LinearKind::ALL
+                .iter()
+                .map(|&k| Hessian::new(blk.linear(k).in_features(), &model.device))
+                .collect::<Result<_>>()?,
+        ),
+        false => None,
+    };
     let mut outs = Vec::with_capacity(xs.len());
     for x in xs {
         // q/k/v share their input, and so do gate/up: record once, copy after.
         let mut obs = |k: LinearKind, inp: &Tensor| -> candle_core::Result<()> {
             match k {
                 LinearKind::Q | LinearKind::O | LinearKind::Gate | LinearKind::Down => {
+                    if let Some(h) = hess.as_mut() {
+                        h[k.index()]
+                            .add_batch(inp)
+                            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    }
                     stats[k.index()].add_batch(inp)
                 }
                 _ => Ok(()),
@@ -164,8 +200,15 @@ pub fn observe_block(
         (LinearKind::Up, LinearKind::Gate),
     ] {
         stats[dst.index()] = stats[src.index()].clone();
+        if let Some(h) = hess.as_mut() {
+            h[dst.index()] = h[src.index()].clone();
+        }
     }
-    Ok((stats, outs))
+    Ok(Observed {
+        stats,
+        outputs: outs,
+        hessians: hess,
+    })
 }
 
 /// A matrix's weights as f32 row-major.

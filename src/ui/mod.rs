@@ -302,6 +302,13 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             t.fg(t.pinned),
         ));
     }
+    if let Some(m) = &s.summary {
+        lines.push(kv(
+            "memory est.",
+            format!("{:.1} GiB", m.memory_gib),
+            t.fg(t.dim),
+        ));
+    }
     if s.plan.is_some() {
         lines.push(kv(
             "reallocation",

@@ -1,0 +1,148 @@
+//! Preflight memory estimate of a pruning run, from the model's config alone (no weights):
+//! what dlpx holds at its peak, so a run that cannot fit is refused before any work with the
+//! option that would make it fit.
+
+use color_eyre::eyre::{bail, Result};
+
+use crate::model::LlamaConfig;
+use crate::prune::mask::Metric;
+
+/// Windows forwarded together through one block (`stats::BATCH`).
+const BATCH: usize = 8;
+
+/// Bytes per part, each at its peak.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    /// All weights in the compute dtype.
+    pub weights: u64,
+    /// Calibration activations: the block inputs and outputs of every window (f32), two copies
+    /// while a block's outputs replace its inputs.
+    pub activations: u64,
+    /// Inside one block's forward for one batch: attention scores and the MLP's intermediates.
+    pub block_workspace: u64,
+    /// One block's Wanda scores (f32) plus the copy that selection works on.
+    pub block_scores: u64,
+    /// Wanda input statistics ‖X_j‖² of every linear of every block (f32), kept for reallocation.
+    pub wanda_stats: u64,
+    /// SparseGPT: one block's input Hessians (4 distinct inputs, f32) and the f64 working copies
+    /// (H, H⁻¹, its Cholesky factor) of the widest linear.
+    pub hessians: u64,
+    pub total: u64,
+}
+
+pub fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+impl Estimate {
+    pub fn new(
+        c: &LlamaConfig,
+        dtype_bytes: usize,
+        nsamples: usize,
+        seq_len: usize,
+        metric: Metric,
+    ) -> Self {
+        let (h, i, l) = (
+            c.hidden_size as u64,
+            c.intermediate_size as u64,
+            c.num_hidden_layers as u64,
+        );
+        let (n, t) = (nsamples as u64, seq_len as u64);
+        let b = BATCH.min(nsamples.max(1)) as u64;
+        let weights = c.param_count() as u64 * dtype_bytes as u64;
+        let activations = 2 * n * t * h * 4;
+        // Scores [b, heads, t, t] plus softmax output, and gate/up/act/product [b, t, i].
+        let block_workspace = 2 * b * c.num_attention_heads as u64 * t * t * 4 + 4 * b * t * i * 4;
+        let block_params = c.block_linear_params() as u64;
+        let block_scores = 2 * block_params * 4;
+        // Per block, the 7 linears' input widths: q, k, v, gate, up take h; o takes heads·d; down i.
+        let o_in = (c.num_attention_heads * c.head_dim) as u64;
+        let wanda_stats = l * (5 * h + o_in + i) * 4;
+        let hessians = match metric {
+            Metric::SparseGpt => (2 * h * h + o_in * o_in + i * i) * 4 + 3 * i.max(h).pow(2) * 8,
+            _ => 0,
+        };
+        let total = weights + activations + block_workspace + block_scores + wanda_stats + hessians;
+        Self {
+            weights,
+            activations,
+            block_workspace,
+            block_scores,
+            wanda_stats,
+            hessians,
+            total,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "memory estimate {:.2} GiB: weights {:.2}, activations {:.2}, block workspace {:.2}, \
+             block scores {:.2}, Wanda statistics {:.3}, SparseGPT Hessians {:.2}",
+            gib(self.total),
+            gib(self.weights),
+            gib(self.activations),
+            gib(self.block_workspace),
+            gib(self.block_scores),
+            gib(self.wanda_stats),
+            gib(self.hessians),
+        )
+    }
+
+    /// Refuse when the estimate exceeds `available` bytes, naming what would make it fit.
+    pub fn check(&self, available: Option<u64>, nsamples: usize) -> Result<()> {
+        let Some(avail) = available else {
+            return Ok(());
+        };
+        if self.total <= avail {
+            return Ok(());
+        }
+        let rest = self.total - self.activations;
+        let mut hint = String::new();
+        if rest < avail && self.activations > 0 {
+            // Activations scale linearly with the number of windows.
+            let per = self.activations / nsamples.max(1) as u64;
+            let fit = ((avail - rest) / per.max(1)) as usize;
+            if fit >= 1 {
+                hint = format!("use --calib-samples {fit} or fewer, or a shorter --seq-len");
+            }
+        }
+        if hint.is_empty() {
+            hint = "the weights alone do not fit: use --dtype bf16 (half the memory) or a machine with more memory".into();
+        }
+        bail!(
+            "this run needs about {:.1} GiB but {:.1} GiB are available ({}); {hint}",
+            gib(self.total),
+            gib(avail),
+            self.describe()
+        )
+    }
+}
+
+/// Memory available to this process (Linux `MemAvailable`); `None` where unknown.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_names_a_fitting_sample_count() {
+        let c = LlamaConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":4,"vocab_size":100,
+                "max_position_embeddings":512,"rms_norm_eps":1e-5}"#,
+        )
+        .unwrap();
+        let e = Estimate::new(&c, 4, 128, 256, Metric::Wanda);
+        let avail = e.total - e.activations / 2;
+        let msg = format!("{}", e.check(Some(avail), 128).unwrap_err());
+        assert!(msg.contains("--calib-samples 64 or fewer"), "{msg}");
+        assert!(e.check(Some(e.total), 128).is_ok());
+        assert!(e.check(None, 128).is_ok());
+    }
+}
