@@ -162,7 +162,13 @@ fn with_tui_latency(
     use crate::report::DataInfo;
 
     let calib = crate::data::windows(calib_ids, 256, 32, "calib")?;
-    let data = crate::prune_cmd::dataset(calib_text, 32, 256, "demo");
+    let data = crate::prune_cmd::dataset(
+        crate::data::demo::sha256_bytes(calib_text.as_bytes()),
+        32,
+        256,
+        "demo",
+        None,
+    );
     let key = StatsKey::new(m, &data.sha256, 32, 256, ctx.dtype)?;
     ctx.progress
         .status("calibration statistics for the explorer latency");

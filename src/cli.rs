@@ -45,19 +45,22 @@ pub struct GlobalArgs {
 pub struct TuiArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Calibration text: `demo`, a .txt file, or a .jsonl file with a "text" field.
+    /// Calibration data: demo, c4 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
     #[arg(long, default_value = "demo")]
     pub calib: String,
-    /// Evaluation text for perplexity: `demo`, a .txt or a .jsonl file.
+    /// Evaluation data: demo, wikitext2 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
     #[arg(long, default_value = "demo")]
     pub eval: String,
+    /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Number of calibration windows.
     #[arg(long, default_value_t = 32)]
     pub calib_samples: usize,
     /// Tokens per calibration and evaluation window.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
-    /// Number of evaluation windows.
+    /// Number of evaluation windows (0 = all).
     #[arg(long, default_value_t = 64)]
     pub eval_windows: usize,
     /// Colour theme: dark, light, 16color, or a path to a .toml theme (NO_COLOR turns colours off).
@@ -123,10 +126,10 @@ pub fn parse_tau(s: &str) -> Result<f64, String> {
 pub struct PruneArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Calibration text: `demo` (Brown a–j), a .txt file, or a .jsonl file with a `text` field.
+    /// Calibration data: `demo` (Brown a–j), `c4` (the paper's: C4 shard 0 via hf-hub, seeded sampler), or a .txt, .jsonl (`text` field), .jsonl.gz or .parquet (`text` column) file.
     #[arg(long)]
     pub calib: Option<String>,
-    /// Evaluation text: `demo` (Brown k–r), a file, or `none` to skip perplexity.
+    /// Evaluation data: `demo` (Brown k–r), `wikitext2` (the paper's: WikiText-2-raw-v1 test via hf-hub; use --eval-windows 0 --seq-len 2048), a file, or `none` to skip perplexity.
     #[arg(long)]
     pub eval: Option<String>,
     /// Number of calibration windows.
@@ -135,9 +138,12 @@ pub struct PruneArgs {
     /// Tokens per calibration and evaluation window.
     #[arg(long)]
     pub seq_len: Option<usize>,
-    /// Number of evaluation windows.
+    /// Number of evaluation windows (0 = all, the paper's protocol).
     #[arg(long)]
     pub eval_windows: Option<usize>,
+    /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Per-weight metric.
     #[arg(long, value_enum)]
     pub metric: Option<crate::prune::mask::Metric>,

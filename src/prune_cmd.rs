@@ -6,8 +6,7 @@ use color_eyre::eyre::{bail, Result};
 
 use crate::cli::PruneArgs;
 use crate::commands::Ctx;
-use crate::data::demo::sha256_bytes;
-use crate::data::{DemoSplit, TextSource};
+use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::model::{LoadedModel, ModelSource};
 use crate::prune::cache::{calibrate_cached, StatsKey};
@@ -24,6 +23,7 @@ struct DataArgs {
     calib_samples: usize,
     seq_len: usize,
     eval_windows: usize,
+    seed: u64,
 }
 
 /// Merge a replayed config (if any) with the flags; flags win.
@@ -40,6 +40,7 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
             calib_samples: r.data.calib.windows,
             seq_len: r.data.calib.seq_len,
             eval_windows: r.data.eval.as_ref().map(|e| e.windows).unwrap_or(64),
+            seed: r.data.calib.seed.unwrap_or(0),
         },
         None => DataArgs {
             calib: "demo".into(),
@@ -47,6 +48,7 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
             calib_samples: 32,
             seq_len: 256,
             eval_windows: 64,
+            seed: 0,
         },
     };
     if let Some(v) = &a.calib {
@@ -63,6 +65,9 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
     }
     if let Some(v) = a.eval_windows {
         d.eval_windows = v;
+    }
+    if let Some(v) = a.seed {
+        d.seed = v;
     }
     if let Some(v) = a.metric {
         p.metric = v;
@@ -115,12 +120,28 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataArgs, Option<Report>)> {
 }
 
 /// The report's description of a text set.
-pub fn dataset(text: &str, windows: usize, seq_len: usize, arg: &str) -> DataSet {
+pub fn dataset(
+    sha256: String,
+    windows: usize,
+    seq_len: usize,
+    arg: &str,
+    seed: Option<u64>,
+) -> DataSet {
     DataSet {
         source: arg.to_string(),
-        sha256: sha256_bytes(text.as_bytes()),
+        sha256,
         windows,
         seq_len,
+        seed,
+    }
+}
+
+/// What the calibration statistics depend on besides model, windows and length: the text, and
+/// the sampler's seed for document sources.
+pub fn stats_data_key(set: &DataSet) -> String {
+    match set.seed {
+        Some(s) => format!("{}+seed{s}", set.sha256),
+        None => set.sha256.clone(),
     }
 }
 
@@ -216,24 +237,34 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     est.check(available, d.calib_samples)?;
 
     let p = &mut ctx.progress;
-    let calib_text = calib_src.load(&mut |s| p.status(s))?;
-    let calib_windows = crate::data::windows(
-        &m.encode(&calib_text)?,
-        d.seq_len,
+    let (calib_windows, calib_sha) = source_windows(
+        &calib_src,
+        &m,
         d.calib_samples,
-        &calib_src.label(),
+        d.seq_len,
+        true,
+        d.seed,
+        &mut |s| p.status(s),
     )?;
-    let calib_set = dataset(&calib_text, d.calib_samples, d.seq_len, &d.calib);
+    let calib_set = dataset(
+        calib_sha,
+        d.calib_samples,
+        d.seq_len,
+        &d.calib,
+        calib_src.is_sampled().then_some(d.seed),
+    );
     let (eval_windows, eval_set) = match &eval_src {
         Some(src) => {
-            let text = src.load(&mut |s| p.status(s))?;
-            let w =
-                crate::data::windows(&m.encode(&text)?, d.seq_len, d.eval_windows, &src.label())?;
+            let (w, sha) =
+                source_windows(src, &m, d.eval_windows, d.seq_len, false, 0, &mut |s| {
+                    p.status(s)
+                })?;
             let set = dataset(
-                &text,
-                d.eval_windows,
+                sha,
+                w.len(),
                 d.seq_len,
                 d.eval.as_deref().unwrap_or("demo"),
+                None,
             );
             (Some(w), Some(set))
         }
@@ -253,7 +284,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         true => None,
         false => Some(StatsKey::new(
             &m,
-            &calib_set.sha256,
+            &stats_data_key(&calib_set),
             d.calib_samples,
             d.seq_len,
             ctx.dtype,
@@ -346,7 +377,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         model: model_info(&m, ctx.dtype)?,
         data: DataInfo {
             calib: calib_set,
-            eval: eval_set,
+            eval: eval_set.clone(),
         },
         params: params.clone(),
         blocks,
@@ -358,7 +389,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             dense: dense_ppl,
             pruned: pruned_ppl,
             protocol: protocol_text(
-                d.eval_windows,
+                eval_set.as_ref().map(|e| e.windows).unwrap_or(0),
                 d.seq_len,
                 &eval_src
                     .as_ref()

@@ -66,6 +66,9 @@ pub struct DataSet {
     pub sha256: String,
     pub windows: usize,
     pub seq_len: usize,
+    /// Seed of the calibration sampler, for document sources (c4, .jsonl.gz).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -171,8 +171,8 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         crate::model::ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?;
     TextSource::parse(&a.calib, DemoSplit::Calib)?;
     TextSource::parse(&a.eval, DemoSplit::Eval)?;
-    if a.calib_samples == 0 || a.eval_windows == 0 || a.seq_len < 2 {
-        bail!("--calib-samples and --eval-windows must be at least 1, --seq-len at least 2");
+    if a.calib_samples == 0 || a.seq_len < 2 {
+        bail!("--calib-samples must be at least 1 and --seq-len at least 2");
     }
     let params = match &a.config {
         Some(p) => crate::report::Report::load(p)?.params,
@@ -199,6 +199,7 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         seq_len: a.seq_len,
         eval_windows: a.eval_windows,
         owl_m: params.owl_m,
+        seed: a.seed,
         max_new_tokens: a.max_new_tokens,
         prompts,
         use_stats_cache: !a.no_stats_cache,

@@ -14,7 +14,7 @@ use color_eyre::eyre::{eyre, Result};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::app::{Job, ModelSummary, Msg, Stage};
-use crate::data::{DemoSplit, TextSource};
+use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::perplexity;
 use crate::model::{LoadedModel, ModelSource};
@@ -37,6 +37,7 @@ pub struct Spec {
     pub seq_len: usize,
     pub eval_windows: usize,
     pub owl_m: f64,
+    pub seed: u64,
     pub max_new_tokens: usize,
     pub prompts: Vec<String>,
     pub use_stats_cache: bool,
@@ -220,28 +221,38 @@ impl Worker {
         est_tui.check(available, s.calib_samples)?;
         let calib_src = TextSource::parse(&s.calib, DemoSplit::Calib)?;
         let eval_src = TextSource::parse(&s.eval, DemoSplit::Eval)?;
-        let calib_text = calib_src.load(&mut status)?;
-        let eval_text = eval_src.load(&mut status)?;
-        status("tokenizing");
-        self.calib = crate::data::windows(
-            &m.encode(&calib_text)?,
-            s.seq_len,
+        let (calib, calib_sha) = source_windows(
+            &calib_src,
+            &m,
             s.calib_samples,
-            &calib_src.label(),
-        )?;
-        self.eval = crate::data::windows(
-            &m.encode(&eval_text)?,
             s.seq_len,
-            s.eval_windows,
-            &eval_src.label(),
+            true,
+            s.seed,
+            &mut status,
         )?;
-        let calib_set =
-            crate::prune_cmd::dataset(&calib_text, s.calib_samples, s.seq_len, &s.calib);
-        let eval_set = crate::prune_cmd::dataset(&eval_text, s.eval_windows, s.seq_len, &s.eval);
+        let (eval, eval_sha) = source_windows(
+            &eval_src,
+            &m,
+            s.eval_windows,
+            s.seq_len,
+            false,
+            0,
+            &mut status,
+        )?;
+        let calib_set = crate::prune_cmd::dataset(
+            calib_sha,
+            s.calib_samples,
+            s.seq_len,
+            &s.calib,
+            calib_src.is_sampled().then_some(s.seed),
+        );
+        let eval_set = crate::prune_cmd::dataset(eval_sha, eval.len(), s.seq_len, &s.eval, None);
+        self.calib = calib;
+        self.eval = eval;
         self.key = match s.use_stats_cache {
             true => Some(StatsKey::new(
                 &m,
-                &calib_set.sha256,
+                &crate::prune_cmd::stats_data_key(&calib_set),
                 s.calib_samples,
                 s.seq_len,
                 s.dtype,
@@ -252,11 +263,15 @@ impl Worker {
             info: crate::prune_cmd::model_info(&m, s.dtype)?,
             data: DataInfo {
                 calib: calib_set,
-                eval: Some(eval_set),
+                eval: Some(eval_set.clone()),
             },
             numel: linear_numel(&m.llama),
             device: crate::device::describe(&s.device),
-            protocol: crate::prune_cmd::protocol_text(s.eval_windows, s.seq_len, &eval_src.label()),
+            protocol: crate::prune_cmd::protocol_text(
+                eval_set.windows,
+                s.seq_len,
+                &eval_src.label(),
+            ),
             memory_gib: crate::prune::memory::gib(est_tui.total),
         };
         self.send(Msg::Loaded(Box::new(summary)));

@@ -81,6 +81,18 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+/// sha256 of documents joined with "\n\n", without building the joined string.
+pub fn sha256_docs(docs: &[String]) -> String {
+    let mut h = Sha256::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            h.update(b"\n\n");
+        }
+        h.update(d.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
 pub fn sha256_bytes(b: &[u8]) -> String {
     hex(&Sha256::digest(b))
 }

@@ -1,6 +1,8 @@
 //! Text sources and the fixed-length windows of the calibration/evaluation protocol.
 
 pub mod demo;
+pub mod presets;
+pub mod sampler;
 
 use std::path::{Path, PathBuf};
 
@@ -20,30 +22,85 @@ pub enum TextSource {
     Txt(PathBuf),
     /// One JSON object per line with a `text` field; documents are joined with "\n\n".
     Jsonl(PathBuf),
+    /// Gzip-compressed JSON lines (C4 style): documents, sampled for calibration.
+    JsonlGz(PathBuf),
+    /// A parquet file with a `text` column (WikiText style): rows joined with "\n\n".
+    Parquet(PathBuf),
+    /// The paper's calibration set: C4 shard 0 through hf-hub, seeded sampler.
+    C4,
+    /// The paper's evaluation set: WikiText-2-raw-v1 test through hf-hub.
+    WikiText2,
 }
 
 impl TextSource {
     /// Parse a `--data`/`--calib`/`--eval` argument: `demo` or a file path.
     pub fn parse(arg: &str, demo: DemoSplit) -> Result<Self> {
-        if arg == "demo" {
-            return Ok(Self::Demo(demo));
+        match arg {
+            "demo" => return Ok(Self::Demo(demo)),
+            "c4" => return Ok(Self::C4),
+            "wikitext2" => return Ok(Self::WikiText2),
+            _ => {}
         }
         let p = PathBuf::from(arg);
         if !p.is_file() {
-            bail!("text file `{arg}` does not exist: pass `demo` or the path of a .txt or .jsonl file");
+            bail!(
+                "text file `{arg}` does not exist: pass demo, c4, wikitext2, or the path of a \
+                 .txt, .jsonl, .jsonl.gz (or .json.gz) or .parquet file"
+            );
         }
-        if arg.ends_with(".jsonl") {
-            Ok(Self::Jsonl(p))
+        Ok(if arg.ends_with(".jsonl.gz") || arg.ends_with(".json.gz") {
+            Self::JsonlGz(p)
+        } else if arg.ends_with(".parquet") {
+            Self::Parquet(p)
+        } else if arg.ends_with(".jsonl") {
+            Self::Jsonl(p)
         } else {
-            Ok(Self::Txt(p))
-        }
+            Self::Txt(p)
+        })
     }
 
     pub fn label(&self) -> String {
         match self {
             Self::Demo(DemoSplit::Calib) => "demo:calib (Brown a–j)".into(),
             Self::Demo(DemoSplit::Eval) => "demo:eval (Brown k–r)".into(),
-            Self::Txt(p) | Self::Jsonl(p) => p.display().to_string(),
+            Self::Txt(p) | Self::Jsonl(p) | Self::JsonlGz(p) | Self::Parquet(p) => {
+                p.display().to_string()
+            }
+            Self::C4 => format!("c4 ({} {})", presets::C4_REPO, presets::C4_FILE),
+            Self::WikiText2 => format!(
+                "wikitext2 ({} {})",
+                presets::WIKITEXT_REPO,
+                presets::WIKITEXT_FILE
+            ),
+        }
+    }
+
+    /// Document sources: calibration windows are sampled from documents, not cut from the text.
+    pub fn is_sampled(&self) -> bool {
+        matches!(self, Self::C4 | Self::JsonlGz(_))
+    }
+
+    /// The paper's presets prepend BOS once, as its tokenizer does.
+    fn adds_bos(&self) -> bool {
+        matches!(self, Self::C4 | Self::WikiText2)
+    }
+
+    /// The documents (rows) of a source, fetching presets through hf-hub.
+    pub fn documents(&self, status: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+        match self {
+            Self::C4 => presets::read_jsonl_gz(&crate::model::hub::fetch_dataset_file(
+                presets::C4_REPO,
+                presets::C4_FILE,
+                status,
+            )?),
+            Self::WikiText2 => presets::read_parquet_text(&crate::model::hub::fetch_dataset_file(
+                presets::WIKITEXT_REPO,
+                presets::WIKITEXT_FILE,
+                status,
+            )?),
+            Self::JsonlGz(p) => presets::read_jsonl_gz(p),
+            Self::Parquet(p) => presets::read_parquet_text(p),
+            other => Ok(vec![other.load(status)?]),
         }
     }
 
@@ -60,8 +117,44 @@ impl TextSource {
             }
             Self::Txt(p) => read_text(p),
             Self::Jsonl(p) => read_jsonl(p),
+            Self::JsonlGz(_) | Self::Parquet(_) | Self::C4 | Self::WikiText2 => {
+                Ok(self.documents(status)?.join("\n\n"))
+            }
         }
     }
+}
+
+/// The windows a source gives for one role, and the sha256 of its text. Document sources used
+/// for calibration go through the reference's seeded sampler; everything else is cut into the
+/// first `n` non-overlapping windows (`n = 0`: all of them, the tail dropped).
+pub fn source_windows(
+    src: &TextSource,
+    m: &crate::model::LoadedModel,
+    n: usize,
+    seq_len: usize,
+    calibration: bool,
+    seed: u64,
+    status: &mut dyn FnMut(&str),
+) -> Result<(Vec<Vec<u32>>, String)> {
+    let bos = m.llama.config.bos_token_id.filter(|_| src.adds_bos());
+    if calibration && src.is_sampled() {
+        let docs = src.documents(status)?;
+        let sha = demo::sha256_docs(&docs);
+        status(&format!("sampling {n} calibration windows (seed {seed})"));
+        let mut enc = |t: &str| -> Result<Vec<u32>> {
+            let mut ids: Vec<u32> = bos.into_iter().collect();
+            ids.extend(m.encode(t)?);
+            Ok(ids)
+        };
+        let w = presets::sample_windows(&docs, &mut enc, n, seq_len, seed)?;
+        return Ok((w, sha));
+    }
+    let text = src.load(status)?;
+    let sha = demo::sha256_bytes(text.as_bytes());
+    status("tokenizing");
+    let mut ids: Vec<u32> = bos.into_iter().collect();
+    ids.extend(m.encode(&text)?);
+    Ok((windows(&ids, seq_len, n, &src.label())?, sha))
 }
 
 fn read_text(p: &Path) -> Result<String> {
@@ -94,10 +187,14 @@ pub fn windows(ids: &[u32], seq_len: usize, n: usize, what: &str) -> Result<Vec<
     if seq_len < 2 {
         bail!("--seq-len must be at least 2 (got {seq_len})");
     }
-    if n == 0 {
-        bail!("the number of windows must be at least 1");
-    }
     let available = ids.len() / seq_len;
+    let n = if n == 0 { available } else { n };
+    if available == 0 {
+        bail!(
+            "{what} has {} tokens, not enough for one window of {seq_len}",
+            ids.len()
+        );
+    }
     if available < n {
         bail!(
             "{what} has {} tokens, enough for {available} windows of {seq_len}, but {n} were asked: use fewer windows or a shorter --seq-len",

@@ -86,3 +86,37 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
         None => bail!("unexpected cache layout for {id}"),
     }
 }
+
+/// One file of a Hugging Face dataset repo (from the cache, or downloaded into it). With
+/// `HF_HUB_OFFLINE=1` only the cache is used.
+pub fn fetch_dataset_file(id: &str, file: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let cache = Cache::from_env();
+    let repo = Repo::with_revision(id.to_string(), RepoType::Dataset, "main".to_string());
+    if let Some(p) = cache.repo(repo.clone()).get(file) {
+        return Ok(p);
+    }
+    if offline() {
+        bail!(
+            "dataset `{id}` has no `{file}` in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: \
+             run once with network access, or unset HF_HUB_OFFLINE",
+            cache.path().display()
+        );
+    }
+    status(&format!("fetching {file} of dataset {id}"));
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache.token());
+    let api = ApiBuilder::from_env()
+        .with_progress(false)
+        .with_token(token)
+        .build()
+        .map_err(|e| eyre!("Hugging Face API: {e}"))?;
+    api.repo(repo).get(file).map_err(|e| {
+        eyre!(
+            "could not get `{file}` of Hugging Face dataset `{id}`: {e}. Check the network (or \
+             HF_ENDPOINT); the cache is {}",
+            cache.path().display()
+        )
+    })
+}
