@@ -38,6 +38,7 @@ fn summary() -> ModelSummary {
         sha256: "0".repeat(64),
         windows: w,
         seq_len: 256,
+        seed: None,
     };
     ModelSummary {
         info: ModelInfo {
