@@ -102,9 +102,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Fetch the demo model and corpus into the cache and verify them.
     FetchDemo,
-    /// Calibrate, allocate (uniform, OWL, DLP), prune, and compare perplexity dense vs pruned.
+    /// Calibrate, allocate (uniform, OWL, DLP, AlphaPruning), prune (magnitude, Wanda, SparseGPT), and compare perplexity dense vs pruned.
     Prune(Box<PruneArgs>),
-    /// Benchmark dense forward throughput and tokenizer speed.
+    /// Benchmark dense forward throughput and tokenizer speed (--prune: pruning stages; --tui: explorer latency).
     Bench(BenchArgs),
     /// Print the JSON Schema of the report/config format.
     Schema,
@@ -144,7 +144,7 @@ pub struct PruneArgs {
     /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Per-weight metric.
+    /// Per-weight metric (sparsegpt needs --mode faithful).
     #[arg(long, value_enum)]
     pub metric: Option<crate::prune::mask::Metric>,
     /// Layer-wise allocation.

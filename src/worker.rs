@@ -364,7 +364,7 @@ impl Worker {
                             stage: Stage::Prune,
                             done: bp.block,
                             total: bp.blocks,
-                            tokens_per_step: bp.tokens,
+                            tokens_per_step: bp.tokens / bp.blocks.max(1),
                             started: bp.started,
                         });
                         self.go_on()

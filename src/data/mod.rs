@@ -163,7 +163,11 @@ fn read_text(p: &Path) -> Result<String> {
 }
 
 fn read_jsonl(p: &Path) -> Result<String> {
-    let text = read_text(p)?;
+    Ok(jsonl_docs(&read_text(p)?, p)?.join("\n\n"))
+}
+
+/// The `text` field of every non-empty line of a JSON-lines text read from `p`.
+pub(crate) fn jsonl_docs(text: &str, p: &Path) -> Result<Vec<String>> {
     let mut docs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -179,7 +183,7 @@ fn read_jsonl(p: &Path) -> Result<String> {
     if docs.is_empty() {
         bail!("`{}` has no documents", p.display());
     }
-    Ok(docs.join("\n\n"))
+    Ok(docs)
 }
 
 /// The first `n` non-overlapping windows of `seq_len` tokens: window k = ids[k·len .. (k+1)·len].

@@ -28,22 +28,7 @@ pub fn read_jsonl_gz(p: &Path) -> Result<Vec<String>> {
                 p.display()
             )
         })?;
-    let mut docs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .wrap_err_with(|| format!("`{}` line {}: not valid JSON", p.display(), i + 1))?;
-        match v.get("text").and_then(|t| t.as_str()) {
-            Some(t) => docs.push(t.to_string()),
-            None => bail!("`{}` line {}: no string field `text`", p.display(), i + 1),
-        }
-    }
-    if docs.is_empty() {
-        bail!("`{}` has no documents", p.display());
-    }
-    Ok(docs)
+    super::jsonl_docs(&text, p)
 }
 
 /// The `text` column of a parquet file, row by row.

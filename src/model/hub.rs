@@ -18,6 +18,18 @@ fn offline() -> bool {
     )
 }
 
+/// The blocking API with `HF_TOKEN` (or the cached token) and no progress bars of its own.
+fn api(cache: &Cache) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache.token());
+    ApiBuilder::from_env()
+        .with_progress(false)
+        .with_token(token)
+        .build()
+}
+
 /// Download (or find in the cache) what a model folder needs and return the snapshot folder that
 /// holds config.json, tokenizer.json and the safetensors files.
 pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
@@ -43,15 +55,7 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
             })
         })
     } else {
-        let token = std::env::var("HF_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| cache.token());
-        let api = ApiBuilder::from_env()
-            .with_progress(false)
-            .with_token(token)
-            .build()
-            .map_err(|e| explain("(api)", e.to_string()))?;
+        let api = api(&cache).map_err(|e| explain("(api)", e.to_string()))?;
         let r = api.repo(repo.clone());
         Box::new(move |file: &str| r.get(file).map_err(|e| explain(file, e.to_string())))
     };
@@ -103,15 +107,7 @@ pub fn fetch_dataset_file(id: &str, file: &str, status: &mut dyn FnMut(&str)) ->
         );
     }
     status(&format!("fetching {file} of dataset {id}"));
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| cache.token());
-    let api = ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(token)
-        .build()
-        .map_err(|e| eyre!("Hugging Face API: {e}"))?;
+    let api = api(&cache).map_err(|e| eyre!("Hugging Face API: {e}"))?;
     api.repo(repo).get(file).map_err(|e| {
         eyre!(
             "could not get `{file}` of Hugging Face dataset `{id}`: {e}. Check the network (or \
