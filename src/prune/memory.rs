@@ -20,7 +20,7 @@ pub struct Estimate {
     pub activations: u64,
     /// Inside one block's forward for one batch: attention scores and the MLP's intermediates.
     pub block_workspace: u64,
-    /// One block's Wanda scores (f32) plus the copy that selection works on.
+    /// One block's Wanda scores (f32); the block median is a radix select over them, no copy.
     pub block_scores: u64,
     /// Wanda input statistics ‖X_j‖² of every linear of every block (f32), kept for reallocation.
     pub wanda_stats: u64,
@@ -54,7 +54,7 @@ impl Estimate {
         // Scores [b, heads, t, t] plus softmax output, and gate/up/act/product [b, t, i].
         let block_workspace = 2 * b * c.num_attention_heads as u64 * t * t * 4 + 4 * b * t * i * 4;
         let block_params = c.block_linear_params() as u64;
-        let block_scores = 2 * block_params * 4;
+        let block_scores = block_params * 4;
         // Per block, the 7 linears' input widths: q, k, v, gate, up take h; o takes heads·d; down i.
         let o_in = (c.num_attention_heads * c.head_dim) as u64;
         let wanda_stats = l * (5 * h + o_in + i) * 4;

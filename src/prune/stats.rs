@@ -71,6 +71,55 @@ impl ScoreStats {
         }
     }
 
+    /// The statistics of the concatenation of `parts`, without building it: sums in the same
+    /// order as over the concatenation, and the exact lower median by a radix select (a histogram
+    /// of the top 16 bits of the order-preserving key of every value, then a selection inside
+    /// the one bucket that holds the median). For a 7B block this saves a copy of its 200 M scores.
+    pub fn of_parts(parts: &[&[f32]]) -> Self {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n == 0 {
+            return Self::default();
+        }
+        let (mut sum, mut sq, mut max) = (0f64, 0f64, f32::NEG_INFINITY);
+        let mut hist = vec![0usize; 1 << 16];
+        for p in parts {
+            for &v in p.iter() {
+                sum += v as f64;
+                sq += (v as f64) * (v as f64);
+                max = max.max(v);
+                hist[(order_key(v) >> 16) as usize] += 1;
+            }
+        }
+        let mean = sum / n as f64;
+        let var = if n > 1 {
+            (sq - sum * mean).max(0.0) / (n - 1) as f64
+        } else {
+            0.0
+        };
+        let k = (n - 1) / 2;
+        let (mut below, mut bucket) = (0usize, 0usize);
+        for (b, &c) in hist.iter().enumerate() {
+            if below + c > k {
+                bucket = b;
+                break;
+            }
+            below += c;
+        }
+        let mut inside: Vec<f32> = parts
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .filter(|&v| (order_key(v) >> 16) as usize == bucket)
+            .collect();
+        let (_, &mut median, _) = inside.select_nth_unstable_by(k - below, |a, b| a.total_cmp(b));
+        Self {
+            numel: n,
+            median,
+            mean,
+            max,
+            var,
+        }
+    }
+
     pub fn get(&self, f: Statistic) -> f64 {
         match f {
             Statistic::Median => self.median as f64,
@@ -80,6 +129,16 @@ impl ScoreStats {
             Statistic::Std => self.var.sqrt(),
             Statistic::Var => self.var,
         }
+    }
+}
+
+/// A u32 whose unsigned order is `f32::total_cmp`'s order.
+fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
     }
 }
 
@@ -282,8 +341,8 @@ pub fn calibrate(
         cal.owl.push(outlier_ratio(&scores, owl_m));
         cal.linears
             .push(scores.iter_mut().map(|s| ScoreStats::of(s)).collect());
-        let mut all: Vec<f32> = scores.into_iter().flatten().collect();
-        cal.blocks.push(ScoreStats::of(&mut all));
+        let parts: Vec<&[f32]> = scores.iter().map(|s| s.as_slice()).collect();
+        cal.blocks.push(ScoreStats::of_parts(&parts));
         cal.inputs.push(stats);
         cal.esd.push(block_alphas(model, i)?);
         if !progress(BlockProgress {
@@ -320,6 +379,31 @@ mod tests {
         assert!((s.var - 5.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.get(Statistic::Sum), 10.0);
         assert_eq!(s.get(Statistic::Max), 4.0);
+    }
+
+    #[test]
+    fn parts_equal_the_concatenation() {
+        // Ties, zeros, tiny and large values, split unevenly.
+        let mut x = 12345u64;
+        let mut vals: Vec<f32> = (0..20_001)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                match i % 7 {
+                    0 => 0.0,
+                    1 => 0.25,
+                    _ => ((x >> 40) as f32 / (1u64 << 24) as f32).powi(3) * 1e3,
+                }
+            })
+            .collect();
+        let parts: Vec<&[f32]> = vec![&vals[..5], &vals[5..12_000], &vals[12_000..]];
+        let p = ScoreStats::of_parts(&parts);
+        let c = ScoreStats::of(&mut vals);
+        assert_eq!(p, c);
+        let mut even = vec![3.0f32, 1.0, 2.0, 2.0];
+        assert_eq!(
+            ScoreStats::of_parts(&[&even[..1], &even[1..]]),
+            ScoreStats::of(&mut even)
+        );
     }
 
     #[test]
