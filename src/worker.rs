@@ -144,7 +144,12 @@ impl Worker {
             while let Ok(j) = rx.try_recv() {
                 // Latest wins: a newer request replaces a queued one of the same kind.
                 match queue.iter_mut().find(|q| same_kind(q, &j)) {
-                    Some(q) => *q = j,
+                    Some(q) => {
+                        if let Job::Apply { id, .. } = q {
+                            self.send(Msg::Superseded(*id));
+                        }
+                        *q = j
+                    }
                     None => queue.push_back(j),
                 }
             }

@@ -283,3 +283,24 @@ fn export_then_open_restores_parameters() {
     let e = fresh.open(&dir.path().join("nope.json")).unwrap_err();
     assert!(format!("{e:#}").contains("nope.json"));
 }
+
+#[test]
+fn superseded_and_cancelled_applies_leave_the_history() {
+    let mut s = calibrated();
+    for _ in 0..3 {
+        s.act(Action::Apply);
+    }
+    s.on_msg(Msg::Superseded(2));
+    let target = s.plan.as_ref().unwrap().block.clone();
+    s.on_msg(Msg::Applied {
+        id: 1,
+        achieved: target,
+        seconds: 1.0,
+    });
+    s.on_msg(Msg::Cancelled(Stage::Prune));
+    let ids: Vec<usize> = s.history.iter().map(|h| h.id).collect();
+    assert_eq!(ids, vec![1]);
+    // Ids are never reused.
+    s.act(Action::Apply);
+    assert_eq!(s.history.last().unwrap().id, 4);
+}

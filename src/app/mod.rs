@@ -103,6 +103,8 @@ pub enum Msg {
         text: String,
     },
     Saved(PathBuf),
+    /// A queued apply was replaced by a newer one before it ran.
+    Superseded(usize),
     Cancelled(Stage),
     Failed(String),
     /// The worker has nothing left to do.
@@ -229,8 +231,10 @@ pub struct State {
     pub quit: bool,
     /// The worker should cancel its running job.
     pub cancel_requested: bool,
-    /// Nanoseconds spent in the last reallocation (shown in the panel).
+    /// Microseconds spent in the last reallocation (shown in the panel).
     pub last_allocate_us: f64,
+    /// The id of the last apply.
+    pub last_id: usize,
 }
 
 impl State {
@@ -271,6 +275,7 @@ impl State {
             quit: false,
             cancel_requested: false,
             last_allocate_us: 0.0,
+            last_id: 0,
         }
     }
 
@@ -513,7 +518,16 @@ impl State {
             );
             return vec![];
         };
-        let id = self.history.len() + 1;
+        // Ids are never reused, even when a cancelled or superseded apply leaves the history.
+        let id = self
+            .history
+            .iter()
+            .map(|h| h.id)
+            .max()
+            .unwrap_or(0)
+            .max(self.last_id)
+            + 1;
+        self.last_id = id;
         self.history.push(Applied {
             id,
             params: self.params.clone(),
@@ -779,14 +793,26 @@ impl State {
                     }
                 }
             }
+            Msg::Superseded(id) => self.history.retain(|h| h.id != id),
             Msg::Saved(dir) => self.say(
                 format!("saved the pruned model to {}", dir.display()),
                 Tone::Good,
             ),
-            Msg::Cancelled(stage) => self.say(
-                format!("cancelled: {} (finished work kept)", stage.label()),
-                Tone::Info,
-            ),
+            Msg::Cancelled(stage) => {
+                // A cancelled apply produced nothing: it leaves the history.
+                if stage == Stage::Prune {
+                    self.history.retain(|h| h.achieved.is_some());
+                }
+                let hint = if self.cal.is_none() {
+                    "; r calibrates again"
+                } else {
+                    ""
+                };
+                self.say(
+                    format!("cancelled: {} (finished work kept){hint}", stage.label()),
+                    Tone::Info,
+                )
+            }
             Msg::Failed(e) => self.say(e, Tone::Error),
             Msg::Idle => {
                 self.busy = false;

@@ -229,5 +229,12 @@ mod tests {
         let q = Field::Allocation.nudge(&q, 1, false);
         assert_eq!(q.alloc.allocation, Allocation::Uniform);
         assert!(Field::Metric.set_typed(&p, "1").is_err());
+        // SparseGPT needs the sequential pass: choosing it switches the mode.
+        let preview = PruneParams {
+            mode: Mode::Preview,
+            ..Default::default()
+        };
+        let q = Field::Metric.nudge(&preview, 1, false);
+        assert_eq!((q.metric, q.mode), (Metric::SparseGpt, Mode::Faithful));
     }
 }
