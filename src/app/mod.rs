@@ -2,135 +2,23 @@
 //! changes, and jobs for the worker go out. Nothing here draws or touches the terminal, so every
 //! behaviour can be tested (and benchmarked) without one.
 
+mod export;
 pub mod keys;
+mod messages;
 pub mod params;
+
+pub use messages::{Job, ModelSummary, Msg, Stage};
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::prune::allocate::MAX_SPARSITY;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
-use crate::report::{
-    BlockReport, DataInfo, GenerationPair, ModelInfo, Overall, PplInfo, Report, Timings, Tool,
-    SCHEMA_VERSION,
-};
 use keys::Action;
 use params::Field;
-
-/// What the worker knows about the loaded model and data, sent once after loading.
-#[derive(Debug, Clone)]
-pub struct ModelSummary {
-    pub info: ModelInfo,
-    pub data: DataInfo,
-    /// Parameter count per block and linear (all that allocation needs of the model).
-    pub numel: Vec<[f64; 7]>,
-    pub device: String,
-    /// Human description of the perplexity protocol.
-    pub protocol: String,
-    /// Preflight memory estimate of calibration and pruning, GiB.
-    pub memory_gib: f64,
-}
-
-/// Long-running work, as shown in the progress line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Load,
-    Calibrate,
-    DenseEval,
-    Prune,
-    PrunedEval,
-    Generate,
-    Save,
-}
-
-impl Stage {
-    pub fn label(self) -> &'static str {
-        match self {
-            Stage::Load => "loading",
-            Stage::Calibrate => "calibrating block",
-            Stage::DenseEval => "dense perplexity, window",
-            Stage::Prune => "faithful pruning, block",
-            Stage::PrunedEval => "pruned perplexity, window",
-            Stage::Generate => "generating",
-            Stage::Save => "saving",
-        }
-    }
-}
-
-/// Messages from the worker thread.
-#[derive(Debug, Clone)]
-pub enum Msg {
-    Status(String),
-    Progress {
-        stage: Stage,
-        done: usize,
-        total: usize,
-        /// Tokens processed per step (for tokens/s).
-        tokens_per_step: usize,
-        started: Instant,
-    },
-    Loaded(Box<ModelSummary>),
-    BlockScored {
-        block: usize,
-        stats: ScoreStats,
-    },
-    Calibrated {
-        cal: Arc<Calibration>,
-        cache_hit: bool,
-    },
-    DensePpl(f64),
-    Applied {
-        id: usize,
-        achieved: Vec<f64>,
-        seconds: f64,
-    },
-    PrunedPpl {
-        id: usize,
-        ppl: f64,
-    },
-    /// Generation of prompt `prompt` on one side starts (clears its text).
-    GenStart {
-        pruned: bool,
-        prompt: usize,
-    },
-    Token {
-        pruned: bool,
-        prompt: usize,
-        text: String,
-    },
-    Saved(PathBuf),
-    /// A queued apply was replaced by a newer one before it ran.
-    Superseded(usize),
-    Cancelled(Stage),
-    Failed(String),
-    /// The worker has nothing left to do.
-    Idle,
-}
-
-/// Work for the worker thread.
-#[derive(Debug, Clone)]
-pub enum Job {
-    /// Calibrate (again) over the calibration windows.
-    Calibrate,
-    /// Prune a copy of the dense model, then evaluate and generate with it.
-    Apply {
-        id: usize,
-        params: Box<PruneParams>,
-        plan: Box<Plan>,
-        prompts: Vec<String>,
-    },
-    /// Generate every prompt with the dense and (if any) the pruned model.
-    Generate {
-        prompts: Vec<String>,
-    },
-    SaveModel {
-        dir: PathBuf,
-    },
-}
 
 /// One applied configuration (the history in the compare view).
 #[derive(Debug, Clone)]
@@ -600,93 +488,6 @@ impl State {
             }
         }
         vec![]
-    }
-
-    /// The report of the current state: current parameters and allocation, plus measurements of
-    /// the last apply when it used these parameters.
-    pub fn report(&self) -> color_eyre::Result<Report> {
-        let (Some(s), Some(cal), Some(plan)) = (&self.summary, &self.cal, &self.plan) else {
-            color_eyre::eyre::bail!("nothing to export before calibration has finished");
-        };
-        let applied = self.current_applied();
-        let achieved = applied.and_then(|a| a.achieved.clone());
-        let w: Vec<f64> = s.numel.iter().map(|x| x.iter().sum()).collect();
-        let wmean =
-            |v: &[f64]| v.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>();
-        let blocks = (0..plan.block.len())
-            .map(|i| BlockReport {
-                index: i,
-                score: plan.scores[i],
-                outlier_ratio: cal.owl[i],
-                esd_alpha: cal
-                    .esd
-                    .get(i)
-                    .map(|a| a.iter().sum::<f64>() / 7.0)
-                    .unwrap_or(0.0),
-                target_sparsity: plan.block[i],
-                achieved_sparsity: achieved.as_ref().map(|a| a[i]),
-                n_of_m: plan.n_of_m.as_ref().map(|v| v[i]),
-            })
-            .collect();
-        let generations = match applied {
-            Some(_) => self
-                .prompts
-                .iter()
-                .map(|p| GenerationPair {
-                    prompt: p.prompt.clone(),
-                    dense: p.dense.clone(),
-                    pruned: p.pruned.clone(),
-                })
-                .collect(),
-            None => vec![],
-        };
-        Ok(Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::default(),
-            model: s.info.clone(),
-            data: s.data.clone(),
-            params: self.params.clone(),
-            blocks,
-            overall: Overall {
-                target_sparsity: wmean(&plan.block),
-                achieved_sparsity: achieved.as_ref().map(|a| wmean(a)),
-            },
-            ppl: PplInfo {
-                dense: self.dense_ppl,
-                pruned: applied.and_then(|a| a.ppl),
-                protocol: s.protocol.clone(),
-            },
-            generations,
-            timings: Timings {
-                load_s: 0.0,
-                calibrate_s: cal.seconds,
-                stats_cache_hit: self.cache_hit,
-                allocate_us: plan.allocate_us,
-                prune_s: applied.map(|a| a.seconds).unwrap_or(0.0),
-                eval_s: 0.0,
-            },
-        })
-    }
-
-    pub fn export(&self, path: &std::path::Path) -> color_eyre::Result<()> {
-        self.report()?.save(path)
-    }
-
-    /// Restore parameters (and pins) from a saved report/config.
-    pub fn open(&mut self, path: &std::path::Path) -> color_eyre::Result<()> {
-        let r = Report::load(path)?;
-        let n = self.n_blocks();
-        if n > 0 && r.blocks.len() != n {
-            color_eyre::eyre::bail!(
-                "`{}` is for a model with {} blocks; this one has {n}",
-                path.display(),
-                r.blocks.len()
-            );
-        }
-        r.params.validate(n.max(1))?;
-        self.params = r.params;
-        self.replan();
-        Ok(())
     }
 
     /// Handle a worker message.
