@@ -302,7 +302,7 @@ fn memory_estimate_for_llama2_7b_shapes() {
         serde_json::from_slice(&o.stdout).unwrap()
     };
     let e = run("wanda");
-    // Hand calculation, f32 (4 bytes), 128 windows × 2048 tokens, batches of 8.
+    // Hand calculation, f32 (4 bytes), 128 windows × 2048 tokens, forwarded one at a time.
     let params: u64 = 32000 * 4096 // embeddings
         + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) // blocks with their 2 norms
         + 4096 // final norm
@@ -312,12 +312,18 @@ fn memory_estimate_for_llama2_7b_shapes() {
     assert_eq!(e["activations"], 2u64 * 128 * 2048 * 4096 * 4); // 8 GiB
     assert_eq!(
         e["block_workspace"],
-        2u64 * 8 * 32 * 2048 * 2048 * 4 + 4 * 8 * 2048 * 11008 * 4
+        2u64 * 32 * 2048 * 2048 * 4 + 4 * 2048 * 11008 * 4
     );
     assert_eq!(e["block_scores"], 202_375_168u64 * 4);
     assert_eq!(e["wanda_stats"], 32u64 * (6 * 4096 + 11008) * 4);
     assert_eq!(e["hessians"], 0);
-    assert_eq!(e["total"], 48_642_768_896u64 - 202_375_168 * 4);
+    let total: u64 = params * 4
+        + 2 * 128 * 2048 * 4096 * 4
+        + (2 * 32 * 2048 * 2048 * 4 + 4 * 2048 * 11008 * 4)
+        + 202_375_168 * 4
+        + 32 * (6 * 4096 + 11008) * 4;
+    assert_eq!(e["total"], total);
+    assert_eq!(total, 37_792_104_448); // 35.2 GiB
     let s = run("sparsegpt");
     assert_eq!(
         s["hessians"],

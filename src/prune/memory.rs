@@ -7,9 +7,6 @@ use color_eyre::eyre::{bail, Result};
 use crate::model::LlamaConfig;
 use crate::prune::mask::Metric;
 
-/// Windows forwarded together through one block (`stats::BATCH`).
-const BATCH: usize = 8;
-
 /// Bytes per part, each at its peak.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Estimate {
@@ -48,7 +45,7 @@ impl Estimate {
             c.num_hidden_layers as u64,
         );
         let (n, t) = (nsamples as u64, seq_len as u64);
-        let b = BATCH.min(nsamples.max(1)) as u64;
+        let b = crate::prune::stats::batch_for(seq_len).min(nsamples.max(1)) as u64;
         let weights = c.param_count() as u64 * dtype_bytes as u64;
         let activations = 2 * n * t * h * 4;
         // Scores [b, heads, t, t] plus softmax output, and gate/up/act/product [b, t, i].

@@ -172,7 +172,11 @@ pub struct BlockProgress {
 }
 
 /// Windows forwarded together through one block.
-const BATCH: usize = 8;
+pub fn batch_for(seq_len: usize) -> usize {
+    // 8 × 256 tokens per batch; long windows go alone, so the attention scores of one batch
+    // (batch × heads × len² f32) stay near 1 GiB for a 32-head model at 2048 tokens.
+    (2048 / seq_len.max(1)).clamp(1, 8)
+}
 
 /// Embed all windows: one `[b, t, hidden]` tensor per batch.
 pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
@@ -181,7 +185,7 @@ pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>>
         bail!("calibration windows must be non-empty and of equal length");
     }
     windows
-        .chunks(BATCH)
+        .chunks(batch_for(t))
         .map(|c| {
             let flat: Vec<u32> = c.iter().flatten().copied().collect();
             Ok(model.embed(&Tensor::from_vec(flat, (c.len(), t), &model.device)?)?)
