@@ -230,13 +230,13 @@ fn parse_pin(s: &str) -> Result<(usize, f64), String> {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Evaluation text: `demo` (Brown fiction, eval.txt), a .txt file, or a .jsonl file with a `text` field.
+    /// Evaluation data: `demo` (Brown k–r, eval.txt), `wikitext2` (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
     #[arg(long, default_value = "demo")]
     pub data: String,
     /// Tokens per window.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
-    /// Number of windows (the first N non-overlapping windows).
+    /// Number of windows (the first N non-overlapping windows; 0 = all, the tail dropped).
     #[arg(long, default_value_t = 64)]
     pub windows: usize,
     /// Print the result as JSON on stdout.

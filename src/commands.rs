@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use color_eyre::eyre::Result;
 
 use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, ModelArgs};
-use crate::data::{windows, DemoSplit, TextSource};
+use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::model::{self, LoadedModel, ModelSource};
@@ -49,7 +49,8 @@ impl Ctx {
         Ok(m)
     }
 
-    /// Tokenize a text source and cut the protocol windows.
+    /// Tokenize an evaluation source and cut the protocol windows (`n = 0`: all), exactly as
+    /// `dlpx prune --eval` does (BOS for the paper's presets).
     pub fn windows(
         &mut self,
         m: &LoadedModel,
@@ -58,9 +59,7 @@ impl Ctx {
         n: usize,
     ) -> Result<Vec<Vec<u32>>> {
         let p = &mut self.progress;
-        let text = src.load(&mut |s| p.status(s))?;
-        let ids = m.encode(&text)?;
-        windows(&ids, seq_len, n, &src.label())
+        Ok(crate::data::source_windows(src, m, n, seq_len, false, 0, &mut |s| p.status(s))?.0)
     }
 
     pub fn perplexity(&mut self, m: &LoadedModel, wins: &[Vec<u32>]) -> Result<Perplexity> {
