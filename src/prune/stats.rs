@@ -48,27 +48,10 @@ impl ScoreStats {
         if n == 0 {
             return Self::default();
         }
-        let (mut sum, mut sq, mut max) = (0f64, 0f64, f32::NEG_INFINITY);
-        for &v in values.iter() {
-            sum += v as f64;
-            sq += (v as f64) * (v as f64);
-            max = max.max(v);
-        }
-        let mean = sum / n as f64;
-        let var = if n > 1 {
-            (sq - sum * mean).max(0.0) / (n - 1) as f64
-        } else {
-            0.0
-        };
+        let m = Moments::of(values.iter().copied());
         let k = (n - 1) / 2;
         let (_, &mut median, _) = values.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
-        Self {
-            numel: n,
-            median,
-            mean,
-            max,
-            var,
-        }
+        m.finish(n, median)
     }
 
     /// The statistics of the concatenation of `parts`, without building it: sums in the same
@@ -80,22 +63,9 @@ impl ScoreStats {
         if n == 0 {
             return Self::default();
         }
-        let (mut sum, mut sq, mut max) = (0f64, 0f64, f32::NEG_INFINITY);
         let mut hist = vec![0usize; 1 << 16];
-        for p in parts {
-            for &v in p.iter() {
-                sum += v as f64;
-                sq += (v as f64) * (v as f64);
-                max = max.max(v);
-                hist[(order_key(v) >> 16) as usize] += 1;
-            }
-        }
-        let mean = sum / n as f64;
-        let var = if n > 1 {
-            (sq - sum * mean).max(0.0) / (n - 1) as f64
-        } else {
-            0.0
-        };
+        let all = parts.iter().flat_map(|p| p.iter().copied());
+        let m = Moments::of(all.inspect(|&v| hist[(order_key(v) >> 16) as usize] += 1));
         let k = (n - 1) / 2;
         let (mut below, mut bucket) = (0usize, 0usize);
         for (b, &c) in hist.iter().enumerate() {
@@ -111,13 +81,7 @@ impl ScoreStats {
             .filter(|&v| (order_key(v) >> 16) as usize == bucket)
             .collect();
         let (_, &mut median, _) = inside.select_nth_unstable_by(k - below, |a, b| a.total_cmp(b));
-        Self {
-            numel: n,
-            median,
-            mean,
-            max,
-            var,
-        }
+        m.finish(n, median)
     }
 
     pub fn get(&self, f: Statistic) -> f64 {
@@ -128,6 +92,46 @@ impl ScoreStats {
             Statistic::Max => self.max as f64,
             Statistic::Std => self.var.sqrt(),
             Statistic::Var => self.var,
+        }
+    }
+}
+
+/// Sums (f64, in the values' order) and the maximum of a set of scores.
+struct Moments {
+    sum: f64,
+    sq: f64,
+    max: f32,
+}
+
+impl Moments {
+    fn of(values: impl Iterator<Item = f32>) -> Self {
+        let mut m = Self {
+            sum: 0.0,
+            sq: 0.0,
+            max: f32::NEG_INFINITY,
+        };
+        for v in values {
+            m.sum += v as f64;
+            m.sq += (v as f64) * (v as f64);
+            m.max = m.max.max(v);
+        }
+        m
+    }
+
+    /// Mean and unbiased variance of `n` values, with their lower median.
+    fn finish(self, n: usize, median: f32) -> ScoreStats {
+        let mean = self.sum / n as f64;
+        let var = if n > 1 {
+            (self.sq - self.sum * mean).max(0.0) / (n - 1) as f64
+        } else {
+            0.0
+        };
+        ScoreStats {
+            numel: n,
+            median,
+            mean,
+            max: self.max,
+            var,
         }
     }
 }
