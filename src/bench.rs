@@ -108,7 +108,7 @@ fn with_prune_stages(
     let eval = crate::data::windows(&m.encode(&eval_text)?, 256, 64, "eval")?;
     ctx.progress.status("timing: dense calibration pass");
     let t = Instant::now();
-    let cal = crate::prune::stats::calibrate(&m.llama, &calib, 5.0, &mut |_| true)?;
+    let cal = crate::prune::stats::calibrate(&m.llama, &calib, 5.0, true, &mut |_| true)?;
     let dense_s = t.elapsed().as_secs_f64();
     let params = PruneParams::default();
     let mut us = Vec::new();
@@ -172,7 +172,7 @@ fn with_tui_latency(
     let key = StatsKey::new(m, &data.sha256, 32, 256, ctx.dtype)?;
     ctx.progress
         .status("calibration statistics for the explorer latency");
-    let (cal, _) = calibrate_cached(m, &calib, Some(&key), 5.0, &mut |_| true, &mut |_| {})?;
+    let (cal, _) = calibrate_cached(m, &calib, Some(&key), 5.0, true, &mut |_| true, &mut |_| {})?;
     let theme = crate::ui::theme::Theme::load("dark")?;
     let mut out = serde_json::Map::new();
     for (w, h) in [(80u16, 24u16), (200, 60)] {

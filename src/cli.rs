@@ -35,6 +35,11 @@ pub struct GlobalArgs {
     /// Compute dtype: auto (f32 on CPU, bf16 on GPUs), f32, bf16 or f16.
     #[arg(long, global = true, default_value = "auto")]
     pub dtype: String,
+    /// Keep block weights in their file (memory-mapped safetensors, or the GGUF file) and read
+    /// one block at a time onto the device: memory holds the embeddings, one block and the
+    /// activations. Pruned blocks are kept in host memory.
+    #[arg(long, global = true)]
+    pub offload: bool,
     /// No progress or status lines on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,

@@ -11,12 +11,13 @@ use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, Model
 use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
-use crate::model::{self, LoadedModel, ModelSource};
+use crate::model::{self, LoadedModel, ModelSource, Placement};
 use crate::progress::Progress;
 
 pub struct Ctx {
     pub device: Device,
     pub dtype: DType,
+    pub place: Placement,
     pub progress: Progress,
 }
 
@@ -27,6 +28,10 @@ impl Ctx {
         Ok(Self {
             device,
             dtype,
+            place: match g.offload {
+                true => Placement::Offload,
+                false => Placement::Resident,
+            },
             progress: Progress::new(g.quiet),
         })
     }
@@ -35,7 +40,9 @@ impl Ctx {
         let source = ModelSource::parse(args.model.as_deref(), args.revision.as_deref())?;
         let t = Instant::now();
         let p = &mut self.progress;
-        let m = model::load(&source, &self.device, self.dtype, &mut |s| p.status(s))?;
+        let m = model::load_placed(&source, &self.device, self.dtype, self.place, &mut |s| {
+            p.status(s)
+        })?;
         let c = &m.llama.config;
         self.progress.status(&format!(
             "loaded {} ({} blocks, {:.1} M parameters, {}, {:?}) in {:.1}s",
@@ -194,6 +201,7 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
         a.calib_samples,
         a.seq_len,
         a.metric,
+        ctx.place == Placement::Offload,
     );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);

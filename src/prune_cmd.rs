@@ -232,6 +232,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         d.calib_samples,
         d.seq_len,
         params.metric,
+        m.llama.offload.is_some(),
     );
     ctx.progress.status(&est.describe());
     est.check(available, d.calib_samples)?;
@@ -296,6 +297,8 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         &calib_windows,
         key.as_ref(),
         params.owl_m,
+        // The spectra cost an eigenvalue problem per linear: only AlphaPruning needs them.
+        params.alloc.allocation == crate::prune::allocate::Allocation::Alpha,
         &mut |bp| {
             p.step(
                 "calibrate block",

@@ -193,6 +193,10 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         source,
         device,
         dtype,
+        place: match g.offload {
+            true => crate::model::Placement::Offload,
+            false => crate::model::Placement::Resident,
+        },
         calib: a.calib.clone(),
         eval: a.eval.clone(),
         calib_samples: a.calib_samples,

@@ -17,7 +17,7 @@ use crate::app::{Job, ModelSummary, Msg, Stage};
 use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::perplexity;
-use crate::model::{LoadedModel, ModelSource};
+use crate::model::{LoadedModel, ModelSource, Placement};
 use crate::prune::cache::{calibrate_cached, StatsKey};
 use crate::prune::pipeline::{
     achieved, linear_numel, prune_faithful, prune_preview, Mode, Plan, PruneParams,
@@ -31,6 +31,7 @@ pub struct Spec {
     pub source: ModelSource,
     pub device: Device,
     pub dtype: DType,
+    pub place: Placement,
     pub calib: String,
     pub eval: String,
     pub calib_samples: usize,
@@ -212,17 +213,19 @@ impl Worker {
             Device::Cpu => crate::prune::memory::available_bytes(),
             _ => None,
         };
-        let m = crate::model::load(&s.source, &s.device, s.dtype, &mut status)?;
+        let m = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut status)?;
         let est = crate::prune::memory::Estimate::new(
             &m.llama.config,
             s.dtype.size_in_bytes(),
             s.calib_samples,
             s.seq_len,
             crate::prune::mask::Metric::SparseGpt,
+            s.place == Placement::Offload,
         );
-        // The explorer also keeps a pruned copy of the weights next to the dense ones.
+        // The explorer also keeps a pruned copy of the weights next to the dense ones (with
+        // --offload the dense blocks stay in their file, the pruned ones in host memory).
         let mut est_tui = est.clone();
-        est_tui.total += est.weights;
+        est_tui.total += est.weights + est.offloaded;
         est_tui.check(available, s.calib_samples)?;
         let calib_src = TextSource::parse(&s.calib, DemoSplit::Calib)?;
         let eval_src = TextSource::parse(&s.eval, DemoSplit::Eval)?;
@@ -294,6 +297,8 @@ impl Worker {
                 &self.calib,
                 self.key.as_ref(),
                 self.spec.owl_m,
+                // The explorer can switch to AlphaPruning at any key press.
+                true,
                 &mut |bp| {
                     if let Some(stats) = bp.stats {
                         let _ = out.send(Msg::BlockScored {

@@ -25,7 +25,7 @@ fn paper_ordering_and_invariants_at_70_percent() {
     let m = model::load(&ModelSource::Demo, &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
     let calib = protocol_windows(&m, DemoSplit::Calib, 32);
     let eval = protocol_windows(&m, DemoSplit::Eval, 64);
-    let cal = calibrate(&m.llama, &calib, 5.0, &mut |_| true).unwrap();
+    let cal = calibrate(&m.llama, &calib, 5.0, true, &mut |_| true).unwrap();
     let mut ppl = Vec::new();
     for alloc in [Allocation::Uniform, Allocation::Owl, Allocation::Dlp] {
         let mut p = PruneParams::default();
@@ -263,7 +263,7 @@ fn committed_schema_matches_the_types() {
 fn n_of_m_rows_alphapruning_and_stats_cache() {
     let m = model::load(&ModelSource::Demo, &Device::Cpu, DType::F32, &mut |_| {}).unwrap();
     let calib = protocol_windows(&m, DemoSplit::Calib, 8);
-    let cal = calibrate(&m.llama, &calib, 5.0, &mut |_| true).unwrap();
+    let cal = calibrate(&m.llama, &calib, 5.0, true, &mut |_| true).unwrap();
 
     for (n, mm) in [(2usize, 4usize), (4, 8)] {
         let p = PruneParams {
@@ -332,5 +332,25 @@ fn n_of_m_rows_alphapruning_and_stats_cache() {
         "cached statistics differ from the stored ones"
     );
     assert_eq!(plan(&m.llama, &back, &p).unwrap().block, pl.block);
+
+    // A calibration made without the spectra refuses AlphaPruning by name; through the cache,
+    // asking for them adds exactly the same α̂ from the weights.
+    let mut bare = cal.clone();
+    bare.esd.clear();
+    let e = plan(&m.llama, &bare, &p).unwrap_err().to_string();
+    assert!(e.contains("--allocation alpha"), "{e}");
+    cache::store(&key, &bare).unwrap();
+    let (filled, hit) = cache::calibrate_cached(
+        &m,
+        &calib,
+        Some(&key),
+        5.0,
+        true,
+        &mut |_| true,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(hit);
+    assert_eq!(filled.esd, cal.esd);
     std::fs::remove_file(key.path().unwrap()).unwrap();
 }

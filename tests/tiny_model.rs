@@ -284,9 +284,10 @@ fn memory_estimate_for_llama2_7b_shapes() {
             "bos_token_id":1,"eos_token_id":2}"#,
     )
     .unwrap();
-    let run = |metric: &str| -> serde_json::Value {
+    let run = |metric: &str, extra: &[&str]| -> serde_json::Value {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
             .args(["estimate", "--config-json", cfg.to_str().unwrap()])
+            .args(extra)
             .args([
                 "--calib-samples",
                 "128",
@@ -301,7 +302,7 @@ fn memory_estimate_for_llama2_7b_shapes() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice(&o.stdout).unwrap()
     };
-    let e = run("wanda");
+    let e = run("wanda", &[]);
     // Hand calculation, f32 (4 bytes), 128 windows × 2048 tokens, forwarded one at a time.
     let params: u64 = 32000 * 4096 // embeddings
         + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) // blocks with their 2 norms
@@ -314,17 +315,29 @@ fn memory_estimate_for_llama2_7b_shapes() {
         e["block_workspace"],
         2u64 * 32 * 2048 * 2048 * 4 + 4 * 2048 * 11008 * 4
     );
-    assert_eq!(e["block_scores"], 202_375_168u64 * 4);
+    // One linear at a time: the largest (11008 × 4096) as f32 weights plus the f64 Gram matrix
+    // of its smaller side (4096²) and the eigensolver's two copies, which beats weights + scores.
+    let linear_work: u64 = 11008 * 4096 * 4 + 3 * 4096 * 4096 * 8;
+    assert!(linear_work > 2 * 11008 * 4096 * 4);
+    assert_eq!(e["linear_work"], linear_work);
+    assert_eq!(e["offloaded"], 0);
     assert_eq!(e["wanda_stats"], 32u64 * (6 * 4096 + 11008) * 4);
     assert_eq!(e["hessians"], 0);
     let total: u64 = params * 4
         + 2 * 128 * 2048 * 4096 * 4
         + (2 * 32 * 2048 * 2048 * 4 + 4 * 2048 * 11008 * 4)
-        + 202_375_168 * 4
+        + linear_work
         + 32 * (6 * 4096 + 11008) * 4;
     assert_eq!(e["total"], total);
-    assert_eq!(total, 37_792_104_448); // 35.2 GiB
-    let s = run("sparsegpt");
+    assert_eq!(total, 37_565_612_032); // 35.0 GiB
+                                       // --offload: 31 of the 32 blocks' linears (202,375,168 parameters each) stay in the file.
+    let o = run("wanda", &["--offload"]);
+    let block: u64 = 4 * 4096 * 4096 + 3 * 4096 * 11008;
+    assert_eq!(block, 202_375_168);
+    assert_eq!(o["weights"], (params - 31 * block) * 4);
+    assert_eq!(o["offloaded"], 32 * block * 4);
+    assert_eq!(o["total"], total - 31 * block * 4); // 11.6 GiB
+    let s = run("sparsegpt", &[]);
     assert_eq!(
         s["hessians"],
         (3u64 * 4096 * 4096 + 11008 * 11008) * 4 + 3 * 11008 * 11008 * 8
@@ -469,4 +482,67 @@ fn protocol_loaders_on_local_files() {
         err.contains("allenai/c4") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+}
+
+/// `--offload` (block linears read from the file one block at a time) computes exactly what the
+/// resident model does, from a GGUF and from a safetensors folder: logits, calibration
+/// statistics (with the spectra), a faithful Wanda-DLP pruning, and the exported weights.
+#[test]
+fn offload_matches_resident() {
+    use dlpx::model::Placement;
+    use dlpx::prune::pipeline::{achieved, plan, prune_faithful, PruneParams};
+    use dlpx::prune::stats::calibrate;
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tiny {
+        tied: false,
+        blocks: 3,
+        ..Tiny::default()
+    };
+    let (gguf, _) = tiny.gguf_in(dir.path(), 9);
+    let folder = dir.path().join("folder");
+    model::save_folder(&load_gguf(&gguf), &folder).unwrap();
+    let windows: Vec<Vec<u32>> = (0..4)
+        .map(|w| (0..16).map(|i| ((w * 37 + i * 11) % 258) as u32).collect())
+        .collect();
+    for src in [ModelSource::Gguf(gguf.clone()), ModelSource::Folder(folder)] {
+        let load =
+            |place| model::load_placed(&src, &Device::Cpu, DType::F32, place, &mut |_| {}).unwrap();
+        let (res, off) = (load(Placement::Resident), load(Placement::Offload));
+        assert!(off.llama.blocks.iter().all(|b| !b.resident));
+        let x = ids(&[1, 104, 105, 257, 3]);
+        let logits = |m: &model::LoadedModel| m.llama.forward(&x, 0, None).unwrap();
+        assert_eq!(max_abs_diff(&logits(&res), &logits(&off)), 0.0, "{src:?}");
+
+        let cal_r = calibrate(&res.llama, &windows, 5.0, true, &mut |_| true).unwrap();
+        let cal_o = calibrate(&off.llama, &windows, 5.0, true, &mut |_| true).unwrap();
+        assert_eq!(
+            serde_json::to_string(&cal_r)
+                .unwrap()
+                .split("\"seconds\"")
+                .next(),
+            serde_json::to_string(&cal_o)
+                .unwrap()
+                .split("\"seconds\"")
+                .next()
+        );
+        let p = PruneParams::default();
+        let pl = plan(&res.llama, &cal_r, &p).unwrap();
+        let (mut pr, mut po) = (res.llama.clone(), off.llama.clone());
+        prune_faithful(&mut pr, &windows, &pl, &p, &mut |_| true).unwrap();
+        prune_faithful(&mut po, &windows, &pl, &p, &mut |_| true).unwrap();
+        assert!(
+            po.blocks.iter().all(|b| b.resident),
+            "pruned blocks are kept"
+        );
+        assert_eq!(achieved(&pr).unwrap(), achieved(&po).unwrap());
+        let after = |l: &dlpx::model::Llama| l.forward(&x, 0, None).unwrap();
+        assert_eq!(max_abs_diff(&after(&pr), &after(&po)), 0.0);
+        // The dense offloaded model is untouched by pruning its copy.
+        assert_eq!(max_abs_diff(&logits(&res), &logits(&off)), 0.0);
+        let named = |l: &dlpx::model::Llama| l.named_tensors().unwrap();
+        for ((na, ta), (nb, tb)) in named(&res.llama).iter().zip(&named(&off.llama)) {
+            assert_eq!(na, nb);
+            assert_eq!(max_abs_diff(ta, tb), 0.0, "{na}");
+        }
+    }
 }

@@ -66,6 +66,12 @@ impl PrunableLinear {
         }
     }
 
+    /// A shape-only weight for an offloaded block: one scalar broadcast to `[out, in]`, so
+    /// shapes and parameter counts are known while the data stays in its file.
+    pub fn placeholder(shape: Vec<usize>, dtype: DType) -> Result<Tensor> {
+        Tensor::zeros((), dtype, &candle_core::Device::Cpu)?.broadcast_as(shape)
+    }
+
     pub fn in_features(&self) -> usize {
         self.weight.dims()[1]
     }

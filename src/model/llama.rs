@@ -5,6 +5,9 @@
 //! Q/K weights are always in the Hugging Face layout, so the half-split rope (`rope`) is used for
 //! every source (GGUF weights are un-permuted at load).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
@@ -114,6 +117,9 @@ pub struct Block {
     pub post_attention_layernorm: Tensor,
     /// q, k, v, o, gate, up, down — indexed by [`LinearKind::index`].
     pub linears: [PrunableLinear; 7],
+    /// False while the linears of an offloaded model are shape-only placeholders: their weights
+    /// are read from the [`WeightSource`] by [`Llama::block`] when the block runs.
+    pub resident: bool,
 }
 
 impl Block {
@@ -154,6 +160,25 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, t, d))
 }
 
+/// Where the weights of an offloaded model stay (a memory-mapped safetensors file, a GGUF file):
+/// block linears are read from it one block at a time, on the compute device and in its dtype.
+pub trait WeightSource: Send + Sync {
+    /// The tensor with this Hugging Face name, or `None` when the checkpoint has none.
+    fn tensor(&self, name: &str, device: &Device, dtype: DType) -> Result<Option<Tensor>>;
+    /// Its shape, from the file's header (no data is read).
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+}
+
+/// The weight source of an offloaded model (`--offload`).
+#[derive(Clone)]
+pub struct Offload(pub Arc<dyn WeightSource>);
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Offload")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub config: LlamaConfig,
@@ -165,6 +190,9 @@ pub struct Llama {
     pub rope: Rope,
     pub device: Device,
     pub dtype: DType,
+    /// With `--offload`: block linears stay in their file until [`Llama::block`] reads them, and
+    /// pruned blocks are kept in host memory, so the device holds one block at a time.
+    pub offload: Option<Offload>,
 }
 
 /// How many rope positions to precompute: enough for any window we run, bounded for memory.
@@ -177,7 +205,32 @@ impl Llama {
         config: LlamaConfig,
         device: &Device,
         dtype: DType,
+        get: impl FnMut(&str) -> color_eyre::Result<Option<Tensor>>,
+    ) -> color_eyre::Result<Self> {
+        Self::build(config, device, dtype, get, None)
+    }
+
+    /// Build an offloaded model: embeddings, norms, biases and head are read now; the block
+    /// linears are placeholders of the right shape until [`Llama::block`] reads them.
+    pub fn offloaded(
+        config: LlamaConfig,
+        device: &Device,
+        dtype: DType,
+        source: Arc<dyn WeightSource>,
+    ) -> color_eyre::Result<Self> {
+        let src = source.clone();
+        let get = move |n: &str| -> color_eyre::Result<Option<Tensor>> {
+            Ok(src.tensor(n, device, dtype)?)
+        };
+        Self::build(config, device, dtype, get, Some(Offload(source)))
+    }
+
+    fn build(
+        config: LlamaConfig,
+        device: &Device,
+        dtype: DType,
         mut get: impl FnMut(&str) -> color_eyre::Result<Option<Tensor>>,
+        offload: Option<Offload>,
     ) -> color_eyre::Result<Self> {
         use color_eyre::eyre::eyre;
         let mut req = |name: &str| -> color_eyre::Result<Tensor> {
@@ -190,7 +243,16 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let mut mk = |k: LinearKind| -> color_eyre::Result<PrunableLinear> {
                 let name = format!("{p}.{}", k.hf_name());
-                let w = req(&format!("{name}.weight"))?;
+                let w_name = format!("{name}.weight");
+                let w = match &offload {
+                    Some(o) => {
+                        let shape =
+                            o.0.shape(&w_name)
+                                .ok_or_else(|| eyre!("the checkpoint has no tensor `{w_name}`"))?;
+                        PrunableLinear::placeholder(shape, dtype)?
+                    }
+                    None => req(&w_name)?,
+                };
                 let wants_bias = config.attention_bias
                     && matches!(k, LinearKind::Q | LinearKind::K | LinearKind::V);
                 let b = if wants_bias {
@@ -213,6 +275,7 @@ impl Llama {
                 input_layernorm: req(&format!("{p}.input_layernorm.weight"))?,
                 post_attention_layernorm: req(&format!("{p}.post_attention_layernorm.weight"))?,
                 linears,
+                resident: offload.is_none(),
             });
         }
         let lm_head = if config.tie_word_embeddings {
@@ -232,6 +295,7 @@ impl Llama {
             rope,
             device: device.clone(),
             dtype,
+            offload,
         };
         m.check_shapes()?;
         Ok(m)
@@ -272,13 +336,68 @@ impl Llama {
         Ok(())
     }
 
-    /// Every tensor under its HF name, in a stable order (used by export).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// Block `i` ready to run on the compute device: borrowed when resident there; otherwise
+    /// read from the offload source (or copied from host memory after pruning) for this use only.
+    pub fn block(&self, i: usize) -> Result<Cow<'_, Block>> {
+        let b = &self.blocks[i];
+        if b.resident {
+            if b.linears[0].weight.device().same_device(&self.device) {
+                return Ok(Cow::Borrowed(b));
+            }
+            let mut out = b.clone();
+            for l in out.linears.iter_mut() {
+                l.weight = l.weight.to_device(&self.device)?;
+                l.mask = None;
+            }
+            return Ok(Cow::Owned(out));
+        }
+        let Some(src) = &self.offload else {
+            candle_core::bail!("block {i} has no weights and the model has no offload source");
+        };
+        let mut out = b.clone();
+        for l in out.linears.iter_mut() {
+            let name = format!("{}.weight", l.name);
+            l.weight = src
+                .0
+                .tensor(&name, &self.device, self.dtype)?
+                .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` disappeared")))?;
+        }
+        out.resident = true;
+        Ok(Cow::Owned(out))
+    }
+
+    /// Put back a block taken with [`Llama::block`] and changed (pruned). An offloaded model on
+    /// a GPU keeps it in host memory, so the device still holds one block at a time.
+    pub fn store_block(&mut self, i: usize, mut b: Block) -> Result<()> {
+        if self.offload.is_some() && !self.device.is_cpu() {
+            for l in b.linears.iter_mut() {
+                l.weight = l.weight.to_device(&Device::Cpu)?;
+                l.mask = match l.mask.take() {
+                    Some(m) => Some(m.to_device(&Device::Cpu)?),
+                    None => None,
+                };
+            }
+        }
+        b.resident = true;
+        self.blocks[i] = b;
+        Ok(())
+    }
+
+    /// Every tensor under its HF name, in a stable order (used by export). Offloaded blocks are
+    /// read one by one and kept in host memory.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
         )];
-        for (i, b) in self.blocks.iter().enumerate() {
+        for i in 0..self.blocks.len() {
+            let b = self.block(i)?;
+            let host = |t: &Tensor| -> Result<Tensor> {
+                match self.offload {
+                    Some(_) => t.to_device(&Device::Cpu),
+                    None => Ok(t.clone()),
+                }
+            };
             let p = format!("model.layers.{i}");
             out.push((
                 format!("{p}.input_layernorm.weight"),
@@ -289,7 +408,7 @@ impl Llama {
                 b.post_attention_layernorm.clone(),
             ));
             for l in &b.linears {
-                out.push((format!("{}.weight", l.name), l.weight.clone()));
+                out.push((format!("{}.weight", l.name), host(&l.weight)?));
                 if let Some(bias) = &l.bias {
                     out.push((format!("{}.bias", l.name), bias.clone()));
                 }
@@ -299,7 +418,7 @@ impl Llama {
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.weight.clone()));
         }
-        out
+        Ok(out)
     }
 
     /// Token embeddings `[b, t, hidden]` for ids `[b, t]`.
@@ -318,10 +437,23 @@ impl Llama {
         x: &Tensor,
         offset: usize,
         cache: Option<&mut KvEntry>,
+        observe: Option<Observer<'_>>,
+    ) -> Result<Tensor> {
+        let blk = self.block(i)?;
+        self.forward_block_with(&blk, x, offset, cache, observe)
+    }
+
+    /// As [`Llama::forward_block`], with a block already taken by [`Llama::block`] (so a pass
+    /// over many batches reads an offloaded block once).
+    pub fn forward_block_with(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvEntry>,
         mut observe: Option<Observer<'_>>,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let blk = &self.blocks[i];
         let (b, t, _) = x.dims3()?;
         let eps = c.rms_norm_eps as f32;
         let mut see = |k: LinearKind, v: &Tensor| -> Result<()> {
@@ -453,8 +585,8 @@ impl Llama {
     /// Fraction of zero weights over all prunable linears (the 7·L matrices).
     pub fn linear_sparsity(&self) -> Result<f64> {
         let (mut zeros, mut total) = (0f64, 0f64);
-        for b in &self.blocks {
-            for l in &b.linears {
+        for i in 0..self.blocks.len() {
+            for l in &self.block(i)?.linears {
                 let n = l.weight.elem_count() as f64;
                 zeros += l.sparsity()? * n;
                 total += n;

@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 
 pub use config::LlamaConfig;
 pub use linear::{InputStats, LinearKind, PrunableLinear};
-pub use llama::{KvCache, Llama};
+pub use llama::{KvCache, Llama, WeightSource};
 pub use source::ModelSource;
 
 /// A model ready to run: weights, tokenizer, and where it came from.
@@ -56,6 +56,17 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .to_vec())
 }
 
+/// Where the weights go at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Every weight is read into memory on the compute device.
+    #[default]
+    Resident,
+    /// `--offload`: block linears stay in their file (memory-mapped safetensors, or the GGUF
+    /// file) and are read one block at a time.
+    Offload,
+}
+
 /// Load any supported source. `status` receives short progress lines (download, dequantize).
 pub fn load(
     source: &ModelSource,
@@ -63,18 +74,29 @@ pub fn load(
     dtype: DType,
     status: &mut dyn FnMut(&str),
 ) -> Result<LoadedModel> {
+    load_placed(source, device, dtype, Placement::Resident, status)
+}
+
+/// As [`load`], choosing where the weights go.
+pub fn load_placed(
+    source: &ModelSource,
+    device: &Device,
+    dtype: DType,
+    place: Placement,
+    status: &mut dyn FnMut(&str),
+) -> Result<LoadedModel> {
     match source {
         ModelSource::Demo => {
             let assets = crate::data::demo::ensure_model(status)?;
-            let mut m = load_gguf(&assets, device, dtype, status)?;
+            let mut m = load_gguf_placed(&assets, device, dtype, place, status)?;
             m.source = ModelSource::Demo;
             Ok(m)
         }
-        ModelSource::Gguf(p) => load_gguf(p, device, dtype, status),
-        ModelSource::Folder(p) => load_folder(p, source.clone(), device, dtype, status),
+        ModelSource::Gguf(p) => load_gguf_placed(p, device, dtype, place, status),
+        ModelSource::Folder(p) => load_folder(p, source.clone(), device, dtype, place, status),
         ModelSource::Hub { id, revision } => {
             let dir = hub::fetch_model(id, revision, status)?;
-            load_folder(&dir, source.clone(), device, dtype, status)
+            load_folder(&dir, source.clone(), device, dtype, place, status)
         }
     }
 }
@@ -85,6 +107,16 @@ pub fn load_gguf(
     dtype: DType,
     status: &mut dyn FnMut(&str),
 ) -> Result<LoadedModel> {
+    load_gguf_placed(path, device, dtype, Placement::Resident, status)
+}
+
+pub fn load_gguf_placed(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    place: Placement,
+    status: &mut dyn FnMut(&str),
+) -> Result<LoadedModel> {
     if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
         bail!("`{}` is a single safetensors file: pass the folder that holds it with config.json and tokenizer.json", path.display());
     }
@@ -92,9 +124,17 @@ pub fn load_gguf(
     let mut g = gguf::GgufFile::open(path)?;
     let config = g.config()?;
     let tokenizer = g.tokenizer()?;
-    status("dequantizing weights");
-    let mut tensors = g.load_tensors(&config, device, dtype)?;
-    let llama = Llama::from_named(config, device, dtype, |n| Ok(tensors.remove(n)))?;
+    let llama = match place {
+        Placement::Resident => {
+            status("dequantizing weights");
+            let mut tensors = g.load_tensors(&config, device, dtype)?;
+            Llama::from_named(config, device, dtype, |n| Ok(tensors.remove(n)))?
+        }
+        Placement::Offload => {
+            let src = gguf::GgufSource::new(g, &config);
+            Llama::offloaded(config, device, dtype, std::sync::Arc::new(src))?
+        }
+    };
     Ok(LoadedModel {
         llama,
         tokenizer,
@@ -134,11 +174,37 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The tensors of a folder's memory-mapped safetensors files.
+struct SafetensorsSource {
+    st: candle_core::safetensors::MmapedSafetensors,
+    names: HashSet<String>,
+}
+
+impl WeightSource for SafetensorsSource {
+    fn tensor(
+        &self,
+        name: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if !self.names.contains(name) {
+            return Ok(None);
+        }
+        Ok(Some(self.st.load(name, device)?.to_dtype(dtype)?))
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.names.contains(name).then_some(())?;
+        Some(self.st.get(name).ok()?.shape().to_vec())
+    }
+}
+
 pub fn load_folder(
     dir: &Path,
     source: ModelSource,
     device: &Device,
     dtype: DType,
+    place: Placement,
     status: &mut dyn FnMut(&str),
 ) -> Result<LoadedModel> {
     let cfg_path = dir.join("config.json");
@@ -163,12 +229,13 @@ pub fn load_folder(
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .wrap_err_with(|| format!("cannot read the safetensors files of `{}`", dir.display()))?;
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-    let llama = Llama::from_named(config, device, dtype, |n| {
-        if !names.contains(n) {
-            return Ok(None);
+    let src = SafetensorsSource { st, names };
+    let llama = match place {
+        Placement::Resident => {
+            Llama::from_named(config, device, dtype, |n| Ok(src.tensor(n, device, dtype)?))?
         }
-        Ok(Some(st.load(n, device)?.to_dtype(dtype)?))
-    })?;
+        Placement::Offload => Llama::offloaded(config, device, dtype, std::sync::Arc::new(src))?,
+    };
     Ok(LoadedModel {
         llama,
         tokenizer,
@@ -208,7 +275,7 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
         .prefix(".dlpx-export-")
         .tempdir_in(&parent)
         .wrap_err_with(|| format!("cannot write in `{}`", parent.display()))?;
-    let tensors: HashMap<String, Tensor> = model.llama.named_tensors().into_iter().collect();
+    let tensors: HashMap<String, Tensor> = model.llama.named_tensors()?.into_iter().collect();
     candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors"))?;
     let cfg = serde_json::to_string_pretty(&model.llama.config.to_hf_json())?;
     std::fs::write(tmp.path().join("config.json"), cfg)?;

@@ -100,6 +100,7 @@ pub fn calibrate_cached(
     windows: &[Vec<u32>],
     key: Option<&StatsKey>,
     owl_m: f64,
+    spectra: bool,
     progress: &mut dyn FnMut(BlockProgress) -> bool,
     warn: &mut dyn FnMut(&str),
 ) -> Result<(Calibration, bool)> {
@@ -109,10 +110,21 @@ pub fn calibrate_cached(
                 cal.owl = owl_ratios(&m.llama, &cal, owl_m)?;
                 cal.owl_m = owl_m;
             }
+            if spectra && cal.esd.len() != cal.inputs.len() {
+                // Cached without the spectra: add them and keep them for next time.
+                cal.esd = super::stats::spectra(&m.llama)?;
+                if let Some(k) = key {
+                    if let Err(e) = store(k, &cal) {
+                        warn(&format!(
+                            "warning: could not save the statistics cache: {e}"
+                        ));
+                    }
+                }
+            }
             return Ok((cal, true));
         }
     }
-    let cal = calibrate(&m.llama, windows, owl_m, progress)?;
+    let cal = calibrate(&m.llama, windows, owl_m, spectra, progress)?;
     if let Some(k) = key {
         if let Err(e) = store(k, &cal) {
             warn(&format!(

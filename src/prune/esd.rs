@@ -15,18 +15,45 @@ const EVALS_THRESH: f64 = 1e-5;
 /// smaller Gram matrix (W Wᵀ or Wᵀ W) in f64, several times faster than an SVD and, from f32
 /// weights, as accurate as the reference's f32 `svdvals`.
 pub fn eigenvalues(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f64>> {
-    let m = faer::Mat::<f64>::from_fn(rows, cols, |i, j| w[i * cols + j] as f64);
-    let gram = if rows <= cols {
-        &m * m.transpose()
-    } else {
-        m.transpose() * &m
-    };
+    let gram = gram(w, rows, cols);
     let mut e = gram
         .self_adjoint_eigenvalues(faer::Side::Lower)
         .map_err(|e| eyre!("eigenvalue solver did not converge: {e:?}"))?;
     // Round-off can make the smallest eigenvalues of a PSD matrix slightly negative.
     e.iter_mut().for_each(|x| *x = x.max(0.0));
     Ok(e)
+}
+
+/// The smaller Gram matrix of `w` in f64, summed over slices of 1024 along the long side, so
+/// the f64 copy of a 7B `down_proj` (360 MB) is never made: only a slice of it at a time.
+fn gram(w: &[f32], rows: usize, cols: usize) -> faer::Mat<f64> {
+    use faer::linalg::matmul::matmul;
+    const SLICE: usize = 1024;
+    let small = rows.min(cols);
+    let mut g = faer::Mat::<f64>::zeros(small, small);
+    let long = rows.max(cols);
+    for start in (0..long).step_by(SLICE) {
+        let len = SLICE.min(long - start);
+        // `s` is small × len: a slice of W's columns (W Wᵀ) or of Wᵀ's columns (Wᵀ W).
+        let s = if rows <= cols {
+            faer::Mat::<f64>::from_fn(small, len, |i, j| w[i * cols + start + j] as f64)
+        } else {
+            faer::Mat::<f64>::from_fn(small, len, |i, j| w[(start + j) * cols + i] as f64)
+        };
+        let beta = match start {
+            0 => faer::Accum::Replace,
+            _ => faer::Accum::Add,
+        };
+        matmul(
+            g.as_mut(),
+            beta,
+            s.as_ref(),
+            s.transpose(),
+            1.0,
+            faer::Par::rayon(0),
+        );
+    }
+    g
 }
 
 /// α̂ of ascending eigenvalues: among xmin candidates in the reference's window around the

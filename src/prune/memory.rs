@@ -10,15 +10,22 @@ use crate::prune::mask::Metric;
 /// Bytes per part, each at its peak.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Estimate {
-    /// All weights in the compute dtype.
+    /// Weights held in memory, in the compute dtype: all of them, or with `--offload` the
+    /// embeddings, norms and head plus the one block being worked on.
     pub weights: u64,
+    /// With `--offload`: the block weights left in their file (memory-mapped, read one block at
+    /// a time; the OS may keep their pages cached, but they are not needed at once). 0 without.
+    pub offloaded: u64,
     /// Calibration activations: the block inputs and outputs of every window (f32), two copies
     /// while a block's outputs replace its inputs.
     pub activations: u64,
     /// Inside one block's forward for one batch: attention scores and the MLP's intermediates.
     pub block_workspace: u64,
-    /// One block's Wanda scores (f32); the block median is a radix select over them, no copy.
-    pub block_scores: u64,
+    /// Work on one linear at a time: its f32 weights with their Wanda scores (the block median
+    /// is a two-pass radix select, so one linear's scores exist at a time), or AlphaPruning's
+    /// eigenvalue problem (f32 weights, the f64 Gram matrix and the solver's two work copies),
+    /// whichever is larger.
+    pub linear_work: u64,
     /// Wanda input statistics ‖X_j‖² of every linear of every block (f32), kept for reallocation.
     pub wanda_stats: u64,
     /// SparseGPT: one block's input Hessians (4 distinct inputs, f32) and the f64 working copies
@@ -38,6 +45,7 @@ impl Estimate {
         nsamples: usize,
         seq_len: usize,
         metric: Metric,
+        offload: bool,
     ) -> Self {
         let (h, i, l) = (
             c.hidden_size as u64,
@@ -46,25 +54,39 @@ impl Estimate {
         );
         let (n, t) = (nsamples as u64, seq_len as u64);
         let b = crate::prune::stats::batch_for(seq_len).min(nsamples.max(1)) as u64;
-        let weights = c.param_count() as u64 * dtype_bytes as u64;
+        let all_weights = c.param_count() as u64 * dtype_bytes as u64;
+        let block_weights = c.block_linear_params() as u64 * dtype_bytes as u64;
+        let (weights, offloaded) = match offload {
+            true => (all_weights - (l - 1) * block_weights, l * block_weights),
+            false => (all_weights, 0),
+        };
         let activations = 2 * n * t * h * 4;
         // Scores [b, heads, t, t] plus softmax output, and gate/up/act/product [b, t, i].
         let block_workspace = 2 * b * c.num_attention_heads as u64 * t * t * 4 + 4 * b * t * i * 4;
-        let block_params = c.block_linear_params() as u64;
-        let block_scores = block_params * 4;
         // Per block, the 7 linears' input widths: q, k, v, gate, up take h; o takes heads·d; down i.
         let o_in = (c.num_attention_heads * c.head_dim) as u64;
+        let kv = (c.num_key_value_heads * c.head_dim) as u64;
+        let shapes = [(o_in, h), (kv, h), (h, o_in), (i, h), (h, i)];
+        let widest = shapes.iter().map(|(r, c)| r * c).max().unwrap_or(0);
+        let gram = shapes
+            .iter()
+            .map(|(r, c)| *r.min(c))
+            .max()
+            .unwrap_or(0)
+            .pow(2);
+        let linear_work = (2 * widest * 4).max(widest * 4 + 3 * gram * 8);
         let wanda_stats = l * (5 * h + o_in + i) * 4;
         let hessians = match metric {
             Metric::SparseGpt => (2 * h * h + o_in * o_in + i * i) * 4 + 3 * i.max(h).pow(2) * 8,
             _ => 0,
         };
-        let total = weights + activations + block_workspace + block_scores + wanda_stats + hessians;
+        let total = weights + activations + block_workspace + linear_work + wanda_stats + hessians;
         Self {
             weights,
+            offloaded,
             activations,
             block_workspace,
-            block_scores,
+            linear_work,
             wanda_stats,
             hessians,
             total,
@@ -72,14 +94,21 @@ impl Estimate {
     }
 
     pub fn describe(&self) -> String {
+        let offloaded = match self.offloaded {
+            0 => String::new(),
+            b => format!(
+                " (+{:.2} GiB of blocks left in the file, --offload)",
+                gib(b)
+            ),
+        };
         format!(
-            "memory estimate {:.2} GiB: weights {:.2}, activations {:.2}, block workspace {:.2}, \
-             block scores {:.2}, Wanda statistics {:.3}, SparseGPT Hessians {:.2}",
+            "memory estimate {:.2} GiB{offloaded}: weights {:.2}, activations {:.2}, block \
+             workspace {:.2}, per-linear work {:.2}, Wanda statistics {:.3}, SparseGPT Hessians {:.2}",
             gib(self.total),
             gib(self.weights),
             gib(self.activations),
             gib(self.block_workspace),
-            gib(self.block_scores),
+            gib(self.linear_work),
             gib(self.wanda_stats),
             gib(self.hessians),
         )
@@ -103,8 +132,13 @@ impl Estimate {
                 hint = format!("use --calib-samples {fit} or fewer, or a shorter --seq-len");
             }
         }
+        if hint.is_empty() && self.offloaded == 0 {
+            hint = "the weights alone do not fit: use --offload (one block in memory at a time), \
+                    --dtype bf16 (half the memory) or a machine with more memory"
+                .into();
+        }
         if hint.is_empty() {
-            hint = "the weights alone do not fit: use --dtype bf16 (half the memory) or a machine with more memory".into();
+            hint = "even one block at a time does not fit: use --dtype bf16 (half the memory) or a machine with more memory".into();
         }
         bail!(
             "this run needs about {:.1} GiB but {:.1} GiB are available ({}); {hint}",
@@ -135,7 +169,7 @@ mod tests {
                 "max_position_embeddings":512,"rms_norm_eps":1e-5}"#,
         )
         .unwrap();
-        let e = Estimate::new(&c, 4, 128, 256, Metric::Wanda);
+        let e = Estimate::new(&c, 4, 128, 256, Metric::Wanda, false);
         let avail = e.total - e.activations / 2;
         let msg = format!("{}", e.check(Some(avail), 128).unwrap_err());
         assert!(msg.contains("--calib-samples 64 or fewer"), "{msg}");

@@ -14,6 +14,7 @@ use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
     embed_windows, observe_block_with, weights_f32, BlockProgress, Calibration, Statistic,
 };
+use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
 #[derive(
@@ -137,6 +138,12 @@ pub fn plan_for(numel: &[[f64; 7]], cal: &Calibration, p: &PruneParams) -> Resul
     if cal.blocks.len() != n {
         bail!("statistics for {} of {n} blocks", cal.blocks.len());
     }
+    if p.alloc.allocation == Allocation::Alpha && cal.esd.len() != n {
+        bail!(
+            "AlphaPruning needs the spectra (α̂) of the weights, which this calibration skipped; \
+             calibrate again with --allocation alpha"
+        );
+    }
     let started = Instant::now();
     let alloc = p.effective_alloc();
     let scores: Vec<f64> = cal.blocks.iter().map(|s| s.get(p.statistic)).collect();
@@ -210,8 +217,22 @@ pub fn prune_block(
     plan: &Plan,
     p: &PruneParams,
 ) -> Result<()> {
-    let device = model.device.clone();
-    let blk = &mut model.blocks[i];
+    let mut blk = model.block(i)?.into_owned();
+    prune_linears(&mut blk, i, stats, hessians, plan, p)?;
+    model.store_block(i, blk)?;
+    Ok(())
+}
+
+/// Mask the 7 linears of `blk`, which is block `i` of the model.
+fn prune_linears(
+    blk: &mut Block,
+    i: usize,
+    stats: &[InputStats],
+    hessians: Option<&[Hessian]>,
+    plan: &Plan,
+    p: &PruneParams,
+) -> Result<()> {
+    let device = blk.input_layernorm.device().clone();
     for k in LinearKind::ALL {
         let l = blk.linear_mut(k);
         let (rows, cols) = (l.out_features(), l.in_features());
@@ -287,14 +308,17 @@ pub fn prune_faithful(
     let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
     let mut xs = embed_windows(model, windows)?;
     for i in 0..n {
-        let o = observe_block_with(model, i, &xs, false, p.metric == Metric::SparseGpt)?;
-        prune_block(model, i, &o.stats, o.hessians.as_deref(), plan, p)?;
+        // One block's weights at a time (read now when the model is offloaded).
+        let mut blk = model.block(i)?.into_owned();
+        let o = observe_block_with(model, &blk, &xs, false, p.metric == Metric::SparseGpt)?;
+        prune_linears(&mut blk, i, &o.stats, o.hessians.as_deref(), plan, p)?;
         if i + 1 < n {
             xs = xs
                 .iter()
-                .map(|x| model.forward_block(i, x, 0, None, None))
+                .map(|x| model.forward_block_with(&blk, x, 0, None, None))
                 .collect::<candle_core::Result<_>>()?;
         }
+        model.store_block(i, blk)?;
         if !progress(BlockProgress {
             block: i + 1,
             blocks: n,
@@ -310,12 +334,10 @@ pub fn prune_faithful(
 
 /// Achieved sparsity (exact zeros) per block over its 7 linears.
 pub fn achieved(model: &Llama) -> Result<Vec<f64>> {
-    model
-        .blocks
-        .iter()
-        .map(|b| {
+    (0..model.blocks.len())
+        .map(|i| {
             let (mut z, mut t) = (0f64, 0f64);
-            for l in &b.linears {
+            for l in &model.block(i)?.linears {
                 let n = l.weight.elem_count() as f64;
                 z += l.sparsity()? * n;
                 t += n;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::esd::{alpha_hat, eigenvalues};
 use super::mask::wanda_metric;
 use super::sparsegpt::Hessian;
+use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
 /// The block statistic F of dlp-spec.md §2.2 / §10.1.
@@ -59,29 +60,10 @@ impl ScoreStats {
     /// of the top 16 bits of the order-preserving key of every value, then a selection inside
     /// the one bucket that holds the median). For a 7B block this saves a copy of its 200 M scores.
     pub fn of_parts(parts: &[&[f32]]) -> Self {
-        let n: usize = parts.iter().map(|p| p.len()).sum();
-        if n == 0 {
-            return Self::default();
-        }
-        let mut hist = vec![0usize; 1 << 16];
-        let all = parts.iter().flat_map(|p| p.iter().copied());
-        let m = Moments::of(all.inspect(|&v| hist[(order_key(v) >> 16) as usize] += 1));
-        let k = (n - 1) / 2;
-        let (mut below, mut bucket) = (0usize, 0usize);
-        for (b, &c) in hist.iter().enumerate() {
-            if below + c > k {
-                bucket = b;
-                break;
-            }
-            below += c;
-        }
-        let mut inside: Vec<f32> = parts
-            .iter()
-            .flat_map(|p| p.iter().copied())
-            .filter(|&v| (order_key(v) >> 16) as usize == bucket)
-            .collect();
-        let (_, &mut median, _) = inside.select_nth_unstable_by(k - below, |a, b| a.total_cmp(b));
-        m.finish(n, median)
+        let mut r = RadixStats::default();
+        parts.iter().for_each(|p| r.first_pass(p));
+        parts.iter().for_each(|p| r.second_pass(p));
+        r.finish()
     }
 
     pub fn get(&self, f: Statistic) -> f64 {
@@ -96,6 +78,76 @@ impl ScoreStats {
     }
 }
 
+/// [`ScoreStats`] of a sequence of parts seen twice, so that only one part needs to exist at a
+/// time (a 7B block's scores are recomputed linear by linear rather than held together). The
+/// first pass sums in order and builds a histogram of the top 16 bits of each value's
+/// order-preserving key; the second keeps the values of the one bucket that holds the lower
+/// median, which a selection then finds exactly.
+pub struct RadixStats {
+    moments: Moments,
+    n: usize,
+    hist: Vec<usize>,
+    /// After the first pass: the median's bucket and the count of values below it.
+    target: Option<(usize, usize)>,
+    inside: Vec<f32>,
+}
+
+impl Default for RadixStats {
+    fn default() -> Self {
+        Self {
+            moments: Moments::new(),
+            n: 0,
+            hist: vec![0; 1 << 16],
+            target: None,
+            inside: Vec::new(),
+        }
+    }
+}
+
+impl RadixStats {
+    pub fn first_pass(&mut self, part: &[f32]) {
+        for &v in part {
+            self.moments.add(v);
+            self.hist[(order_key(v) >> 16) as usize] += 1;
+        }
+        self.n += part.len();
+    }
+
+    /// Mean of everything seen in the first pass.
+    pub fn mean(&self) -> f64 {
+        self.moments.sum / self.n as f64
+    }
+
+    pub fn second_pass(&mut self, part: &[f32]) {
+        let (bucket, _) = *self.target.get_or_insert_with(|| {
+            let k = self.n.saturating_sub(1) / 2;
+            let mut below = 0;
+            for (b, &c) in self.hist.iter().enumerate() {
+                if below + c > k {
+                    return (b, below);
+                }
+                below += c;
+            }
+            (0, 0)
+        });
+        self.inside.extend(
+            part.iter()
+                .copied()
+                .filter(|&v| (order_key(v) >> 16) as usize == bucket),
+        );
+    }
+
+    pub fn finish(mut self) -> ScoreStats {
+        if self.n == 0 {
+            return ScoreStats::default();
+        }
+        let (_, below) = self.target.unwrap_or((0, 0));
+        let k = (self.n - 1) / 2 - below;
+        let (_, &mut median, _) = self.inside.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+        self.moments.finish(self.n, median)
+    }
+}
+
 /// Sums (f64, in the values' order) and the maximum of a set of scores.
 struct Moments {
     sum: f64,
@@ -104,17 +156,23 @@ struct Moments {
 }
 
 impl Moments {
-    fn of(values: impl Iterator<Item = f32>) -> Self {
-        let mut m = Self {
+    fn new() -> Self {
+        Self {
             sum: 0.0,
             sq: 0.0,
             max: f32::NEG_INFINITY,
-        };
-        for v in values {
-            m.sum += v as f64;
-            m.sq += (v as f64) * (v as f64);
-            m.max = m.max.max(v);
         }
+    }
+
+    fn add(&mut self, v: f32) {
+        self.sum += v as f64;
+        self.sq += (v as f64) * (v as f64);
+        self.max = self.max.max(v);
+    }
+
+    fn of(values: impl Iterator<Item = f32>) -> Self {
+        let mut m = Self::new();
+        values.for_each(|v| m.add(v));
         m
     }
 
@@ -158,7 +216,8 @@ pub struct Calibration {
     /// OWL outlier ratio (percent of scores > M · mean) per block, for `owl_m`.
     pub owl: Vec<f64>,
     pub owl_m: f64,
-    /// AlphaPruning's α̂ per block and linear (weights only, §4.7).
+    /// AlphaPruning's α̂ per block and linear (weights only, §4.7). Empty when calibration was
+    /// asked to skip the spectra (one eigenvalue problem per linear: minutes per block at 7B).
     pub esd: Vec<[f64; 7]>,
     pub seconds: f64,
 }
@@ -197,18 +256,6 @@ pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>>
         .collect()
 }
 
-/// Forward block `i` over every batch, recording its linears' input statistics. Returns the
-/// statistics and (when `propagate`) the block outputs.
-pub fn observe_block(
-    model: &Llama,
-    i: usize,
-    xs: &[Tensor],
-    propagate: bool,
-) -> Result<(Vec<InputStats>, Vec<Tensor>)> {
-    let o = observe_block_with(model, i, xs, propagate, false)?;
-    Ok((o.stats, o.outputs))
-}
-
 /// What one pass through a block recorded.
 pub struct Observed {
     pub stats: Vec<InputStats>,
@@ -218,15 +265,16 @@ pub struct Observed {
     pub hessians: Option<Vec<Hessian>>,
 }
 
-/// As `observe_block`, also accumulating each linear's input Hessian (SparseGPT) when asked.
+/// Forward one block (taken with [`Llama::block`]) over every batch, recording its linears'
+/// input statistics, and when asked the block outputs and each linear's input Hessian
+/// (SparseGPT).
 pub fn observe_block_with(
     model: &Llama,
-    i: usize,
+    blk: &Block,
     xs: &[Tensor],
     propagate: bool,
     hessians: bool,
 ) -> Result<Observed> {
-    let blk = &model.blocks[i];
     let mut stats: Vec<InputStats> = LinearKind::ALL
         .iter()
         .map(|&k| InputStats::new(blk.linear(k).in_features()))
@@ -256,7 +304,7 @@ pub fn observe_block_with(
                 _ => Ok(()),
             }
         };
-        let y = model.forward_block(i, x, 0, None, Some(&mut obs))?;
+        let y = model.forward_block_with(blk, x, 0, None, Some(&mut obs))?;
         if propagate {
             outs.push(y);
         }
@@ -283,25 +331,73 @@ pub fn weights_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Wanda scores of block `i`'s 7 linears (dense weights, given input statistics).
-fn block_scores(model: &Llama, i: usize, inputs: &[InputStats]) -> Result<Vec<Vec<f32>>> {
-    let blk = &model.blocks[i];
-    LinearKind::ALL
-        .iter()
-        .map(|&k| {
-            let l = blk.linear(k);
-            Ok(wanda_metric(
-                &weights_f32(&l.weight)?,
-                l.in_features(),
-                &inputs[k.index()].sq_norm,
-            ))
-        })
-        .collect()
+/// Wanda scores of one linear of a block (dense weights, given input statistics).
+fn linear_scores(blk: &Block, k: LinearKind, inputs: &[InputStats]) -> Result<Vec<f32>> {
+    let l = blk.linear(k);
+    Ok(wanda_metric(
+        &weights_f32(&l.weight)?,
+        l.in_features(),
+        &inputs[k.index()].sq_norm,
+    ))
 }
 
-/// AlphaPruning's α̂ of block `i`'s 7 linears.
-fn block_alphas(model: &Llama, i: usize) -> Result<[f64; 7]> {
-    let blk = &model.blocks[i];
+/// What calibration keeps of one block's Wanda scores.
+struct BlockScores {
+    block: ScoreStats,
+    linears: Vec<ScoreStats>,
+    owl: f64,
+}
+
+/// The block's score statistics and OWL ratio, holding one linear's scores at a time: a first
+/// pass gives the sums, the per-linear statistics and the median's histogram; a second pass
+/// recomputes the scores to count outliers and keep the median's bucket. Identical to the
+/// statistics of the 7 linears' scores concatenated.
+fn block_scores(blk: &Block, inputs: &[InputStats], owl_m: f64) -> Result<BlockScores> {
+    let mut r = RadixStats::default();
+    let mut linears = Vec::with_capacity(7);
+    for k in LinearKind::ALL {
+        let mut s = linear_scores(blk, k, inputs)?;
+        r.first_pass(&s);
+        linears.push(ScoreStats::of(&mut s));
+    }
+    let thresh = (owl_m * r.mean()) as f32;
+    let mut above = 0usize;
+    for k in LinearKind::ALL {
+        let s = linear_scores(blk, k, inputs)?;
+        above += s.iter().filter(|&&v| v > thresh).count();
+        r.second_pass(&s);
+    }
+    let block = r.finish();
+    Ok(BlockScores {
+        owl: 100.0 * above as f64 / block.numel as f64,
+        block,
+        linears,
+    })
+}
+
+/// OWL's layerwise outlier density in percent: share of the block's scores above `m` × their
+/// mean (two passes over the linears, one linear's scores at a time).
+fn block_owl(blk: &Block, inputs: &[InputStats], m: f64) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for k in LinearKind::ALL {
+        let s = linear_scores(blk, k, inputs)?;
+        // Summed in the same order as calibration's first pass, so equal M gives equal ratios.
+        s.iter().for_each(|&v| sum += v as f64);
+        n += s.len();
+    }
+    let thresh = (m * sum / n as f64) as f32;
+    let mut above = 0usize;
+    for k in LinearKind::ALL {
+        above += linear_scores(blk, k, inputs)?
+            .iter()
+            .filter(|&&v| v > thresh)
+            .count();
+    }
+    Ok(100.0 * above as f64 / n as f64)
+}
+
+/// AlphaPruning's α̂ of a block's 7 linears.
+fn block_alphas(blk: &Block) -> Result<[f64; 7]> {
     let mut out = [0f64; 7];
     for k in LinearKind::ALL {
         let l = blk.linear(k);
@@ -311,22 +407,14 @@ fn block_alphas(model: &Llama, i: usize) -> Result<[f64; 7]> {
     Ok(out)
 }
 
-/// OWL's layerwise outlier density in percent: share of scores above `m` × their mean.
-pub fn outlier_ratio(scores: &[Vec<f32>], m: f64) -> f64 {
-    let n: usize = scores.iter().map(|s| s.len()).sum();
-    let mean = scores.iter().flatten().map(|&v| v as f64).sum::<f64>() / n as f64;
-    let thresh = (m * mean) as f32;
-    let count = scores.iter().flatten().filter(|&&v| v > thresh).count();
-    100.0 * count as f64 / n as f64
-}
-
 /// The dense ratio pass: block by block, dense activations propagated (§2.1, §8.7). Each block is
-/// forwarded once (the reference code forwards twice with identical results). `progress` may
-/// return `false` to cancel.
+/// forwarded once (the reference code forwards twice with identical results). With `spectra`,
+/// AlphaPruning's α̂ of every linear too. `progress` may return `false` to cancel.
 pub fn calibrate(
     model: &Llama,
     windows: &[Vec<u32>],
     owl_m: f64,
+    spectra: bool,
     progress: &mut dyn FnMut(BlockProgress) -> bool,
 ) -> Result<Calibration> {
     let started = Instant::now();
@@ -343,16 +431,19 @@ pub fn calibrate(
         seconds: 0.0,
     };
     for i in 0..n {
-        let (stats, outs) = observe_block(model, i, &xs, i + 1 < n)?;
-        xs = outs;
-        let mut scores = block_scores(model, i, &stats)?;
-        cal.owl.push(outlier_ratio(&scores, owl_m));
-        cal.linears
-            .push(scores.iter_mut().map(|s| ScoreStats::of(s)).collect());
-        let parts: Vec<&[f32]> = scores.iter().map(|s| s.as_slice()).collect();
-        cal.blocks.push(ScoreStats::of_parts(&parts));
-        cal.inputs.push(stats);
-        cal.esd.push(block_alphas(model, i)?);
+        // One block's weights at a time (read now when the model is offloaded).
+        let blk = model.block(i)?;
+        let o = observe_block_with(model, &blk, &xs, i + 1 < n, false)?;
+        xs = o.outputs;
+        let s = block_scores(&blk, &o.stats, owl_m)?;
+        cal.owl.push(s.owl);
+        cal.linears.push(s.linears);
+        cal.blocks.push(s.block);
+        cal.inputs.push(o.stats);
+        if spectra {
+            cal.esd.push(block_alphas(&blk)?);
+        }
+        drop(blk);
         if !progress(BlockProgress {
             block: i + 1,
             blocks: n,
@@ -367,10 +458,17 @@ pub fn calibrate(
     Ok(cal)
 }
 
+/// AlphaPruning's α̂ of every linear, from the weights alone (for a calibration made without).
+pub fn spectra(model: &Llama) -> Result<Vec<[f64; 7]>> {
+    (0..model.blocks.len())
+        .map(|i| block_alphas(&*model.block(i)?))
+        .collect()
+}
+
 /// Recompute OWL ratios for another M from the dense weights and cached input statistics.
 pub fn owl_ratios(model: &Llama, cal: &Calibration, m: f64) -> Result<Vec<f64>> {
     (0..model.blocks.len())
-        .map(|i| Ok(outlier_ratio(&block_scores(model, i, &cal.inputs[i])?, m)))
+        .map(|i| block_owl(&*model.block(i)?, &cal.inputs[i], m))
         .collect()
 }
 
@@ -387,6 +485,52 @@ mod tests {
         assert!((s.var - 5.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.get(Statistic::Sum), 10.0);
         assert_eq!(s.get(Statistic::Max), 4.0);
+    }
+
+    #[test]
+    fn block_scores_stream_equals_the_concatenation() -> Result<()> {
+        use crate::model::PrunableLinear;
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        // q, k, v, o, gate, up, down of a toy block (hidden 8, kv 4, ffn 12).
+        let shapes = [(8, 8), (4, 8), (4, 8), (8, 8), (12, 8), (12, 8), (8, 12)];
+        let linears: Vec<PrunableLinear> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, &(r, c))| {
+                let w = Tensor::randn(0f32, 1.0, (r, c), &dev)?;
+                Ok(PrunableLinear::new(format!("l{k}"), w, None))
+            })
+            .collect::<Result<_>>()?;
+        let inputs: Vec<InputStats> = shapes
+            .iter()
+            .map(|&(_, c)| InputStats {
+                sq_norm: (0..c).map(|j| 0.5 + j as f32).collect(),
+                n: 1,
+            })
+            .collect();
+        let blk = Block {
+            input_layernorm: Tensor::ones(8, DType::F32, &dev)?,
+            post_attention_layernorm: Tensor::ones(8, DType::F32, &dev)?,
+            linears: linears.try_into().unwrap(),
+            resident: true,
+        };
+        let all: Vec<Vec<f32>> = LinearKind::ALL
+            .iter()
+            .map(|&k| linear_scores(&blk, k, &inputs))
+            .collect::<Result<_>>()?;
+        let mut flat: Vec<f32> = all.iter().flatten().copied().collect();
+        let mean = flat.iter().map(|&v| v as f64).sum::<f64>() / flat.len() as f64;
+        let above = flat.iter().filter(|&&v| v > (3.0 * mean) as f32).count();
+        let s = block_scores(&blk, &inputs, 3.0)?;
+        assert_eq!(s.block, ScoreStats::of(&mut flat));
+        assert_eq!(s.owl, 100.0 * above as f64 / flat.len() as f64);
+        assert!(above > 0, "the toy block has outliers above 3× the mean");
+        assert_eq!(block_owl(&blk, &inputs, 3.0)?, s.owl);
+        for (k, mut v) in all.into_iter().enumerate() {
+            assert_eq!(s.linears[k], ScoreStats::of(&mut v));
+        }
+        Ok(())
     }
 
     #[test]
@@ -412,15 +556,5 @@ mod tests {
             ScoreStats::of_parts(&[&even[..1], &even[1..]]),
             ScoreStats::of(&mut even)
         );
-    }
-
-    #[test]
-    fn outlier_ratio_counts_above_m_times_mean() {
-        let s = vec![
-            vec![1.0f32, 1.0, 1.0, 1.0],
-            vec![1.0, 1.0, 1.0, 1.0, 1.0, 11.0],
-        ];
-        // mean = 2.0; M = 5 → threshold 10 → one of ten
-        assert!((outlier_ratio(&s, 5.0) - 10.0).abs() < 1e-12);
     }
 }
