@@ -367,7 +367,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             index: i,
             score: pl.scores[i],
             outlier_ratio: cal.owl[i],
-            esd_alpha: cal.esd[i].iter().sum::<f64>() / 7.0,
+            esd_alpha: cal.esd.get(i).map(|a| a.iter().sum::<f64>() / 7.0),
             target_sparsity: pl.block[i],
             achieved_sparsity: Some(got[i]),
             n_of_m: pl.n_of_m.as_ref().map(|v| v[i]),
@@ -467,11 +467,13 @@ fn print_table(r: &Report) {
     for b in &r.blocks {
         let n = b.n_of_m.map(|n| format!(" {n:>4}")).unwrap_or_default();
         println!(
-            "{:>5} {:>12.6} {:>9.3} {:>7.3} {:>8.4} {:>9.4}{n}",
+            "{:>5} {:>12.6} {:>9.3} {:>7} {:>8.4} {:>9.4}{n}",
             b.index,
             b.score,
             b.outlier_ratio,
-            b.esd_alpha,
+            b.esd_alpha
+                .map(|a| format!("{a:.3}"))
+                .unwrap_or_else(|| "-".into()),
             b.target_sparsity,
             b.achieved_sparsity.unwrap_or(f64::NAN)
         );

@@ -86,9 +86,10 @@ pub struct BlockReport {
     pub score: f64,
     /// OWL outlier ratio (percent) at `params.owl_m`.
     pub outlier_ratio: f64,
-    /// AlphaPruning's α̂, the mean over the block's 7 linears.
+    /// AlphaPruning's α̂, the mean over the block's 7 linears; `null` when the run skipped the
+    /// spectra (they are computed for `--allocation alpha` and in the explorer).
     #[serde(default)]
-    pub esd_alpha: f64,
+    pub esd_alpha: Option<f64>,
     pub target_sparsity: f64,
     /// Measured zeros after masking; `null` in a configuration exported before applying it.
     pub achieved_sparsity: Option<f64>,

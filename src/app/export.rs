@@ -25,11 +25,7 @@ impl State {
                 index: i,
                 score: plan.scores[i],
                 outlier_ratio: cal.owl[i],
-                esd_alpha: cal
-                    .esd
-                    .get(i)
-                    .map(|a| a.iter().sum::<f64>() / 7.0)
-                    .unwrap_or(0.0),
+                esd_alpha: cal.esd.get(i).map(|a| a.iter().sum::<f64>() / 7.0),
                 target_sparsity: plan.block[i],
                 achieved_sparsity: achieved.as_ref().map(|a| a[i]),
                 n_of_m: plan.n_of_m.as_ref().map(|v| v[i]),

@@ -16,8 +16,8 @@ pub struct Estimate {
     /// With `--offload`: the block weights left in their file (memory-mapped, read one block at
     /// a time; the OS may keep their pages cached, but they are not needed at once). 0 without.
     pub offloaded: u64,
-    /// Calibration activations: the block inputs and outputs of every window (f32), two copies
-    /// while a block's outputs replace its inputs.
+    /// Calibration activations: the block inputs and outputs of every window (compute dtype),
+    /// two copies while a block's outputs replace its inputs.
     pub activations: u64,
     /// Inside one block's forward for one batch: attention scores and the MLP's intermediates.
     pub block_workspace: u64,
@@ -60,9 +60,10 @@ impl Estimate {
             true => (all_weights - (l - 1) * block_weights, l * block_weights),
             false => (all_weights, 0),
         };
-        let activations = 2 * n * t * h * 4;
+        let db = dtype_bytes as u64;
+        let activations = 2 * n * t * h * db;
         // Scores [b, heads, t, t] plus softmax output, and gate/up/act/product [b, t, i].
-        let block_workspace = 2 * b * c.num_attention_heads as u64 * t * t * 4 + 4 * b * t * i * 4;
+        let block_workspace = (2 * b * c.num_attention_heads as u64 * t * t + 4 * b * t * i) * db;
         // Per block, the 7 linears' input widths: q, k, v, gate, up take h; o takes heads·d; down i.
         let o_in = (c.num_attention_heads * c.head_dim) as u64;
         let kv = (c.num_key_value_heads * c.head_dim) as u64;

@@ -210,3 +210,110 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Llama-2-7B's layer shape, for the memory tests (`tests/offload_memory.rs`, `tests/cuda.rs`).
+pub const HIDDEN: usize = 4096;
+pub const FFN: usize = 11008;
+pub const HEADS: usize = 32;
+
+/// Write `model.safetensors` (bf16, as HF checkpoints ship) tensor by tensor, generating the
+/// random values in slices so the writer never holds a whole matrix.
+pub fn write_shaped_safetensors(path: &Path, vocab: usize, blocks: usize) -> u64 {
+    use std::io::Write;
+    let mut tensors: Vec<(String, Vec<usize>, f32)> = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, HIDDEN],
+        0.02,
+    )];
+    for i in 0..blocks {
+        let p = format!("model.layers.{i}");
+        for (n, shape) in [
+            ("self_attn.q_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.k_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.v_proj", [HIDDEN, HIDDEN]),
+            ("self_attn.o_proj", [HIDDEN, HIDDEN]),
+            ("mlp.gate_proj", [FFN, HIDDEN]),
+            ("mlp.up_proj", [FFN, HIDDEN]),
+            ("mlp.down_proj", [HIDDEN, FFN]),
+        ] {
+            let scale = 1.0 / (shape[1] as f32).sqrt();
+            tensors.push((format!("{p}.{n}.weight"), shape.to_vec(), scale));
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push((format!("{p}.{n}.weight"), vec![HIDDEN], 0.0));
+        }
+    }
+    tensors.push(("model.norm.weight".into(), vec![HIDDEN], 0.0));
+
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, _) in &tensors {
+        let bytes = shape.iter().product::<usize>() * 2;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&h).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (_, shape, scale) in &tensors {
+        let mut left = shape.iter().product::<usize>();
+        while left > 0 {
+            let n = left.min(1 << 19);
+            buf.clear();
+            for _ in 0..n {
+                let v = if *scale == 0.0 {
+                    1.0f32 // norm weights
+                } else {
+                    // xorshift64*, uniform in (−√3·scale, √3·scale): unit variance × scale.
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    let u =
+                        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                    (2.0 * u - 1.0) * 1.732 * scale
+                };
+                buf.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+            }
+            f.write_all(&buf).unwrap();
+            left -= n;
+        }
+    }
+    f.flush().unwrap();
+    (8 + h.len() + offset) as u64
+}
+
+/// A folder (config.json, tokenizer.json of the tiny models, bf16 model.safetensors) of a
+/// random model with Llama-2-7B's layer shape and `blocks` blocks. Returns the folder, the
+/// safetensors file's size and the vocabulary size.
+pub fn write_shaped_folder(dir: &Path, blocks: usize) -> (PathBuf, u64, usize) {
+    // The tokenizer of the tiny test models (258 tokens) sets the vocabulary.
+    let tiny = Tiny::default();
+    let (gguf, _) = tiny.gguf_in(dir, 1);
+    let tok = dlpx::model::load_gguf(&gguf, &Device::Cpu, DType::F32, &mut |_| {})
+        .unwrap()
+        .tokenizer;
+    let vocab = tok.get_vocab_size(true);
+    let folder = dir.join("shaped");
+    std::fs::create_dir(&folder).unwrap();
+    tok.save(folder.join("tokenizer.json"), false).unwrap();
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": blocks,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "vocab_size": vocab,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true
+    });
+    std::fs::write(folder.join("config.json"), cfg.to_string()).unwrap();
+    let file_bytes = write_shaped_safetensors(&folder.join("model.safetensors"), vocab, blocks);
+
+    (folder, file_bytes, vocab)
+}
