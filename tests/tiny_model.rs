@@ -546,3 +546,31 @@ fn offload_matches_resident() {
         }
     }
 }
+
+/// Options every command takes work before or after the subcommand; an explorer option before a
+/// subcommand (which would silently ignore it) is refused by name.
+#[test]
+fn option_placement() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--device", "cpu", "schema"][..],
+        &["schema", "--device", "cpu"],
+    ] {
+        let o = run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("schema_version"));
+    }
+    let o = run(&["--calib", "c4", "prune"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("`--calib` before `prune`"), "{e}");
+}
