@@ -274,7 +274,10 @@ impl Worker {
                 eval: Some(eval_set.clone()),
             },
             numel: linear_numel(&m.llama),
-            device: crate::device::describe(&s.device),
+            device: match s.place {
+                Placement::Offload => format!("{} · offload", crate::device::describe(&s.device)),
+                Placement::Resident => crate::device::describe(&s.device),
+            },
             protocol: crate::prune_cmd::protocol_text(
                 eval_set.windows,
                 s.seq_len,

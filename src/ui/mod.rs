@@ -99,7 +99,10 @@ fn draw_header(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 i.blocks,
                 i.parameters as f64 / 1e6,
                 m.device.split(' ').next().unwrap_or(""),
-                i.dtype,
+                match m.device.ends_with("offload") {
+                    true => format!("{} offload", i.dtype),
+                    false => i.dtype.clone(),
+                },
                 d.calib.windows,
                 d.calib.seq_len,
                 d.eval
