@@ -200,62 +200,7 @@ impl GgufFile {
         }
         Ok(t)
     }
-}
 
-/// An offloaded GGUF model's weights: tensors stay quantized in the file and are read and
-/// dequantized one at a time.
-pub struct GgufSource {
-    file: std::sync::Mutex<GgufFile>,
-    /// HF name → GGUF name.
-    names: HashMap<String, String>,
-    cfg: LlamaConfig,
-}
-
-impl GgufSource {
-    pub fn new(file: GgufFile, cfg: &LlamaConfig) -> Self {
-        let names = file
-            .content
-            .tensor_infos
-            .keys()
-            .filter_map(|g| gguf_to_hf_name(g).map(|h| (h, g.clone())))
-            .collect();
-        Self {
-            file: std::sync::Mutex::new(file),
-            names,
-            cfg: cfg.clone(),
-        }
-    }
-}
-
-impl super::WeightSource for GgufSource {
-    fn tensor(
-        &self,
-        name: &str,
-        device: &Device,
-        dtype: DType,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let Some(g) = self.names.get(name) else {
-            return Ok(None);
-        };
-        let permuted = matches!(self.cfg.arch, Arch::Llama | Arch::Mistral);
-        let mut f = self
-            .file
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("GGUF reader poisoned".into()))?;
-        let t = f
-            .read_f32(g, &self.cfg, permuted)
-            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
-        Ok(Some(t.to_device(device)?.to_dtype(dtype)?))
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let g = self.names.get(name)?;
-        let f = self.file.lock().ok()?;
-        Some(f.content.tensor_infos.get(g)?.shape.dims().to_vec())
-    }
-}
-
-impl GgufFile {
     /// Build the tokenizer described by the `tokenizer.ggml.*` metadata.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let model = match self.meta("tokenizer.ggml.model") {
@@ -360,6 +305,59 @@ impl GgufFile {
         tok.add_special_tokens(specials)
             .map_err(|e| eyre!("adding control tokens: {e}"))?;
         Ok(tok)
+    }
+}
+
+/// An offloaded GGUF model's weights: tensors stay quantized in the file and are read and
+/// dequantized one at a time.
+pub struct GgufSource {
+    file: std::sync::Mutex<GgufFile>,
+    /// HF name → GGUF name.
+    names: HashMap<String, String>,
+    cfg: LlamaConfig,
+}
+
+impl GgufSource {
+    pub fn new(file: GgufFile, cfg: &LlamaConfig) -> Self {
+        let names = file
+            .content
+            .tensor_infos
+            .keys()
+            .filter_map(|g| gguf_to_hf_name(g).map(|h| (h, g.clone())))
+            .collect();
+        Self {
+            file: std::sync::Mutex::new(file),
+            names,
+            cfg: cfg.clone(),
+        }
+    }
+}
+
+impl super::WeightSource for GgufSource {
+    fn tensor(
+        &self,
+        name: &str,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some(g) = self.names.get(name) else {
+            return Ok(None);
+        };
+        let permuted = matches!(self.cfg.arch, Arch::Llama | Arch::Mistral);
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("GGUF reader poisoned".into()))?;
+        let t = f
+            .read_f32(g, &self.cfg, permuted)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        Ok(Some(t.to_device(device)?.to_dtype(dtype)?))
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let g = self.names.get(name)?;
+        let f = self.file.lock().ok()?;
+        Some(f.content.tensor_infos.get(g)?.shape.dims().to_vec())
     }
 }
 

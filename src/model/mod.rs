@@ -194,7 +194,9 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.names.contains(name).then_some(())?;
+        if !self.names.contains(name) {
+            return None;
+        }
         Some(self.st.get(name).ok()?.shape().to_vec())
     }
 }
