@@ -489,6 +489,7 @@ fn protocol_loaders_on_local_files() {
 /// statistics (with the spectra), a faithful Wanda-DLP pruning, and the exported weights.
 #[test]
 fn offload_matches_resident() {
+    use dlpx::eval::perplexity::perplexity;
     use dlpx::model::Placement;
     use dlpx::prune::pipeline::{achieved, plan, prune_faithful, PruneParams};
     use dlpx::prune::stats::calibrate;
@@ -512,6 +513,9 @@ fn offload_matches_resident() {
         let x = ids(&[1, 104, 105, 257, 3]);
         let logits = |m: &model::LoadedModel| m.llama.forward(&x, 0, None).unwrap();
         assert_eq!(max_abs_diff(&logits(&res), &logits(&off)), 0.0, "{src:?}");
+        // Offloaded perplexity runs block by block (each block read once): same NLL, exactly.
+        let ppl = |l: &dlpx::model::Llama| perplexity(l, &windows, &mut |_, _| true).unwrap();
+        assert_eq!(ppl(&res.llama), ppl(&off.llama));
 
         let cal_r = calibrate(&res.llama, &windows, 5.0, true, &mut |_| true).unwrap();
         let cal_o = calibrate(&off.llama, &windows, 5.0, true, &mut |_| true).unwrap();
@@ -537,6 +541,7 @@ fn offload_matches_resident() {
         assert_eq!(achieved(&pr).unwrap(), achieved(&po).unwrap());
         let after = |l: &dlpx::model::Llama| l.forward(&x, 0, None).unwrap();
         assert_eq!(max_abs_diff(&after(&pr), &after(&po)), 0.0);
+        assert_eq!(ppl(&pr), ppl(&po));
         // The dense offloaded model is untouched by pruning its copy.
         assert_eq!(max_abs_diff(&logits(&res), &logits(&off)), 0.0);
         let named = |l: &dlpx::model::Llama| l.named_tensors().unwrap();

@@ -24,6 +24,96 @@ pub fn batch_size_for(seq_len: usize, vocab: usize) -> usize {
     (512 * 1024 * 1024 / per_window.max(1)).clamp(1, 8)
 }
 
+/// Σ NLL of one batch from its final hidden states (`None`: run the whole model on `ids`).
+fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64> {
+    let seq_len = ids.dims()[1];
+    let logits = match hidden {
+        Some(h) => model.head(&h.to_device(&model.device)?)?,
+        None => model.forward(ids, 0, None)?,
+    };
+    let lsm = log_softmax_f32(&logits.narrow(1, 0, seq_len - 1)?)?;
+    let targets = ids.narrow(1, 1, seq_len - 1)?.unsqueeze(D::Minus1)?;
+    let picked = lsm
+        .gather(&targets.contiguous()?, D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(-picked.iter().map(|&x| x as f64).sum::<f64>())
+}
+
+fn ids_of(model: &Llama, chunk: &[Vec<u32>]) -> Result<Tensor> {
+    let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(
+        flat,
+        (chunk.len(), chunk[0].len()),
+        &model.device,
+    )?)
+}
+
+/// Batch by batch through the whole model.
+fn batch_major(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<f64> {
+    let (mut nll_sum, mut done) = (0f64, 0);
+    for chunk in windows.chunks(batch) {
+        nll_sum += batch_nll(model, &ids_of(model, chunk)?, None)?;
+        done += chunk.len();
+        if !progress(done, windows.len()) {
+            bail!("cancelled");
+        }
+    }
+    Ok(nll_sum)
+}
+
+/// Host memory for the hidden states of one group of windows in [`block_major`].
+const GROUP_BYTES: usize = 1 << 30;
+
+/// An offloaded model reads every block from its file for each forward, so evaluate block by
+/// block instead: the hidden states of a group of windows (up to [`GROUP_BYTES`]) go through
+/// block 0, then block 1, …, so each block is read once per group rather than once per batch.
+/// Same batches, same operations: the NLL equals [`batch_major`]'s exactly.
+fn block_major(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<f64> {
+    let per_window = windows[0].len() * model.config.hidden_size * model.dtype.size_in_bytes();
+    let group = (GROUP_BYTES / per_window.max(1) / batch).max(1) * batch;
+    let n = model.blocks.len();
+    let (mut nll_sum, mut done) = (0f64, 0);
+    for g in windows.chunks(group) {
+        let ids: Vec<Tensor> = g
+            .chunks(batch)
+            .map(|c| ids_of(model, c))
+            .collect::<Result<_>>()?;
+        let mut xs: Vec<Tensor> = ids
+            .iter()
+            .map(|i| model.embed(i)?.to_device(&model.activations_home()))
+            .collect::<candle_core::Result<_>>()?;
+        for b in 0..n {
+            let blk = model.block(b)?;
+            xs = xs
+                .iter()
+                .map(|x| model.forward_batch(&blk, x, None))
+                .collect::<candle_core::Result<_>>()?;
+            if !progress(done + g.len() * (b + 1) / (n + 1), windows.len()) {
+                bail!("cancelled");
+            }
+        }
+        for (i, x) in ids.iter().zip(&xs) {
+            nll_sum += batch_nll(model, i, Some(x))?;
+        }
+        done += g.len();
+        if !progress(done, windows.len()) {
+            bail!("cancelled");
+        }
+    }
+    Ok(nll_sum)
+}
+
 /// Perplexity of `model` over `windows`. `progress(done, total)` is called after each batch and
 /// may return `false` to cancel (then an error is returned).
 pub fn perplexity(
@@ -39,24 +129,10 @@ pub fn perplexity(
         bail!("evaluation windows must all have the same length ≥ 2");
     }
     let batch = batch_size_for(seq_len, model.config.vocab_size);
-    let mut nll_sum = 0f64;
-    let mut done = 0;
-    for chunk in windows.chunks(batch) {
-        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (chunk.len(), seq_len), &model.device)?;
-        let logits = model.forward(&ids, 0, None)?.narrow(1, 0, seq_len - 1)?;
-        let lsm = log_softmax_f32(&logits)?;
-        let targets = ids.narrow(1, 1, seq_len - 1)?.unsqueeze(D::Minus1)?;
-        let picked = lsm
-            .gather(&targets.contiguous()?, D::Minus1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        nll_sum -= picked.iter().map(|&x| x as f64).sum::<f64>();
-        done += chunk.len();
-        if !progress(done, windows.len()) {
-            bail!("cancelled");
-        }
-    }
+    let nll_sum = match model.offload {
+        None => batch_major(model, windows, batch, progress)?,
+        Some(_) => block_major(model, windows, batch, progress)?,
+    };
     let tokens = windows.len() * (seq_len - 1);
     Ok(Perplexity {
         ppl: (nll_sum / tokens as f64).exp(),

@@ -526,6 +526,28 @@ impl Llama {
         x + blk.linear(LinearKind::Down).forward(&a)?
     }
 
+    /// Where block-by-block passes keep the hidden states between blocks: in host memory for an
+    /// offloaded model (on a GPU the device then holds one block and one batch), else on the
+    /// compute device.
+    pub fn activations_home(&self) -> Device {
+        match self.offload {
+            Some(_) => Device::Cpu,
+            None => self.device.clone(),
+        }
+    }
+
+    /// Run `blk` on one batch kept at [`Llama::activations_home`]: moved to the device for the
+    /// forward, its output moved back.
+    pub fn forward_batch(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        observe: Option<Observer<'_>>,
+    ) -> Result<Tensor> {
+        let y = self.forward_block_with(blk, &x.to_device(&self.device)?, 0, None, observe)?;
+        y.to_device(&self.activations_home())
+    }
+
     /// Final norm and LM head: `[b, t, hidden]` → logits `[b, t, vocab]`.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         let h = rms_norm(

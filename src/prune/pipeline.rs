@@ -12,8 +12,7 @@ use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
 use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric, Metric, Pattern};
 use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
-    embed_windows, forward_batch, observe_block_with, weights_f32, BlockProgress, Calibration,
-    Statistic,
+    embed_windows, observe_block_with, weights_f32, BlockProgress, Calibration, Statistic,
 };
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
@@ -316,7 +315,7 @@ pub fn prune_faithful(
         if i + 1 < n {
             xs = xs
                 .iter()
-                .map(|x| forward_batch(model, &blk, x, None))
+                .map(|x| model.forward_batch(&blk, x, None))
                 .collect::<candle_core::Result<_>>()?;
         }
         model.store_block(i, blk)?;

@@ -241,28 +241,7 @@ pub fn batch_for(seq_len: usize) -> usize {
     (2048 / seq_len.max(1)).clamp(1, 8)
 }
 
-/// Where calibration keeps the hidden states between blocks: in host memory for an offloaded
-/// model on a GPU (the device then holds one block and one batch), else on the compute device.
-pub fn activations_home(model: &Llama) -> candle_core::Device {
-    match model.offload {
-        Some(_) => candle_core::Device::Cpu,
-        None => model.device.clone(),
-    }
-}
-
-/// Run block `blk` on one batch kept at [`activations_home`]: moved to the device for the
-/// forward, its output moved back.
-pub fn forward_batch(
-    model: &Llama,
-    blk: &Block,
-    x: &Tensor,
-    observe: Option<crate::model::linear::Observer<'_>>,
-) -> candle_core::Result<Tensor> {
-    let y = model.forward_block_with(blk, &x.to_device(&model.device)?, 0, None, observe)?;
-    y.to_device(&activations_home(model))
-}
-
-/// Embed all windows: one `[b, t, hidden]` tensor per batch, at [`activations_home`].
+/// Embed all windows: one `[b, t, hidden]` tensor per batch, at [`Llama::activations_home`].
 pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>> {
     let t = windows.first().map(|w| w.len()).unwrap_or(0);
     if t == 0 || windows.iter().any(|w| w.len() != t) {
@@ -273,7 +252,7 @@ pub fn embed_windows(model: &Llama, windows: &[Vec<u32>]) -> Result<Vec<Tensor>>
         .map(|c| {
             let flat: Vec<u32> = c.iter().flatten().copied().collect();
             let x = model.embed(&Tensor::from_vec(flat, (c.len(), t), &model.device)?)?;
-            Ok(x.to_device(&activations_home(model))?)
+            Ok(x.to_device(&model.activations_home())?)
         })
         .collect()
 }
@@ -326,7 +305,7 @@ pub fn observe_block_with(
                 _ => Ok(()),
             }
         };
-        let y = forward_batch(model, blk, x, Some(&mut obs))?;
+        let y = model.forward_batch(blk, x, Some(&mut obs))?;
         if propagate {
             outs.push(y);
         }
