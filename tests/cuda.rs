@@ -200,28 +200,32 @@ fn demo_model_on_cuda() {
     }
 }
 
-/// Device memory in use (MiB), sampled every 50 ms by `nvidia-smi` until `stop` is set; returns
-/// the largest sample.
+/// Device memory in use on GPU 0 (MiB), as `nvidia-smi` reports it.
+fn gpu_memory_used() -> u64 {
+    let o = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.used",
+            "--format=csv,noheader,nounits",
+            "-i",
+            "0",
+        ])
+        .output()
+        .expect("nvidia-smi");
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Device memory in use (MiB), sampled every 50 ms until `stop` is set; returns the largest
+/// sample.
 fn watch_gpu_memory(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let o = std::process::Command::new("nvidia-smi")
-                .args([
-                    "--query-gpu=memory.used",
-                    "--format=csv,noheader,nounits",
-                    "-i",
-                    "0",
-                ])
-                .output()
-                .expect("nvidia-smi");
-            let used: u64 = String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            peak = peak.max(used);
+            peak = peak.max(gpu_memory_used());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         peak
@@ -253,21 +257,7 @@ fn shaped_7b_offload_device_memory() {
         dev.synchronize().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let base = {
-            let o = std::process::Command::new("nvidia-smi")
-                .args([
-                    "--query-gpu=memory.used",
-                    "--format=csv,noheader,nounits",
-                    "-i",
-                    "0",
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<u64>()
-                .unwrap()
-        };
+        let base = gpu_memory_used();
         let w = watch_gpu_memory(stop.clone());
         let t0 = Instant::now();
         let m = model::load_placed(&src, &dev, DType::BF16, place, &mut |_| {}).unwrap();
