@@ -1,4 +1,6 @@
-//! `dlpx bench`: dense forward throughput on the demo protocol and tokenizer speed.
+//! `dlpx bench`: dense forward throughput and tokenizer speed; with `--prune` the pruning
+//! stages, with `--tui` the explorer's key-to-frame latency, with `--job` the whole `dlpx prune`
+//! job (wall time and peak memory). The work goes through the experiment layer; this only times.
 
 use std::time::Instant;
 
@@ -8,6 +10,8 @@ use color_eyre::eyre::Result;
 use crate::cli::BenchArgs;
 use crate::commands::Ctx;
 use crate::data::{DemoSplit, TextSource};
+use crate::experiment::{DataSpec, Experiment, Setup, Silent, Stage};
+use crate::model::{LoadedModel, ModelSource};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -15,6 +19,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
+    if a.job {
+        return job(ctx, a);
+    }
     let m = ctx.load_model(&a.model)?;
     let repeat = a.repeat.max(1);
     let p = &mut ctx.progress;
@@ -60,15 +67,16 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         "forward": {"windows": a.windows, "seq_len": a.seq_len, "median_s": fwd_s, "tokens_per_s": tokens / fwd_s, "gflops": gflops},
         "tokenizer": {"bytes": text.len(), "ids": n_ids, "median_s": tok_s, "mb_per_s": text.len() as f64 / 1e6 / tok_s},
     });
-    let v = if a.prune {
-        with_prune_stages(ctx, &m, &ids, v, a.json)?
-    } else {
-        v
+    let demo = (a.prune || a.tui)
+        .then(|| demo_experiment(ctx, m, a))
+        .transpose()?;
+    let v = match (&demo, a.prune) {
+        (Some(x), true) => with_prune_stages(ctx, x, v, a.json)?,
+        _ => v,
     };
-    let v = if a.tui {
-        with_tui_latency(ctx, &m, &text, &ids, v, a.json)?
-    } else {
-        v
+    let v = match (&demo, a.tui) {
+        (Some(x), true) => with_tui_latency(ctx, x, v, a.json)?,
+        _ => v,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -93,22 +101,37 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Time each pruning stage on the demo protocol (32 × 256 calibration, 64 × 256 evaluation).
+/// The demo protocol (32 × 256 calibration, 64 × 256 evaluation windows) on the benchmarked
+/// model, through the experiment layer as `dlpx prune` opens it.
+fn demo_experiment(ctx: &mut Ctx, m: LoadedModel, a: &BenchArgs) -> Result<Experiment> {
+    let setup = Setup {
+        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
+        place: ctx.place,
+        data: DataSpec::default(),
+        stats_cache: true,
+        dense_cache: true,
+        metric: crate::prune::mask::Metric::Wanda,
+        keeps_pruned_copy: true,
+    };
+    drop(m); // the experiment loads its own copy
+    Experiment::open(&setup, &mut ctx.progress)
+}
+
+/// Time each pruning stage on the demo protocol.
 fn with_prune_stages(
     ctx: &mut Ctx,
-    m: &crate::model::LoadedModel,
-    calib_ids: &[u32],
+    x: &Experiment,
     mut v: serde_json::Value,
     json: bool,
 ) -> Result<serde_json::Value> {
-    use crate::prune::pipeline::{plan, prune_faithful, prune_preview, PruneParams};
-    let calib = crate::data::windows(calib_ids, 256, 32, "calib")?;
-    let p = &mut ctx.progress;
-    let eval_text = TextSource::Demo(DemoSplit::Eval).load(&mut |s| p.status(s))?;
-    let eval = crate::data::windows(&m.encode(&eval_text)?, 256, 64, "eval")?;
+    use crate::prune::pipeline::{plan, PruneParams};
+    let m = &x.model;
     ctx.progress.status("timing: dense calibration pass");
+    // The engine's pass itself, never the statistics cache.
     let t = Instant::now();
-    let cal = crate::prune::stats::calibrate(&m.llama, &calib, 5.0, true, &mut |_| true)?;
+    let cal = crate::prune::stats::calibrate(&m.llama, &x.calib, 5.0, true, &mut |_| true)?;
     let dense_s = t.elapsed().as_secs_f64();
     let params = PruneParams::default();
     let mut us = Vec::new();
@@ -118,18 +141,23 @@ fn with_prune_stages(
     let alloc_us = median(us);
     let pl = plan(&m.llama, &cal, &params)?;
     ctx.progress.status("timing: preview masks");
+    let preview = PruneParams {
+        mode: crate::prune::pipeline::Mode::Preview,
+        ..params.clone()
+    };
     let mut pruned = m.llama.clone();
     let t = Instant::now();
-    prune_preview(&mut pruned, &cal, &pl, &params)?;
+    x.prune(&mut pruned, &cal, &pl, &preview, &mut Silent)?;
     let masks_s = t.elapsed().as_secs_f64();
+    drop(pruned);
     ctx.progress.status("timing: faithful pass");
     let mut faithful = m.llama.clone();
     let t = Instant::now();
-    prune_faithful(&mut faithful, &calib, &pl, &params, &mut |_| true)?;
+    x.prune(&mut faithful, &cal, &pl, &params, &mut Silent)?;
     let faithful_s = t.elapsed().as_secs_f64();
     ctx.progress.status("timing: evaluation");
     let t = Instant::now();
-    crate::eval::perplexity::perplexity(&faithful, &eval, &mut |_, _| true)?;
+    x.perplexity(&faithful, Stage::PrunedEval, &mut Silent)?;
     let eval_s = t.elapsed().as_secs_f64();
     v["prune"] = serde_json::json!({
         "dense_pass_s": dense_s, "allocate_median_us": alloc_us, "preview_masks_s": masks_s,
@@ -148,31 +176,18 @@ fn with_prune_stages(
 /// under 16 ms.
 fn with_tui_latency(
     ctx: &mut Ctx,
-    m: &crate::model::LoadedModel,
-    calib_text: &str,
-    calib_ids: &[u32],
+    x: &Experiment,
     mut v: serde_json::Value,
     json: bool,
 ) -> Result<serde_json::Value> {
     use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-    use crate::app::{ModelSummary, Msg, State};
-    use crate::prune::cache::{calibrate_cached, StatsKey};
-    use crate::prune::pipeline::{linear_numel, PruneParams};
-    use crate::report::DataInfo;
+    use crate::app::{Msg, State};
+    use crate::prune::pipeline::PruneParams;
 
-    let calib = crate::data::windows(calib_ids, 256, 32, "calib")?;
-    let data = crate::prune_cmd::dataset(
-        crate::data::demo::sha256_bytes(calib_text.as_bytes()),
-        32,
-        256,
-        "demo",
-        None,
-    );
-    let key = StatsKey::new(m, &data.sha256, 32, 256, ctx.dtype)?;
     ctx.progress
         .status("calibration statistics for the explorer latency");
-    let (cal, _) = calibrate_cached(m, &calib, Some(&key), 5.0, true, &mut |_| true, &mut |_| {})?;
+    let (cal, _) = x.calibrate(5.0, true, &mut Silent)?;
     let theme = crate::ui::theme::Theme::load("dark")?;
     let mut out = serde_json::Map::new();
     for (w, h) in [(80u16, 24u16), (200, 60)] {
@@ -180,17 +195,7 @@ fn with_tui_latency(
             PruneParams::default(),
             vec!["The capital of France is".into()],
         );
-        s.on_msg(Msg::Loaded(Box::new(ModelSummary {
-            info: crate::prune_cmd::model_info(m, ctx.dtype)?,
-            data: DataInfo {
-                calib: data.clone(),
-                eval: None,
-            },
-            numel: linear_numel(&m.llama),
-            device: crate::device::describe(&ctx.device),
-            protocol: String::new(),
-            memory_gib: 0.0,
-        })));
+        s.on_msg(Msg::Loaded(Box::new(x.summary.clone())));
         s.on_msg(Msg::Calibrated {
             cal: std::sync::Arc::new(cal.clone()),
             cache_hit: true,
@@ -224,4 +229,61 @@ fn with_tui_latency(
     }
     v["tui_latency"] = serde_json::Value::Object(out);
     Ok(v)
+}
+
+/// The whole demo job as `dlpx prune --no-stats-cache` runs it, in this process: wall time from
+/// the start of loading and the peak resident memory (VmHWM, Linux).
+fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
+    use crate::prune::pipeline::{plan, PruneParams};
+    let started = Instant::now();
+    let setup = Setup {
+        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
+        place: ctx.place,
+        data: DataSpec::default(),
+        stats_cache: false,
+        dense_cache: true,
+        metric: crate::prune::mask::Metric::Wanda,
+        keeps_pruned_copy: false,
+    };
+    let obs = &mut ctx.progress;
+    let mut x = Experiment::open(&setup, obs)?;
+    let t = Instant::now();
+    let (dense, dense_cached) = x.dense_perplexity(obs)?;
+    let dense_s = t.elapsed().as_secs_f64();
+    let params = PruneParams::default();
+    let (cal, _) = x.calibrate(params.owl_m, false, obs)?;
+    let pl = plan(&x.model.llama, &cal, &params)?;
+    x.prune_in_place(&cal, &pl, &params, obs)?;
+    let pruned = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let peak_mib = peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let v = serde_json::json!({
+        "job": "demo, Wanda, DLP median, p 0.7, faithful, 32×256 calibration, 64×256 evaluation",
+        "wall_s": wall_s,
+        "peak_rss_mib": peak_mib,
+        "dense_ppl": dense,
+        "dense_from_cache": dense_cached,
+        "dense_eval_s": dense_s,
+        "pruned_ppl": pruned,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "job        demo Wanda-DLP p 0.7 faithful, 64-window eval: {wall_s:.1}s wall, peak RSS {}, dense perplexity {} ({:.1}s)",
+            peak_mib.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into()),
+            if dense_cached { "from the cache" } else { "measured" },
+            dense_s
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB; `None` off Linux.
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

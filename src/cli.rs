@@ -56,16 +56,16 @@ pub struct TuiArgs {
     #[arg(long, default_value = "demo")]
     pub eval: String,
     /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEED)]
     pub seed: u64,
     /// Number of calibration windows.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
     pub calib_samples: usize,
     /// Tokens per calibration and evaluation window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
     pub seq_len: usize,
     /// Number of evaluation windows (0 = all).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
     pub eval_windows: usize,
     /// Colour theme: dark, light, 16color, or a path to a .toml theme (NO_COLOR turns colours off).
     #[arg(long, default_value = "dark")]
@@ -82,6 +82,11 @@ pub struct TuiArgs {
     /// Recompute the calibration statistics even when the on-disk cache has them.
     #[arg(long)]
     pub no_stats_cache: bool,
+    /// Use no on-disk cache: recompute the calibration statistics and measure the dense model's
+    /// perplexity and generations again (by default they are reused when model, dtype, device
+    /// and windows are the same).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -193,6 +198,11 @@ pub struct PruneArgs {
     /// Recompute the calibration statistics even when the on-disk cache has them.
     #[arg(long)]
     pub no_stats_cache: bool,
+    /// Use no on-disk cache: recompute the calibration statistics and measure the dense model's
+    /// perplexity and generations again (by default they are reused when model, dtype, device
+    /// and windows are the same).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Write the report (also a replayable config) as JSON.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
@@ -238,10 +248,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "demo")]
     pub data: String,
     /// Tokens per window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
     pub seq_len: usize,
     /// Number of windows (the first N non-overlapping windows; 0 = all, the tail dropped).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
     pub windows: usize,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -312,6 +322,11 @@ pub struct BenchArgs {
     /// Also time the explorer's key press → reallocation → redrawn frame on the demo statistics.
     #[arg(long)]
     pub tui: bool,
+    /// Time only the whole `dlpx prune` job on the demo protocol (Wanda, DLP median, p 0.7,
+    /// faithful, 64 evaluation windows, calibration statistics recomputed): wall time and peak
+    /// memory (VmHWM) of this process. Run it twice: the second run reuses the dense results.
+    #[arg(long, conflicts_with_all = ["prune", "tui"])]
+    pub job: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -320,10 +335,10 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub config_json: std::path::PathBuf,
     /// Calibration windows.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
     pub calib_samples: usize,
     /// Tokens per window.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
     pub seq_len: usize,
     /// Per-weight metric (SparseGPT adds its Hessians).
     #[arg(long, value_enum, default_value = "wanda")]

@@ -11,6 +11,7 @@ use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, Model
 use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
+use crate::experiment::{Stage, Step};
 use crate::model::{self, LoadedModel, ModelSource, Placement};
 use crate::progress::Progress;
 
@@ -43,15 +44,11 @@ impl Ctx {
         let m = model::load_placed(&source, &self.device, self.dtype, self.place, &mut |s| {
             p.status(s)
         })?;
-        let c = &m.llama.config;
-        self.progress.status(&format!(
-            "loaded {} ({} blocks, {:.1} M parameters, {}, {:?}) in {:.1}s",
-            source.label(),
-            c.num_hidden_layers,
-            c.param_count() as f64 / 1e6,
-            crate::device::describe(&self.device),
+        self.progress.status(&model::loaded_line(
+            &m,
+            &self.device,
             self.dtype,
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
         ));
         Ok(m)
     }
@@ -70,11 +67,17 @@ impl Ctx {
     }
 
     pub fn perplexity(&mut self, m: &LoadedModel, wins: &[Vec<u32>]) -> Result<Perplexity> {
-        let start = Instant::now();
-        let seq = wins[0].len();
+        let started = Instant::now();
+        let seq = wins.first().map(|w| w.len()).unwrap_or(0);
         let p = &mut self.progress;
         perplexity(&m.llama, wins, &mut |done, total| {
-            p.step("eval window", done, total, "tok", seq, start);
+            p.step(&Step {
+                stage: Stage::DenseEval,
+                done,
+                total,
+                tokens_per_step: seq,
+                started,
+            });
             true
         })
     }
@@ -180,8 +183,8 @@ pub fn demo(ctx: &mut Ctx, a: &DemoArgs) -> Result<()> {
 
 pub fn fetch_demo(ctx: &mut Ctx) -> Result<()> {
     let p = &mut ctx.progress;
-    let gguf = crate::data::demo::ensure_model(&mut |s| p.status(s))?;
-    let (calib, eval) = crate::data::demo::ensure_corpus(&mut |s| p.status(s))?;
+    let gguf = crate::assets::demo::ensure_model(&mut |s| p.status(s))?;
+    let (calib, eval) = crate::assets::demo::ensure_corpus(&mut |s| p.status(s))?;
     for f in [gguf, calib, eval] {
         println!("{}", f.display());
     }

@@ -1,17 +1,23 @@
 //! dlpx: layer-wise pruning explorer for Llama-family language models.
 //!
-//! Data flow: `model` (load GGUF / safetensors / Hub) → `data` (texts, windows) →
-//! `eval` (perplexity, generation) → `prune` (calibrate, allocate, mask) → `report`.
-//! The explorer: `app` (state + update) ← `worker` (engine on its own thread) and `tui` (terminal,
-//! event loop) → `ui` (pure drawing).
+//! Layers, from the bottom (each uses only those above it in this list):
+//! - `error`, `assets` (cache folder, hashing, atomic writes, Hub downloads, demo fetcher);
+//! - `model` (load GGUF / safetensors / Hub, run blocks) and `data` (texts, windows);
+//! - `prune`, `eval` — the engine: statistics, allocation, masks, perplexity, generation;
+//! - `experiment` — one orchestration: open model + data, calibrate, prune, measure, report;
+//! - front ends, each only its own I/O: `prune_cmd`/`commands` (CLI), `bench`, and the explorer:
+//!   `worker` (messages over the experiment) → `app` (state) → `ui` (pure drawing), run by `tui`.
 
 pub mod app;
+pub mod assets;
 pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod model;
 pub mod progress;
 pub mod prune;

@@ -4,6 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use crate::experiment::{Observer, Step};
+
 pub struct Progress {
     tty: bool,
     quiet: bool,
@@ -30,16 +32,9 @@ impl Progress {
         eprintln!("{msg}");
     }
 
-    /// A `label done/total` step with rate and ETA since `start`; throttled.
-    pub fn step(
-        &mut self,
-        label: &str,
-        done: usize,
-        total: usize,
-        unit: &str,
-        units_per_step: usize,
-        start: Instant,
-    ) {
+    /// A `label done/total` line with tokens/s and ETA; throttled (every 100 ms on a terminal,
+    /// 5 s in logs), the last step always shown.
+    pub fn step(&mut self, s: &Step) {
         if self.quiet {
             return;
         }
@@ -49,22 +44,22 @@ impl Progress {
         } else {
             Duration::from_secs(5)
         };
-        if done < total && self.last.is_some_and(|l| now - l < every) {
+        if s.done < s.total && self.last.is_some_and(|l| now - l < every) {
             return;
         }
         self.last = Some(now);
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
-        let rate = (done * units_per_step) as f64 / secs;
-        let eta = if done > 0 {
-            secs * (total - done) as f64 / done as f64
-        } else {
-            0.0
-        };
-        let line = format!("{label} {done}/{total}  {rate:.0} {unit}/s  ETA {eta:.0}s");
+        let line = format!(
+            "{} {}/{}  {:.0} tok/s  ETA {:.0}s",
+            s.stage.label(),
+            s.done,
+            s.total,
+            s.tokens_per_s(),
+            s.eta_s()
+        );
         if self.tty {
             eprint!("\r\x1b[2K{line}");
             self.dirty = true;
-            if done == total {
+            if s.done == s.total {
                 self.clear();
             }
         } else {
@@ -78,5 +73,21 @@ impl Progress {
             eprint!("\r\x1b[2K");
             self.dirty = false;
         }
+    }
+}
+
+/// The headless commands observe an experiment through their progress lines; they never cancel
+/// (Ctrl-C ends the process).
+impl Observer for Progress {
+    fn status(&mut self, msg: &str) {
+        Progress::status(self, msg)
+    }
+
+    fn step(&mut self, s: Step) -> std::ops::ControlFlow<()> {
+        // Generation shows its text, not a step count.
+        if s.tokens_per_step > 0 {
+            Progress::step(self, &s);
+        }
+        std::ops::ControlFlow::Continue(())
     }
 }

@@ -7,6 +7,7 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::assets::write_atomic;
 use crate::prune::pipeline::PruneParams;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -133,36 +134,6 @@ pub struct Timings {
     pub allocate_us: f64,
     pub prune_s: f64,
     pub eval_s: f64,
-}
-
-/// Write `bytes` to `path` atomically: a temp file beside it, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "cannot write `{}`: folder `{}` does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".dlpx-")
-        .tempfile_in(dir)
-        .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    // Temp files are created 0600; an exported file is meant to be shared like any other.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| eyre!("cannot write `{}`: {e}", path.display()))?;
-    Ok(())
 }
 
 impl Report {

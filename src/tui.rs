@@ -17,9 +17,11 @@ use ratatui::crossterm::{cursor, execute};
 use ratatui::Terminal;
 use tokio::sync::mpsc;
 
-use crate::app::{Job, Msg, State};
+use std::sync::atomic::Ordering;
+
+use crate::app::{Effect, Job, Msg, State};
 use crate::ui::theme::Theme;
-use crate::worker::{self, Spec};
+use crate::worker::{self, ExplorerSession, Spec};
 
 /// Minimum time between redraws caused by background progress (10 frames/s).
 const FRAME: Duration = Duration::from_millis(100);
@@ -43,7 +45,7 @@ fn enter() -> Result<(Terminal<CrosstermBackend<Stdout>>, Guard)> {
     std::panic::set_hook(Box::new(move |info| {
         // A worker panic is reported in the UI (see worker.rs); any other restores first so the
         // message lands on a normal screen.
-        if std::thread::current().name() == Some("dlpx-worker") {
+        if std::thread::current().name() == Some(worker::THREAD_NAME) {
             return;
         }
         restore();
@@ -72,7 +74,7 @@ async fn event_loop(spec: Spec, mut state: State, theme: Theme) -> Result<()> {
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Msg>();
     let (key_tx, mut key_rx) = mpsc::unbounded_channel::<Event>();
     let (mut term, _guard) = enter()?;
-    let handle = worker::spawn(spec, msg_tx);
+    let handle = worker::spawn(ExplorerSession::new(spec), msg_tx)?;
     // crossterm's read blocks: it gets its own thread, which ends with the process.
     std::thread::Builder::new()
         .name("dlpx-keys".into())
@@ -86,13 +88,17 @@ async fn event_loop(spec: Spec, mut state: State, theme: Theme) -> Result<()> {
     let mut sigterm = signal_term()?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_draw = Instant::now() - FRAME;
-    let (mut dirty, mut now) = (true, true);
+    let (mut dirty, mut now, mut quit) = (true, true, false);
     loop {
         tokio::select! {
             Some(ev) = key_rx.recv() => match ev {
                 Event::Key(k) if k.kind != KeyEventKind::Release => {
-                    for job in state.on_key(k) {
-                        send(&handle, job);
+                    for effect in state.on_key(k) {
+                        match effect {
+                            Effect::Job(job) => send(&handle, job),
+                            Effect::Cancel => handle.cancel.store(true, Ordering::Relaxed),
+                            Effect::Quit => quit = true,
+                        }
                     }
                     now = true;
                 }
@@ -104,16 +110,10 @@ async fn event_loop(spec: Spec, mut state: State, theme: Theme) -> Result<()> {
                 dirty = true;
             }
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => state.quit = true,
-            _ = sigterm.recv() => state.quit = true,
+            _ = tokio::signal::ctrl_c() => quit = true,
+            _ = sigterm.recv() => quit = true,
         }
-        if state.cancel_requested {
-            handle
-                .cancel
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            state.cancel_requested = false;
-        }
-        if state.quit {
+        if quit {
             break;
         }
         if now || (dirty && last_draw.elapsed() >= FRAME) {
@@ -126,9 +126,7 @@ async fn event_loop(spec: Spec, mut state: State, theme: Theme) -> Result<()> {
         }
     }
     // Stop a running job quickly; the worker thread ends with the process.
-    handle
-        .cancel
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    handle.cancel.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -162,18 +160,22 @@ impl NeverSignal {
 /// `dlpx` without a subcommand: check everything that can be checked before the terminal is
 /// taken over (so bad input prints one plain error), then open the explorer.
 pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> {
-    use crate::data::{DemoSplit, TextSource};
+    use crate::experiment::{DataSpec, Setup};
     use crate::prune::pipeline::PruneParams;
     let theme = Theme::resolve(&a.theme)?;
     let device = crate::device::parse_device(&g.device)?;
     let dtype = crate::device::parse_dtype(&g.dtype, &device)?;
     let source =
         crate::model::ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?;
-    TextSource::parse(&a.calib, DemoSplit::Calib)?;
-    TextSource::parse(&a.eval, DemoSplit::Eval)?;
-    if a.calib_samples == 0 || a.seq_len < 2 {
-        bail!("--calib-samples must be at least 1 and --seq-len at least 2");
-    }
+    let data = DataSpec {
+        calib: a.calib.clone(),
+        eval: Some(a.eval.clone()),
+        calib_samples: a.calib_samples,
+        seq_len: a.seq_len,
+        eval_windows: a.eval_windows,
+        seed: a.seed,
+    };
+    data.sources()?;
     let params = match &a.config {
         Some(p) => crate::report::Report::load(p)?.params,
         None => PruneParams {
@@ -190,23 +192,24 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
     let mut state = State::new(params.clone(), prompts.clone());
     state.theme_name = theme.name.clone();
     let spec = Spec {
-        source,
-        device,
-        dtype,
-        place: match g.offload {
-            true => crate::model::Placement::Offload,
-            false => crate::model::Placement::Resident,
+        setup: Setup {
+            source,
+            device,
+            dtype,
+            place: match g.offload {
+                true => crate::model::Placement::Offload,
+                false => crate::model::Placement::Resident,
+            },
+            data,
+            stats_cache: !(a.no_stats_cache || a.no_cache),
+            dense_cache: !a.no_cache,
+            // The explorer can switch to SparseGPT at any key press.
+            metric: crate::prune::mask::Metric::SparseGpt,
+            keeps_pruned_copy: true,
         },
-        calib: a.calib.clone(),
-        eval: a.eval.clone(),
-        calib_samples: a.calib_samples,
-        seq_len: a.seq_len,
-        eval_windows: a.eval_windows,
         owl_m: params.owl_m,
-        seed: a.seed,
         max_new_tokens: a.max_new_tokens,
         prompts,
-        use_stats_cache: !a.no_stats_cache,
     };
     run(spec, state, theme)
 }

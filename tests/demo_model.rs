@@ -49,7 +49,7 @@ fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 fn demo_gguf() -> std::path::PathBuf {
-    dlpx::data::demo::ensure_model(&mut |_| {}).unwrap()
+    dlpx::assets::demo::ensure_model(&mut |_| {}).unwrap()
 }
 
 fn ppl_json(args: &[&str]) -> serde_json::Value {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dlpx::app::keys::Action;
-use dlpx::app::{Job, ModelSummary, Msg, Stage, State, View};
+use dlpx::app::{Effect, Job, Msg, Stage, State, Step, Summary, View};
 use dlpx::prune::pipeline::PruneParams;
 use dlpx::prune::stats::{Calibration, ScoreStats};
 use dlpx::report::{DataInfo, DataSet, ModelInfo};
@@ -32,7 +32,7 @@ fn stats(i: usize) -> ScoreStats {
     }
 }
 
-fn summary() -> ModelSummary {
+fn summary() -> Summary {
     let set = |w| DataSet {
         source: "demo".into(),
         sha256: "0".repeat(64),
@@ -40,7 +40,7 @@ fn summary() -> ModelSummary {
         seq_len: 256,
         seed: None,
     };
-    ModelSummary {
+    Summary {
         info: ModelInfo {
             source: "demo".into(),
             sha256: None,
@@ -90,13 +90,13 @@ fn calibrating() -> State {
             stats: stats(b),
         });
     }
-    s.on_msg(Msg::Progress {
+    s.on_msg(Msg::Progress(Step {
         stage: Stage::Calibrate,
         done: 12,
         total: BLOCKS,
         tokens_per_step: 0,
         started: Instant::now(),
-    });
+    }));
     s
 }
 
@@ -130,7 +130,10 @@ fn changed() -> State {
 fn compared() -> State {
     let mut s = calibrated();
     let jobs = s.act(Action::Apply);
-    assert!(matches!(jobs.as_slice(), [Job::Apply { id: 1, .. }]));
+    assert!(matches!(
+        jobs.as_slice(),
+        [Effect::Job(Job::Apply { id: 1, .. })]
+    ));
     let target = s.plan.as_ref().unwrap().block.clone();
     s.on_msg(Msg::Applied {
         id: 1,

@@ -4,9 +4,8 @@
 use color_eyre::eyre::bail;
 
 use super::State;
-use crate::report::{
-    BlockReport, GenerationPair, Overall, PplInfo, Report, Timings, Tool, SCHEMA_VERSION,
-};
+use crate::experiment::{build_report, Measured};
+use crate::report::{GenerationPair, Report, Timings};
 
 impl State {
     /// The report of the current state: current parameters and allocation, plus measurements of
@@ -16,21 +15,6 @@ impl State {
             bail!("nothing to export before calibration has finished");
         };
         let applied = self.current_applied();
-        let achieved = applied.and_then(|a| a.achieved.clone());
-        let w: Vec<f64> = s.numel.iter().map(|x| x.iter().sum()).collect();
-        let wmean =
-            |v: &[f64]| v.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>();
-        let blocks = (0..plan.block.len())
-            .map(|i| BlockReport {
-                index: i,
-                score: plan.scores[i],
-                outlier_ratio: cal.owl[i],
-                esd_alpha: cal.esd.get(i).map(|a| a.iter().sum::<f64>() / 7.0),
-                target_sparsity: plan.block[i],
-                achieved_sparsity: achieved.as_ref().map(|a| a[i]),
-                n_of_m: plan.n_of_m.as_ref().map(|v| v[i]),
-            })
-            .collect();
         let generations = match applied {
             Some(_) => self
                 .prompts
@@ -43,22 +27,10 @@ impl State {
                 .collect(),
             None => vec![],
         };
-        Ok(Report {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::default(),
-            model: s.info.clone(),
-            data: s.data.clone(),
-            params: self.params.clone(),
-            blocks,
-            overall: Overall {
-                target_sparsity: wmean(&plan.block),
-                achieved_sparsity: achieved.as_ref().map(|a| wmean(a)),
-            },
-            ppl: PplInfo {
-                dense: self.dense_ppl,
-                pruned: applied.and_then(|a| a.ppl),
-                protocol: s.protocol.clone(),
-            },
+        let measured = Measured {
+            achieved: applied.and_then(|a| a.achieved.clone()),
+            dense_ppl: self.dense_ppl,
+            pruned_ppl: applied.and_then(|a| a.ppl),
             generations,
             timings: Timings {
                 load_s: 0.0,
@@ -68,7 +40,8 @@ impl State {
                 prune_s: applied.map(|a| a.seconds).unwrap_or(0.0),
                 eval_s: 0.0,
             },
-        })
+        };
+        Ok(build_report(s, &self.params, cal, plan, measured))
     }
 
     pub fn export(&self, path: &std::path::Path) -> color_eyre::Result<()> {

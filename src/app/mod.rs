@@ -7,7 +7,7 @@ pub mod keys;
 mod messages;
 pub mod params;
 
-pub use messages::{Job, ModelSummary, Msg, Stage};
+pub use messages::{Job, Msg, Stage, Step, Summary};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,8 +93,19 @@ pub enum Tone {
     Error,
 }
 
+/// What a key asks the terminal loop to do, besides changing the state.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Send a job to the worker.
+    Job(Job),
+    /// Cancel the worker's running job.
+    Cancel,
+    /// Leave the explorer.
+    Quit,
+}
+
 pub struct State {
-    pub summary: Option<ModelSummary>,
+    pub summary: Option<Summary>,
     /// Block statistics as they arrive during calibration.
     pub block_stats: Vec<ScoreStats>,
     pub cal: Option<Arc<Calibration>>,
@@ -116,9 +127,6 @@ pub struct State {
     pub export_path: String,
     pub save_path: String,
     pub theme_name: String,
-    pub quit: bool,
-    /// The worker should cancel its running job.
-    pub cancel_requested: bool,
     /// Microseconds spent in the last reallocation (shown in the panel).
     pub last_allocate_us: f64,
     /// The id of the last apply.
@@ -160,8 +168,6 @@ impl State {
             export_path: "dlpx-config.json".into(),
             save_path: "dlpx-pruned".into(),
             theme_name: "dark".into(),
-            quit: false,
-            cancel_requested: false,
             last_allocate_us: 0.0,
             last_id: 0,
         }
@@ -204,11 +210,10 @@ impl State {
         self.replan();
     }
 
-    /// Handle a key; returns jobs for the worker.
-    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Job> {
+    /// Handle a key; returns what the terminal loop has to do (jobs, cancel, quit).
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.quit = true;
-            return vec![];
+            return vec![Effect::Quit];
         }
         match self.overlay.clone() {
             Some(Overlay::Help) => {
@@ -217,7 +222,9 @@ impl State {
             }
             Some(Overlay::ConfirmQuit) => {
                 match key.code {
-                    KeyCode::Char('y') | KeyCode::Char('q') | KeyCode::Enter => self.quit = true,
+                    KeyCode::Char('y') | KeyCode::Char('q') | KeyCode::Enter => {
+                        return vec![Effect::Quit]
+                    }
                     _ => self.overlay = None,
                 }
                 return vec![];
@@ -259,7 +266,7 @@ impl State {
         self.overlay = Some(Overlay::Input { purpose, text });
     }
 
-    pub fn act(&mut self, a: Action) -> Vec<Job> {
+    pub fn act(&mut self, a: Action) -> Vec<Effect> {
         let n_fields = Field::ALL.len();
         let fi = Field::ALL
             .iter()
@@ -377,13 +384,13 @@ impl State {
                     self.plan = None;
                     self.block_stats.clear();
                     self.busy = true;
-                    return vec![Job::Calibrate];
+                    return vec![Effect::Job(Job::Calibrate)];
                 }
             }
             Action::Cancel => {
                 if self.busy {
-                    self.cancel_requested = true;
                     self.say("cancelling…", Tone::Info);
+                    return vec![Effect::Cancel];
                 }
             }
             Action::Help => self.overlay = Some(Overlay::Help),
@@ -391,14 +398,14 @@ impl State {
                 if self.busy {
                     self.overlay = Some(Overlay::ConfirmQuit);
                 } else {
-                    self.quit = true;
+                    return vec![Effect::Quit];
                 }
             }
         }
         vec![]
     }
 
-    fn apply(&mut self) -> Vec<Job> {
+    fn apply(&mut self) -> Vec<Effect> {
         let Some(plan) = self.plan.clone() else {
             self.say(
                 "calibration has to finish before masks can be applied",
@@ -428,22 +435,22 @@ impl State {
         self.busy = true;
         let mode = format!("{:?}", self.params.mode).to_lowercase();
         self.say(format!("applying #{id} ({mode})…"), Tone::Info);
-        vec![Job::Apply {
+        vec![Effect::Job(Job::Apply {
             id,
             params: Box::new(self.params.clone()),
             plan: Box::new(plan),
             prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
-        }]
+        })]
     }
 
-    fn generate_jobs(&mut self) -> Vec<Job> {
+    fn generate_jobs(&mut self) -> Vec<Effect> {
         self.busy = true;
-        vec![Job::Generate {
+        vec![Effect::Job(Job::Generate {
             prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
-        }]
+        })]
     }
 
-    fn submit(&mut self, purpose: InputPurpose, text: String) -> Vec<Job> {
+    fn submit(&mut self, purpose: InputPurpose, text: String) -> Vec<Effect> {
         match purpose {
             InputPurpose::Value(f) => match f.set_typed(&self.params, &text) {
                 Ok(c) => self.set_params(c),
@@ -463,9 +470,9 @@ impl State {
             InputPurpose::SavePath => {
                 self.save_path = text.clone();
                 self.busy = true;
-                return vec![Job::SaveModel {
+                return vec![Effect::Job(Job::SaveModel {
                     dir: PathBuf::from(text),
-                }];
+                })];
             }
             InputPurpose::EditPrompt(i) => {
                 if let Some(p) = self.prompts.get_mut(i) {
@@ -494,24 +501,13 @@ impl State {
     pub fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Status(s) => self.say(s, Tone::Info),
-            Msg::Progress {
-                stage,
-                done,
-                total,
-                tokens_per_step,
-                started,
-            } => {
-                let el = started.elapsed().as_secs_f64().max(1e-9);
+            Msg::Progress(step) => {
                 self.job = Some(JobView {
-                    stage,
-                    done,
-                    total,
-                    tokens_per_s: (done * tokens_per_step) as f64 / el,
-                    eta_s: if done > 0 {
-                        el / done as f64 * (total - done.min(total)) as f64
-                    } else {
-                        0.0
-                    },
+                    stage: step.stage,
+                    done: step.done,
+                    total: step.total,
+                    tokens_per_s: step.tokens_per_s(),
+                    eta_s: step.eta_s(),
                 });
             }
             Msg::Loaded(s) => {
@@ -618,7 +614,6 @@ impl State {
             Msg::Idle => {
                 self.busy = false;
                 self.job = None;
-                self.cancel_requested = false;
             }
         }
     }

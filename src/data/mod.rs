@@ -1,6 +1,5 @@
 //! Text sources and the fixed-length windows of the calibration/evaluation protocol.
 
-pub mod demo;
 pub mod presets;
 pub mod sampler;
 
@@ -88,12 +87,12 @@ impl TextSource {
     /// The documents (rows) of a source, fetching presets through hf-hub.
     pub fn documents(&self, status: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
         match self {
-            Self::C4 => presets::read_jsonl_gz(&crate::model::hub::fetch_dataset_file(
+            Self::C4 => presets::read_jsonl_gz(&crate::assets::hub::fetch_dataset_file(
                 presets::C4_REPO,
                 presets::C4_FILE,
                 status,
             )?),
-            Self::WikiText2 => presets::read_parquet_text(&crate::model::hub::fetch_dataset_file(
+            Self::WikiText2 => presets::read_parquet_text(&crate::assets::hub::fetch_dataset_file(
                 presets::WIKITEXT_REPO,
                 presets::WIKITEXT_FILE,
                 status,
@@ -108,7 +107,7 @@ impl TextSource {
     pub fn load(&self, status: &mut dyn FnMut(&str)) -> Result<String> {
         match self {
             Self::Demo(split) => {
-                let (calib, eval) = demo::ensure_corpus(status)?;
+                let (calib, eval) = crate::assets::demo::ensure_corpus(status)?;
                 read_text(if *split == DemoSplit::Calib {
                     &calib
                 } else {
@@ -139,7 +138,7 @@ pub fn source_windows(
     let bos = m.llama.config.bos_token_id.filter(|_| src.adds_bos());
     if calibration && src.is_sampled() {
         let docs = src.documents(status)?;
-        let sha = demo::sha256_docs(&docs);
+        let sha = crate::assets::sha256_docs(&docs);
         status(&format!("sampling {n} calibration windows (seed {seed})"));
         let mut enc = |t: &str| -> Result<Vec<u32>> {
             let mut ids: Vec<u32> = bos.into_iter().collect();
@@ -150,10 +149,13 @@ pub fn source_windows(
         return Ok((w, sha));
     }
     let text = src.load(status)?;
-    let sha = demo::sha256_bytes(text.as_bytes());
+    let sha = crate::assets::sha256_bytes(text.as_bytes());
     status("tokenizing");
     let mut ids: Vec<u32> = bos.into_iter().collect();
-    ids.extend(m.encode(&text)?);
+    // Only the first n windows are used: stop tokenizing once they are there.
+    let need = (n > 0).then(|| (n * seq_len).saturating_sub(ids.len()));
+    ids.extend(m.encode_long(&text, need)?);
+    drop(text);
     Ok((windows(&ids, seq_len, n, &src.label())?, sha))
 }
 

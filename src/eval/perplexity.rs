@@ -1,4 +1,4 @@
-//! Perplexity by the protocol of protocol.md §3: every window is its own sequence (positions
+//! Perplexity by the paper's protocol (README, "The demo protocol"): every window is its own sequence (positions
 //! 0..len-1, causal mask, no BOS); logits at positions 0..len-2 predict tokens 1..len-1; NLL from
 //! the log-softmax of f32 logits, summed in f64; ppl = exp(Σ NLL / predictions).
 
@@ -24,20 +24,33 @@ pub fn batch_size_for(seq_len: usize, vocab: usize) -> usize {
     (512 * 1024 * 1024 / per_window.max(1)).clamp(1, 8)
 }
 
-/// Σ NLL of one batch from its final hidden states (`None`: run the whole model on `ids`).
+/// Σ NLL of one batch from its final hidden states (`None`: run the model's blocks on `ids`).
+///
+/// The head and log-softmax run one window at a time: the logits of a window are
+/// `seq_len × vocab` f32 (50 MB for the demo) and the log-softmax needs two more of them, so a
+/// whole batch at once would triple the evaluation's peak memory. Row-wise operations and one
+/// running sum in window order give the same bits as the whole batch at once.
 fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64> {
-    let seq_len = ids.dims()[1];
-    let logits = match hidden {
-        Some(h) => model.head(&h.to_device(&model.device)?)?,
-        None => model.forward(ids, 0, None)?,
+    let (batch, seq_len) = ids.dims2()?;
+    let hidden = match hidden {
+        Some(h) => h.to_device(&model.device)?,
+        None => model.hidden(ids)?,
     };
-    let lsm = log_softmax_f32(&logits.narrow(1, 0, seq_len - 1)?)?;
-    let targets = ids.narrow(1, 1, seq_len - 1)?.unsqueeze(D::Minus1)?;
-    let picked = lsm
-        .gather(&targets.contiguous()?, D::Minus1)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(-picked.iter().map(|&x| x as f64).sum::<f64>())
+    let mut sum = 0f64;
+    for i in 0..batch {
+        let logits = model.head(&hidden.narrow(0, i, 1)?)?;
+        let lsm = log_softmax_f32(&logits.narrow(1, 0, seq_len - 1)?)?;
+        drop(logits);
+        let targets = ids.narrow(0, i, 1)?.narrow(1, 1, seq_len - 1)?;
+        let picked = lsm
+            .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for x in picked {
+            sum += x as f64;
+        }
+    }
+    Ok(-sum)
 }
 
 fn ids_of(model: &Llama, chunk: &[Vec<u32>]) -> Result<Tensor> {
@@ -61,7 +74,7 @@ fn batch_major(
         nll_sum += batch_nll(model, &ids_of(model, chunk)?, None)?;
         done += chunk.len();
         if !progress(done, windows.len()) {
-            bail!("cancelled");
+            return Err(crate::error::Cancelled.into());
         }
     }
     Ok(nll_sum)
@@ -100,7 +113,7 @@ fn block_major(
                 .map(|x| model.forward_batch(&blk, x, None))
                 .collect::<candle_core::Result<_>>()?;
             if !progress(done + g.len() * (b + 1) / (n + 1), windows.len()) {
-                bail!("cancelled");
+                return Err(crate::error::Cancelled.into());
             }
         }
         for (i, x) in ids.iter().zip(&xs) {
@@ -108,7 +121,7 @@ fn block_major(
         }
         done += g.len();
         if !progress(done, windows.len()) {
-            bail!("cancelled");
+            return Err(crate::error::Cancelled.into());
         }
     }
     Ok(nll_sum)

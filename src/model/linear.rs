@@ -1,4 +1,4 @@
-//! A linear layer that can be pruned: it owns its weight, can carry a mask, and its inputs can be
+//! A linear layer that can be pruned: it owns its weight, can be masked, and its inputs can be
 //! observed by the calibration code (the Wanda `scaler_row` statistic is built from them).
 
 use candle_core::{DType, Result, Tensor};
@@ -52,8 +52,6 @@ pub struct PrunableLinear {
     /// `[out_features, in_features]`, in the model's compute dtype. Pruned entries are exact zeros.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    /// `u8` keep-mask (`1` = kept) once the layer has been pruned.
-    pub mask: Option<Tensor>,
 }
 
 impl PrunableLinear {
@@ -62,7 +60,6 @@ impl PrunableLinear {
             name: name.into(),
             weight,
             bias,
-            mask: None,
         }
     }
 
@@ -98,12 +95,11 @@ impl PrunableLinear {
     }
 
     /// Apply a keep-mask (`u8` or any dtype, nonzero = keep): the weight becomes exactly zero where
-    /// the mask is zero, and the mask is kept so later code can report or export it.
+    /// the mask is zero. The mask itself is not kept: pruned weights are exact zeros, so a pruned
+    /// layer's mask is `weight != 0` (a byte per weight would add a quarter to an f32 model).
     pub fn set_mask(&mut self, mask: Tensor) -> Result<()> {
-        let mask = mask.to_dtype(DType::U8)?;
         let keep = mask.to_dtype(self.weight.dtype())?;
         self.weight = (&self.weight * keep)?;
-        self.mask = Some(mask);
         Ok(())
     }
 

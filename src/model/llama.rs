@@ -347,7 +347,6 @@ impl Llama {
             let mut out = b.clone();
             for l in out.linears.iter_mut() {
                 l.weight = l.weight.to_device(&self.device)?;
-                l.mask = None;
             }
             return Ok(Cow::Owned(out));
         }
@@ -372,10 +371,6 @@ impl Llama {
         if self.offload.is_some() && !self.device.is_cpu() {
             for l in b.linears.iter_mut() {
                 l.weight = l.weight.to_device(&Device::Cpu)?;
-                l.mask = match l.mask.take() {
-                    Some(m) => Some(m.to_device(&Device::Cpu)?),
-                    None => None,
-                };
             }
         }
         b.resident = true;
@@ -582,6 +577,16 @@ impl Llama {
             c.len = offset + ids.dims()[1];
         }
         self.head(&x)
+    }
+
+    /// Final hidden states of ids `[b, t]` (positions from 0, no cache), before the final norm
+    /// and head: `[b, t, hidden]`. `head(hidden(ids))` is `forward(ids, 0, None)`.
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            x = self.forward_block(i, &x, 0, None, None)?;
+        }
+        Ok(x)
     }
 
     /// Logits of the last position only, `[b, vocab]` (generation).

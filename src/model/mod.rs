@@ -2,7 +2,6 @@
 
 pub mod config;
 pub mod gguf;
-pub mod hub;
 pub mod linear;
 pub mod llama;
 pub mod source;
@@ -42,10 +41,90 @@ impl LoadedModel {
         ids
     }
 
+    /// A content identity of the weights: the file's sha256 for GGUF (the pinned one for the
+    /// demo), else a fingerprint of the folder (config.json bytes, and name, size and mtime of
+    /// every safetensors file). Keys the result caches; hashes a GGUF file once per call.
+    pub fn identity(&self) -> Result<String> {
+        match &self.source {
+            ModelSource::Demo => Ok(crate::assets::demo::GGUF_SHA256.to_string()),
+            ModelSource::Gguf(p) => crate::assets::sha256_file(p),
+            ModelSource::Folder(_) | ModelSource::Hub { .. } => folder_fingerprint(&self.path),
+        }
+    }
+
     /// Encode without special tokens (the protocol's tokenization).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         encode(&self.tokenizer, text)
     }
+}
+
+/// Text per chunk of [`LoadedModel::encode_long`].
+const CHUNK_BYTES: usize = 64 * 1024;
+
+impl LoadedModel {
+    /// The ids of `encode(text)`, stopping once `limit` ids are there (`None`: all of them).
+    ///
+    /// A long text is encoded in chunks of about 64 KiB, so the peak is one chunk's encoding
+    /// (offsets, pieces, words) rather than the whole text's (~0.5 GB for 4.6 MB of text), and
+    /// the first windows of a large corpus do not wait for all of it. Chunks end only where the
+    /// cut cannot change the ids (see [`chunk_safe`]); other tokenizers get the whole text at once.
+    pub fn encode_long(&self, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
+        if !chunk_safe(&self.tokenizer) {
+            let mut ids = self.encode(text)?;
+            ids.truncate(limit.unwrap_or(usize::MAX));
+            return Ok(ids);
+        }
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() && ids.len() < limit.unwrap_or(usize::MAX) {
+            let cut = safe_cut(rest, CHUNK_BYTES);
+            ids.extend(self.encode(&rest[..cut])?);
+            rest = &rest[cut..];
+        }
+        ids.truncate(limit.unwrap_or(usize::MAX));
+        Ok(ids)
+    }
+}
+
+/// Whether cutting a text after a newline that has a non-whitespace character on each side
+/// keeps the ids: true for byte-level BPE with the GPT-2 split regex and no normalizer or
+/// prefix space (GPT-2, SmolLM). There, such a newline is a pre-token of its own in the whole
+/// text (`\s+` matches just it, since `\s+(?!\S)` fails before the next character) and at the
+/// end of a chunk (`\s+(?!\S)` matches just it), and the regex match after it starts afresh in
+/// both; BPE never merges across pre-tokens. A newline next to other whitespace is not a cut
+/// point: at a chunk's end `\s+(?!\S)` would take the whole run, in the text only part of it.
+fn chunk_safe(tok: &Tokenizer) -> bool {
+    use tokenizers::PreTokenizerWrapper;
+    let byte_level = matches!(
+        tok.get_pre_tokenizer(),
+        Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space && b.use_regex
+    );
+    let newline_in_added = tok
+        .get_added_tokens_decoder()
+        .values()
+        .any(|t| t.content.contains('\n'));
+    byte_level && tok.get_normalizer().is_none() && !newline_in_added
+}
+
+/// The length of the first chunk of `text`: at least `min` bytes, ending just after a newline
+/// with non-whitespace on both sides (Unicode whitespace, as the split regex's `\s`); all of
+/// `text` when there is no such newline after `min`.
+fn safe_cut(text: &str, min: usize) -> usize {
+    let mut start = min.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    for (off, _) in text[start..].match_indices('\n') {
+        let i = start + off;
+        let before = text[..i].chars().next_back();
+        let after = text[i + 1..].chars().next();
+        if let (Some(p), Some(n)) = (before, after) {
+            if !p.is_whitespace() && !n.is_whitespace() {
+                return i + 1;
+            }
+        }
+    }
+    text.len()
 }
 
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
@@ -54,6 +133,41 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .map_err(|e| eyre!("tokenizer: {e}"))?
         .get_ids()
         .to_vec())
+}
+
+fn folder_fingerprint(dir: &Path) -> Result<String> {
+    let mut parts = vec![std::fs::read(dir.join("config.json")).unwrap_or_default()];
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .wrap_err_with(|| format!("cannot list `{}`", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .collect();
+    files.sort_by_key(|e| e.file_name());
+    for f in files {
+        let md = std::fs::metadata(f.path())?;
+        let mtime = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        parts.push(format!("{:?} {} {mtime}", f.file_name(), md.len()).into_bytes());
+    }
+    Ok(crate::assets::sha256_bytes(&parts.concat()))
+}
+
+/// The status line after loading: what, how big, where, and how long it took.
+pub fn loaded_line(m: &LoadedModel, device: &Device, dtype: DType, secs: f64) -> String {
+    let c = &m.llama.config;
+    format!(
+        "loaded {} ({} blocks, {:.1} M parameters, {}, {:?}) in {:.1}s",
+        m.source.label(),
+        c.num_hidden_layers,
+        c.param_count() as f64 / 1e6,
+        crate::device::describe(device),
+        dtype,
+        secs
+    )
 }
 
 /// Where the weights go at load time.
@@ -87,7 +201,7 @@ pub fn load_placed(
 ) -> Result<LoadedModel> {
     match source {
         ModelSource::Demo => {
-            let assets = crate::data::demo::ensure_model(status)?;
+            let assets = crate::assets::demo::ensure_model(status)?;
             let mut m = load_gguf_placed(&assets, device, dtype, place, status)?;
             m.source = ModelSource::Demo;
             Ok(m)
@@ -95,7 +209,7 @@ pub fn load_placed(
         ModelSource::Gguf(p) => load_gguf_placed(p, device, dtype, place, status),
         ModelSource::Folder(p) => load_folder(p, source.clone(), device, dtype, place, status),
         ModelSource::Hub { id, revision } => {
-            let dir = hub::fetch_model(id, revision, status)?;
+            let dir = crate::assets::hub::fetch_model(id, revision, status)?;
             load_folder(&dir, source.clone(), device, dtype, place, status)
         }
     }
@@ -147,15 +261,10 @@ pub fn load_gguf_placed(
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)
-            .wrap_err_with(|| format!("`{}` is not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| eyre!("`{}` has no weight_map", index.display()))?;
-        let names: HashSet<&str> = map.values().filter_map(|s| s.as_str()).collect();
-        let mut files: Vec<PathBuf> = names.into_iter().map(|n| dir.join(n)).collect();
-        files.sort();
+        let text = std::fs::read_to_string(&index)
+            .wrap_err_with(|| format!("cannot read `{}`", index.display()))?;
+        let shards = crate::assets::safetensors_shards(&text, &index.display().to_string())?;
+        let files: Vec<PathBuf> = shards.iter().map(|n| dir.join(n)).collect();
         for f in &files {
             if !f.is_file() {
                 bail!("shard `{}` named by the index is missing", f.display());
@@ -201,6 +310,11 @@ impl WeightSource for SafetensorsSource {
     }
 }
 
+/// Load a safetensors folder (config.json, tokenizer.json, *.safetensors or an index).
+///
+/// The safetensors files are memory-mapped, not read: do not truncate or rewrite them while the
+/// model is in use (for example by re-downloading into the same folder), or the process is
+/// killed by SIGBUS on its next read of the weights.
 pub fn load_folder(
     dir: &Path,
     source: ModelSource,
@@ -226,8 +340,11 @@ pub fn load_folder(
         .map_err(|e| eyre!("cannot read `{}`: {e}", tok_path.display()))?;
     let files = safetensors_files(dir)?;
     status(&format!("mapping {} safetensors file(s)", files.len()));
-    // SAFETY: the files are mapped read-only; we do not modify them while the map lives (every
-    // tensor is copied out by `load`).
+    // SAFETY: a memory map is only sound while nobody truncates or rewrites the file: the map
+    // lives as long as the model (with --offload, blocks are read from it on every pass), and a
+    // file shortened under it makes the next read fault with SIGBUS. dlpx itself never writes
+    // to a source folder (exports go to a new folder); the user must not replace the files
+    // while dlpx runs, as documented on `load_folder`.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
         .wrap_err_with(|| format!("cannot read the safetensors files of `{}`", dir.display()))?;
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
@@ -285,6 +402,11 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
         .tokenizer
         .save(tmp.path().join("tokenizer.json"), false)
         .map_err(|e| eyre!("writing tokenizer.json: {e}"))?;
+    // The temp folder and safetensors' file are created private; an export is meant to be shared.
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        crate::assets::make_shareable(&tmp.path().join(f), false)?;
+    }
+    crate::assets::make_shareable(tmp.path(), true)?;
     if out.exists() {
         std::fs::remove_dir(out)?; // empty, checked above
     }
@@ -292,4 +414,21 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
     std::fs::rename(&kept, out)
         .wrap_err_with(|| format!("cannot move the export into `{}`", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_cut;
+
+    #[test]
+    fn chunks_end_after_a_newline_between_non_spaces() {
+        let t = "ab\n\ncd\nef\n gh\nij";
+        // From byte 0: "\n\n" is skipped (whitespace on a side), "cd\nef" is a cut point.
+        assert_eq!(&t[..safe_cut(t, 0)], "ab\n\ncd\n");
+        assert_eq!(&t[..safe_cut(t, 8)], "ab\n\ncd\nef\n gh\n");
+        assert_eq!(safe_cut(t, 15), t.len());
+        // Non-ASCII whitespace counts as whitespace; a cut never splits a character.
+        let u = "é\n\u{a0}x\ny";
+        assert_eq!(&u[..safe_cut(u, 1)], "é\n\u{a0}x\n");
+    }
 }

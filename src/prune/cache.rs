@@ -2,15 +2,14 @@
 //! dtype), so a second run — or the TUI after a reconnect — skips the dense pass. A cache file that
 //! cannot be read is ignored and rewritten, never trusted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use color_eyre::eyre::Result;
 use serde::Serialize;
 
 use super::stats::{calibrate, owl_ratios, BlockProgress, Calibration};
-use crate::data::demo::{cache_dir, sha256_bytes, sha256_file};
-use crate::model::{LoadedModel, ModelSource};
-use crate::report::write_atomic;
+use crate::assets::{cache_load, cache_store, keyed_path};
+use crate::model::LoadedModel;
 
 /// Bump when the statistics' meaning or layout changes: old files then miss.
 const FORMAT: u32 = 1;
@@ -27,70 +26,37 @@ pub struct StatsKey {
 }
 
 impl StatsKey {
+    /// `model` is the weights' identity ([`crate::model::LoadedModel::identity`]).
     pub fn new(
-        m: &LoadedModel,
+        model: &str,
         data_sha256: &str,
         windows: usize,
         seq_len: usize,
         dtype: candle_core::DType,
-    ) -> Result<Self> {
-        Ok(Self {
-            model: model_identity(m)?,
+    ) -> Self {
+        Self {
+            model: model.to_string(),
             data_sha256: data_sha256.to_string(),
             windows,
             seq_len,
             dtype: format!("{dtype:?}").to_lowercase(),
             format: FORMAT,
-        })
+        }
     }
 
     /// `<cache>/stats/<sha256 of the key>.json`.
     pub fn path(&self) -> Result<PathBuf> {
-        let id = sha256_bytes(serde_json::to_string(self)?.as_bytes());
-        Ok(cache_dir()?.join("stats").join(format!("{id}.json")))
+        keyed_path("stats", self)
     }
-}
-
-/// A content identity of the weights: the file's sha256 for GGUF, else a fingerprint of the
-/// folder (config.json bytes, and name, size and mtime of every safetensors file).
-fn model_identity(m: &LoadedModel) -> Result<String> {
-    match &m.source {
-        ModelSource::Demo => Ok(crate::data::demo::GGUF_SHA256.to_string()),
-        ModelSource::Gguf(p) => sha256_file(p),
-        ModelSource::Folder(_) | ModelSource::Hub { .. } => folder_fingerprint(&m.path),
-    }
-}
-
-fn folder_fingerprint(dir: &Path) -> Result<String> {
-    let mut parts = vec![std::fs::read(dir.join("config.json")).unwrap_or_default()];
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-        .collect();
-    files.sort_by_key(|e| e.file_name());
-    for f in files {
-        let md = std::fs::metadata(f.path())?;
-        let mtime = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        parts.push(format!("{:?} {} {mtime}", f.file_name(), md.len()).into_bytes());
-    }
-    Ok(sha256_bytes(&parts.concat()))
 }
 
 /// Read cached statistics; `None` when absent or unreadable.
 pub fn load(key: &StatsKey) -> Option<Calibration> {
-    let bytes = std::fs::read(key.path().ok()?).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    cache_load("stats", key)
 }
 
 pub fn store(key: &StatsKey, cal: &Calibration) -> Result<()> {
-    let path = key.path()?;
-    std::fs::create_dir_all(path.parent().expect("stats path has a parent"))?;
-    write_atomic(&path, &serde_json::to_vec(cal)?)
+    cache_store("stats", key, cal)
 }
 
 /// The dense pass through the cache: returns the statistics and whether they came from disk.

@@ -326,7 +326,7 @@ pub fn prune_faithful(
             started,
             stats: None,
         }) {
-            bail!("cancelled");
+            return Err(crate::error::Cancelled.into());
         }
     }
     Ok(())

@@ -452,7 +452,7 @@ pub fn calibrate(
             started,
             stats: cal.blocks.last().copied(),
         }) {
-            bail!("cancelled");
+            return Err(crate::error::Cancelled.into());
         }
     }
     cal.seconds = started.elapsed().as_secs_f64();

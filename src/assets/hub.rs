@@ -63,18 +63,10 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
     let config = get("config.json")?;
     get("tokenizer.json")?;
     let weights = match get("model.safetensors.index.json") {
-        Ok(index) => {
-            let text = std::fs::read_to_string(&index)?;
-            let v: serde_json::Value = serde_json::from_str(&text)?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| eyre!("bad index file"))?;
-            let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| s.to_string()).collect()
-        }
+        Ok(index) => super::safetensors_shards(
+            &std::fs::read_to_string(&index)?,
+            &format!("{id}/model.safetensors.index.json"),
+        )?,
         Err(_) => vec!["model.safetensors".to_string()],
     };
     for (i, w) in weights.iter().enumerate() {

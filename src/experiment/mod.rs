@@ -1,0 +1,632 @@
+//! One experiment: a model and its calibration/evaluation data, opened once, then calibrated,
+//! pruned, measured and reported. `dlpx prune`, the explorer's worker and `dlpx bench` call
+//! this and add only their own I/O (printing, messages, timings); the engine below (`prune`,
+//! `eval`) knows nothing of flags or screens.
+//!
+//! Results of the dense model that do not depend on the pruning parameters (its perplexity on
+//! the evaluation windows, its greedy generations) are cached on disk next to the calibration
+//! statistics, so a second run with the same model and data measures only the pruned model.
+
+pub mod observer;
+mod report;
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use color_eyre::eyre::{bail, Result};
+use serde::Serialize;
+
+pub use observer::{Observer, Silent, Stage, Step};
+pub use report::{build_report, weighted_mean, Measured};
+
+use crate::data::{source_windows, DemoSplit, TextSource};
+use crate::error::Cancelled;
+use crate::eval::generate::{generate, GenParams};
+use crate::eval::perplexity::perplexity;
+use crate::model::{Llama, LoadedModel, ModelSource, Placement};
+use crate::prune::cache::{calibrate_cached, StatsKey};
+use crate::prune::mask::Metric;
+use crate::prune::memory::Estimate;
+use crate::prune::pipeline::{achieved, linear_numel, prune_faithful, prune_preview, Mode};
+use crate::prune::pipeline::{Plan, PruneParams};
+use crate::prune::stats::Calibration;
+use crate::report::{DataInfo, DataSet, ModelInfo};
+
+/// The demo protocol's defaults (README, "The demo protocol"): every front end starts here.
+pub const DEFAULT_CALIB_SAMPLES: usize = 32;
+pub const DEFAULT_SEQ_LEN: usize = 256;
+pub const DEFAULT_EVAL_WINDOWS: usize = 64;
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Which texts calibrate and evaluate, and how they are cut into windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSpec {
+    /// `demo`, `c4` or a file.
+    pub calib: String,
+    /// `demo`, `wikitext2` or a file; `None`: no perplexity.
+    pub eval: Option<String>,
+    pub calib_samples: usize,
+    pub seq_len: usize,
+    /// Evaluation windows (0: all the text has).
+    pub eval_windows: usize,
+    /// Seed of the calibration sampler for document sources.
+    pub seed: u64,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        Self {
+            calib: "demo".into(),
+            eval: Some("demo".into()),
+            calib_samples: DEFAULT_CALIB_SAMPLES,
+            seq_len: DEFAULT_SEQ_LEN,
+            eval_windows: DEFAULT_EVAL_WINDOWS,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl DataSpec {
+    /// The data a saved report was made with (what `--config` replays).
+    pub fn of_report(d: &DataInfo) -> Self {
+        Self {
+            calib: d.calib.source.clone(),
+            eval: d.eval.as_ref().map(|e| e.source.clone()),
+            calib_samples: d.calib.windows,
+            seq_len: d.calib.seq_len,
+            eval_windows: d
+                .eval
+                .as_ref()
+                .map(|e| e.windows)
+                .unwrap_or(DEFAULT_EVAL_WINDOWS),
+            seed: d.calib.seed.unwrap_or(DEFAULT_SEED),
+        }
+    }
+
+    /// The sources, parsed; errors name the value that is wrong (checked before any work).
+    pub fn sources(&self) -> Result<(TextSource, Option<TextSource>)> {
+        if self.calib_samples == 0 {
+            bail!("the number of calibration windows must be at least 1");
+        }
+        if self.seq_len < 2 {
+            bail!(
+                "the window length must be at least 2 tokens (got {})",
+                self.seq_len
+            );
+        }
+        let calib = TextSource::parse(&self.calib, DemoSplit::Calib)?;
+        let eval = self
+            .eval
+            .as_deref()
+            .map(|e| TextSource::parse(e, DemoSplit::Eval))
+            .transpose()?;
+        Ok((calib, eval))
+    }
+}
+
+/// Everything an experiment is opened with.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub source: ModelSource,
+    pub device: Device,
+    pub dtype: DType,
+    pub place: Placement,
+    pub data: DataSpec,
+    /// Use the on-disk cache of calibration statistics.
+    pub stats_cache: bool,
+    /// Use the on-disk cache of the dense model's perplexity and generations.
+    pub dense_cache: bool,
+    /// The metric the memory estimate plans for (SparseGPT needs its Hessians).
+    pub metric: Metric,
+    /// A pruned copy of the weights is kept beside the dense ones (the explorer compares both).
+    pub keeps_pruned_copy: bool,
+}
+
+/// What the model and data are, for reports and the explorer's header.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub info: ModelInfo,
+    pub data: DataInfo,
+    /// Parameter count per block and linear (all that allocation needs of the model).
+    pub numel: Vec<[f64; 7]>,
+    pub device: String,
+    /// Human description of the perplexity protocol.
+    pub protocol: String,
+    /// Preflight memory estimate of calibration and pruning, GiB.
+    pub memory_gib: f64,
+}
+
+/// An opened experiment: the dense model with its windows. Pruning works on copies (or, for a
+/// one-shot run, on the model itself through [`Experiment::prune`]).
+pub struct Experiment {
+    pub model: LoadedModel,
+    pub calib: Vec<Vec<u32>>,
+    pub eval: Option<Vec<Vec<u32>>>,
+    pub summary: Summary,
+    /// Seconds spent loading the weights.
+    pub load_s: f64,
+    stats_key: Option<StatsKey>,
+    /// Identity of the weights, dtype and device: the key of the dense results.
+    dense_key: Option<DenseKey>,
+}
+
+/// What the dense model's results depend on besides the question asked.
+#[derive(Debug, Clone, Serialize)]
+struct DenseKey {
+    model: String,
+    dtype: String,
+    device: String,
+    format: u32,
+}
+
+/// Bump when the meaning of a cached dense result changes: old files then miss.
+const DENSE_FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+enum DenseQuestion<'a> {
+    /// Perplexity over exactly these windows (their ids' sha256).
+    Perplexity { windows_sha256: String },
+    /// The greedy continuation of a prompt.
+    Greedy {
+        prompt: &'a str,
+        max_new_tokens: usize,
+    },
+}
+
+fn dtype_name(d: DType) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+/// The report's description of a text set.
+fn dataset(
+    sha256: String,
+    windows: usize,
+    seq_len: usize,
+    arg: &str,
+    seed: Option<u64>,
+) -> DataSet {
+    DataSet {
+        source: arg.to_string(),
+        sha256,
+        windows,
+        seq_len,
+        seed,
+    }
+}
+
+/// What the calibration statistics depend on besides model, windows and length: the text, and
+/// the sampler's seed for document sources.
+fn stats_data_key(set: &DataSet) -> String {
+    match set.seed {
+        Some(s) => format!("{}+seed{s}", set.sha256),
+        None => set.sha256.clone(),
+    }
+}
+
+/// How the perplexity was measured, so numbers are never compared across protocols.
+pub fn protocol_text(windows: usize, seq_len: usize, label: &str) -> String {
+    format!(
+        "{windows} windows × {seq_len} tokens of {label}, each its own sequence; ppl = exp(mean NLL over {} predictions)",
+        windows * (seq_len.saturating_sub(1))
+    )
+}
+
+/// The report's description of a model; `identity` is [`LoadedModel::identity`].
+pub fn model_info(m: &LoadedModel, dtype: DType, identity: &str) -> ModelInfo {
+    let (source, sha256, revision) = match &m.source {
+        ModelSource::Demo => ("demo".to_string(), Some(identity.to_string()), None),
+        ModelSource::Gguf(p) => (p.display().to_string(), Some(identity.to_string()), None),
+        ModelSource::Folder(p) => (p.display().to_string(), None, None),
+        ModelSource::Hub { id, revision } => (id.clone(), None, Some(revision.clone())),
+    };
+    let c = &m.llama.config;
+    ModelInfo {
+        source,
+        sha256,
+        revision,
+        architecture: c.arch.model_type().to_string(),
+        blocks: c.num_hidden_layers,
+        parameters: c.param_count(),
+        dtype: dtype_name(dtype),
+    }
+}
+
+fn windows_sha256(w: &[Vec<u32>]) -> String {
+    let bytes: Vec<u8> = w.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    crate::assets::sha256_bytes(&bytes)
+}
+
+/// A step-callback for the engine (which takes `FnMut(..) -> bool`) from an observer.
+fn go_on(obs: &mut dyn Observer, step: Step) -> bool {
+    obs.step(step).is_continue()
+}
+
+impl Experiment {
+    /// Load the model, check the preflight memory estimate, and cut the calibration and
+    /// evaluation windows.
+    pub fn open(s: &Setup, obs: &mut dyn Observer) -> Result<Self> {
+        let (calib_src, eval_src) = s.data.sources()?;
+        let d = &s.data;
+        // Measured before the weights are loaded, so the estimate (weights included) compares.
+        let available = match s.device {
+            Device::Cpu => crate::prune::memory::available_bytes(),
+            _ => None,
+        };
+        let t = Instant::now();
+        let model = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut |m| {
+            obs.status(m)
+        })?;
+        let load_s = t.elapsed().as_secs_f64();
+        obs.status(&crate::model::loaded_line(
+            &model, &s.device, s.dtype, load_s,
+        ));
+        let mut est = Estimate::new(
+            &model.llama.config,
+            s.dtype.size_in_bytes(),
+            d.calib_samples,
+            d.seq_len,
+            s.metric,
+            s.place == Placement::Offload,
+        );
+        if s.keeps_pruned_copy {
+            // With --offload the dense blocks stay in their file, the pruned ones in memory.
+            est.total += est.weights + est.offloaded;
+        }
+        obs.status(&est.describe());
+        est.check(available, d.calib_samples)?;
+
+        let mut status = |m: &str| obs.status(m);
+        let (calib, calib_sha) = source_windows(
+            &calib_src,
+            &model,
+            d.calib_samples,
+            d.seq_len,
+            true,
+            d.seed,
+            &mut status,
+        )?;
+        let calib_set = dataset(
+            calib_sha,
+            d.calib_samples,
+            d.seq_len,
+            &d.calib,
+            calib_src.is_sampled().then_some(d.seed),
+        );
+        let (eval, eval_set) = match (&eval_src, &d.eval) {
+            (Some(src), Some(arg)) => {
+                let (w, sha) = source_windows(
+                    src,
+                    &model,
+                    d.eval_windows,
+                    d.seq_len,
+                    false,
+                    0,
+                    &mut status,
+                )?;
+                let set = dataset(sha, w.len(), d.seq_len, arg, None);
+                (Some(w), Some(set))
+            }
+            _ => (None, None),
+        };
+        let identity = model.identity()?;
+        let stats_key = s.stats_cache.then(|| {
+            StatsKey::new(
+                &identity,
+                &stats_data_key(&calib_set),
+                d.calib_samples,
+                d.seq_len,
+                s.dtype,
+            )
+        });
+        let dense_key = s.dense_cache.then(|| DenseKey {
+            model: identity.clone(),
+            dtype: dtype_name(s.dtype),
+            device: format!("{:?}", s.device.location()),
+            format: DENSE_FORMAT,
+        });
+        let protocol = protocol_text(
+            eval_set.as_ref().map(|e| e.windows).unwrap_or(0),
+            d.seq_len,
+            &eval_src
+                .as_ref()
+                .map(|s| s.label())
+                .unwrap_or_else(|| "none".into()),
+        );
+        let summary = Summary {
+            info: model_info(&model, s.dtype, &identity),
+            data: DataInfo {
+                calib: calib_set,
+                eval: eval_set,
+            },
+            numel: linear_numel(&model.llama),
+            device: match s.place {
+                Placement::Offload => format!("{} · offload", crate::device::describe(&s.device)),
+                Placement::Resident => crate::device::describe(&s.device),
+            },
+            protocol,
+            memory_gib: crate::prune::memory::gib(est.total),
+        };
+        Ok(Self {
+            model,
+            calib,
+            eval,
+            summary,
+            load_s,
+            stats_key,
+            dense_key,
+        })
+    }
+
+    /// The dense calibration pass (from the statistics cache when it has it): the statistics
+    /// and whether they came from the cache. `spectra`: also AlphaPruning's α̂ per linear (an
+    /// eigenvalue problem each; only AlphaPruning and the explorer need them).
+    pub fn calibrate(
+        &self,
+        owl_m: f64,
+        spectra: bool,
+        obs: &mut dyn Observer,
+    ) -> Result<(Calibration, bool)> {
+        let obs = std::cell::RefCell::new(obs);
+        calibrate_cached(
+            &self.model,
+            &self.calib,
+            self.stats_key.as_ref(),
+            owl_m,
+            spectra,
+            &mut |bp| {
+                let mut o = obs.borrow_mut();
+                if let Some(stats) = bp.stats {
+                    o.block_scored(bp.block - 1, stats);
+                }
+                go_on(
+                    &mut **o,
+                    Step {
+                        stage: Stage::Calibrate,
+                        done: bp.block,
+                        total: bp.blocks,
+                        // Whole-model equivalent: each step runs every token through one block.
+                        tokens_per_step: bp.tokens / bp.blocks.max(1),
+                        started: bp.started,
+                    },
+                )
+            },
+            &mut |w| obs.borrow_mut().status(w),
+        )
+    }
+
+    /// Prune a copy of the dense weights by `plan`: preview (masks from the dense statistics) or
+    /// faithful (the sequential pass over the calibration windows). Returns the achieved
+    /// sparsity per block.
+    pub fn prune(
+        &self,
+        llama: &mut Llama,
+        cal: &Calibration,
+        plan: &Plan,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<f64>> {
+        prune_with(llama, &self.calib, cal, plan, params, obs)
+    }
+
+    /// As [`Experiment::prune`] on the loaded weights themselves (a one-shot run needs no copy;
+    /// the dense results must be measured before).
+    pub fn prune_in_place(
+        &mut self,
+        cal: &Calibration,
+        plan: &Plan,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<f64>> {
+        prune_with(&mut self.model.llama, &self.calib, cal, plan, params, obs)
+    }
+
+    /// A runnable model around pruned weights (tokenizer and source of the dense one).
+    pub fn with_weights(&self, llama: Llama) -> LoadedModel {
+        LoadedModel {
+            llama,
+            tokenizer: self.model.tokenizer.clone(),
+            source: self.model.source.clone(),
+            path: self.model.path.clone(),
+        }
+    }
+
+    /// Perplexity of `llama` on the evaluation windows (`None` without evaluation data).
+    pub fn perplexity(
+        &self,
+        llama: &Llama,
+        stage: Stage,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<f64>> {
+        let Some(w) = &self.eval else { return Ok(None) };
+        let started = Instant::now();
+        let seq = w.first().map(|x| x.len()).unwrap_or(0);
+        let r = perplexity(llama, w, &mut |done, total| {
+            go_on(
+                obs,
+                Step {
+                    stage,
+                    done,
+                    total,
+                    tokens_per_step: seq,
+                    started,
+                },
+            )
+        })?;
+        Ok(Some(r.ppl))
+    }
+
+    /// The dense model's perplexity, from the cache when this model, dtype, device and these
+    /// exact windows were measured before. Returns it and whether it came from the cache.
+    pub fn dense_perplexity(&self, obs: &mut dyn Observer) -> Result<(Option<f64>, bool)> {
+        let Some(w) = &self.eval else {
+            return Ok((None, false));
+        };
+        let q = DenseQuestion::Perplexity {
+            windows_sha256: windows_sha256(w),
+        };
+        if let Some(ppl) = self.dense_cached::<f64>(&q) {
+            return Ok((Some(ppl), true));
+        }
+        let ppl = self.perplexity(&self.model.llama, Stage::DenseEval, obs)?;
+        if let Some(p) = ppl {
+            self.dense_store(&q, &p, obs);
+        }
+        Ok((ppl, false))
+    }
+
+    /// Greedy continuations of `prompts` by `m`, streamed to the observer piece by piece.
+    pub fn generate(
+        &self,
+        m: &LoadedModel,
+        prompts: &[String],
+        max_new_tokens: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        let params = GenParams {
+            max_new_tokens,
+            ..GenParams::default()
+        };
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            self.generation_step(obs, i, prompts.len())?;
+            let mut stop = false;
+            let g = generate(m, p, &params, &mut |piece| {
+                stop = obs.token(i, piece).is_break();
+                !stop
+            })?;
+            if stop {
+                return Err(Cancelled.into());
+            }
+            out.push(g.text);
+        }
+        Ok(out)
+    }
+
+    /// As [`Experiment::generate`] for the dense model, each prompt from the cache when it was
+    /// generated before with this model, dtype and device (and then sent to the observer whole).
+    pub fn dense_generations(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let q = DenseQuestion::Greedy {
+                prompt: p,
+                max_new_tokens,
+            };
+            let text = match self.dense_cached::<String>(&q) {
+                Some(t) => {
+                    self.generation_step(obs, i, prompts.len())?;
+                    if obs.token(i, &t).is_break() {
+                        return Err(Cancelled.into());
+                    }
+                    t
+                }
+                None => {
+                    let t = self
+                        .generate(
+                            &self.model,
+                            std::slice::from_ref(p),
+                            max_new_tokens,
+                            &mut Renumber {
+                                inner: obs,
+                                prompt: i,
+                                total: prompts.len(),
+                            },
+                        )?
+                        .remove(0);
+                    self.dense_store(&q, &t, obs);
+                    t
+                }
+            };
+            out.push(text);
+        }
+        Ok(out)
+    }
+
+    fn generation_step(&self, obs: &mut dyn Observer, i: usize, total: usize) -> Result<()> {
+        obs.generation_started(i);
+        let step = Step {
+            stage: Stage::Generate,
+            done: i,
+            total,
+            tokens_per_step: 0,
+            started: Instant::now(),
+        };
+        match obs.step(step) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(Cancelled.into()),
+        }
+    }
+
+    fn dense_cached<T: serde::de::DeserializeOwned>(&self, q: &DenseQuestion) -> Option<T> {
+        let key = self.dense_key.as_ref()?;
+        crate::assets::cache_load("dense", &(key, q))
+    }
+
+    /// A failed write only warns: the result is still good, it will be measured again next time.
+    fn dense_store(&self, q: &DenseQuestion, v: &impl Serialize, obs: &mut dyn Observer) {
+        if let Some(key) = &self.dense_key {
+            if let Err(e) = crate::assets::cache_store("dense", &(key, q), v) {
+                obs.status(&format!(
+                    "warning: could not save a dense result to the cache: {e}"
+                ));
+            }
+        }
+    }
+}
+
+fn prune_with(
+    llama: &mut Llama,
+    calib: &[Vec<u32>],
+    cal: &Calibration,
+    plan: &Plan,
+    params: &PruneParams,
+    obs: &mut dyn Observer,
+) -> Result<Vec<f64>> {
+    match params.mode {
+        Mode::Preview => prune_preview(llama, cal, plan, params)?,
+        Mode::Faithful => prune_faithful(llama, calib, plan, params, &mut |bp| {
+            go_on(
+                obs,
+                Step {
+                    stage: Stage::Prune,
+                    done: bp.block,
+                    total: bp.blocks,
+                    tokens_per_step: bp.tokens / bp.blocks.max(1),
+                    started: bp.started,
+                },
+            )
+        })?,
+    }
+    achieved(llama)
+}
+
+/// Passes a one-prompt generation through to the observer as prompt `prompt` of `total`.
+struct Renumber<'a> {
+    inner: &'a mut dyn Observer,
+    prompt: usize,
+    total: usize,
+}
+
+impl Observer for Renumber<'_> {
+    fn status(&mut self, msg: &str) {
+        self.inner.status(msg)
+    }
+    fn step(&mut self, step: Step) -> ControlFlow<()> {
+        self.inner.step(Step {
+            done: self.prompt,
+            total: self.total,
+            ..step
+        })
+    }
+    fn generation_started(&mut self, _prompt: usize) {
+        self.inner.generation_started(self.prompt)
+    }
+    fn token(&mut self, _prompt: usize, text: &str) -> ControlFlow<()> {
+        self.inner.token(self.prompt, text)
+    }
+}

@@ -1,0 +1,115 @@
+//! How long work reports on itself: one observer type for every front end. The CLI prints the
+//! steps on stderr, the explorer's worker turns them into messages; a `Break` from `step` (or
+//! `token`) cancels the job, which then ends with the typed [`crate::error::Cancelled`].
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use crate::prune::stats::ScoreStats;
+
+/// Long-running work, as named in progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Load,
+    Calibrate,
+    DenseEval,
+    Prune,
+    PrunedEval,
+    Generate,
+    Save,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Load => "loading",
+            Stage::Calibrate => "calibrating block",
+            Stage::DenseEval => "dense perplexity, window",
+            Stage::Prune => "faithful pruning, block",
+            Stage::PrunedEval => "pruned perplexity, window",
+            Stage::Generate => "generating",
+            Stage::Save => "saving",
+        }
+    }
+}
+
+/// `done` of `total` steps of a stage, started at `started`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub stage: Stage,
+    pub done: usize,
+    pub total: usize,
+    /// Tokens processed per step (whole-model equivalent), for tokens/s; 0 when not meaningful.
+    pub tokens_per_step: usize,
+    pub started: Instant,
+}
+
+impl Step {
+    /// Tokens per second since the stage started.
+    pub fn tokens_per_s(&self) -> f64 {
+        (self.done * self.tokens_per_step) as f64 / self.elapsed_s()
+    }
+
+    /// Seconds left at the rate so far (0 before the first step).
+    pub fn eta_s(&self) -> f64 {
+        match self.done {
+            0 => 0.0,
+            d => self.elapsed_s() / d as f64 * self.total.saturating_sub(d) as f64,
+        }
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+/// Receives what an experiment does while it does it.
+pub trait Observer {
+    /// A short status line ("tokenizing", "fetching …").
+    fn status(&mut self, msg: &str);
+    /// A step of a long stage finished; `Break` cancels the job.
+    fn step(&mut self, step: Step) -> ControlFlow<()>;
+    /// Calibration finished block `block` (its statistics, for live charts).
+    fn block_scored(&mut self, _block: usize, _stats: ScoreStats) {}
+    /// Generation of prompt `prompt` starts.
+    fn generation_started(&mut self, _prompt: usize) {}
+    /// A decoded piece of prompt `prompt`'s continuation; `Break` cancels.
+    fn token(&mut self, _prompt: usize, _text: &str) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Observes nothing and never cancels (benchmarks, tests).
+pub struct Silent;
+
+impl Observer for Silent {
+    fn status(&mut self, _msg: &str) {}
+    fn step(&mut self, _step: Step) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_and_eta() {
+        let s = Step {
+            stage: Stage::Calibrate,
+            done: 2,
+            total: 6,
+            tokens_per_step: 100,
+            started: Instant::now() - Duration::from_secs(4),
+        };
+        // 200 tokens in ~4 s; 4 steps left at 2 s each.
+        assert!(
+            (s.tokens_per_s() - 50.0).abs() < 1.0,
+            "{}",
+            s.tokens_per_s()
+        );
+        assert!((s.eta_s() - 8.0).abs() < 0.2, "{}", s.eta_s());
+        assert_eq!(Step { done: 0, ..s }.eta_s(), 0.0);
+    }
+}

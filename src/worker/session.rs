@@ -1,0 +1,275 @@
+//! The explorer's session: an [`Experiment`] opened at start-up, its calibration, and the
+//! pruned copy of the last apply. Each job is a short sequence of experiment calls; what they
+//! report goes out as messages through [`WorkerObserver`].
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use color_eyre::eyre::{eyre, Result};
+
+use super::{Link, Session};
+use crate::app::{Job, Msg};
+use crate::error::is_cancelled;
+use crate::experiment::{Experiment, Observer, Setup, Stage, Step};
+use crate::model::LoadedModel;
+use crate::prune::pipeline::{Plan, PruneParams};
+use crate::prune::stats::{Calibration, ScoreStats};
+
+/// What the explorer was started on.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub setup: Setup,
+    pub owl_m: f64,
+    pub max_new_tokens: usize,
+    pub prompts: Vec<String>,
+}
+
+/// Turns an experiment's progress into messages; the cancel flag into `Break`.
+struct WorkerObserver<'a> {
+    link: &'a Link,
+    /// Generations belong to the pruned side.
+    pruned: bool,
+}
+
+impl Observer for WorkerObserver<'_> {
+    fn status(&mut self, msg: &str) {
+        self.link.send(Msg::Status(msg.to_string()));
+    }
+
+    fn step(&mut self, step: Step) -> ControlFlow<()> {
+        self.link.send(Msg::Progress(step));
+        self.flow()
+    }
+
+    fn block_scored(&mut self, block: usize, stats: ScoreStats) {
+        self.link.send(Msg::BlockScored { block, stats });
+    }
+
+    fn generation_started(&mut self, prompt: usize) {
+        self.link.send(Msg::GenStart {
+            pruned: self.pruned,
+            prompt,
+        });
+    }
+
+    fn token(&mut self, prompt: usize, text: &str) -> ControlFlow<()> {
+        self.link.send(Msg::Token {
+            pruned: self.pruned,
+            prompt,
+            text: text.to_string(),
+        });
+        self.flow()
+    }
+}
+
+impl WorkerObserver<'_> {
+    fn flow(&self) -> ControlFlow<()> {
+        match self.link.go_on() {
+            true => ControlFlow::Continue(()),
+            false => ControlFlow::Break(()),
+        }
+    }
+}
+
+pub struct ExplorerSession {
+    spec: Spec,
+    x: Option<Experiment>,
+    cal: Option<Arc<Calibration>>,
+    pruned: Option<LoadedModel>,
+    dense_ppl_done: bool,
+    dense_gens_done: bool,
+}
+
+impl ExplorerSession {
+    pub fn new(spec: Spec) -> Self {
+        Self {
+            spec,
+            x: None,
+            cal: None,
+            pruned: None,
+            dense_ppl_done: false,
+            dense_gens_done: false,
+        }
+    }
+}
+
+/// Report a stage's outcome: a cancel or an error ends the job (not the worker) with a message.
+fn settle(link: &Link, stage: Stage, r: Result<()>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) if is_cancelled(&e) => {
+            link.send(Msg::Cancelled(stage));
+            false
+        }
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            link.send(Msg::Failed(format!("error: {}", chain.join(": "))));
+            false
+        }
+    }
+}
+
+impl Session for ExplorerSession {
+    fn start(&mut self, link: &Link) {
+        let _ = self.open(link) && self.prepare(link);
+    }
+
+    fn run(&mut self, job: Job, link: &Link) {
+        match job {
+            // Also what the start would have done after a cancel, and the start itself after a
+            // failed or panicked load (r tries again).
+            Job::Calibrate => match self.x.is_some() {
+                true => {
+                    let _ = self.prepare(link);
+                }
+                false => self.start(link),
+            },
+            Job::Apply {
+                id,
+                params,
+                plan,
+                prompts,
+            } => {
+                let _ = self.apply(link, id, &params, &plan)
+                    && self.pruned_eval(link, id)
+                    && self.generate(link, true, &prompts);
+            }
+            Job::Generate { prompts } => {
+                let _ = self.generate(link, false, &prompts)
+                    && (self.pruned.is_none() || self.generate(link, true, &prompts));
+            }
+            Job::SaveModel { dir } => {
+                let r = self.save(link, dir);
+                settle(link, Stage::Save, r);
+            }
+        }
+    }
+}
+
+impl ExplorerSession {
+    fn open(&mut self, link: &Link) -> bool {
+        let mut obs = WorkerObserver {
+            link,
+            pruned: false,
+        };
+        let r = Experiment::open(&self.spec.setup, &mut obs).map(|x| {
+            link.send(Msg::Loaded(Box::new(x.summary.clone())));
+            self.x = Some(x);
+        });
+        settle(link, Stage::Load, r)
+    }
+
+    /// Calibrate, then the dense results that are not there yet (the data did not change, so
+    /// recalibrating does not measure the dense model again).
+    fn prepare(&mut self, link: &Link) -> bool {
+        let prompts = self.spec.prompts.clone();
+        self.calibrate(link)
+            && (self.dense_ppl_done || self.dense_eval(link))
+            && (self.dense_gens_done || self.generate(link, false, &prompts))
+    }
+
+    fn calibrate(&mut self, link: &Link) -> bool {
+        let Some(x) = &self.x else { return false };
+        let mut obs = WorkerObserver {
+            link,
+            pruned: false,
+        };
+        // The explorer can switch to AlphaPruning at any key press: always the spectra.
+        let r = x
+            .calibrate(self.spec.owl_m, true, &mut obs)
+            .map(|(cal, hit)| {
+                let cal = Arc::new(cal);
+                link.send(Msg::Calibrated {
+                    cal: cal.clone(),
+                    cache_hit: hit,
+                });
+                self.cal = Some(cal);
+            });
+        settle(link, Stage::Calibrate, r)
+    }
+
+    fn dense_eval(&mut self, link: &Link) -> bool {
+        let Some(x) = &self.x else { return false };
+        let mut obs = WorkerObserver {
+            link,
+            pruned: false,
+        };
+        let r = x.dense_perplexity(&mut obs).map(|(ppl, _hit)| {
+            if let Some(p) = ppl {
+                link.send(Msg::DensePpl(p));
+            }
+        });
+        self.dense_ppl_done = settle(link, Stage::DenseEval, r);
+        self.dense_ppl_done
+    }
+
+    fn apply(&mut self, link: &Link, id: usize, params: &PruneParams, plan: &Plan) -> bool {
+        let Some(x) = &self.x else { return false };
+        let started = Instant::now();
+        let mut obs = WorkerObserver { link, pruned: true };
+        let r = (|| -> Result<LoadedModel> {
+            let cal = self
+                .cal
+                .as_ref()
+                .ok_or_else(|| eyre!("calibration has to finish first"))?;
+            let mut llama = x.model.llama.clone();
+            let achieved = x.prune(&mut llama, cal, plan, params, &mut obs)?;
+            link.send(Msg::Applied {
+                id,
+                achieved,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            Ok(x.with_weights(llama))
+        })();
+        let r = r.map(|m| self.pruned = Some(m));
+        settle(link, Stage::Prune, r)
+    }
+
+    fn pruned_eval(&mut self, link: &Link, id: usize) -> bool {
+        let (Some(x), Some(m)) = (&self.x, &self.pruned) else {
+            return false;
+        };
+        let mut obs = WorkerObserver { link, pruned: true };
+        let r = x
+            .perplexity(&m.llama, Stage::PrunedEval, &mut obs)
+            .map(|ppl| {
+                if let Some(ppl) = ppl {
+                    link.send(Msg::PrunedPpl { id, ppl });
+                }
+            });
+        settle(link, Stage::PrunedEval, r)
+    }
+
+    /// Greedy generations of every prompt on one side, streamed token by token.
+    fn generate(&mut self, link: &Link, pruned: bool, prompts: &[String]) -> bool {
+        let Some(x) = &self.x else { return false };
+        let mut obs = WorkerObserver { link, pruned };
+        let max_new = self.spec.max_new_tokens;
+        let r = match (pruned, &self.pruned) {
+            (false, _) => x.dense_generations(prompts, max_new, &mut obs).map(|_| ()),
+            (true, Some(m)) => x.generate(m, prompts, max_new, &mut obs).map(|_| ()),
+            (true, None) => Ok(()),
+        };
+        let ok = settle(link, Stage::Generate, r);
+        if !pruned && ok {
+            self.dense_gens_done = true;
+        }
+        ok
+    }
+
+    fn save(&self, link: &Link, dir: PathBuf) -> Result<()> {
+        let m = self
+            .pruned
+            .as_ref()
+            .ok_or_else(|| eyre!("apply masks first (a); then s saves the pruned model"))?;
+        link.send(Msg::Status(format!(
+            "saving the pruned model to {}",
+            dir.display()
+        )));
+        crate::model::save_folder(m, &dir)?;
+        link.send(Msg::Saved(dir));
+        Ok(())
+    }
+}
