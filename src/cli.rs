@@ -347,3 +347,21 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// A parameter error as the command line says it: with the flags that set the parameters.
+pub fn flag_message(e: &crate::error::InvalidParam) -> String {
+    use crate::error::Param;
+    e.render(|p| match p {
+        Param::Sparsity => "--sparsity",
+        Param::Alpha => "--alpha",
+        Param::Tau => "--tau",
+        Param::OwlLambda => "--owl-lambda",
+        Param::AlphaEps => "--alpha-eps",
+        Param::OwlM => "--owl-m",
+        Param::Pattern => "--pattern",
+        Param::Granularity => "--granularity",
+        Param::Metric => "--metric",
+        Param::Mode => "--mode",
+        Param::Pins => "--pin",
+    })
+}

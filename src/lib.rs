@@ -8,6 +8,9 @@
 //! - front ends, each only its own I/O: `prune_cmd`/`commands` (CLI), `bench`, and the explorer:
 //!   `worker` (messages over the experiment) → `app` (state) → `ui` (pure drawing), run by `tui`.
 
+// A panic in the worker or the terminal loop is a bug: errors are returned, not unwrapped.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod assets;
 pub mod bench;

@@ -16,7 +16,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
         Some(Command::Schema) => {
-            print!("{}", dlpx::report::json_schema());
+            print!("{}", dlpx::report::json_schema()?);
             Ok(())
         }
         None => dlpx::tui::start(&cli.global, &cli.tui),
@@ -47,7 +47,13 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli) {
         // One readable message: the error and its causes on one line, no backtrace.
-        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        let chain: Vec<String> = e
+            .chain()
+            .map(|c| match c.downcast_ref::<dlpx::error::InvalidParam>() {
+                Some(p) => dlpx::cli::flag_message(p),
+                None => c.to_string(),
+            })
+            .collect();
         eprintln!("error: {}", chain.join(": "));
         std::process::exit(1);
     }

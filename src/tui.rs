@@ -161,7 +161,6 @@ impl NeverSignal {
 /// taken over (so bad input prints one plain error), then open the explorer.
 pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> {
     use crate::experiment::{DataSpec, Setup};
-    use crate::prune::pipeline::PruneParams;
     let theme = Theme::resolve(&a.theme)?;
     let device = crate::device::parse_device(&g.device)?;
     let dtype = crate::device::parse_dtype(&g.dtype, &device)?;
@@ -178,10 +177,7 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
     data.sources()?;
     let params = match &a.config {
         Some(p) => crate::report::Report::load(p)?.params,
-        None => PruneParams {
-            mode: crate::prune::pipeline::Mode::Preview,
-            ..Default::default()
-        },
+        None => crate::app::params::explorer_defaults(),
     };
     params.validate(usize::MAX)?;
     let prompts = if a.prompt.is_empty() {

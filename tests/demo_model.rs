@@ -73,8 +73,15 @@ fn tokenizer_matches_protocol_counts() {
     let eval = TextSource::Demo(DemoSplit::Eval).load(&mut |_| {}).unwrap();
     assert_eq!(calib.len(), 4_656_953);
     assert_eq!(eval.len(), 1_452_991);
-    assert_eq!(enc(&calib).len(), 1_008_556);
-    assert_eq!(enc(&eval).len(), 353_860);
+    let (calib_ids, eval_ids) = (enc(&calib), enc(&eval));
+    assert_eq!(calib_ids.len(), 1_008_556);
+    assert_eq!(eval_ids.len(), 353_860);
+    // Chunked encoding (cut after a newline between non-spaces) gives exactly the same ids, and
+    // stopping early gives their prefix.
+    let long = |s: &str, n| dlpx::model::encode_long(&tok, s, n).unwrap();
+    assert_eq!(long(&calib, None), calib_ids);
+    assert_eq!(long(&eval, None), eval_ids);
+    assert_eq!(long(&eval, Some(16_384)), eval_ids[..16_384]);
 }
 
 #[test]

@@ -349,15 +349,6 @@ fn memory_estimate_for_llama2_7b_shapes() {
 /// all windows; the presets without network or cache fail with a clear message.
 #[test]
 fn protocol_loaders_on_local_files() {
-    use std::io::Write;
-    use std::sync::Arc;
-
-    use parquet::basic::Compression;
-    use parquet::data_type::{ByteArray, ByteArrayType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    use parquet::schema::parser::parse_message_type;
-
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (model, _) = Tiny::default().gguf_in(d, 3);
@@ -375,39 +366,13 @@ fn protocol_loaders_on_local_files() {
         })
         .collect();
     let gz = d.join("c4-style.jsonl.gz");
-    let mut enc = flate2::write::GzEncoder::new(
-        std::fs::File::create(&gz).unwrap(),
-        flate2::Compression::default(),
-    );
-    for t in &docs {
-        writeln!(enc, "{}", serde_json::json!({"text": t, "url": "x"})).unwrap();
-    }
-    enc.finish().unwrap();
+    common::write_jsonl_gz(&gz, &docs);
     // WikiText-style: a parquet file with a `text` column, snappy-compressed.
     let rows: Vec<String> = (0..25)
         .map(|i| format!(" = Section {i} = \n Some wiki text, line {i}. "))
         .collect();
     let pq = d.join("wikitext-style.parquet");
-    let schema = Arc::new(
-        parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap(),
-    );
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
-    let mut w =
-        SerializedFileWriter::new(std::fs::File::create(&pq).unwrap(), schema, props).unwrap();
-    let mut rg = w.next_row_group().unwrap();
-    while let Some(mut col) = rg.next_column().unwrap() {
-        let vals: Vec<ByteArray> = rows.iter().map(|t| ByteArray::from(t.as_str())).collect();
-        col.typed::<ByteArrayType>()
-            .write_batch(&vals, None, None)
-            .unwrap();
-        col.close().unwrap();
-    }
-    rg.close().unwrap();
-    w.close().unwrap();
+    common::write_parquet_text(&pq, &rows);
 
     let run = |seed: &str, report: &str| -> serde_json::Value {
         let rep = d.join(report);
@@ -578,4 +543,65 @@ fn option_placement() {
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("`--calib` before `prune`"), "{e}");
+}
+
+/// The experiment layer's dense results cache: a second `dlpx prune` with the same model and
+/// windows takes the dense perplexity and generations from the cache (same bits), `--no-cache`
+/// measures them again, and other windows miss.
+#[test]
+fn second_prune_reuses_the_dense_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tiny::default();
+    let (gguf, _) = t.gguf_in(dir.path(), 7);
+    let text = dir.path().join("text.txt");
+    let body: String = (0..400)
+        .map(|i| format!("word{} and more{}\n", i % 37, i % 11))
+        .collect();
+    std::fs::write(&text, body).unwrap();
+    let cache = dir.path().join("cache");
+    let run = |eval_windows: &str, extra: &[&str]| -> (serde_json::Value, String) {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+            .env("DLPX_CACHE", &cache)
+            .args(["prune", "--model", gguf.to_str().unwrap()])
+            .args([
+                "--calib",
+                text.to_str().unwrap(),
+                "--eval",
+                text.to_str().unwrap(),
+            ])
+            .args([
+                "--calib-samples",
+                "2",
+                "--seq-len",
+                "16",
+                "--eval-windows",
+                eval_windows,
+            ])
+            .args(["--prompt", "word1", "--max-new-tokens", "4", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (serde_json::from_slice(&o.stdout).unwrap(), err)
+    };
+    let (first, err1) = run("3", &[]);
+    assert!(!err1.contains("dense perplexity from the cache"), "{err1}");
+    let (second, err2) = run("3", &[]);
+    assert!(err2.contains("dense perplexity from the cache"), "{err2}");
+    assert_eq!(
+        first["ppl"], second["ppl"],
+        "cached dense perplexity differs"
+    );
+    assert_eq!(first["generations"], second["generations"]);
+    assert!(second["ppl"]["dense"].as_f64().unwrap() > 1.0);
+    let (fresh, err3) = run("3", &["--no-cache"]);
+    assert!(!err3.contains("from the cache"), "{err3}");
+    assert_eq!(
+        first["ppl"], fresh["ppl"],
+        "measuring again gives the same bits"
+    );
+    // Other windows are another question: measured, not taken from the cache.
+    let (_, err4) = run("2", &[]);
+    assert!(!err4.contains("dense perplexity from the cache"), "{err4}");
 }

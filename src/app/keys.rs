@@ -374,6 +374,60 @@ pub fn lookup(key: &KeyEvent, compare: bool) -> Option<Action> {
         .map(|b| b.action)
 }
 
+/// The footer's hints per view, most important first: an action and its one-word name. The key
+/// shown comes from the action's binding in the table, so the footer never names a key that
+/// does something else.
+const FOOTER_MAIN: &[(Action, &str)] = &[
+    (Action::Inc, "adjust"),
+    (Action::FieldNext, "field"),
+    (Action::BlockNext, "block"),
+    (Action::PinUp, "pin"),
+    (Action::Apply, "apply"),
+    (Action::ToggleCompare, "compare"),
+    (Action::Export, "export"),
+    (Action::Help, "help"),
+    (Action::Quit, "quit"),
+    (Action::Open, "open"),
+    (Action::SaveModel, "save"),
+];
+const FOOTER_COMPARE: &[(Action, &str)] = &[
+    (Action::PromptNext, "prompt"),
+    (Action::EditPrompt, "edit"),
+    (Action::AddPrompt, "new"),
+    (Action::Generate, "generate"),
+    (Action::Apply, "apply"),
+    (Action::ToggleCompare, "charts"),
+    (Action::Export, "export"),
+    (Action::Help, "help"),
+    (Action::Quit, "quit"),
+];
+
+/// `(key, word)` hints for the footer of a view (`compare` = the compare view).
+pub fn footer(compare: bool) -> Vec<(String, &'static str)> {
+    let list = if compare { FOOTER_COMPARE } else { FOOTER_MAIN };
+    list.iter()
+        .filter_map(|(action, word)| {
+            let b = BINDINGS.iter().find(|b| {
+                b.action == *action
+                    && match b.scope {
+                        Scope::Any => true,
+                        Scope::Main => !compare,
+                        Scope::Compare => compare,
+                    }
+            })?;
+            Some((compact(b.label), *word))
+        })
+        .collect()
+}
+
+/// A help label made short for the footer: the first alternative when it is a pair
+/// ("↑/↓ Tab" → "↑↓"), separators dropped ("+ / -" → "+-").
+fn compact(label: &str) -> String {
+    let first = label.split(' ').next().unwrap_or(label);
+    let keep = if first.contains('/') { first } else { label };
+    keep.replace(" / ", "").replace('/', "")
+}
+
 /// `(key label, help, scope)` rows for the help overlay, each listed once.
 pub fn help_rows() -> Vec<(&'static str, &'static str, Scope)> {
     let mut rows: Vec<(&'static str, &'static str, Scope)> = Vec::new();
@@ -388,6 +442,36 @@ pub fn help_rows() -> Vec<(&'static str, &'static str, Scope)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn footer_keys_come_from_the_table() {
+        let main: Vec<String> = footer(false)
+            .into_iter()
+            .map(|(k, w)| format!("{k} {w}"))
+            .collect();
+        assert_eq!(
+            main,
+            [
+                "←→ adjust",
+                "↑↓ field",
+                "[ ] block",
+                "+- pin",
+                "a apply",
+                "c compare",
+                "e export",
+                "? help",
+                "q quit",
+                "o open",
+                "s save"
+            ]
+        );
+        let compare: Vec<String> = footer(true).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(compare, ["↑↓", "p", "n", "g", "a", "c", "e", "?", "q"]);
+        // Every footer key dispatches the footer's action in its view.
+        for (cmp, list) in [(false, FOOTER_MAIN), (true, FOOTER_COMPARE)] {
+            assert_eq!(footer(cmp).len(), list.len());
+        }
+    }
 
     #[test]
     fn every_action_reachable_and_help_has_no_duplicates() {

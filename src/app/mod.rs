@@ -72,7 +72,13 @@ impl InputPurpose {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Overlay {
     Help,
-    Input { purpose: InputPurpose, text: String },
+    /// Text entry. `fresh`: the text is the shown value, untouched; the first typed character
+    /// replaces it (as a selected field does), Backspace clears it, arrows keep it for editing.
+    Input {
+        purpose: InputPurpose,
+        text: String,
+        fresh: bool,
+    },
     ConfirmQuit,
 }
 
@@ -229,26 +235,34 @@ impl State {
                 }
                 return vec![];
             }
-            Some(Overlay::Input { purpose, mut text }) => {
+            Some(Overlay::Input {
+                purpose,
+                mut text,
+                fresh,
+            }) => {
+                let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
                 match key.code {
                     KeyCode::Esc => self.overlay = None,
                     KeyCode::Enter => {
                         self.overlay = None;
                         return self.submit(purpose, text);
                     }
+                    KeyCode::Backspace if fresh => self.edit(purpose, String::new()),
                     KeyCode::Backspace => {
                         text.pop();
-                        self.overlay = Some(Overlay::Input { purpose, text });
+                        self.edit(purpose, text);
                     }
-                    KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                        self.overlay = Some(Overlay::Input {
-                            purpose,
-                            text: String::new(),
-                        });
-                    }
-                    KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    KeyCode::Char('u') if ctrl => self.edit(purpose, String::new()),
+                    KeyCode::Char(c) if !ctrl => {
+                        if fresh {
+                            text.clear();
+                        }
                         text.push(c);
-                        self.overlay = Some(Overlay::Input { purpose, text });
+                        self.edit(purpose, text);
+                    }
+                    // Moving the cursor keeps the shown value for editing.
+                    KeyCode::Left | KeyCode::Right | KeyCode::End | KeyCode::Home => {
+                        self.edit(purpose, text)
                     }
                     _ => {}
                 }
@@ -262,8 +276,22 @@ impl State {
         }
     }
 
+    /// Open text entry showing `text` (replaced by the first typed character).
     fn input(&mut self, purpose: InputPurpose, text: String) {
-        self.overlay = Some(Overlay::Input { purpose, text });
+        self.overlay = Some(Overlay::Input {
+            purpose,
+            fresh: !text.is_empty(),
+            text,
+        });
+    }
+
+    /// Text entry after an edit.
+    fn edit(&mut self, purpose: InputPurpose, text: String) {
+        self.overlay = Some(Overlay::Input {
+            purpose,
+            text,
+            fresh: false,
+        });
     }
 
     pub fn act(&mut self, a: Action) -> Vec<Effect> {
@@ -632,10 +660,76 @@ mod tests {
         s.overlay = Some(Overlay::Input {
             purpose: InputPurpose::Value(Field::Sparsity),
             text: "1.3".into(),
+            fresh: false,
         });
         s.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
         assert_eq!(s.params.alloc.sparsity, 0.7);
         assert_eq!(s.status.1, Tone::Error);
         assert!(s.status.0.contains("sparsity must be in [0, 1)"));
+    }
+
+    fn press(s: &mut State, code: KeyCode) -> Vec<Effect> {
+        s.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    #[test]
+    fn typed_entry_replaces_the_shown_value() {
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        s.field = Field::Tau;
+        press(&mut s, KeyCode::Enter); // shows "inf"
+        assert!(
+            matches!(&s.overlay, Some(Overlay::Input { text, fresh: true, .. }) if text == "inf")
+        );
+        for c in "0.3".chars() {
+            press(&mut s, KeyCode::Char(c));
+        }
+        press(&mut s, KeyCode::Enter);
+        assert_eq!(s.params.alloc.tau, Some(0.3), "{:?}", s.status);
+        // Backspace on the shown value clears it; an arrow keeps it for editing.
+        s.field = Field::Sparsity;
+        press(&mut s, KeyCode::Enter);
+        press(&mut s, KeyCode::Backspace);
+        assert!(matches!(&s.overlay, Some(Overlay::Input { text, .. }) if text.is_empty()));
+        press(&mut s, KeyCode::Esc);
+        press(&mut s, KeyCode::Enter);
+        let Some(Overlay::Input { text: shown, .. }) = s.overlay.clone() else {
+            panic!("no text entry")
+        };
+        press(&mut s, KeyCode::End);
+        press(&mut s, KeyCode::Char('1'));
+        press(&mut s, KeyCode::Enter);
+        let want: f64 = format!("{shown}1").parse().unwrap();
+        assert_eq!(s.params.alloc.sparsity, want, "{:?}", s.status);
+    }
+
+    #[test]
+    fn keys_return_effects() {
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        // Busy (loading): Esc cancels, q asks first.
+        assert!(matches!(
+            press(&mut s, KeyCode::Esc).as_slice(),
+            [Effect::Cancel]
+        ));
+        assert!(press(&mut s, KeyCode::Char('q')).is_empty());
+        assert_eq!(s.overlay, Some(Overlay::ConfirmQuit));
+        assert!(matches!(
+            press(&mut s, KeyCode::Char('y')).as_slice(),
+            [Effect::Quit]
+        ));
+        // Idle: q quits at once, r calibrates again, Esc has nothing to cancel.
+        s.overlay = None;
+        s.on_msg(Msg::Idle);
+        assert!(press(&mut s, KeyCode::Esc).is_empty());
+        assert!(matches!(
+            press(&mut s, KeyCode::Char('r')).as_slice(),
+            [Effect::Job(Job::Calibrate)]
+        ));
+        s.on_msg(Msg::Idle);
+        assert!(matches!(
+            press(&mut s, KeyCode::Char('q')).as_slice(),
+            [Effect::Quit]
+        ));
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert!(matches!(s.on_key(ctrl_c).as_slice(), [Effect::Quit]));
     }
 }

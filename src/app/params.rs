@@ -238,3 +238,98 @@ mod tests {
         assert_eq!((q.metric, q.mode), (Metric::SparseGpt, Mode::Faithful));
     }
 }
+
+/// The parameters the explorer starts from: the engine's defaults in preview mode.
+pub fn explorer_defaults() -> PruneParams {
+    PruneParams {
+        mode: Mode::Preview,
+        ..PruneParams::default()
+    }
+}
+
+/// A short name of a configuration for the history: the allocation and p, then every
+/// parameter that differs from [`explorer_defaults`] (and matters for that allocation).
+pub fn describe(p: &PruneParams) -> String {
+    let d = explorer_defaults();
+    let (a, da) = (&p.alloc, &d.alloc);
+    let lower = |x: &dyn std::fmt::Debug| format!("{x:?}").to_lowercase();
+    let mut parts = vec![format!(
+        "{} p{:.2}",
+        match a.allocation {
+            Allocation::Dlp => "DLP",
+            Allocation::Owl => "OWL",
+            Allocation::Alpha => "Alpha",
+            Allocation::Uniform => "uniform",
+        },
+        p.effective_alloc().sparsity
+    )];
+    if p.mode != d.mode {
+        parts.push(lower(&p.mode));
+    }
+    if p.metric != d.metric {
+        parts.push(lower(&p.metric));
+    }
+    if p.pattern != d.pattern {
+        parts.push(p.pattern.to_string());
+    }
+    match a.allocation {
+        Allocation::Dlp => {
+            if a.alpha != da.alpha {
+                parts.push(format!("α{:.2}", a.alpha));
+            }
+            if let Some(t) = a.tau {
+                parts.push(format!("τ{t:.2}"));
+            }
+            if p.statistic != d.statistic {
+                parts.push(lower(&p.statistic));
+            }
+        }
+        Allocation::Owl => {
+            if a.owl_lambda != da.owl_lambda {
+                parts.push(format!("λ{:.2}", a.owl_lambda));
+            }
+            if p.owl_m != d.owl_m {
+                parts.push(format!("M{}", p.owl_m));
+            }
+        }
+        Allocation::Alpha => {
+            if a.alpha_eps != da.alpha_eps {
+                parts.push(format!("ε{:.2}", a.alpha_eps));
+            }
+        }
+        Allocation::Uniform => {}
+    }
+    if a.clamp != da.clamp {
+        parts.push(format!("clamp {}", lower(&a.clamp)));
+    }
+    if p.granularity != d.granularity {
+        parts.push(format!("per {}", lower(&p.granularity)));
+    }
+    match a.overrides.len() {
+        0 => {}
+        1 => parts.push("1 pin".into()),
+        n => parts.push(format!("{n} pins")),
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+    use crate::prune::stats::Statistic;
+
+    #[test]
+    fn history_names_every_changed_parameter() {
+        assert_eq!(describe(&explorer_defaults()), "DLP p0.70");
+        let mut p = explorer_defaults();
+        p.alloc.tau = Some(0.3);
+        p.statistic = Statistic::Mean;
+        p.alloc.alpha = 0.2;
+        p.mode = Mode::Faithful;
+        p.alloc.overrides = vec![(3, 0.5)];
+        assert_eq!(describe(&p), "DLP p0.70 faithful α0.20 τ0.30 mean 1 pin");
+        p.alloc.allocation = Allocation::Owl;
+        p.owl_m = 7.0;
+        assert_eq!(describe(&p), "OWL p0.70 faithful M7 1 pin");
+    }
+}

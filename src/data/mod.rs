@@ -191,7 +191,7 @@ pub(crate) fn jsonl_docs(text: &str, p: &Path) -> Result<Vec<String>> {
 /// The first `n` non-overlapping windows of `seq_len` tokens: window k = ids[k·len .. (k+1)·len].
 pub fn windows(ids: &[u32], seq_len: usize, n: usize, what: &str) -> Result<Vec<Vec<u32>>> {
     if seq_len < 2 {
-        bail!("--seq-len must be at least 2 (got {seq_len})");
+        bail!("windows must be at least 2 tokens long (got {seq_len})");
     }
     let available = ids.len() / seq_len;
     let n = if n == 0 { available } else { n };
@@ -203,7 +203,7 @@ pub fn windows(ids: &[u32], seq_len: usize, n: usize, what: &str) -> Result<Vec<
     }
     if available < n {
         bail!(
-            "{what} has {} tokens, enough for {available} windows of {seq_len}, but {n} were asked: use fewer windows or a shorter --seq-len",
+            "{what} has {} tokens, enough for {available} windows of {seq_len}, but {n} were asked: use fewer or shorter windows",
             ids.len()
         );
     }

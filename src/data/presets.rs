@@ -80,7 +80,7 @@ pub fn sample_windows(
             draws += 1;
             if draws > max_draws {
                 bail!(
-                    "found only {} documents longer than {seq_len} tokens after {max_draws} draws: use a shorter --seq-len",
+                    "found only {} documents longer than {seq_len} tokens after {max_draws} draws: use shorter windows",
                     out.len()
                 );
             }

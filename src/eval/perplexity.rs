@@ -73,9 +73,7 @@ fn batch_major(
     for chunk in windows.chunks(batch) {
         nll_sum += batch_nll(model, &ids_of(model, chunk)?, None)?;
         done += chunk.len();
-        if !progress(done, windows.len()) {
-            return Err(crate::error::Cancelled.into());
-        }
+        crate::error::check(progress(done, windows.len()))?;
     }
     Ok(nll_sum)
 }
@@ -112,17 +110,13 @@ fn block_major(
                 .iter()
                 .map(|x| model.forward_batch(&blk, x, None))
                 .collect::<candle_core::Result<_>>()?;
-            if !progress(done + g.len() * (b + 1) / (n + 1), windows.len()) {
-                return Err(crate::error::Cancelled.into());
-            }
+            crate::error::check(progress(done + g.len() * (b + 1) / (n + 1), windows.len()))?;
         }
         for (i, x) in ids.iter().zip(&xs) {
             nll_sum += batch_nll(model, i, Some(x))?;
         }
         done += g.len();
-        if !progress(done, windows.len()) {
-            return Err(crate::error::Cancelled.into());
-        }
+        crate::error::check(progress(done, windows.len()))?;
     }
     Ok(nll_sum)
 }

@@ -90,7 +90,9 @@ impl PrunableLinear {
             None => y,
         };
         let mut out = dims;
-        *out.last_mut().unwrap() = self.out_features();
+        if let Some(last) = out.last_mut() {
+            *last = self.out_features();
+        }
         y.reshape(out)
     }
 

@@ -62,28 +62,34 @@ impl LoadedModel {
 const CHUNK_BYTES: usize = 64 * 1024;
 
 impl LoadedModel {
-    /// The ids of `encode(text)`, stopping once `limit` ids are there (`None`: all of them).
-    ///
-    /// A long text is encoded in chunks of about 64 KiB, so the peak is one chunk's encoding
-    /// (offsets, pieces, words) rather than the whole text's (~0.5 GB for 4.6 MB of text), and
-    /// the first windows of a large corpus do not wait for all of it. Chunks end only where the
-    /// cut cannot change the ids (see [`chunk_safe`]); other tokenizers get the whole text at once.
+    /// [`encode_long`] with this model's tokenizer.
     pub fn encode_long(&self, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
-        if !chunk_safe(&self.tokenizer) {
-            let mut ids = self.encode(text)?;
-            ids.truncate(limit.unwrap_or(usize::MAX));
-            return Ok(ids);
-        }
-        let mut ids = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() && ids.len() < limit.unwrap_or(usize::MAX) {
-            let cut = safe_cut(rest, CHUNK_BYTES);
-            ids.extend(self.encode(&rest[..cut])?);
-            rest = &rest[cut..];
-        }
-        ids.truncate(limit.unwrap_or(usize::MAX));
-        Ok(ids)
+        encode_long(&self.tokenizer, text, limit)
     }
+}
+
+/// The ids of `encode(tok, text)`, stopping once `limit` ids are there (`None`: all of them).
+///
+/// A long text is encoded in chunks of about 64 KiB, so the peak is one chunk's encoding
+/// (offsets, pieces, words) rather than the whole text's (~0.5 GB for 4.6 MB of text), and
+/// the first windows of a large corpus do not wait for all of it. Chunks end only where the
+/// cut cannot change the ids (see [`chunk_safe`]); other tokenizers get the whole text at once.
+pub fn encode_long(tok: &Tokenizer, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    if !chunk_safe(tok) {
+        let mut ids = encode(tok, text)?;
+        ids.truncate(limit);
+        return Ok(ids);
+    }
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() && ids.len() < limit {
+        let cut = safe_cut(rest, CHUNK_BYTES);
+        ids.extend(encode(tok, &rest[..cut])?);
+        rest = &rest[cut..];
+    }
+    ids.truncate(limit);
+    Ok(ids)
 }
 
 /// Whether cutting a text after a newline that has a non-whitespace character on each side

@@ -1,7 +1,8 @@
 //! Layer-wise sparsity allocation: a pure function of cached block statistics and parameters
 //! (microseconds), which is what makes reallocation instant. dlp-spec.md §2, §4, §10.
 
-use color_eyre::eyre::{bail, Result};
+use crate::error::{invalid, Param};
+use color_eyre::eyre::Result;
 use serde::{Deserialize, Serialize};
 
 /// Upper bound of any block's sparsity under the `budget` policy.
@@ -75,31 +76,49 @@ fn default_alpha_eps() -> f64 {
 impl AllocParams {
     pub fn validate(&self, n_blocks: usize) -> Result<()> {
         if !(0.0..1.0).contains(&self.sparsity) {
-            bail!(
-                "sparsity must be in [0, 1) (got {}); e.g. --sparsity 0.7",
-                self.sparsity
-            );
+            return Err(invalid(
+                Param::Sparsity,
+                format!("must be in [0, 1) (got {})", self.sparsity),
+            ));
         }
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
-            bail!("--alpha must be ≥ 0 (got {})", self.alpha);
+            return Err(invalid(
+                Param::Alpha,
+                format!("must be ≥ 0 (got {})", self.alpha),
+            ));
         }
         if let Some(t) = self.tau {
             if t == 0.0 || t.is_nan() {
-                bail!("--tau must be nonzero (got {t}); use `inf` for the paper's linear map");
+                return Err(invalid(
+                    Param::Tau,
+                    format!("must be nonzero (got {t}); use `inf` for the paper's linear map"),
+                ));
             }
         }
         if !(self.owl_lambda >= 0.0 && self.owl_lambda.is_finite()) {
-            bail!("--owl-lambda must be ≥ 0 (got {})", self.owl_lambda);
+            return Err(invalid(
+                Param::OwlLambda,
+                format!("must be ≥ 0 (got {})", self.owl_lambda),
+            ));
         }
         if !(0.0..1.0).contains(&self.alpha_eps) {
-            bail!("--alpha-eps must be in [0, 1) (got {})", self.alpha_eps);
+            return Err(invalid(
+                Param::AlphaEps,
+                format!("must be in [0, 1) (got {})", self.alpha_eps),
+            ));
         }
         for &(b, s) in &self.overrides {
             if b >= n_blocks {
-                bail!("override for block {b}, but the model has {n_blocks} blocks");
+                return Err(invalid(
+                    Param::Pins,
+                    format!("for block {b}, but the model has {n_blocks} blocks"),
+                ));
             }
             if !(0.0..=MAX_SPARSITY).contains(&s) {
-                bail!("override sparsity {s} for block {b} must be in [0, {MAX_SPARSITY}]");
+                return Err(invalid(
+                    Param::Pins,
+                    format!("for block {b}: sparsity {s} must be in [0, {MAX_SPARSITY}]"),
+                ));
             }
         }
         Ok(())

@@ -14,6 +14,7 @@ use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
     embed_windows, observe_block_with, weights_f32, BlockProgress, Calibration, Statistic,
 };
+use crate::error::{invalid, InvalidParam, Param, Problem};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
@@ -80,23 +81,50 @@ impl PruneParams {
     pub fn validate(&self, n_blocks: usize) -> Result<()> {
         self.effective_alloc().validate(n_blocks)?;
         if !(self.owl_m > 0.0 && self.owl_m.is_finite()) {
-            bail!("--owl-m must be > 0 (got {})", self.owl_m);
+            return Err(invalid(
+                Param::OwlM,
+                format!("must be > 0 (got {})", self.owl_m),
+            ));
         }
         if let Pattern::NOfM { n, m } = self.pattern {
             if m == 0 || n > m {
-                bail!("pattern {n}:{m}: need N ≤ M and M > 0");
+                return Err(invalid(
+                    Param::Pattern,
+                    format!("{n}:{m} needs N ≤ M and M > 0"),
+                ));
             }
         }
         if self.granularity == Granularity::Linear
             && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
         {
-            bail!("--granularity linear applies to DLP and AlphaPruning only");
+            return Err(invalid(
+                Param::Granularity,
+                "linear applies to DLP and AlphaPruning only",
+            ));
         }
         if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
-            bail!("--metric sparsegpt needs --mode faithful (its Hessians come from the sequential pass)");
+            return Err(InvalidParam {
+                param: Param::Metric,
+                problem: Problem::Needs {
+                    subject: "sparsegpt",
+                    other: Param::Mode,
+                    value: "faithful",
+                    why: " (its Hessians come from the sequential pass)",
+                },
+            }
+            .into());
         }
         if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
-            bail!("per-block overrides need --granularity block");
+            return Err(InvalidParam {
+                param: Param::Pins,
+                problem: Problem::Needs {
+                    subject: "",
+                    other: Param::Granularity,
+                    value: "block",
+                    why: " (pins are per block)",
+                },
+            }
+            .into());
         }
         Ok(())
     }
@@ -319,15 +347,13 @@ pub fn prune_faithful(
                 .collect::<candle_core::Result<_>>()?;
         }
         model.store_block(i, blk)?;
-        if !progress(BlockProgress {
+        crate::error::check(progress(BlockProgress {
             block: i + 1,
             blocks: n,
             tokens,
             started,
             stats: None,
-        }) {
-            return Err(crate::error::Cancelled.into());
-        }
+        }))?;
     }
     Ok(())
 }

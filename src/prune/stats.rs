@@ -445,15 +445,13 @@ pub fn calibrate(
             cal.esd.push(block_alphas(&blk)?);
         }
         drop(blk);
-        if !progress(BlockProgress {
+        crate::error::check(progress(BlockProgress {
             block: i + 1,
             blocks: n,
             tokens,
             started,
             stats: cal.blocks.last().copied(),
-        }) {
-            return Err(crate::error::Cancelled.into());
-        }
+        }))?;
     }
     cal.seconds = started.elapsed().as_secs_f64();
     Ok(cal)

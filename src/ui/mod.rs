@@ -52,7 +52,9 @@ pub fn draw(f: &mut Frame, s: &State, t: &Theme) {
     draw_keys(f, s, t, keys);
     match &s.overlay {
         Some(Overlay::Help) => draw_help(f, t, area),
-        Some(Overlay::Input { purpose, text }) => draw_input(f, t, area, &purpose.title(), text),
+        Some(Overlay::Input { purpose, text, .. }) => {
+            draw_input(f, t, area, &purpose.title(), text)
+        }
         Some(Overlay::ConfirmQuit) => draw_confirm(f, t, area),
         None => {}
     }
@@ -378,18 +380,6 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         t.fg(t.text),
     )];
     for h in s.history.iter().rev() {
-        let a = &h.params.alloc;
-        let alloc = match a.allocation {
-            Allocation::Dlp => format!(
-                "DLP α{:.2} τ{} {}",
-                a.alpha,
-                a.tau.map(|x| format!("{x:.2}")).unwrap_or("∞".into()),
-                format!("{:?}", h.params.statistic).to_lowercase()
-            ),
-            Allocation::Owl => format!("OWL λ{:.2}", a.owl_lambda),
-            Allocation::Alpha => format!("Alpha ε{:.2}", a.alpha_eps),
-            Allocation::Uniform => "uniform".into(),
-        };
         let ach = h
             .achieved
             .as_ref()
@@ -397,14 +387,10 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             .unwrap_or_default();
         lines.push(Line::styled(
             format!(
-                "#{:<3} {:>8}  {} {} p{:.2} {} {}{ach}",
+                "#{:<3} {:>8}  {}{ach}",
                 h.id,
                 h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
-                format!("{:?}", h.params.mode).to_lowercase(),
-                format!("{:?}", h.params.metric).to_lowercase(),
-                h.params.effective_alloc().sparsity,
-                h.params.pattern,
-                alloc
+                crate::app::params::describe(&h.params),
             ),
             t.fg(if Some(h.id) == s.current_applied().map(|c| c.id) {
                 t.good
@@ -505,32 +491,7 @@ fn draw_status(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
 }
 
 fn draw_keys(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
-    let hints: &[(&str, &str)] = match s.view {
-        View::Main => &[
-            ("←→", "adjust"),
-            ("↑↓", "field"),
-            ("[ ]", "block"),
-            ("+-", "pin"),
-            ("a", "apply"),
-            ("c", "compare"),
-            ("e", "export"),
-            ("?", "help"),
-            ("q", "quit"),
-            ("o", "open"),
-            ("s", "save"),
-        ],
-        View::Compare => &[
-            ("↑↓", "prompt"),
-            ("p", "edit"),
-            ("n", "new"),
-            ("g", "generate"),
-            ("a", "apply"),
-            ("c", "charts"),
-            ("e", "export"),
-            ("?", "help"),
-            ("q", "quit"),
-        ],
-    };
+    let hints = crate::app::keys::footer(s.view == View::Compare);
     let mut spans = vec![Span::raw(" ")];
     let mut used = 1;
     for (k, h) in hints {
@@ -541,7 +502,7 @@ fn draw_keys(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         }
         used += w;
         spans.push(Span::styled(
-            *k,
+            k.clone(),
             t.fg(t.accent).add_modifier(Modifier::BOLD),
         ));
         spans.push(Span::styled(format!(" {h}  "), t.fg(t.dim)));
@@ -631,6 +592,8 @@ fn draw_confirm(f: &mut Frame, t: &Theme, area: Rect) {
 
 /// Draw one frame into an off-screen buffer and return its text, one line per row (snapshot
 /// tests and the latency benchmark use this).
+// The in-memory backend cannot fail (its error type is uninhabited in practice).
+#[allow(clippy::expect_used)]
 pub fn render_to_string(s: &State, t: &Theme, w: u16, h: u16) -> String {
     let mut term =
         ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).expect("test backend");

@@ -317,3 +317,47 @@ pub fn write_shaped_folder(dir: &Path, blocks: usize) -> (PathBuf, u64, usize) {
 
     (folder, file_bytes, vocab)
 }
+
+/// C4-style documents: one JSON object per line (`text`, `url`), gzip-compressed.
+pub fn write_jsonl_gz(path: &Path, docs: &[String]) {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::default(),
+    );
+    for t in docs {
+        writeln!(enc, "{}", serde_json::json!({"text": t, "url": "x"})).unwrap();
+    }
+    enc.finish().unwrap();
+}
+
+/// WikiText-style rows: a parquet file with a `text` column, snappy-compressed.
+pub fn write_parquet_text(path: &Path, rows: &[String]) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let schema = Arc::new(
+        parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut w =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    while let Some(mut col) = rg.next_column().unwrap() {
+        let vals: Vec<ByteArray> = rows.iter().map(|t| ByteArray::from(t.as_str())).collect();
+        col.typed::<ByteArrayType>()
+            .write_batch(&vals, None, None)
+            .unwrap();
+        col.close().unwrap();
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
