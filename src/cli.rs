@@ -119,6 +119,33 @@ pub enum Command {
     Schema,
     /// Preflight memory estimate of a pruning run from a config.json alone (no weights needed).
     Estimate(EstimateArgs),
+    /// Token ids (and pieces) of a text, for checking a tokenizer or a conversion.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A tokenizer file instead of a model: a .gguf (its metadata; a vocabulary-only GGUF works)
+    /// or a tokenizer.json.
+    #[arg(long, conflicts_with = "model")]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// The text to tokenize (default: read stdin).
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// Read the text from a file.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// Add no special tokens (no BOS/EOS), as llama.cpp's tokenizer test vectors are written.
+    #[arg(long)]
+    pub no_special: bool,
+    /// Also print each token's piece.
+    #[arg(long)]
+    pub pieces: bool,
+    /// Print `{"ids": [...]}` (with `"pieces"` when asked) on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `inf` (or `∞`) means no temperature: the paper's linear map.

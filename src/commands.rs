@@ -233,3 +233,50 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `dlpx tokenize`: the ids (and pieces) of a text under a model's or a file's tokenizer.
+pub fn tokenize(ctx: &mut Ctx, a: &crate::cli::TokenizeArgs) -> Result<()> {
+    use color_eyre::eyre::{eyre, WrapErr};
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .wrap_err_with(|| format!("cannot read the text file `{}`", f.display()))?,
+        (None, None) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .wrap_err("cannot read the text from stdin")?;
+            s
+        }
+    };
+    let tok = match &a.tokenizer {
+        Some(p) => model::tokenizer_file(p)?,
+        None => {
+            let source = ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?;
+            let p = &mut ctx.progress;
+            model::load_tokenizer(&source, &mut |s| p.status(s))?
+        }
+    };
+    let enc = tok
+        .encode_fast(text.as_str(), !a.no_special)
+        .map_err(|e| eyre!("tokenizer: {e}"))?;
+    let ids = enc.get_ids();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap_or_default())
+        .collect();
+    if a.json {
+        let mut v = serde_json::json!({ "ids": ids });
+        if a.pieces {
+            v["pieces"] = serde_json::json!(pieces);
+        }
+        println!("{v}");
+    } else if a.pieces {
+        for (i, p) in ids.iter().zip(&pieces) {
+            println!("{i}\t{p:?}");
+        }
+    } else {
+        let s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        println!("{}", s.join(" "));
+    }
+    Ok(())
+}

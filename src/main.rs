@@ -15,6 +15,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Bench(a)) => dlpx::bench::run(&mut ctx, &a),
         Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
+        Some(Command::Tokenize(a)) => commands::tokenize(&mut ctx, &a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())

@@ -1,4 +1,4 @@
-//! Integration tests on the real demo model and corpus (protocol.md), driving the release binary.
+//! Integration tests on the real demo model and corpus (README, "The demo protocol"), driving the release binary.
 //! The demo assets are fetched into `$DLPX_CACHE` (or the user cache) on first use.
 
 use std::path::Path;

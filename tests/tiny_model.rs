@@ -605,3 +605,72 @@ fn second_prune_reuses_the_dense_results() {
     let (_, err4) = run("2", &[]);
     assert!(!err4.contains("dense perplexity from the cache"), "{err4}");
 }
+
+/// A Llama-3.1-style GGUF stores its rope scaling as per-frequency factors (`rope_freqs.weight`,
+/// as llama.cpp's converter computes them); it loads and gives the logits of the same weights
+/// with `rope_scaling` (llama3) in config.json. Exporting it as a folder is refused by name.
+#[test]
+fn llama31_gguf_with_rope_freqs_equals_rope_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tiny::default();
+    let (plain, mut w) = t.gguf_in(dir.path(), 21);
+    // llama3 scaling: factor 8, low 1, high 4, original context 64; head_dim 8 → 4 frequencies
+    // (one kept, one smoothed, two divided by the factor).
+    let (factor, low, high, old) = (8.0f64, 1.0f64, 4.0f64, 64.0f64);
+    let d = t.head_dim();
+    let factors: Vec<f32> = (0..d / 2)
+        .map(|i| {
+            let f = 1.0 / 10000f64.powf(2.0 * i as f64 / d as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let k = if wavelen < old / high {
+                1.0
+            } else if wavelen > old / low {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            k as f32
+        })
+        .collect();
+    assert!(factors[0] == 1.0 && factors[3] == 8.0 && factors[1] > 1.0 && factors[1] < 8.0);
+    w.insert(
+        "rope_freqs.weight".into(),
+        Tensor::new(factors.as_slice(), &Device::Cpu).unwrap(),
+    );
+    let gguf31 = dir.path().join("llama31.gguf");
+    t.write_gguf(&gguf31, &w, "llama");
+    let m31 = load_gguf(&gguf31);
+    assert_eq!(
+        m31.llama.config.rope_freq_factors.as_ref().unwrap().len(),
+        d / 2
+    );
+
+    // The same weights as a folder whose config.json states the scaling.
+    let folder = dir.path().join("folder");
+    model::save_folder(&load_gguf(&plain), &folder).unwrap();
+    let cfg_path = folder.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": factor,
+        "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": 64});
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let hf = model::load(
+        &ModelSource::Folder(folder.clone()),
+        &Device::Cpu,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap();
+    let x = ids(&[5, 9, 17, 33, 2, 70, 41, 8, 100, 3, 7, 64]);
+    let a = m31.llama.forward(&x, 0, None).unwrap();
+    let b = hf.llama.forward(&x, 0, None).unwrap();
+    let diff = max_abs_diff(&a, &b);
+    assert!(diff < 1e-4, "rope_freqs and rope_scaling differ by {diff}");
+    // Without the factors the logits do differ (the test would notice a dropped tensor).
+    let c = load_gguf(&plain).llama.forward(&x, 0, None).unwrap();
+    assert!(max_abs_diff(&a, &c) > 1e-3);
+
+    let e = model::save_folder(&m31, &dir.path().join("out")).unwrap_err();
+    assert!(format!("{e:#}").contains("rope_freqs"), "{e:#}");
+}

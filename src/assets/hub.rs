@@ -30,22 +30,23 @@ fn api(cache: &Cache) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api
         .build()
 }
 
-/// Download (or find in the cache) what a model folder needs and return the snapshot folder that
-/// holds config.json, tokenizer.json and the safetensors files.
-pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+/// Fetches files of model `id` at `revision`: from the cache with `HF_HUB_OFFLINE=1`, else
+/// through the API; errors name the id, the revision, HF_TOKEN and the cache.
+fn model_getter<'a>(id: &'a str, revision: &'a str) -> Result<Getter<'a>> {
     let cache = Cache::from_env();
     let cache_path = cache.path().clone();
     let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
-    let explain = |file: &str, err: String| {
+    let explain = move |file: &str, err: String| {
         eyre!(
             "could not get `{file}` of Hugging Face model `{id}` (revision {revision}): {err}. \
              Check the id, the network, or HF_TOKEN for gated models; the cache is {}",
             cache_path.display()
         )
     };
-    let get: Getter<'_> = if offline() {
-        let cached = cache.repo(repo.clone());
-        Box::new(move |file: &str| {
+    if offline() {
+        let cached = cache.repo(repo);
+        let cache_path = cache.path().clone();
+        return Ok(Box::new(move |file: &str| {
             cached.get(file).ok_or_else(|| {
                 eyre!(
                     "Hugging Face model `{id}` (revision {revision}) has no `{file}` in the cache at {} and \
@@ -53,12 +54,30 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
                     cache_path.display()
                 )
             })
-        })
-    } else {
-        let api = api(&cache).map_err(|e| explain("(api)", e.to_string()))?;
-        let r = api.repo(repo.clone());
-        Box::new(move |file: &str| r.get(file).map_err(|e| explain(file, e.to_string())))
-    };
+        }));
+    }
+    let api = api(&cache).map_err(|e| explain("(api)", e.to_string()))?;
+    let r = api.repo(repo);
+    Ok(Box::new(move |file: &str| {
+        r.get(file).map_err(|e| explain(file, e.to_string()))
+    }))
+}
+
+/// One file of model `id` (from the cache, or downloaded into it), e.g. its tokenizer.json.
+pub fn fetch_model_file(
+    id: &str,
+    revision: &str,
+    file: &str,
+    status: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    status(&format!("fetching {file} of {id}"));
+    model_getter(id, revision)?(file)
+}
+
+/// Download (or find in the cache) what a model folder needs and return the snapshot folder that
+/// holds config.json, tokenizer.json and the safetensors files.
+pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let get = model_getter(id, revision)?;
     status(&format!("fetching {id} config"));
     let config = get("config.json")?;
     get("tokenizer.json")?;

@@ -7,9 +7,12 @@ pub mod hub;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use sha2::{Digest, Sha256};
+
+use crate::error::ProgramMissing;
 
 /// The cache root: `$DLPX_CACHE`, else the XDG cache dir (`~/.cache/dlpx`).
 pub fn cache_dir() -> Result<PathBuf> {
@@ -123,6 +126,77 @@ pub fn cache_store(
             .wrap_err_with(|| format!("cannot create the cache folder `{}`", dir.display()))?;
     }
     write_atomic(&path, &serde_json::to_vec(value)?)
+}
+
+/// `python3`, or `python` where that is the only name.
+pub fn python_program() -> &'static str {
+    match Command::new("python3").arg("--version").output() {
+        Ok(_) => "python3",
+        Err(_) => "python",
+    }
+}
+
+/// Run a package manager (pip, npm) that writes one file, `expect`, into a fresh temp folder,
+/// and move it to `dir/downloads/` (reused when already there); `purpose` says what for in the
+/// error when the program is missing. The caller checks the file's pinned sha256.
+pub fn fetch_package(
+    program: &str,
+    purpose: &str,
+    args: &[&str],
+    expect: &str,
+    dir: &Path,
+    status: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let dest = dir.join("downloads");
+    std::fs::create_dir_all(&dest)?;
+    let target = dest.join(expect);
+    if target.is_file() {
+        return Ok(target);
+    }
+    let tmp = tempfile::tempdir_in(&dest)?;
+    status(&format!("fetching {expect} with {program}"));
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::null());
+    if program == "npm" {
+        cmd.arg("--pack-destination").arg(tmp.path());
+    } else {
+        cmd.arg("-d").arg(tmp.path());
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProgramMissing {
+                program: program.to_string(),
+                purpose: purpose.to_string(),
+            }
+            .into())
+        }
+        Err(e) => return Err(e).wrap_err_with(|| format!("cannot run `{program}`")),
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "`{program} {}` failed (is the package registry reachable?): {}",
+            args.join(" "),
+            tail.join(" | ")
+        );
+    }
+    let got = tmp.path().join(expect);
+    if !got.is_file() {
+        bail!("`{program}` finished but did not produce {expect}");
+    }
+    std::fs::rename(&got, &target)?;
+    Ok(target)
 }
 
 /// The shard files named by a `model.safetensors.index.json` (its `weight_map` values), sorted

@@ -1,4 +1,4 @@
-//! The paper's data protocol (dlp-spec.md §5) as named presets, and the document formats behind
+//! The paper's data protocol (C4 calibration, WikiText-2 evaluation; README, "Pruning") as named presets, and the document formats behind
 //! them: `c4` calibration (shard `en/c4-train.00000-of-01024.json.gz` of `allenai/c4`, windows
 //! drawn by the reference's seeded sampler) and `wikitext2` evaluation (WikiText-2-raw-v1 test
 //! split, joined with "\n\n", non-overlapping windows, tail dropped), fetched through hf-hub and

@@ -63,6 +63,9 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Per-frequency rope divisors (`head_dim / 2` of them), as a Llama-3.1 GGUF stores them in
+    /// `rope_freqs.weight`: inverse frequency i becomes `base_i / factor_i`.
+    pub rope_freq_factors: Option<Vec<f64>>,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -153,10 +156,10 @@ impl LlamaConfig {
             _ => None,
         };
         let n_kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if c.num_attention_heads % n_kv != 0 {
+        if n_kv == 0 || c.num_attention_heads % n_kv != 0 {
             bail!("config.json: num_attention_heads {} is not a multiple of num_key_value_heads {n_kv}", c.num_attention_heads);
         }
-        Ok(Self {
+        let cfg = Self {
             arch,
             hidden_size: c.hidden_size,
             intermediate_size: c.intermediate_size,
@@ -167,17 +170,80 @@ impl LlamaConfig {
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             rope_theta: c.rope_theta.unwrap_or(10_000.0),
             rope_scaling,
+            rope_freq_factors: None,
             vocab_size: c.vocab_size,
             max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             attention_bias: c.attention_bias.unwrap_or(arch == Arch::Qwen2),
             bos_token_id: token_ids(&c.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&c.eos_token_id),
-        })
+        };
+        cfg.validate().wrap_err("config.json")?;
+        Ok(cfg)
+    }
+
+    /// Refuse shapes no real checkpoint has before anything is sized from them: a hostile or
+    /// damaged header must give an error, not a division by zero or a huge allocation.
+    pub fn validate(&self) -> Result<()> {
+        let limits = [
+            ("num_hidden_layers", self.num_hidden_layers, 1, 1 << 10),
+            ("hidden_size", self.hidden_size, 1, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1, 1 << 19),
+            ("num_attention_heads", self.num_attention_heads, 1, 1 << 12),
+            ("num_key_value_heads", self.num_key_value_heads, 1, 1 << 12),
+            ("head_dim", self.head_dim, 2, 1 << 12),
+            ("vocab_size", self.vocab_size, 1, 1 << 24),
+        ];
+        for (name, v, lo, hi) in limits {
+            if !(lo..=hi).contains(&v) {
+                bail!("{name} {v} is outside the plausible range {lo}..={hi}: the file is damaged or not a Llama-family model");
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            bail!(
+                "head_dim {} is odd: rotary embeddings need an even head size",
+                self.head_dim
+            );
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        let usable = self.rms_norm_eps.is_finite()
+            && self.rms_norm_eps >= 0.0
+            && self.rope_theta.is_finite()
+            && self.rope_theta > 0.0;
+        if !usable {
+            bail!(
+                "rms_norm_eps {} / rope_theta {} are not usable numbers",
+                self.rms_norm_eps,
+                self.rope_theta
+            );
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                bail!(
+                    "rope_freqs has {} factors for head_dim {} (needs {} positive numbers)",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A HF-style `config.json` for this configuration (used when exporting a GGUF-loaded model).
-    pub fn to_hf_json(&self) -> Value {
+    pub fn to_hf_json(&self) -> Result<Value> {
+        if self.rope_freq_factors.is_some() {
+            bail!(
+                "this model's rope frequencies come from a GGUF `rope_freqs` tensor, which a Hugging \
+                 Face config.json cannot state: export from the original safetensors checkpoint"
+            );
+        }
         let arch_class = match self.arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
@@ -218,7 +284,7 @@ impl LlamaConfig {
                 "original_max_position_embeddings": s.original_max_position_embeddings,
             });
         }
-        v
+        Ok(v)
     }
 
     /// Parameters of the prunable linears of one block (q, k, v, o, gate, up, down).
@@ -268,7 +334,7 @@ mod tests {
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.rope_scaling.as_ref().unwrap().factor, 8.0);
-        let back = LlamaConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap();
+        let back = LlamaConfig::from_hf_json(&c.to_hf_json().unwrap().to_string()).unwrap();
         assert_eq!(back, c);
     }
 

@@ -10,15 +10,12 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use std::str::FromStr;
+
+use tokenizers::Tokenizer;
 
 use super::config::{Arch, LlamaConfig, SUPPORTED_GGUF_ARCHS};
+use super::gguf_tokenizer::{tokenizer_json, GgufVocab};
 
 /// A parsed GGUF file: its header and an open handle for reading tensors.
 pub struct GgufFile {
@@ -33,18 +30,50 @@ impl GgufFile {
             .wrap_err_with(|| format!("cannot open GGUF file `{}`", path.display()))?;
         let size = file.metadata()?.len();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| {
-            eyre!(
+        // candle's reader bounds every count and length by the file size; a panic inside it on
+        // a damaged header (e.g. an alignment of 0) is still a bad file, not a crash.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+        let content = match read {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => bail!(
                 "`{}` is not a readable GGUF file ({e}); it may be truncated or not GGUF at all: download it again",
                 path.display()
-            )
-        })?;
-        // Check that every tensor's bytes are present before doing any work.
-        let mut needed = content.tensor_data_offset;
-        for info in content.tensor_infos.values() {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            needed = needed.max(content.tensor_data_offset + info.offset + bytes as u64);
+            ),
+            Err(_) => bail!(
+                "`{}` is not a readable GGUF file (its header is inconsistent); download it again",
+                path.display()
+            ),
+        };
+        // Check that every tensor's bytes are present before doing any work; the sizes come
+        // from the header, so every product is checked. (A vocabulary-only file has no tensors
+        // and may end before the aligned data offset.)
+        let mut needed = 0u64;
+        for (name, info) in &content.tensor_infos {
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+            let end = elems
+                .filter(|n| n % block == 0)
+                .and_then(|n| (n / block).checked_mul(size))
+                .and_then(|b| {
+                    content
+                        .tensor_data_offset
+                        .checked_add(info.offset)?
+                        .checked_add(b as u64)
+                });
+            let Some(end) = end else {
+                bail!(
+                    "`{}`: tensor `{name}` has an impossible shape {:?} for {:?}; the file is damaged",
+                    path.display(),
+                    info.shape.dims(),
+                    info.ggml_dtype
+                );
+            };
+            needed = needed.max(end);
         }
         if size < needed {
             bail!(
@@ -114,15 +143,11 @@ impl GgufFile {
                 SUPPORTED_GGUF_ARCHS.join(", ")
             ),
         };
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            bail!(
-                "`{}` stores Llama-3.1 rope frequency factors (rope_freqs.weight), which dlpx reads only from \
-                 safetensors checkpoints: use the Hugging Face model instead",
-                self.path.display()
-            );
-        }
         let hidden = self.meta_u(&format!("{a}.embedding_length"))?;
         let heads = self.meta_u(&format!("{a}.attention.head_count"))?;
+        if heads == 0 {
+            bail!("`{}`: {a}.attention.head_count is 0", self.path.display());
+        }
         let kv_heads = self
             .meta_u(&format!("{a}.attention.head_count_kv"))
             .unwrap_or(heads);
@@ -153,6 +178,7 @@ impl GgufFile {
                 .meta_f(&format!("{a}.rope.freq_base"))
                 .unwrap_or(10_000.0),
             rope_scaling: None,
+            rope_freq_factors: None,
             vocab_size: vocab,
             max_position_embeddings: self.meta_u(&format!("{a}.context_length")).unwrap_or(4096),
             tie_word_embeddings: tied,
@@ -186,13 +212,28 @@ impl GgufFile {
         Ok(out)
     }
 
-    /// One tensor dequantized to f32 on the CPU, Q/K rows back in the HF layout.
-    fn read_f32(&mut self, name: &str, cfg: &LlamaConfig, permuted: bool) -> Result<Tensor> {
+    /// One tensor dequantized to f32 on the CPU, as stored.
+    fn read_raw_f32(&mut self, name: &str) -> Result<Tensor> {
         let q = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)
             .wrap_err_with(|| format!("reading tensor `{name}` from `{}`", self.path.display()))?;
-        let mut t = q.dequantize(&Device::Cpu)?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// The per-frequency rope factors of a Llama-3.1 GGUF (`rope_freqs.weight`), if it has them.
+    pub fn rope_freq_factors(&mut self) -> Result<Option<Vec<f64>>> {
+        if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Ok(None);
+        }
+        let t = self.read_raw_f32("rope_freqs.weight")?;
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(v.into_iter().map(f64::from).collect()))
+    }
+
+    /// One tensor dequantized to f32 on the CPU, Q/K rows back in the HF layout.
+    fn read_f32(&mut self, name: &str, cfg: &LlamaConfig, permuted: bool) -> Result<Tensor> {
+        let mut t = self.read_raw_f32(name)?;
         if permuted && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
             t = unpermute_rows(&t, cfg.num_attention_heads)?;
         } else if permuted && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
@@ -201,110 +242,66 @@ impl GgufFile {
         Ok(t)
     }
 
-    /// Build the tokenizer described by the `tokenizer.ggml.*` metadata.
+    /// Build the tokenizer described by the `tokenizer.ggml.*` metadata, as a `tokenizers`
+    /// object configured the way llama.cpp tokenizes (see [`tokenizer_json`]).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        let model = match self.meta("tokenizer.ggml.model") {
-            Some(Value::String(s)) => s.clone(),
-            _ => bail!(
-                "`{}` has no tokenizer metadata (tokenizer.ggml.model)",
-                self.path.display()
-            ),
+        let text = |key: &str| match self.meta(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
         };
-        if model != "gpt2" {
-            bail!(
-                "`{}` uses a `{model}` tokenizer; dlpx builds only byte-level BPE (gpt2) tokenizers from GGUF. \
-                 Use a folder with tokenizer.json instead",
-                self.path.display()
-            );
-        }
         let strings = |key: &str| -> Result<Vec<String>> {
             match self.meta(key) {
                 Some(Value::Array(a)) => a
                     .iter()
                     .map(|v| v.to_string().cloned().map_err(|e| eyre!("{key}: {e}")))
                     .collect(),
-                _ => bail!("GGUF metadata `{key}` is missing"),
+                _ => bail!(
+                    "GGUF metadata `{key}` is missing in `{}`",
+                    self.path.display()
+                ),
             }
+        };
+        let Some(model) = text("tokenizer.ggml.model") else {
+            bail!(
+                "`{}` has no tokenizer metadata (tokenizer.ggml.model)",
+                self.path.display()
+            );
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                let (a, b) = m
-                    .split_once(' ')
-                    .ok_or_else(|| eyre!("malformed BPE merge `{m}`"))?;
-                Ok((a.to_string(), b.to_string()))
-            })
-            .collect::<Result<_>>()?;
-        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.to_i32().map(|x| x as i64).unwrap_or(1))
-                .collect(),
+        let types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| eyre!("building the BPE tokenizer: {e}"))?;
-        let mut tok = Tokenizer::new(bpe);
-        let pre = match self.meta("tokenizer.ggml.pre") {
-            Some(Value::String(s)) => s.clone(),
-            _ => "default".to_string(),
+        let scores: Vec<f32> = match self.meta("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) => a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+            _ => vec![],
         };
-        // The pre-tokenizer must match the one the model was trained with; no prefix space is added
-        // (a prefix space shifts every id of the first word).
-        let byte_level = ByteLevel::new(false, true, true);
-        match pre.as_str() {
-            "llama-bpe" | "llama3" | "qwen2" | "smaug-bpe" => {
-                let digits = if pre == "qwen2" {
-                    r"\p{N}"
-                } else {
-                    r"\p{N}{1,3}"
-                };
-                let pattern = format!(
-                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-                );
-                let split = Split::new(
-                    SplitPattern::Regex(pattern),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| eyre!("tokenizer regex: {e}"))?;
-                tok.with_pre_tokenizer(Some(Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])));
-            }
-            // StarCoder-style vocabularies split digits individually before the GPT-2 regex.
-            "starcoder" => {
-                tok.with_pre_tokenizer(Some(Sequence::new(vec![
-                    Digits::new(true).into(),
-                    byte_level.into(),
-                ])));
-            }
-            // gpt2, smollm and the rest: ByteLevel's GPT-2 regex alone. For SmolLM2 this reproduces
-            // every id of the demo corpus (the protocol's token counts are tested).
-            _ => {
-                tok.with_pre_tokenizer(Some(byte_level));
-            }
-        }
-        tok.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched whole, before BPE.
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(s, &t)| AddedToken::from(s.clone(), t == 3))
-            .collect();
-        tok.add_special_tokens(specials)
-            .map_err(|e| eyre!("adding control tokens: {e}"))?;
-        Ok(tok)
+        let merges = match model.as_str() {
+            "gpt2" => strings("tokenizer.ggml.merges")?,
+            _ => vec![],
+        };
+        let flag = |key: &str| match self.meta(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        let id = |key: &str| self.meta_u(key).ok();
+        let v = GgufVocab {
+            model,
+            pre: text("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()),
+            tokens,
+            types,
+            scores,
+            merges,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            unk: id("tokenizer.ggml.unknown_token_id"),
+            add_bos: flag("tokenizer.ggml.add_bos_token"),
+            add_eos: flag("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
+        };
+        let json = tokenizer_json(&v).wrap_err_with(|| format!("`{}`", self.path.display()))?;
+        Tokenizer::from_str(&json.to_string())
+            .map_err(|e| eyre!("building the tokenizer of `{}`: {e}", self.path.display()))
     }
 }
 

@@ -60,12 +60,16 @@ impl Rope {
     }
 }
 
-/// Inverse frequencies, with Llama-3 frequency-dependent scaling when configured.
+/// Inverse frequencies, with Llama-3 frequency-dependent scaling when configured (from a
+/// config.json's `rope_scaling`, or a GGUF's per-frequency `rope_freqs` factors).
 pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
     let d = cfg.head_dim;
     let base: Vec<f64> = (0..d / 2)
         .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64))
         .collect();
+    if let Some(factors) = &cfg.rope_freq_factors {
+        return base.iter().zip(factors).map(|(f, k)| f / k).collect();
+    }
     let Some(s) = &cfg.rope_scaling else {
         return base;
     };

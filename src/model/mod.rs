@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod linear;
 pub mod llama;
 pub mod source;
@@ -176,6 +177,37 @@ pub fn loaded_line(m: &LoadedModel, device: &Device, dtype: DType, secs: f64) ->
     )
 }
 
+/// The tokenizer of a model source without loading its weights (a GGUF's metadata, a folder's
+/// or a Hub repo's tokenizer.json).
+pub fn load_tokenizer(source: &ModelSource, status: &mut dyn FnMut(&str)) -> Result<Tokenizer> {
+    match source {
+        ModelSource::Demo => tokenizer_file(&crate::assets::demo::ensure_model(status)?),
+        ModelSource::Gguf(p) => tokenizer_file(p),
+        ModelSource::Folder(d) => tokenizer_file(&d.join("tokenizer.json")),
+        ModelSource::Hub { id, revision } => tokenizer_file(&crate::assets::hub::fetch_model_file(
+            id,
+            revision,
+            "tokenizer.json",
+            status,
+        )?),
+    }
+}
+
+/// A tokenizer from a `.gguf` file (its metadata; a vocabulary-only GGUF is enough) or a
+/// `tokenizer.json`.
+pub fn tokenizer_file(path: &Path) -> Result<Tokenizer> {
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        return gguf::GgufFile::open(path)?.tokenizer();
+    }
+    if !path.is_file() {
+        bail!(
+            "tokenizer `{}` does not exist: pass a .gguf file or a tokenizer.json",
+            path.display()
+        );
+    }
+    Tokenizer::from_file(path).map_err(|e| eyre!("cannot read tokenizer `{}`: {e}", path.display()))
+}
+
 /// Where the weights go at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {
@@ -242,7 +274,12 @@ pub fn load_gguf_placed(
     }
     status(&format!("reading {}", path.display()));
     let mut g = gguf::GgufFile::open(path)?;
-    let config = g.config()?;
+    let mut config = g.config()?;
+    // Llama 3.1 GGUFs carry their rope scaling as per-frequency factors.
+    config.rope_freq_factors = g.rope_freq_factors()?;
+    config
+        .validate()
+        .wrap_err_with(|| format!("`{}`", path.display()))?;
     let tokenizer = g.tokenizer()?;
     let llama = match place {
         Placement::Resident => {
@@ -402,7 +439,7 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
         .wrap_err_with(|| format!("cannot write in `{}`", parent.display()))?;
     let tensors: HashMap<String, Tensor> = model.llama.named_tensors()?.into_iter().collect();
     candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors"))?;
-    let cfg = serde_json::to_string_pretty(&model.llama.config.to_hf_json())?;
+    let cfg = serde_json::to_string_pretty(&model.llama.config.to_hf_json()?)?;
     std::fs::write(tmp.path().join("config.json"), cfg)?;
     model
         .tokenizer

@@ -1,5 +1,7 @@
 //! Layer-wise sparsity allocation: a pure function of cached block statistics and parameters
-//! (microseconds), which is what makes reallocation instant. dlp-spec.md §2, §4, §10.
+//! (microseconds), which is what makes reallocation instant. DLP (ICML 2025), OWL (Yin et al., 2024) and
+//! AlphaPruning (Lu et al., 2024) as their papers define them; the temperature τ, the clamp policy
+//! and pins are dlpx's additions (README, "Pruning").
 
 use crate::error::{invalid, Param};
 use color_eyre::eyre::Result;
@@ -20,7 +22,7 @@ pub enum Allocation {
     Alpha,
 }
 
-/// Clamp policy of dlp-spec.md §10.4.
+/// What happens when a block's sparsity leaves [0, 1) (README, "Pruning": `budget` or `paper`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
 )]
@@ -138,7 +140,7 @@ pub fn min_max(x: &[f64]) -> Vec<f64> {
     x.iter().map(|v| (v - lo) / (hi - lo)).collect()
 }
 
-/// dlp-spec.md §10.2: `v = (exp(u/τ) − 1) / (exp(1/τ) − 1)`, `v = u` at τ = ±∞, computed without
+/// The temperature map (README, "Pruning"): `v = (exp(u/τ) − 1) / (exp(1/τ) − 1)`, `v = u` at τ = ±∞, computed without
 /// overflow for small |τ|.
 pub fn temper(u: f64, tau: Option<f64>) -> f64 {
     let Some(tau) = tau.filter(|t| t.is_finite()) else {
@@ -161,7 +163,7 @@ fn wmean(x: &[f64], w: &[f64]) -> f64 {
     x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / w.iter().sum::<f64>()
 }
 
-/// The reference code's DLP keep ratios in f32 (dlp-spec.md §2.1 steps 5–7), returned as the
+/// The reference code's DLP keep ratios in f32 (the paper's min-max → spread of 2α around the target), returned as the
 /// sparsities `1 − keep` (in f64, as Python computes them), before clamping.
 pub fn dlp_reference_f32(scores: &[f32], p: f64, alpha: f64) -> Vec<f64> {
     let mut total = 0f32;
@@ -185,7 +187,7 @@ pub fn dlp_reference_f32(scores: &[f32], p: f64, alpha: f64) -> Vec<f64> {
     d.iter().map(|&v| 1.0 - (v - mean + base) as f64).collect()
 }
 
-/// OWL (dlp-spec.md §4.2): more outliers → less sparsity; spread 2λ.
+/// OWL (Yin et al., 2024): more outliers → less sparsity; spread 2λ.
 pub fn owl_raw(outlier_ratio: &[f64], p: f64, lambda: f64) -> Vec<f64> {
     let o = min_max(outlier_ratio);
     let d: Vec<f64> = o.iter().map(|v| v * 2.0 * lambda).collect();
@@ -304,7 +306,7 @@ pub fn allocate(inp: &AllocInput, a: &AllocParams) -> Vec<f64> {
     clamp(&raw, inp.weights, a.sparsity, a.clamp, &a.overrides)
 }
 
-/// N:M per block (dlp-spec.md §10.6): `N_l = round(M · s_l)` clamped to [0, M].
+/// N:M per block (dlpx's per-block N, README "Pruning"): `N_l = round(M · s_l)` clamped to [0, M].
 pub fn n_of_m(sparsity: &[f64], m: usize) -> Vec<usize> {
     sparsity
         .iter()

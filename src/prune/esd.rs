@@ -1,4 +1,4 @@
-//! AlphaPruning's heavy-tail metric (dlp-spec.md §4.7): per linear, the Hill/MLE estimate α̂ of
+//! AlphaPruning's heavy-tail metric (Lu et al., 2024): per linear, the Hill/MLE estimate α̂ of
 //! the power-law tail of the empirical spectral density (λ = σ² of W), with the tail start xmin
 //! searched near the peak of the log-histogram, as `esd_utils.net_esd_estimator(fix_fingers =
 //! "xmin_peak", bins = 100)` does — including its mixed log/linear search window.

@@ -1,5 +1,5 @@
 //! Pruning masks (`1` = keep) for one weight matrix `[out, in]` stored row-major.
-//! dlp-spec.md §1 (Wanda), §4.3 (magnitude), §10.6 (N:M).
+//! Wanda (Sun et al., 2024), magnitude, and N:M patterns.
 
 use serde::{Deserialize, Serialize};
 

@@ -323,7 +323,7 @@ pub fn prune_preview(
 
 /// Faithful: block by block, statistics from the outputs of the already-pruned earlier blocks
 /// (all 7 linears observed in one pass of the still-dense block), then the pruned block's
-/// outputs feed the next (dlp-spec.md §2.4, §8.7).
+/// outputs feed the next (the paper's sequential pass: each block calibrated on the pruned blocks before it).
 pub fn prune_faithful(
     model: &mut Llama,
     windows: &[Vec<u32>],

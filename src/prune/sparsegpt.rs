@@ -1,4 +1,4 @@
-//! SparseGPT (dlp-spec.md §4.5): per linear, the layer Hessian H = 2/N Σ XᵀX of its inputs, then
+//! SparseGPT (Frantar & Alistarh, 2023): per linear, the layer Hessian H = 2/N Σ XᵀX of its inputs, then
 //! blockwise OBS pruning with the upper Cholesky factor of H⁻¹ (block size 128, the mask of each
 //! block chosen after the earlier blocks' updates, lazy update of later columns). The linear
 //! algebra (Cholesky, inverse, matmul) is faer's; the sequential column loop is ours, in f64.

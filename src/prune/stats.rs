@@ -1,4 +1,4 @@
-//! Calibration: the dense "ratio pass" (dlp-spec.md §2.1) and the block statistics it yields.
+//! Calibration: the dense "ratio pass" (the DLP paper's dense pass: each block's Wanda scores |W|·‖X‖ from its calibration inputs) and the block statistics it yields.
 //!
 //! Blocks run one at a time over all calibration windows; only one block's input activations are
 //! held. Every linear's Wanda input statistic (`scaler_row`) is recorded, and from the dense
@@ -16,7 +16,8 @@ use super::sparsegpt::Hessian;
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
-/// The block statistic F of dlp-spec.md §2.2 / §10.1.
+/// The block statistic F (the DLP paper uses the median of the block's Wanda scores; the others
+/// are dlpx's variants, README "Pruning").
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
 )]

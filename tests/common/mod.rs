@@ -177,6 +177,8 @@ pub fn hf_to_gguf(name: &str) -> String {
         "model.embed_tokens.weight" => return "token_embd.weight".into(),
         "model.norm.weight" => return "output_norm.weight".into(),
         "lm_head.weight" => return "output.weight".into(),
+        // Llama 3.1's per-frequency rope factors have no Hugging Face tensor.
+        "rope_freqs.weight" => return "rope_freqs.weight".into(),
         _ => {}
     }
     let rest = name.strip_prefix("model.layers.").unwrap();
