@@ -24,12 +24,17 @@ pub fn batch_size_for(seq_len: usize, vocab: usize) -> usize {
     (512 * 1024 * 1024 / per_window.max(1)).clamp(1, 8)
 }
 
+/// Positions whose logits exist at once: `POSITIONS × vocab` f32 (12 MB for the demo's 49,152
+/// tokens), and the log-softmax needs two more of them.
+const POSITIONS: usize = 64;
+
 /// Σ NLL of one batch from its final hidden states (`None`: run the model's blocks on `ids`).
 ///
-/// The head and log-softmax run one window at a time: the logits of a window are
-/// `seq_len × vocab` f32 (50 MB for the demo) and the log-softmax needs two more of them, so a
-/// whole batch at once would triple the evaluation's peak memory. Row-wise operations and one
-/// running sum in window order give the same bits as the whole batch at once.
+/// The head and log-softmax run on a few positions of one window at a time: the logits of a
+/// whole batch are `batch × seq_len × vocab` f32, and the log-softmax triples that, which
+/// would be most of the evaluation's peak memory. Every step is row-wise (RMS norm, the head's
+/// matrix product, log-softmax), and one running sum in window and position order gives the
+/// same bits as the whole batch at once.
 fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64> {
     let (batch, seq_len) = ids.dims2()?;
     let hidden = match hidden {
@@ -38,16 +43,19 @@ fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64
     };
     let mut sum = 0f64;
     for i in 0..batch {
-        let logits = model.head(&hidden.narrow(0, i, 1)?)?;
-        let lsm = log_softmax_f32(&logits.narrow(1, 0, seq_len - 1)?)?;
-        drop(logits);
-        let targets = ids.narrow(0, i, 1)?.narrow(1, 1, seq_len - 1)?;
-        let picked = lsm
-            .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        for x in picked {
-            sum += x as f64;
+        for start in (0..seq_len - 1).step_by(POSITIONS) {
+            let n = POSITIONS.min(seq_len - 1 - start);
+            let logits = model.head(&hidden.narrow(0, i, 1)?.narrow(1, start, n)?)?;
+            let lsm = log_softmax_f32(&logits)?;
+            drop(logits);
+            let targets = ids.narrow(0, i, 1)?.narrow(1, start + 1, n)?;
+            let picked = lsm
+                .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for x in picked {
+                sum += x as f64;
+            }
         }
     }
     Ok(-sum)
