@@ -202,3 +202,55 @@ fn bad_inputs_are_one_clear_error() {
     assert!(e.contains("not empty"), "{e}");
     assert!(Path::new(&d.join("keep.txt")).is_file());
 }
+
+/// A saved demo folder carries tokenizer_config.json, special_tokens_map.json and
+/// generation_config.json with the GGUF's special tokens, chat template and context length, and
+/// the folder loads back with the same special token ids.
+#[test]
+fn saved_folder_has_the_special_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("saved");
+    ok(&["export-model", "--out", out.to_str().unwrap()]);
+    let g = dlpx::model::gguf::GgufFile::open(&demo_gguf()).unwrap();
+    let want = g.special_tokens(8192).unwrap();
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap()
+    };
+    let tc = read("tokenizer_config.json");
+    let got = dlpx::model::hf_files::special_from_config(&tc);
+    assert_eq!(got, want);
+    assert_eq!(got.bos.as_deref(), Some("<|im_start|>"));
+    assert_eq!(got.eos.as_deref(), Some("<|im_end|>"));
+    assert_eq!(got.unk.as_deref(), Some("<|endoftext|>"));
+    assert_eq!(got.pad.as_deref(), Some("<|im_end|>"));
+    assert!(got.chat_template.unwrap().contains("im_start"));
+    assert_eq!(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+    assert_eq!(tc["added_tokens_decoder"]["2"]["content"], "<|im_end|>");
+    assert_eq!(read("special_tokens_map.json")["eos_token"], "<|im_end|>");
+    let gen = read("generation_config.json");
+    assert_eq!(
+        (gen["bos_token_id"].as_u64(), gen["eos_token_id"].as_u64()),
+        (Some(1), Some(2))
+    );
+    // Loaded back as a folder: the same files again, and the tokens resolve to the same ids.
+    let m = dlpx::model::load(
+        &dlpx::model::ModelSource::Folder(out.clone()),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(m.hf_files.tokenizer_config.as_ref(), Some(&tc));
+    assert_eq!(m.tokenizer.token_to_id("<|im_start|>"), Some(1));
+    assert_eq!(m.tokenizer.token_to_id("<|im_end|>"), Some(2));
+    #[cfg(unix)]
+    for f in [
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{f}");
+    }
+}

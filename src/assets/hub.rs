@@ -81,6 +81,14 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
     status(&format!("fetching {id} config"));
     let config = get("config.json")?;
     get("tokenizer.json")?;
+    // What transformers' save_pretrained writes beside them; not every repo has each.
+    for optional in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let _ = get(optional);
+    }
     let weights = match get("model.safetensors.index.json") {
         Ok(index) => super::safetensors_shards(
             &std::fs::read_to_string(&index)?,

@@ -428,6 +428,7 @@ impl Experiment {
             tokenizer: self.model.tokenizer.clone(),
             source: self.model.source.clone(),
             path: self.model.path.clone(),
+            hf_files: self.model.hf_files.clone(),
         }
     }
 

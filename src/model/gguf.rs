@@ -15,7 +15,8 @@ use std::str::FromStr;
 use tokenizers::Tokenizer;
 
 use super::config::{Arch, LlamaConfig, SUPPORTED_GGUF_ARCHS};
-use super::gguf_tokenizer::{tokenizer_json, GgufVocab};
+use super::gguf_tokenizer::{special_flags, tokenizer_json, GgufVocab};
+use super::hf_files::SpecialTokens;
 
 /// A parsed GGUF file: its header and an open handle for reading tensors.
 pub struct GgufFile {
@@ -221,6 +222,23 @@ impl GgufFile {
         Ok(q.dequantize(&Device::Cpu)?)
     }
 
+    /// The special tokens the metadata names, for the saved folder's tokenizer_config.json.
+    pub fn special_tokens(&self, context_length: usize) -> Result<SpecialTokens> {
+        let v = self.vocab()?;
+        let name = |i: Option<usize>| i.and_then(|i| v.tokens.get(i).cloned());
+        let (add_bos, add_eos) = special_flags(&v);
+        Ok(SpecialTokens {
+            bos: name(v.bos),
+            eos: name(v.eos),
+            unk: name(v.unk),
+            pad: name(v.pad),
+            add_bos,
+            add_eos,
+            chat_template: v.chat_template.clone(),
+            model_max_length: Some(context_length),
+        })
+    }
+
     /// The per-frequency rope factors of a Llama-3.1 GGUF (`rope_freqs.weight`), if it has them.
     pub fn rope_freq_factors(&mut self) -> Result<Option<Vec<f64>>> {
         if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
@@ -242,9 +260,8 @@ impl GgufFile {
         Ok(t)
     }
 
-    /// Build the tokenizer described by the `tokenizer.ggml.*` metadata, as a `tokenizers`
-    /// object configured the way llama.cpp tokenizes (see [`tokenizer_json`]).
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
+    /// The `tokenizer.ggml.*` metadata.
+    fn vocab(&self) -> Result<GgufVocab> {
         let text = |key: &str| match self.meta(key) {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
@@ -285,7 +302,7 @@ impl GgufFile {
             _ => None,
         };
         let id = |key: &str| self.meta_u(key).ok();
-        let v = GgufVocab {
+        Ok(GgufVocab {
             model,
             pre: text("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()),
             tokens,
@@ -298,7 +315,15 @@ impl GgufFile {
             add_bos: flag("tokenizer.ggml.add_bos_token"),
             add_eos: flag("tokenizer.ggml.add_eos_token"),
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
-        };
+            pad: id("tokenizer.ggml.padding_token_id"),
+            chat_template: text("tokenizer.chat_template"),
+        })
+    }
+
+    /// Build the tokenizer described by the `tokenizer.ggml.*` metadata, as a `tokenizers`
+    /// object configured the way llama.cpp tokenizes (see [`tokenizer_json`]).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let v = self.vocab()?;
         let json = tokenizer_json(&v).wrap_err_with(|| format!("`{}`", self.path.display()))?;
         Tokenizer::from_str(&json.to_string())
             .map_err(|e| eyre!("building the tokenizer of `{}`: {e}", self.path.display()))

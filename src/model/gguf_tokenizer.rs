@@ -59,6 +59,18 @@ pub struct GgufVocab {
     pub add_bos: Option<bool>,
     pub add_eos: Option<bool>,
     pub add_space_prefix: Option<bool>,
+    pub pad: Option<usize>,
+    pub chat_template: Option<String>,
+}
+
+/// Whether a BOS and an EOS are added to each sequence: the metadata's flags, else llama.cpp's
+/// defaults (BOS for SentencePiece and for Llama 3's `llama-bpe`).
+pub fn special_flags(v: &GgufVocab) -> (bool, bool) {
+    let default_bos = match v.model.as_str() {
+        "llama" => true,
+        _ => matches!(v.pre.as_str(), "llama-bpe" | "llama3" | "llama-v3"),
+    };
+    (v.add_bos.unwrap_or(default_bos), v.add_eos.unwrap_or(false))
 }
 
 /// The `tokenizer.json` document for a GGUF vocabulary.
@@ -105,7 +117,7 @@ pub fn tokenizer_json(v: &GgufVocab) -> Result<Value> {
                    "rstrip": false, "normalized": false, "special": t != USER_DEFINED})
         })
         .collect();
-    let (model, normalizer, pre_tokenizer, decoder, default_bos) = match v.model.as_str() {
+    let (model, normalizer, pre_tokenizer, decoder) = match v.model.as_str() {
         "llama" => spm(v, vocab, token(v.unk, "unknown")?)?,
         "gpt2" => byte_level(v, vocab)?,
         other => bail!(
@@ -113,8 +125,7 @@ pub fn tokenizer_json(v: &GgufVocab) -> Result<Value> {
              folder with tokenizer.json instead"
         ),
     };
-    let add_bos = v.add_bos.unwrap_or(default_bos);
-    let add_eos = v.add_eos.unwrap_or(false);
+    let (add_bos, add_eos) = special_flags(v);
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
@@ -123,9 +134,9 @@ pub fn tokenizer_json(v: &GgufVocab) -> Result<Value> {
     }))
 }
 
-type Parts = (Value, Value, Value, Value, bool);
+type Parts = (Value, Value, Value, Value);
 
-/// SentencePiece BPE (`llama`): BOS by default, as llama.cpp does for this model.
+/// SentencePiece BPE (`llama`).
 fn spm(v: &GgufVocab, vocab: serde_json::Map<String, Value>, unk: Option<String>) -> Result<Parts> {
     if v.scores.len() != v.tokens.len() {
         bail!(
@@ -160,7 +171,6 @@ fn spm(v: &GgufVocab, vocab: serde_json::Map<String, Value>, unk: Option<String>
         json!({"type": "Sequence", "normalizers": normalizers}),
         Value::Null,
         json!({"type": "Sequence", "decoders": decoders}),
-        true,
     ))
 }
 
@@ -219,17 +229,16 @@ fn byte_level(v: &GgufVocab, vocab: serde_json::Map<String, Value>) -> Result<Pa
     // GPT-2's regex inside ByteLevel, no prefix space: reproduces SmolLM2's ids on the whole
     // demo corpus (tested).
     let gpt2 = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let (pre_tokenizer, ignore_merges, default_bos) = match v.pre.as_str() {
-        "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_SPLIT), true, true),
-        "qwen2" => (split(QWEN2_SPLIT), false, false),
+    let (pre_tokenizer, ignore_merges) = match v.pre.as_str() {
+        "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_SPLIT), true),
+        "qwen2" => (split(QWEN2_SPLIT), false),
         "starcoder" => (
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true}, gpt2,
             ]}),
             false,
-            false,
         ),
-        "default" | "gpt2" | "smollm" => (gpt2, false, false),
+        "default" | "gpt2" | "smollm" => (gpt2, false),
         other => bail!(
             "GGUF pre-tokenizer `{other}` is not supported (supported: {}); use a folder with \
              tokenizer.json instead",
@@ -242,7 +251,7 @@ fn byte_level(v: &GgufVocab, vocab: serde_json::Map<String, Value>) -> Result<Pa
         "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges,
     });
     let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-    Ok((model, Value::Null, pre_tokenizer, decoder, default_bos))
+    Ok((model, Value::Null, pre_tokenizer, decoder))
 }
 
 /// BOS before (and EOS after) each sequence when the vocabulary asks for them.
@@ -312,6 +321,8 @@ mod tests {
             add_bos: None,
             add_eos: None,
             add_space_prefix: None,
+            pad: None,
+            chat_template: None,
         };
         let e = tokenizer_json(&v).unwrap_err().to_string();
         assert!(

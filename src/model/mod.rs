@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod hf_files;
 pub mod linear;
 pub mod llama;
 pub mod source;
@@ -26,6 +27,8 @@ pub struct LoadedModel {
     pub source: ModelSource,
     /// The file or folder the weights were read from.
     pub path: PathBuf,
+    /// tokenizer_config.json and its companions, written beside a saved folder.
+    pub hf_files: hf_files::HfFiles,
 }
 
 impl LoadedModel {
@@ -281,6 +284,10 @@ pub fn load_gguf_placed(
         .validate()
         .wrap_err_with(|| format!("`{}`", path.display()))?;
     let tokenizer = g.tokenizer()?;
+    let hf_files = hf_files::HfFiles::from_special(
+        &g.special_tokens(config.max_position_embeddings)?,
+        &tokenizer,
+    );
     let llama = match place {
         Placement::Resident => {
             status("dequantizing weights");
@@ -297,6 +304,7 @@ pub fn load_gguf_placed(
         tokenizer,
         source: ModelSource::Gguf(path.to_path_buf()),
         path: path.to_path_buf(),
+        hf_files,
     })
 }
 
@@ -403,6 +411,7 @@ pub fn load_folder(
         tokenizer,
         source,
         path: dir.to_path_buf(),
+        hf_files: hf_files::HfFiles::from_folder(dir)?,
     })
 }
 
@@ -445,8 +454,18 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
         .tokenizer
         .save(tmp.path().join("tokenizer.json"), false)
         .map_err(|e| eyre!("writing tokenizer.json: {e}"))?;
+    model
+        .hf_files
+        .write(tmp.path(), &model.llama.config, &model.tokenizer)?;
     // The temp folder and safetensors' file are created private; an export is meant to be shared.
-    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        hf_files::TOKENIZER_CONFIG,
+        hf_files::SPECIAL_TOKENS_MAP,
+        hf_files::GENERATION_CONFIG,
+    ] {
         crate::assets::make_shareable(&tmp.path().join(f), false)?;
     }
     crate::assets::make_shareable(tmp.path(), true)?;
