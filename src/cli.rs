@@ -239,6 +239,15 @@ pub struct PruneArgs {
     /// Save the pruned model as a Hugging Face safetensors folder.
     #[arg(long)]
     pub save: Option<std::path::PathBuf>,
+    /// How --save writes the weights: `dense` (pruned weights as zeros, loads everywhere) or
+    /// `compressed` (a compressed-tensors sparse checkpoint: sparse-bitmask, or sparse-24-bitmask
+    /// for 2:4; the format of compressed-tensors ≤ 0.14 with transformers 4.x).
+    #[arg(long, value_enum, default_value = "dense", requires = "save")]
+    pub format: SaveFormat,
+    /// Write an llm-compressor recipe (YAML) that reproduces the allocation with its Wanda or
+    /// SparseGPT modifier.
+    #[arg(long)]
+    pub recipe_out: Option<std::path::PathBuf>,
     /// Replay a report/config: its parameters and data settings (flags given here override them).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -251,6 +260,13 @@ pub struct PruneArgs {
     /// Print the report JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How a pruned model is saved.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveFormat {
+    Dense,
+    Compressed,
 }
 
 fn parse_pin(s: &str) -> Result<(usize, f64), String> {

@@ -21,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod model;
 pub mod progress;
 pub mod prune;

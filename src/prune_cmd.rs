@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
-use crate::cli::PruneArgs;
+use crate::cli::{PruneArgs, SaveFormat};
 use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
+use crate::export::compressed::Format;
 use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
+use crate::prune::mask::Pattern;
 use crate::prune::pipeline::{plan, PruneParams};
 use crate::report::{GenerationPair, Report, Timings};
 
@@ -96,7 +98,22 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     if let Some(dir) = &a.save {
         crate::model::ensure_free_dir(dir)?;
     }
-    for f in [&a.report, &a.ratios_out].into_iter().flatten() {
+    let compressed = match (a.format, params.pattern) {
+        (SaveFormat::Dense, _) => None,
+        (SaveFormat::Compressed, Pattern::Unstructured) => Some(Format::SparseBitmask),
+        (SaveFormat::Compressed, Pattern::NOfM { m: 4, .. }) => Some(Format::Sparse24Bitmask),
+        (SaveFormat::Compressed, p) => bail!(
+            "--format compressed writes unstructured or 2:4 sparsity (compressed-tensors has no \
+             format for {p}); use --format dense"
+        ),
+    };
+    if a.recipe_out.is_some() {
+        crate::export::recipe::check_expressible(&params, None).wrap_err("--recipe-out")?;
+    }
+    for f in [&a.report, &a.ratios_out, &a.recipe_out]
+        .into_iter()
+        .flatten()
+    {
         let parent = f
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -148,6 +165,11 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
 
     let pl = plan(&x.model.llama, &cal, &params)?;
     timings.allocate_us = pl.allocate_us;
+    if a.recipe_out.is_some() {
+        // Before pruning: an allocation the recipe cannot state costs no work.
+        crate::export::recipe::check_expressible(&params, pl.n_of_m.as_deref())
+            .wrap_err("--recipe-out")?;
+    }
     if let Some(b) = &base {
         let same = b.blocks.len() == pl.block.len()
             && b.blocks
@@ -201,9 +223,27 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             serde_json::to_string(&report.keep_ratios())?.as_bytes(),
         )?;
     }
+    if let Some(path) = &a.recipe_out {
+        let yaml = crate::export::recipe::llm_compressor_recipe(&report)?;
+        crate::assets::write_atomic(path, yaml.as_bytes())?;
+    }
     if let Some(dir) = &a.save {
         obs.status(&format!("saving the pruned model to {}", dir.display()));
-        crate::model::save_folder(&x.model, dir)?;
+        match compressed {
+            None => crate::model::save_folder(&x.model, dir)?,
+            Some(format) => {
+                let s = crate::export::save_compressed(&x.model, dir, format)?;
+                obs.status(&format!(
+                    "{}: {} linears compressed, {} left dense; {:.1} MB of tensor data, {:.0} % of the dense export's {:.1} MB",
+                    format.name(),
+                    s.compressed,
+                    s.dense,
+                    s.bytes as f64 / 1e6,
+                    100.0 * s.bytes as f64 / s.dense_bytes as f64,
+                    s.dense_bytes as f64 / 1e6
+                ));
+            }
+        }
     }
     if a.json {
         println!("{}", report.to_json()?);

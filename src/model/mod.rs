@@ -435,6 +435,19 @@ pub fn ensure_free_dir(out: &Path) -> Result<()> {
 /// tokenizer.json). The folder is built beside `out` and renamed into place, so a failure never
 /// leaves a half-written model at `out`.
 pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = model.llama.named_tensors()?.into_iter().collect();
+    write_folder(model, out, &tensors, model.llama.config.to_hf_json()?)
+}
+
+/// Write an HF-style folder from `tensors` (model.safetensors) and `config` (config.json), with
+/// the model's tokenizer.json and [`hf_files`]. The folder is built beside `out` and renamed into
+/// place, so a failure never leaves a half-written model at `out`.
+pub fn write_folder(
+    model: &LoadedModel,
+    out: &Path,
+    tensors: &HashMap<String, Tensor>,
+    config: serde_json::Value,
+) -> Result<()> {
     ensure_free_dir(out)?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -446,9 +459,8 @@ pub fn save_folder(model: &LoadedModel, out: &Path) -> Result<()> {
         .prefix(".dlpx-export-")
         .tempdir_in(&parent)
         .wrap_err_with(|| format!("cannot write in `{}`", parent.display()))?;
-    let tensors: HashMap<String, Tensor> = model.llama.named_tensors()?.into_iter().collect();
-    candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors"))?;
-    let cfg = serde_json::to_string_pretty(&model.llama.config.to_hf_json()?)?;
+    candle_core::safetensors::save(tensors, tmp.path().join("model.safetensors"))?;
+    let cfg = serde_json::to_string_pretty(&config)?;
     std::fs::write(tmp.path().join("config.json"), cfg)?;
     model
         .tokenizer
