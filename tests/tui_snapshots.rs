@@ -285,6 +285,28 @@ fn export_then_open_restores_parameters() {
     // A missing file is one clear message and changes nothing.
     let e = fresh.open(&dir.path().join("nope.json")).unwrap_err();
     assert!(format!("{e:#}").contains("nope.json"));
+
+    // R writes the llm-compressor recipe of the shown allocation: one sparsity per block.
+    let mut s = s;
+    s.act(Action::ExportRecipe);
+    let recipe = dir.path().join("r.yaml");
+    s.overlay = Some(dlpx::app::Overlay::Input {
+        purpose: dlpx::app::InputPurpose::RecipePath,
+        text: recipe.to_str().unwrap().into(),
+        fresh: false,
+    });
+    s.on_key(ratatui::crossterm::event::KeyEvent::new(
+        ratatui::crossterm::event::KeyCode::Enter,
+        ratatui::crossterm::event::KeyModifiers::NONE,
+    ));
+    let yaml = std::fs::read_to_string(&recipe).unwrap();
+    let want = dlpx::export::recipe::llm_compressor_recipe(&s.report().unwrap()).unwrap();
+    assert_eq!(yaml, want);
+    let line = yaml
+        .lines()
+        .find(|l| l.trim().starts_with("sparsity: ["))
+        .unwrap();
+    assert_eq!(line.matches(", ").count() + 1, BLOCKS, "{line}");
 }
 
 #[test]

@@ -48,6 +48,12 @@ impl State {
         self.report()?.save(path)
     }
 
+    /// The llm-compressor recipe of the current allocation (the same as `dlpx prune --recipe-out`).
+    pub fn export_recipe(&self, path: &std::path::Path) -> color_eyre::Result<()> {
+        let yaml = crate::export::recipe::llm_compressor_recipe(&self.report()?)?;
+        crate::assets::write_atomic(path, yaml.as_bytes())
+    }
+
     /// Restore parameters (and pins) from a saved report/config.
     pub fn open(&mut self, path: &std::path::Path) -> color_eyre::Result<()> {
         let r = Report::load(path)?;

@@ -28,6 +28,7 @@ pub enum Action {
     DeletePrompt,
     Generate,
     Export,
+    ExportRecipe,
     Open,
     SaveModel,
     Recalibrate,
@@ -306,6 +307,14 @@ pub const BINDINGS: &[Binding] = &[
         "e",
         "export report/config JSON",
         Action::Export,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('R'),
+        N,
+        "R",
+        "write llm-compressor recipe",
+        Action::ExportRecipe,
         Scope::Any,
     ),
     b(

@@ -50,6 +50,7 @@ pub enum View {
 pub enum InputPurpose {
     Value(Field),
     ExportPath,
+    RecipePath,
     OpenPath,
     SavePath,
     EditPrompt(usize),
@@ -61,6 +62,7 @@ impl InputPurpose {
         match self {
             InputPurpose::Value(f) => format!("exact value for {}", f.label()),
             InputPurpose::ExportPath => "export the report / config to".into(),
+            InputPurpose::RecipePath => "write the llm-compressor recipe (YAML) to".into(),
             InputPurpose::OpenPath => "open a config (report JSON)".into(),
             InputPurpose::SavePath => "save the pruned model to the folder".into(),
             InputPurpose::EditPrompt(i) => format!("prompt {}", i + 1),
@@ -131,6 +133,7 @@ pub struct State {
     pub prompt_sel: usize,
     pub status: (String, Tone),
     pub export_path: String,
+    pub recipe_path: String,
     pub save_path: String,
     pub theme_name: String,
     /// Microseconds spent in the last reallocation (shown in the panel).
@@ -172,6 +175,7 @@ impl State {
             prompt_sel: 0,
             status: ("starting".into(), Tone::Info),
             export_path: "dlpx-config.json".into(),
+            recipe_path: "dlpx-recipe.yaml".into(),
             save_path: "dlpx-pruned".into(),
             theme_name: "dark".into(),
             last_allocate_us: 0.0,
@@ -389,6 +393,10 @@ impl State {
                 let t = self.export_path.clone();
                 self.input(InputPurpose::ExportPath, t);
             }
+            Action::ExportRecipe => {
+                let t = self.recipe_path.clone();
+                self.input(InputPurpose::RecipePath, t);
+            }
             Action::Open => {
                 let t = self.export_path.clone();
                 self.input(InputPurpose::OpenPath, t);
@@ -489,6 +497,13 @@ impl State {
                 match self.export(&PathBuf::from(&text)) {
                     Ok(()) => self.say(format!("exported to {text}"), Tone::Good),
                     Err(e) => self.say(format!("export failed: {e}"), Tone::Error),
+                }
+            }
+            InputPurpose::RecipePath => {
+                self.recipe_path = text.clone();
+                match self.export_recipe(&PathBuf::from(&text)) {
+                    Ok(()) => self.say(format!("wrote the recipe to {text}"), Tone::Good),
+                    Err(e) => self.say(format!("recipe not written: {e}"), Tone::Error),
                 }
             }
             InputPurpose::OpenPath => match self.open(&PathBuf::from(&text)) {
