@@ -263,10 +263,10 @@ fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         "job": "demo, Wanda, DLP median, p 0.7, faithful, 32×256 calibration, 64×256 evaluation",
         "wall_s": wall_s,
         "peak_rss_mib": peak_mib,
-        "dense_ppl": dense,
+        "dense_ppl": dense.map(|p| p.ppl),
         "dense_from_cache": dense_cached,
         "dense_eval_s": dense_s,
-        "pruned_ppl": pruned,
+        "pruned_ppl": pruned.map(|p| p.ppl),
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

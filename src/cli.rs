@@ -121,6 +121,42 @@ pub enum Command {
     Estimate(EstimateArgs),
     /// Token ids (and pieces) of a text, for checking a tokenizer or a conversion.
     Tokenize(TokenizeArgs),
+    /// Is B's perplexity really different from A's? A paired bootstrap over the evaluation windows
+    /// of two reports measured on the same windows.
+    Compare(CompareArgs),
+}
+
+/// Which measurement of a report.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Dense,
+    Pruned,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The reference report (`dlpx prune --report`, or `e` in the explorer after an apply).
+    pub a: std::path::PathBuf,
+    /// The report compared with it.
+    pub b: std::path::PathBuf,
+    /// Which measurement of A.
+    #[arg(long, value_enum, default_value = "pruned")]
+    pub side_a: Side,
+    /// Which measurement of B.
+    #[arg(long, value_enum, default_value = "pruned")]
+    pub side_b: Side,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 1000)]
+    pub resamples: usize,
+    /// Two-sided level of the interval.
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -97,6 +97,7 @@ pub fn eval(ctx: &mut Ctx, a: &EvalArgs) -> Result<()> {
             "nll_sum": r.nll_sum,
             "windows": r.windows,
             "seq_len": r.seq_len,
+            "window_nll": r.window_nll,
             "model": m.source.label(),
             "data": src.label(),
             "seconds": secs,
@@ -278,5 +279,74 @@ pub fn tokenize(ctx: &mut Ctx, a: &crate::cli::TokenizeArgs) -> Result<()> {
         let s: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         println!("{}", s.join(" "));
     }
+    Ok(())
+}
+
+/// `dlpx compare A B`: B's perplexity over A's with a paired bootstrap interval.
+pub fn compare(a: &crate::cli::CompareArgs) -> Result<()> {
+    use crate::cli::Side;
+    use crate::report::Report;
+    use color_eyre::eyre::bail;
+    let (ra, rb) = (Report::load(&a.a)?, Report::load(&a.b)?);
+    let (Some(ea), Some(eb)) = (&ra.data.eval, &rb.data.eval) else {
+        bail!("both reports need a perplexity measurement (they were made with --eval none)");
+    };
+    if (&ea.sha256, ea.windows, ea.seq_len) != (&eb.sha256, eb.windows, eb.seq_len) {
+        bail!(
+            "`{}` and `{}` were evaluated on different windows ({} × {} of {} vs {} × {} of {}): \
+             a paired comparison needs the same evaluation data",
+            a.a.display(),
+            a.b.display(),
+            ea.windows,
+            ea.seq_len,
+            ea.source,
+            eb.windows,
+            eb.seq_len,
+            eb.source
+        );
+    }
+    let windows = |r: &Report, side: Side, path: &std::path::Path| -> Result<Vec<f64>> {
+        let w = match side {
+            Side::Dense => r.ppl.dense_window_nll.clone(),
+            Side::Pruned => r.ppl.pruned_window_nll.clone(),
+        };
+        w.ok_or_else(|| {
+            color_eyre::eyre::eyre!(
+                "`{}` has no per-window NLL of its {side:?} model (written before schema 2, or not \
+                 measured): run it again with this dlpx",
+                path.display()
+            )
+        })
+    };
+    let wa = windows(&ra, a.side_a, &a.a)?;
+    let wb = windows(&rb, a.side_b, &a.b)?;
+    let r = crate::eval::compare::paired_bootstrap(
+        &wa,
+        &wb,
+        ea.seq_len - 1,
+        a.resamples,
+        a.level,
+        a.seed,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let verdict = match (r.excludes_one(), r.ratio < 1.0) {
+        (false, _) => "not distinguishable from A on these windows",
+        (true, true) => "better than A (lower perplexity), beyond the windows' noise",
+        (true, false) => "worse than A (higher perplexity), beyond the windows' noise",
+    };
+    println!(
+        "B/A perplexity ratio {:.4}  ({:.0} % interval {:.4} … {:.4}; paired bootstrap over {} windows, {} resamples, seed {})",
+        r.ratio,
+        100.0 * r.level,
+        r.lo,
+        r.hi,
+        r.windows,
+        r.resamples,
+        r.seed
+    );
+    println!("B is {verdict}");
     Ok(())
 }

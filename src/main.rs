@@ -16,6 +16,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
         Some(Command::Tokenize(a)) => commands::tokenize(&mut ctx, &a),
+        Some(Command::Compare(a)) => commands::compare(&a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())

@@ -198,8 +198,10 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         &pl,
         Measured {
             achieved: Some(got),
-            dense_ppl,
-            pruned_ppl,
+            dense_ppl: dense_ppl.as_ref().map(|p| p.ppl),
+            pruned_ppl: pruned_ppl.as_ref().map(|p| p.ppl),
+            dense_window_nll: dense_ppl.map(|p| p.window_nll),
+            pruned_window_nll: pruned_ppl.map(|p| p.window_nll),
             generations: a
                 .prompt
                 .iter()

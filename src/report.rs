@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::assets::write_atomic;
 use crate::prune::pipeline::PruneParams;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `ppl.dense_window_nll` / `ppl.pruned_window_nll` (version 1 files, without them, still load).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +114,13 @@ pub struct PplInfo {
     pub pruned: Option<f64>,
     /// Human description of the evaluation protocol, so numbers are not compared across protocols.
     pub protocol: String,
+    /// Σ NLL of each evaluation window (its `seq_len − 1` predictions) for the dense model, in
+    /// window order; `dlpx compare` resamples them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_window_nll: Option<Vec<f64>>,
+    /// The same for the pruned model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_window_nll: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -153,7 +161,7 @@ impl Report {
         let v: serde_json::Value = serde_json::from_str(&text)
             .wrap_err_with(|| format!("config `{}` is not valid JSON", path.display()))?;
         match v.get("schema_version").and_then(|s| s.as_u64()) {
-            Some(x) if x == SCHEMA_VERSION as u64 => {}
+            Some(x) if x == SCHEMA_VERSION as u64 || x == 1 => {}
             Some(x) => bail!(
                 "config `{}` has schema_version {x}; this dlpx reads version {SCHEMA_VERSION}: re-export it with this version",
                 path.display()

@@ -106,7 +106,10 @@ fn calibrated() -> State {
         cal: Arc::new(calibration()),
         cache_hit: false,
     });
-    s.on_msg(Msg::DensePpl(52.8128));
+    s.on_msg(Msg::DensePpl {
+        ppl: 52.8128,
+        window_nll: vec![],
+    });
     s.on_msg(Msg::Idle);
     // Fixed figures for the frame (the real ones are timings).
     s.last_allocate_us = 21.0;
@@ -140,7 +143,11 @@ fn compared() -> State {
         achieved: target.iter().map(|t| t - 0.0007).collect(),
         seconds: 2.5,
     });
-    s.on_msg(Msg::PrunedPpl { id: 1, ppl: 355.03 });
+    s.on_msg(Msg::PrunedPpl {
+        id: 1,
+        ppl: 355.03,
+        window_nll: vec![],
+    });
     for (i, (d, p)) in [
         (" Paris.", " a city, the."),
         (" 100 degrees.", " the the the"),

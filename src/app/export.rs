@@ -31,6 +31,8 @@ impl State {
             achieved: applied.and_then(|a| a.achieved.clone()),
             dense_ppl: self.dense_ppl,
             pruned_ppl: applied.and_then(|a| a.ppl),
+            dense_window_nll: self.dense_window_nll.clone(),
+            pruned_window_nll: applied.and_then(|a| a.window_nll.clone()),
             generations,
             timings: Timings {
                 load_s: 0.0,

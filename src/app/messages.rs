@@ -22,7 +22,11 @@ pub enum Msg {
         cal: Arc<Calibration>,
         cache_hit: bool,
     },
-    DensePpl(f64),
+    DensePpl {
+        ppl: f64,
+        /// Σ NLL per evaluation window.
+        window_nll: Vec<f64>,
+    },
     Applied {
         id: usize,
         achieved: Vec<f64>,
@@ -31,6 +35,7 @@ pub enum Msg {
     PrunedPpl {
         id: usize,
         ppl: f64,
+        window_nll: Vec<f64>,
     },
     /// Generation of prompt `prompt` on one side starts (clears its text).
     GenStart {

@@ -29,6 +29,8 @@ pub struct Applied {
     pub n_of_m: Option<Vec<usize>>,
     pub achieved: Option<Vec<f64>>,
     pub ppl: Option<f64>,
+    /// Σ NLL per evaluation window of the pruned model.
+    pub window_nll: Option<Vec<f64>>,
     pub seconds: f64,
 }
 
@@ -128,6 +130,8 @@ pub struct State {
     /// True while the worker has queued or running work.
     pub busy: bool,
     pub dense_ppl: Option<f64>,
+    /// Σ NLL per evaluation window of the dense model (for the exported report).
+    pub dense_window_nll: Option<Vec<f64>>,
     pub history: Vec<Applied>,
     pub prompts: Vec<PromptGen>,
     pub prompt_sel: usize,
@@ -164,6 +168,7 @@ impl State {
             }),
             busy: true,
             dense_ppl: None,
+            dense_window_nll: None,
             history: vec![],
             prompts: prompts
                 .into_iter()
@@ -466,6 +471,7 @@ impl State {
             n_of_m: plan.n_of_m.clone(),
             achieved: None,
             ppl: None,
+            window_nll: None,
             seconds: 0.0,
         });
         self.busy = true;
@@ -587,7 +593,10 @@ impl State {
                 self.cal = Some(cal);
                 self.replan();
             }
-            Msg::DensePpl(p) => self.dense_ppl = Some(p),
+            Msg::DensePpl { ppl, window_nll } => {
+                self.dense_ppl = Some(ppl);
+                self.dense_window_nll = Some(window_nll);
+            }
             Msg::Applied {
                 id,
                 achieved,
@@ -605,9 +614,14 @@ impl State {
                     Tone::Info,
                 );
             }
-            Msg::PrunedPpl { id, ppl } => {
+            Msg::PrunedPpl {
+                id,
+                ppl,
+                window_nll,
+            } => {
                 if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
                     h.ppl = Some(ppl);
+                    h.window_nll = Some(window_nll);
                 }
                 self.say(format!("#{id}: pruned perplexity {ppl:.2}"), Tone::Good);
             }

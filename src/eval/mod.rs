@@ -1,4 +1,5 @@
-//! Perplexity and text generation.
+//! Perplexity, text generation, and comparisons of two measurements.
 
+pub mod compare;
 pub mod generate;
 pub mod perplexity;

@@ -4,11 +4,11 @@
 
 use candle_core::{Tensor, D};
 use color_eyre::eyre::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::llama::{log_softmax_f32, Llama};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Perplexity {
     pub ppl: f64,
     /// Number of predicted tokens (windows × (seq_len − 1)).
@@ -16,6 +16,9 @@ pub struct Perplexity {
     pub nll_sum: f64,
     pub windows: usize,
     pub seq_len: usize,
+    /// Σ NLL of each window (its `seq_len − 1` predictions), in window order: what a paired
+    /// comparison of two configurations on the same windows resamples.
+    pub window_nll: Vec<f64>,
 }
 
 /// Windows forwarded together: bounds the logits buffer (batch × len × vocab f32).
@@ -35,7 +38,12 @@ const POSITIONS: usize = 64;
 /// would be most of the evaluation's peak memory. Every step is row-wise (RMS norm, the head's
 /// matrix product, log-softmax), and one running sum in window and position order gives the
 /// same bits as the whole batch at once.
-fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64> {
+fn batch_nll(
+    model: &Llama,
+    ids: &Tensor,
+    hidden: Option<&Tensor>,
+    per_window: &mut Vec<f64>,
+) -> Result<f64> {
     let (batch, seq_len) = ids.dims2()?;
     let hidden = match hidden {
         Some(h) => h.to_device(&model.device)?,
@@ -43,6 +51,9 @@ fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64
     };
     let mut sum = 0f64;
     for i in 0..batch {
+        // The batch's running sum is kept as it always was (the perplexity's bits); each
+        // window's own sum beside it.
+        let mut window = 0f64;
         for start in (0..seq_len - 1).step_by(POSITIONS) {
             let n = POSITIONS.min(seq_len - 1 - start);
             let logits = model.head(&hidden.narrow(0, i, 1)?.narrow(1, start, n)?)?;
@@ -55,8 +66,10 @@ fn batch_nll(model: &Llama, ids: &Tensor, hidden: Option<&Tensor>) -> Result<f64
                 .to_vec1::<f32>()?;
             for x in picked {
                 sum += x as f64;
+                window += x as f64;
             }
         }
+        per_window.push(-window);
     }
     Ok(-sum)
 }
@@ -76,10 +89,11 @@ fn batch_major(
     windows: &[Vec<u32>],
     batch: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
+    per_window: &mut Vec<f64>,
 ) -> Result<f64> {
     let (mut nll_sum, mut done) = (0f64, 0);
     for chunk in windows.chunks(batch) {
-        nll_sum += batch_nll(model, &ids_of(model, chunk)?, None)?;
+        nll_sum += batch_nll(model, &ids_of(model, chunk)?, None, per_window)?;
         done += chunk.len();
         crate::error::check(progress(done, windows.len()))?;
     }
@@ -98,6 +112,7 @@ fn block_major(
     windows: &[Vec<u32>],
     batch: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
+    window_nll: &mut Vec<f64>,
 ) -> Result<f64> {
     let per_window = windows[0].len() * model.config.hidden_size * model.dtype.size_in_bytes();
     let group = (GROUP_BYTES / per_window.max(1) / batch).max(1) * batch;
@@ -121,7 +136,7 @@ fn block_major(
             crate::error::check(progress(done + g.len() * (b + 1) / (n + 1), windows.len()))?;
         }
         for (i, x) in ids.iter().zip(&xs) {
-            nll_sum += batch_nll(model, i, Some(x))?;
+            nll_sum += batch_nll(model, i, Some(x), window_nll)?;
         }
         done += g.len();
         crate::error::check(progress(done, windows.len()))?;
@@ -144,9 +159,10 @@ pub fn perplexity(
         bail!("evaluation windows must all have the same length ≥ 2");
     }
     let batch = batch_size_for(seq_len, model.config.vocab_size);
+    let mut window_nll = Vec::with_capacity(windows.len());
     let nll_sum = match model.offload {
-        None => batch_major(model, windows, batch, progress)?,
-        Some(_) => block_major(model, windows, batch, progress)?,
+        None => batch_major(model, windows, batch, progress, &mut window_nll)?,
+        Some(_) => block_major(model, windows, batch, progress, &mut window_nll)?,
     };
     let tokens = windows.len() * (seq_len - 1);
     Ok(Perplexity {
@@ -155,5 +171,6 @@ pub fn perplexity(
         nll_sum,
         windows: windows.len(),
         seq_len,
+        window_nll,
     })
 }

@@ -23,7 +23,7 @@ pub use report::{build_report, weighted_mean, Measured};
 use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::error::Cancelled;
 use crate::eval::generate::{generate, GenParams};
-use crate::eval::perplexity::perplexity;
+use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::model::{Llama, LoadedModel, ModelSource, Placement};
 use crate::prune::cache::{calibrate_cached, StatsKey};
 use crate::prune::mask::Metric;
@@ -161,7 +161,7 @@ struct DenseKey {
 }
 
 /// Bump when the meaning of a cached dense result changes: old files then miss.
-const DENSE_FORMAT: u32 = 1;
+const DENSE_FORMAT: u32 = 2;
 
 #[derive(Serialize)]
 enum DenseQuestion<'a> {
@@ -432,13 +432,14 @@ impl Experiment {
         }
     }
 
-    /// Perplexity of `llama` on the evaluation windows (`None` without evaluation data).
+    /// Perplexity of `llama` on the evaluation windows (`None` without evaluation data), with
+    /// each window's NLL.
     pub fn perplexity(
         &self,
         llama: &Llama,
         stage: Stage,
         obs: &mut dyn Observer,
-    ) -> Result<Option<f64>> {
+    ) -> Result<Option<Perplexity>> {
         let Some(w) = &self.eval else { return Ok(None) };
         let started = Instant::now();
         let seq = w.first().map(|x| x.len()).unwrap_or(0);
@@ -454,24 +455,24 @@ impl Experiment {
                 },
             )
         })?;
-        Ok(Some(r.ppl))
+        Ok(Some(r))
     }
 
     /// The dense model's perplexity, from the cache when this model, dtype, device and these
     /// exact windows were measured before. Returns it and whether it came from the cache.
-    pub fn dense_perplexity(&self, obs: &mut dyn Observer) -> Result<(Option<f64>, bool)> {
+    pub fn dense_perplexity(&self, obs: &mut dyn Observer) -> Result<(Option<Perplexity>, bool)> {
         let Some(w) = &self.eval else {
             return Ok((None, false));
         };
         let q = DenseQuestion::Perplexity {
             windows_sha256: windows_sha256(w),
         };
-        if let Some(ppl) = self.dense_cached::<f64>(&q) {
-            return Ok((Some(ppl), true));
+        if let Some(p) = self.dense_cached::<Perplexity>(&q) {
+            return Ok((Some(p), true));
         }
         let ppl = self.perplexity(&self.model.llama, Stage::DenseEval, obs)?;
-        if let Some(p) = ppl {
-            self.dense_store(&q, &p, obs);
+        if let Some(p) = &ppl {
+            self.dense_store(&q, p, obs);
         }
         Ok((ppl, false))
     }

@@ -15,6 +15,9 @@ pub struct Measured {
     pub achieved: Option<Vec<f64>>,
     pub dense_ppl: Option<f64>,
     pub pruned_ppl: Option<f64>,
+    /// Σ NLL per evaluation window of each measurement (for paired comparisons).
+    pub dense_window_nll: Option<Vec<f64>>,
+    pub pruned_window_nll: Option<Vec<f64>>,
     pub generations: Vec<GenerationPair>,
     pub timings: Timings,
 }
@@ -59,6 +62,8 @@ pub fn build_report(
             dense: m.dense_ppl,
             pruned: m.pruned_ppl,
             protocol: s.protocol.clone(),
+            dense_window_nll: m.dense_window_nll,
+            pruned_window_nll: m.pruned_window_nll,
         },
         generations: m.generations,
         timings: m.timings,

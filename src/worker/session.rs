@@ -198,7 +198,10 @@ impl ExplorerSession {
         };
         let r = x.dense_perplexity(&mut obs).map(|(ppl, _hit)| {
             if let Some(p) = ppl {
-                link.send(Msg::DensePpl(p));
+                link.send(Msg::DensePpl {
+                    ppl: p.ppl,
+                    window_nll: p.window_nll,
+                });
             }
         });
         self.dense_ppl_done = settle(link, Stage::DenseEval, r);
@@ -235,8 +238,12 @@ impl ExplorerSession {
         let r = x
             .perplexity(&m.llama, Stage::PrunedEval, &mut obs)
             .map(|ppl| {
-                if let Some(ppl) = ppl {
-                    link.send(Msg::PrunedPpl { id, ppl });
+                if let Some(p) = ppl {
+                    link.send(Msg::PrunedPpl {
+                        id,
+                        ppl: p.ppl,
+                        window_nll: p.window_nll,
+                    });
                 }
             });
         settle(link, Stage::PrunedEval, r)
