@@ -336,3 +336,32 @@ fn superseded_and_cancelled_applies_leave_the_history() {
     s.act(Action::Apply);
     assert_eq!(s.history.last().unwrap().id, 4);
 }
+
+/// The history shows each other entry's perplexity ratio to the highlighted one, with its
+/// paired bootstrap interval (`*` when it excludes 1).
+#[test]
+fn history_shows_intervals_against_the_highlighted_entry() {
+    let mut s = calibrated();
+    let target = s.plan.as_ref().unwrap().block.clone();
+    let base: Vec<f64> = (0..16).map(|i| 1400.0 + 40.0 * (i as f64).sin()).collect();
+    for (id, shift) in [(1usize, 0.0f64), (2, 255.0 * 0.2)] {
+        s.act(Action::Apply);
+        s.on_msg(Msg::Applied {
+            id,
+            achieved: target.clone(),
+            seconds: 1.0,
+        });
+        let w: Vec<f64> = base.iter().map(|x| x + shift).collect();
+        s.on_msg(Msg::PrunedPpl {
+            id,
+            ppl: (w.iter().sum::<f64>() / (16.0 * 255.0)).exp(),
+            window_nll: w,
+        });
+        s.on_msg(Msg::Idle);
+    }
+    s.act(Action::ToggleCompare);
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    // #2 is highlighted (current parameters); #1 is e^-0.2 of it, beyond the noise.
+    let line = frame.lines().find(|l| l.contains("#1 ")).unwrap();
+    assert!(line.contains("×0.819 [0.819–0.819]*"), "{line}");
+}

@@ -379,15 +379,38 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ),
         t.fg(t.text),
     )];
+    // Each other entry's perplexity relative to the highlighted one, with the paired bootstrap
+    // interval over the evaluation windows (`*`: beyond the windows' noise).
+    let reference = s.current_applied().or(s.history.last());
+    let predictions = s
+        .summary
+        .as_ref()
+        .and_then(|x| x.data.eval.as_ref())
+        .map(|e| e.seq_len.saturating_sub(1))
+        .unwrap_or(0);
     for h in s.history.iter().rev() {
         let ach = h
             .achieved
             .as_ref()
             .map(|v| format!(" ach {:.3}", v.iter().sum::<f64>() / v.len().max(1) as f64))
             .unwrap_or_default();
+        let vs = match (reference, &h.window_nll) {
+            (Some(r), Some(w)) if r.id != h.id && predictions > 0 => r
+                .window_nll
+                .as_ref()
+                .and_then(|rw| {
+                    crate::eval::compare::paired_bootstrap(rw, w, predictions, 400, 0.95, 0).ok()
+                })
+                .map(|c| {
+                    let star = if c.excludes_one() { "*" } else { "" };
+                    format!(" ×{:.3} [{:.3}–{:.3}]{star}", c.ratio, c.lo, c.hi)
+                })
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         lines.push(Line::styled(
             format!(
-                "#{:<3} {:>8}  {}{ach}",
+                "#{:<3} {:>8}  {}{ach}{vs}",
                 h.id,
                 h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
                 crate::app::params::describe(&h.params),
