@@ -159,7 +159,7 @@ fn report_replay_and_saved_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], dlpx::report::SCHEMA_VERSION);
     assert_eq!(report["params"]["alloc"]["tau"], 0.5);
     let keep: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&ratios).unwrap()).unwrap();
     assert_eq!(keep.len(), 30);
