@@ -101,20 +101,31 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The demo protocol (32 × 256 calibration, 64 × 256 evaluation windows) on the benchmarked
-/// model, through the experiment layer as `dlpx prune` opens it.
-fn demo_experiment(ctx: &mut Ctx, m: LoadedModel, a: &BenchArgs) -> Result<Experiment> {
-    let setup = Setup {
+/// The demo protocol's setup (32 × 256 calibration, 64 × 256 evaluation windows, Wanda) for the
+/// benchmarked model; the dense results cache is always used.
+fn demo_setup(
+    ctx: &Ctx,
+    a: &BenchArgs,
+    stats_cache: bool,
+    keeps_pruned_copy: bool,
+) -> Result<Setup> {
+    Ok(Setup {
         source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
         data: DataSpec::default(),
-        stats_cache: true,
+        stats_cache,
         dense_cache: true,
         metric: crate::prune::mask::Metric::Wanda,
-        keeps_pruned_copy: true,
-    };
+        keeps_pruned_copy,
+    })
+}
+
+/// The demo protocol on the benchmarked model, through the experiment layer as `dlpx prune`
+/// opens it.
+fn demo_experiment(ctx: &mut Ctx, m: LoadedModel, a: &BenchArgs) -> Result<Experiment> {
+    let setup = demo_setup(ctx, a, true, true)?;
     drop(m); // the experiment loads its own copy
     Experiment::open(&setup, &mut ctx.progress)
 }
@@ -236,17 +247,7 @@ fn with_tui_latency(
 fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     use crate::prune::pipeline::{plan, PruneParams};
     let started = Instant::now();
-    let setup = Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        data: DataSpec::default(),
-        stats_cache: false,
-        dense_cache: true,
-        metric: crate::prune::mask::Metric::Wanda,
-        keeps_pruned_copy: false,
-    };
+    let setup = demo_setup(ctx, a, false, false)?;
     let obs = &mut ctx.progress;
     let mut x = Experiment::open(&setup, obs)?;
     let t = Instant::now();
