@@ -162,6 +162,34 @@ fn write_folder(dir: &Path, config: &serde_json::Value, w: &HashMap<String, Tens
     std::fs::write(dir.join("tokenizer.json"), tok).unwrap();
 }
 
+/// config.json of a shape: the fields every architecture has from `s`, then `extra` (which
+/// may override them).
+fn config(s: &Shape, class: &str, model_type: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "architectures": [class], "model_type": model_type, "hidden_size": s.hidden,
+        "intermediate_size": s.inter, "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
+        "vocab_size": s.vocab, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": s.tied, "bos_token_id": 1, "eos_token_id": 2
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Random weights of `s` written as a model folder with `cfg`.
+fn checkpoint(
+    s: &Shape,
+    cfg: &serde_json::Value,
+    seed: u64,
+) -> (tempfile::TempDir, HashMap<String, Tensor>) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = weights(s, seed);
+    write_folder(dir.path(), cfg, &w);
+    (dir, w)
+}
+
 /// The reference: prefill, then one token at a time; last-position logits `[vocab]` each call.
 trait Reference {
     fn step(&mut self, ids: &[u32], offset: usize) -> Tensor;
@@ -287,16 +315,13 @@ fn llama2_shapes_match_candle_transformers() {
         qkv_bias: false,
         tied: false,
     };
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 4, "vocab_size": 300, "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
-        "bos_token_id": 1, "eos_token_id": 2
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let w = weights(&s, 11);
-    write_folder(dir.path(), &cfg, &w);
+    let cfg = config(
+        &s,
+        "LlamaForCausalLM",
+        "llama",
+        serde_json::json!({"rope_theta": 10000.0}),
+    );
+    let (dir, w) = checkpoint(&s, &cfg, 11);
     let c: llama::LlamaConfig = serde_json::from_value(cfg).unwrap();
     let c = c.into_config(false);
     let model = llama::Llama::load(vb(&w), &c).unwrap();
@@ -324,18 +349,15 @@ fn llama3_rope_scaling_and_gqa_match_candle_transformers() {
     };
     // original_max_position_embeddings 32 with head_dim 16: some frequencies are kept, some
     // divided by the factor, some smoothly in between.
-    let cfg = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": true,
+    let cfg = config(
+        &s,
+        "LlamaForCausalLM",
+        "llama",
+        serde_json::json!({"rope_theta": 500000.0,
         "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                          "original_max_position_embeddings": 32, "rope_type": "llama3"},
-        "bos_token_id": 1, "eos_token_id": 2
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let w = weights(&s, 12);
-    write_folder(dir.path(), &cfg, &w);
+                          "original_max_position_embeddings": 32, "rope_type": "llama3"}}),
+    );
+    let (dir, w) = checkpoint(&s, &cfg, 12);
     let c: llama::LlamaConfig = serde_json::from_value(cfg).unwrap();
     let c = c.into_config(false);
     let model = llama::Llama::load(vb(&w), &c).unwrap();
@@ -361,17 +383,13 @@ fn mistral_matches_candle_transformers() {
         qkv_bias: false,
         tied: false,
     };
-    let cfg = serde_json::json!({
-        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 64,
-        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
-        "sliding_window": null, "tie_word_embeddings": false,
-        "bos_token_id": 1, "eos_token_id": 2
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let w = weights(&s, 13);
-    write_folder(dir.path(), &cfg, &w);
+    let cfg = config(
+        &s,
+        "MistralForCausalLM",
+        "mistral",
+        serde_json::json!({"rope_theta": 10000.0, "hidden_act": "silu", "sliding_window": null}),
+    );
+    let (dir, w) = checkpoint(&s, &cfg, 13);
     let c: mistral::Config = serde_json::from_value(cfg).unwrap();
     let model = mistral::Model::new(&c, vb(&w)).unwrap();
     compare(
@@ -395,17 +413,14 @@ fn qwen2_biases_and_untied_head_match_candle_transformers() {
         qkv_bias: true,
         tied: false,
     };
-    let cfg = serde_json::json!({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
-        "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 64,
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu",
-        "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": false,
-        "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let w = weights(&s, 14);
-    write_folder(dir.path(), &cfg, &w);
+    let cfg = config(
+        &s,
+        "Qwen2ForCausalLM",
+        "qwen2",
+        serde_json::json!({"rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu",
+        "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": false}),
+    );
+    let (dir, w) = checkpoint(&s, &cfg, 14);
     let c: qwen2::Config = serde_json::from_value(cfg).unwrap();
     let model = qwen2::ModelForCausalLM::new(&c, vb(&w)).unwrap();
     compare(

