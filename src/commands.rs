@@ -350,3 +350,154 @@ pub fn compare(a: &crate::cli::CompareArgs) -> Result<()> {
     println!("B is {verdict}");
     Ok(())
 }
+
+/// `dlpx zeroshot`: zero-shot accuracy of one model on the harness's tasks.
+pub fn zeroshot(ctx: &mut Ctx, a: &crate::cli::ZeroshotArgs) -> Result<()> {
+    use crate::experiment::{DataSpec, Experiment, Setup};
+    use crate::zeroshot::{parse_tasks, TaskSource};
+    // Every argument is checked before the model is loaded.
+    let tasks = parse_tasks(&a.tasks)?;
+    if a.limit == Some(0) {
+        color_eyre::eyre::bail!(
+            "--limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
+        );
+    }
+    let source = TaskSource::parse(&a.source);
+    let setup = Setup {
+        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
+        place: ctx.place,
+        data: DataSpec::default(),
+        stats_cache: false,
+        dense_cache: !a.no_cache,
+        metric: crate::prune::mask::Metric::Wanda,
+        keeps_pruned_copy: false,
+    };
+    let obs = &mut ctx.progress;
+    let x = Experiment::open_for_scoring(&setup, obs)?;
+    let set = x.task_set(&tasks, &source, a.limit, obs)?;
+    let z = match &a.log_samples {
+        Some(path) => {
+            // The cache keeps the scores, not every log-likelihood: score again.
+            let (z, lls) = x.zeroshot_samples(&x.model.llama, &set, obs)?;
+            crate::assets::write_atomic(
+                path,
+                crate::zeroshot::samples_jsonl(&set, &lls)?.as_bytes(),
+            )?;
+            z
+        }
+        None => {
+            let (z, hit) = x.dense_zeroshot(&set, obs)?;
+            if hit {
+                obs.status("zero-shot scores from the cache (--no-cache scores again)");
+            }
+            z
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&z)?);
+    } else {
+        print!("{}", zeroshot_table(&z, None));
+    }
+    Ok(())
+}
+
+/// The per-task table of one or two measurements (dense, and pruned beside it), the mean in
+/// the paper's convention, and what the splits are.
+pub fn zeroshot_table(
+    dense: &crate::zeroshot::ZeroShot,
+    pruned: Option<&crate::zeroshot::ZeroShot>,
+) -> String {
+    use std::fmt::Write as _;
+    let cell = |v: Option<f64>, se: Option<f64>| match (v, se) {
+        (Some(v), Some(se)) => format!("{:.4} ± {:.4}", v, se),
+        (Some(v), None) => format!("{v:.4}"),
+        _ => "—".to_string(),
+    };
+    let mut out = String::new();
+    let head = match pruned {
+        Some(_) => format!(
+            "{:<14} {:<10} {:>5}  {:<17} {:<17} {:<17} {:<17}",
+            "task", "split", "n", "dense acc", "dense acc_norm", "pruned acc", "pruned acc_norm"
+        ),
+        None => format!(
+            "{:<14} {:<10} {:>5}  {:<17} {:<17}",
+            "task", "split", "n", "acc", "acc_norm"
+        ),
+    };
+    let _ = writeln!(out, "{head}");
+    for t in &dense.tasks {
+        let mut line = format!(
+            "{:<14} {:<10} {:>5}  {:<17} {:<17}",
+            t.task,
+            t.split,
+            t.n,
+            cell(Some(t.acc), t.acc_stderr),
+            cell(t.acc_norm, t.acc_norm_stderr)
+        );
+        if let Some(p) = pruned.and_then(|p| p.task(&t.task)) {
+            let _ = write!(
+                line,
+                " {:<17} {:<17}",
+                cell(Some(p.acc), p.acc_stderr),
+                cell(p.acc_norm, p.acc_norm_stderr)
+            );
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let n = dense.tasks.len();
+    match pruned {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "mean acc over {n} tasks (the paper's convention): dense {:.4}, pruned {:.4}",
+                dense.mean_acc, p.mean_acc
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "mean acc over {n} tasks (the paper's convention): {:.4}",
+                dense.mean_acc
+            );
+        }
+    }
+    let off_split: Vec<&str> = dense
+        .tasks
+        .iter()
+        .filter_map(|t| {
+            crate::zeroshot::Task::from_name(&t.task)
+                .filter(|task| task.dataset().split != t.split)
+                .map(|_| t.task.as_str())
+        })
+        .collect();
+    if !off_split.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: {} scored on another split than the harness's test split; not comparable with published test figures",
+            off_split.join(", ")
+        );
+    }
+    let rate = |z: &crate::zeroshot::ZeroShot| {
+        format!(
+            "{} requests, {} tokens in {:.1} s ({:.1} req/s, {:.0} tok/s)",
+            z.requests,
+            z.tokens,
+            z.seconds,
+            z.requests as f64 / z.seconds.max(1e-9),
+            z.tokens as f64 / z.seconds.max(1e-9)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "examples: {}{}; {}",
+        dense.source,
+        dense
+            .limit
+            .map(|l| format!(", first {l} per task"))
+            .unwrap_or_default(),
+        rate(pruned.unwrap_or(dense))
+    );
+    out
+}

@@ -30,3 +30,4 @@ pub mod report;
 pub mod tui;
 pub mod ui;
 pub mod worker;
+pub mod zeroshot;

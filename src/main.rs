@@ -17,6 +17,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
         Some(Command::Tokenize(a)) => commands::tokenize(&mut ctx, &a),
         Some(Command::Compare(a)) => commands::compare(&a),
+        Some(Command::Zeroshot(a)) => commands::zeroshot(&mut ctx, &a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())

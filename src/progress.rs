@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::experiment::{Observer, Step};
+use crate::experiment::{Observer, Stage, Step};
 
 pub struct Progress {
     tty: bool,
@@ -48,8 +48,12 @@ impl Progress {
             return;
         }
         self.last = Some(now);
+        let rate = match s.stage {
+            Stage::ZeroShot => format!("{:.1} req/s  ", s.per_s()),
+            _ => String::new(),
+        };
         let line = format!(
-            "{} {}/{}  {:.0} tok/s  ETA {:.0}s",
+            "{} {}/{}  {rate}{:.0} tok/s  ETA {:.0}s",
             s.stage.label(),
             s.done,
             s.total,

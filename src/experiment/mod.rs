@@ -32,6 +32,7 @@ use crate::prune::pipeline::{achieved, linear_numel, prune_faithful, prune_previ
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;
 use crate::report::{DataInfo, DataSet, ModelInfo};
+use crate::zeroshot::{LogLikelihoods, Task, TaskSet, TaskSource, ZeroShot};
 
 /// The demo protocol's defaults (README, "The demo protocol"): every front end starts here.
 pub const DEFAULT_CALIB_SAMPLES: usize = 32;
@@ -167,6 +168,8 @@ const DENSE_FORMAT: u32 = 2;
 enum DenseQuestion<'a> {
     /// Perplexity over exactly these windows (their ids' sha256).
     Perplexity { windows_sha256: String },
+    /// Zero-shot scores on exactly these examples and tokens (the task set's sha256).
+    ZeroShot { tasks_sha256: String },
     /// The greedy continuation of a prompt.
     Greedy {
         prompt: &'a str,
@@ -238,6 +241,28 @@ fn windows_sha256(w: &[Vec<u32>]) -> String {
 }
 
 /// A step-callback for the engine (which takes `FnMut(..) -> bool`) from an observer.
+/// Load the weights with a status line saying what was loaded and how long it took.
+fn load(s: &Setup, obs: &mut dyn Observer) -> Result<(LoadedModel, f64)> {
+    let t = Instant::now();
+    let model = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut |m| {
+        obs.status(m)
+    })?;
+    let load_s = t.elapsed().as_secs_f64();
+    obs.status(&crate::model::loaded_line(
+        &model, &s.device, s.dtype, load_s,
+    ));
+    Ok((model, load_s))
+}
+
+fn dense_key(s: &Setup, identity: &str) -> Option<DenseKey> {
+    s.dense_cache.then(|| DenseKey {
+        model: identity.to_string(),
+        dtype: dtype_name(s.dtype),
+        device: format!("{:?}", s.device.location()),
+        format: DENSE_FORMAT,
+    })
+}
+
 fn go_on(obs: &mut dyn Observer, step: Step) -> bool {
     obs.step(step).is_continue()
 }
@@ -253,14 +278,7 @@ impl Experiment {
             Device::Cpu => crate::prune::memory::available_bytes(),
             _ => None,
         };
-        let t = Instant::now();
-        let model = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut |m| {
-            obs.status(m)
-        })?;
-        let load_s = t.elapsed().as_secs_f64();
-        obs.status(&crate::model::loaded_line(
-            &model, &s.device, s.dtype, load_s,
-        ));
+        let (model, load_s) = load(s, obs)?;
         let mut est = Estimate::new(
             &model.llama.config,
             s.dtype.size_in_bytes(),
@@ -319,12 +337,7 @@ impl Experiment {
                 s.dtype,
             )
         });
-        let dense_key = s.dense_cache.then(|| DenseKey {
-            model: identity.clone(),
-            dtype: dtype_name(s.dtype),
-            device: format!("{:?}", s.device.location()),
-            format: DENSE_FORMAT,
-        });
+        let dense_key = dense_key(s, &identity);
         let protocol = protocol_text(
             eval_set.as_ref().map(|e| e.windows).unwrap_or(0),
             d.seq_len,
@@ -355,6 +368,34 @@ impl Experiment {
             load_s,
             stats_key,
             dense_key,
+        })
+    }
+
+    /// Load the model only, to score it (zero-shot accuracy): no calibration or evaluation
+    /// windows, no pruning estimate. `s.data` is not read.
+    pub fn open_for_scoring(s: &Setup, obs: &mut dyn Observer) -> Result<Self> {
+        let (model, load_s) = load(s, obs)?;
+        let identity = model.identity()?;
+        let none = dataset(String::new(), 0, 0, "none", None);
+        let summary = Summary {
+            info: model_info(&model, s.dtype, &identity),
+            data: DataInfo {
+                calib: none,
+                eval: None,
+            },
+            numel: linear_numel(&model.llama),
+            device: crate::device::describe(&s.device),
+            protocol: String::new(),
+            memory_gib: 0.0,
+        };
+        Ok(Self {
+            dense_key: dense_key(s, &identity),
+            model,
+            calib: Vec::new(),
+            eval: None,
+            summary,
+            load_s,
+            stats_key: None,
         })
     }
 
@@ -475,6 +516,83 @@ impl Experiment {
             self.dense_store(&q, p, obs);
         }
         Ok((ppl, false))
+    }
+
+    /// Read and tokenize the zero-shot examples of `tasks` (the first `limit` of each).
+    pub fn task_set(
+        &self,
+        tasks: &[Task],
+        source: &TaskSource,
+        limit: Option<usize>,
+        obs: &mut dyn Observer,
+    ) -> Result<TaskSet> {
+        if limit == Some(0) {
+            bail!(
+                "--limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
+            );
+        }
+        let rows = crate::zeroshot::load_tasks(tasks, source, &mut |m| obs.status(m))?;
+        obs.status("tokenizing the zero-shot examples");
+        TaskSet::prepare(
+            &self.model.tokenizer,
+            rows,
+            source,
+            limit,
+            self.model.llama.config.max_position_embeddings,
+        )
+    }
+
+    /// Zero-shot accuracy of `llama` on `set`, with requests/s and ETA through the observer.
+    pub fn zeroshot(
+        &self,
+        llama: &Llama,
+        set: &TaskSet,
+        obs: &mut dyn Observer,
+    ) -> Result<ZeroShot> {
+        Ok(self.zeroshot_samples(llama, set, obs)?.0)
+    }
+
+    /// As [`Experiment::zeroshot`], with every request's log-likelihood.
+    pub fn zeroshot_samples(
+        &self,
+        llama: &Llama,
+        set: &TaskSet,
+        obs: &mut dyn Observer,
+    ) -> Result<(ZeroShot, LogLikelihoods)> {
+        let started = Instant::now();
+        let total = set.requests();
+        // Tokens per request, for the tokens/s of the progress line.
+        let (zs, lls, _) = crate::zeroshot::evaluate(llama, set, &mut |done, _, tokens| {
+            go_on(
+                obs,
+                Step {
+                    stage: Stage::ZeroShot,
+                    done,
+                    total,
+                    tokens_per_step: tokens.checked_div(done).unwrap_or(0),
+                    started,
+                },
+            )
+        })?;
+        Ok((zs, lls))
+    }
+
+    /// The dense model's zero-shot accuracy, from the cache when this model, dtype, device and
+    /// these exact examples were scored before. Returns it and whether it came from the cache.
+    pub fn dense_zeroshot(
+        &self,
+        set: &TaskSet,
+        obs: &mut dyn Observer,
+    ) -> Result<(ZeroShot, bool)> {
+        let q = DenseQuestion::ZeroShot {
+            tasks_sha256: set.sha256(),
+        };
+        if let Some(z) = self.dense_cached::<ZeroShot>(&q) {
+            return Ok((z, true));
+        }
+        let z = self.zeroshot(&self.model.llama, set, obs)?;
+        self.dense_store(&q, &z, obs);
+        Ok((z, false))
     }
 
     /// Greedy continuations of `prompts` by `m`, streamed to the observer piece by piece.

@@ -17,6 +17,8 @@ pub enum Stage {
     PrunedEval,
     Generate,
     Save,
+    /// Zero-shot accuracy; steps are log-likelihood requests.
+    ZeroShot,
 }
 
 impl Stage {
@@ -29,6 +31,7 @@ impl Stage {
             Stage::PrunedEval => "pruned perplexity, window",
             Stage::Generate => "generating",
             Stage::Save => "saving",
+            Stage::ZeroShot => "zero-shot, request",
         }
     }
 }
@@ -48,6 +51,11 @@ impl Step {
     /// Tokens per second since the stage started.
     pub fn tokens_per_s(&self) -> f64 {
         (self.done * self.tokens_per_step) as f64 / self.elapsed_s()
+    }
+
+    /// Steps per second since the stage started.
+    pub fn per_s(&self) -> f64 {
+        self.done as f64 / self.elapsed_s()
     }
 
     /// Seconds left at the rate so far (0 before the first step).

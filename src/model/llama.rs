@@ -58,6 +58,29 @@ impl Rope {
         let sin = self.sin.narrow(0, offset, t)?;
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
     }
+
+    /// Rotate `[b, heads, t, head_dim]` whose token `(i, j)` sits at position
+    /// `positions[i, j]` (u32 `[b, t]`): packed sequences, where positions restart for every
+    /// packed piece.
+    pub fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, t) = positions.dims2()?;
+        let half = self.cos.dims()[1];
+        let flat = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+/// Several sequences (or a tree of sequences sharing prefixes) packed into one row: each token's
+/// position and which tokens it may attend to.
+#[derive(Debug, Clone)]
+pub struct Packing {
+    /// u32 `[b, t]`: the position of every packed token within its own sequence.
+    pub positions: Tensor,
+    /// Additive mask `[b, 1, t, t]`: 0 where token i may see token j (its own earlier
+    /// tokens), −∞ elsewhere.
+    pub mask: Tensor,
 }
 
 /// Inverse frequencies, with Llama-3 frequency-dependent scaling when configured (from a
@@ -134,6 +157,13 @@ impl Block {
     pub fn linear_mut(&mut self, k: LinearKind) -> &mut PrunableLinear {
         &mut self.linears[k.index()]
     }
+}
+
+/// Where a block's input tokens sit: one span from `offset`, or packed sequences.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Offset(usize),
+    Packed(&'a Packing),
 }
 
 /// Additive causal mask `[t, offset+t]`: query i (at absolute position offset+i) sees keys ≤ offset+i.
@@ -420,6 +450,11 @@ impl Llama {
         Ok(out)
     }
 
+    /// Positions the rope table covers.
+    pub fn rope_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
     /// Token embeddings `[b, t, hidden]` for ids `[b, t]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -442,6 +477,16 @@ impl Llama {
         self.forward_block_with(&blk, x, offset, cache, observe)
     }
 
+    /// Run `blk` on packed sequences `x` `[b, t, hidden]` (see [`Packing`]); no cache.
+    pub fn forward_block_packed(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        packing: &Packing,
+    ) -> Result<Tensor> {
+        self.block_forward(blk, x, At::Packed(packing), None, None)
+    }
+
     /// As [`Llama::forward_block`], with a block already taken by [`Llama::block`] (so a pass
     /// over many batches reads an offloaded block once).
     pub fn forward_block_with(
@@ -449,6 +494,17 @@ impl Llama {
         blk: &Block,
         x: &Tensor,
         offset: usize,
+        cache: Option<&mut KvEntry>,
+        observe: Option<Observer<'_>>,
+    ) -> Result<Tensor> {
+        self.block_forward(blk, x, At::Offset(offset), cache, observe)
+    }
+
+    fn block_forward(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        at: At<'_>,
         cache: Option<&mut KvEntry>,
         mut observe: Option<Observer<'_>>,
     ) -> Result<Tensor> {
@@ -482,8 +538,13 @@ impl Llama {
             .forward(&h)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
-        let q = self.rope.apply(&q, offset)?;
-        let k = self.rope.apply(&k, offset)?;
+        let (q, k) = match at {
+            At::Offset(offset) => (self.rope.apply(&q, offset)?, self.rope.apply(&k, offset)?),
+            At::Packed(p) => (
+                self.rope.apply_at(&q, &p.positions)?,
+                self.rope.apply_at(&k, &p.positions)?,
+            ),
+        };
         let v = v.contiguous()?;
         let (k, v) = match cache {
             Some(e) => {
@@ -506,9 +567,13 @@ impl Llama {
         let v = repeat_kv(v, nh / nkv)?.contiguous()?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if t > 1 {
-            let mask = causal_mask(t, total - t, att.dtype(), &self.device)?;
-            att = att.broadcast_add(&mask)?;
+        match at {
+            At::Offset(_) if t > 1 => {
+                let mask = causal_mask(t, total - t, att.dtype(), &self.device)?;
+                att = att.broadcast_add(&mask)?;
+            }
+            At::Offset(_) => {}
+            At::Packed(p) => att = att.broadcast_add(&p.mask.to_dtype(att.dtype())?)?,
         }
         let att = softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
