@@ -377,24 +377,13 @@ pub fn zeroshot(ctx: &mut Ctx, a: &crate::cli::ZeroshotArgs) -> Result<()> {
     let obs = &mut ctx.progress;
     let x = Experiment::open_for_scoring(&setup, obs)?;
     let set = x.task_set(&tasks, &source, a.limit, obs)?;
-    let z = match &a.log_samples {
-        Some(path) => {
-            // The cache keeps the scores, not every log-likelihood: score again.
-            let (z, lls) = x.zeroshot_samples(&x.model.llama, &set, obs)?;
-            crate::assets::write_atomic(
-                path,
-                crate::zeroshot::samples_jsonl(&set, &lls)?.as_bytes(),
-            )?;
-            z
-        }
-        None => {
-            let (z, hit) = x.dense_zeroshot(&set, obs)?;
-            if hit {
-                obs.status("zero-shot scores from the cache (--no-cache scores again)");
-            }
-            z
-        }
-    };
+    let (z, lls, hit) = x.dense_zeroshot(&set, a.log_samples.is_some(), obs)?;
+    if hit {
+        obs.status("zero-shot scores from the cache (--no-cache scores again)");
+    }
+    if let (Some(path), Some(lls)) = (&a.log_samples, &lls) {
+        crate::assets::write_atomic(path, crate::zeroshot::samples_jsonl(&set, lls)?.as_bytes())?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&z)?);
     } else {

@@ -578,21 +578,26 @@ impl Experiment {
     }
 
     /// The dense model's zero-shot accuracy, from the cache when this model, dtype, device and
-    /// these exact examples were scored before. Returns it and whether it came from the cache.
+    /// these exact examples were scored before (the cache keeps scores, not log-likelihoods:
+    /// `samples` scores again and returns them). Returns it, the log-likelihoods when scored,
+    /// and whether it came from the cache.
     pub fn dense_zeroshot(
         &self,
         set: &TaskSet,
+        samples: bool,
         obs: &mut dyn Observer,
-    ) -> Result<(ZeroShot, bool)> {
+    ) -> Result<(ZeroShot, Option<LogLikelihoods>, bool)> {
         let q = DenseQuestion::ZeroShot {
             tasks_sha256: set.sha256(),
         };
-        if let Some(z) = self.dense_cached::<ZeroShot>(&q) {
-            return Ok((z, true));
+        if !samples {
+            if let Some(z) = self.dense_cached::<ZeroShot>(&q) {
+                return Ok((z, None, true));
+            }
         }
-        let z = self.zeroshot(&self.model.llama, set, obs)?;
+        let (z, lls) = self.zeroshot_samples(&self.model.llama, set, obs)?;
         self.dense_store(&q, &z, obs);
-        Ok((z, false))
+        Ok((z, Some(lls), false))
     }
 
     /// Greedy continuations of `prompts` by `m`, streamed to the observer piece by piece.

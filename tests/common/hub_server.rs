@@ -51,6 +51,8 @@ pub struct Behaviour {
     pub renamed: HashMap<String, String>,
     /// Answer every resolve with 500.
     pub fail_500: bool,
+    /// Branch names accepted as revisions besides `main` (e.g. `refs/convert/parquet`).
+    pub branches: Vec<String>,
 }
 
 /// One request as received (for assertions: count, Range, Authorization, ...).
@@ -250,7 +252,12 @@ fn route(req: &Logged, st: &State) -> Resp {
     let Some((content, commit)) = st.files.get(&format!("{repo}/{file}")) else {
         return error(404, "EntryNotFound", "Entry not found");
     };
-    if rev != "main" && rev != *commit {
+    let branch = st
+        .behaviour
+        .branches
+        .iter()
+        .any(|b| *b == rev || b.replace('/', "%2F") == rev);
+    if rev != "main" && rev != *commit && !branch {
         return error(404, "RevisionNotFound", "Invalid rev id");
     }
     let etag = etag_of(content);
