@@ -87,6 +87,15 @@ pub struct TuiArgs {
     /// and windows are the same).
     #[arg(long)]
     pub no_cache: bool,
+    /// Zero-shot tasks the accuracy job (key z) scores: comma-separated (boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa) or `all`.
+    #[arg(long, default_value = "all")]
+    pub tasks: String,
+    /// Examples per task for the accuracy job (the first ones); 0 = all (minutes per model on a CPU).
+    #[arg(long, default_value_t = 100)]
+    pub task_limit: usize,
+    /// Where the accuracy job's examples come from: demo, hub, or a folder (as `dlpx zeroshot --source`).
+    #[arg(long, default_value = "demo")]
+    pub task_source: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -321,6 +330,11 @@ pub struct PruneArgs {
     /// SparseGPT modifier.
     #[arg(long)]
     pub recipe_out: Option<std::path::PathBuf>,
+    /// Also measure zero-shot accuracy, dense and pruned, on these lm-evaluation-harness tasks (comma-separated, or `all`); written into the report.
+    #[arg(long)]
+    pub tasks: Option<String>,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Replay a report/config: its parameters and data settings (flags given here override them).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -443,6 +457,12 @@ pub struct BenchArgs {
     /// memory (VmHWM) of this process. Run it twice: the second run reuses the dense results.
     #[arg(long, conflicts_with_all = ["prune", "tui"])]
     pub job: bool,
+    /// Also time zero-shot scoring on the demo tasks: prefix-shared packed requests against each choice scored on its own, in requests/s and tokens/s.
+    #[arg(long)]
+    pub zeroshot: bool,
+    /// Examples per task for --zeroshot (the first ones of each of the seven tasks).
+    #[arg(long, default_value_t = 30)]
+    pub zeroshot_limit: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -13,7 +13,7 @@ use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::mask::Pattern;
 use crate::prune::pipeline::{plan, PruneParams};
-use crate::report::{GenerationPair, Report, Timings};
+use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
 
 /// Merge a replayed config (if any) with the flags; flags win.
 fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
@@ -137,6 +137,20 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         metric: params.metric,
         keeps_pruned_copy: false,
     };
+    // Checked before any work: a misspelt task should not cost a calibration.
+    let tasks = a
+        .tasks
+        .as_deref()
+        .map(crate::zeroshot::parse_tasks)
+        .transpose()?;
+    if tasks.is_none() && (a.task.limit.is_some() || a.task.source != "demo") {
+        bail!("--task-limit and --task-source need --tasks (e.g. --tasks all)");
+    }
+    if a.task.limit == Some(0) {
+        bail!(
+            "--task-limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
+        );
+    }
     let obs = &mut ctx.progress;
     let mut x = Experiment::open(&setup, obs)?;
     params.validate(x.model.llama.blocks.len())?;
@@ -152,6 +166,22 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     }
     timings.eval_s += t.elapsed().as_secs_f64();
     let dense_gens = x.dense_generations(&a.prompt, a.max_new_tokens, obs)?;
+
+    // Zero-shot accuracy of the dense model, before the weights are pruned in place.
+    let t = Instant::now();
+    let zeroshot = match &tasks {
+        Some(tasks) => {
+            let source = crate::zeroshot::TaskSource::parse(&a.task.source);
+            let set = x.task_set(tasks, &source, a.task.limit, obs)?;
+            let (dense, _, hit) = x.dense_zeroshot(&set, false, obs)?;
+            if hit {
+                obs.status("dense zero-shot scores from the cache (--no-cache scores again)");
+            }
+            Some((set, dense))
+        }
+        None => None,
+    };
+    timings.zeroshot_s += t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     // The spectra cost an eigenvalue problem per linear: only AlphaPruning needs them.
@@ -190,6 +220,15 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     let pruned_ppl = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
     timings.eval_s += t.elapsed().as_secs_f64();
     let pruned_gens = x.generate(&x.model, &a.prompt, a.max_new_tokens, obs)?;
+    let t = Instant::now();
+    let zeroshot = match zeroshot {
+        Some((set, dense)) => Some(ZeroShotPair {
+            dense,
+            pruned: Some(x.zeroshot(&x.model.llama, &set, obs)?),
+        }),
+        None => None,
+    };
+    timings.zeroshot_s += t.elapsed().as_secs_f64();
 
     let report = build_report(
         &x.summary,
@@ -212,6 +251,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
                     pruned,
                 })
                 .collect(),
+            zeroshot,
             timings,
         },
     );
@@ -307,6 +347,12 @@ fn print_table(r: &Report) {
         println!(
             "perplexity dense {d:.4} → pruned {p:.4}   ({})",
             r.ppl.protocol
+        );
+    }
+    if let Some(z) = &r.zeroshot {
+        print!(
+            "{}",
+            crate::commands::zeroshot_table(&z.dense, z.pruned.as_ref())
         );
     }
     for g in &r.generations {

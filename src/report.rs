@@ -11,7 +11,7 @@ use crate::assets::write_atomic;
 use crate::prune::pipeline::PruneParams;
 
 /// 2: `ppl.dense_window_nll` / `ppl.pruned_window_nll` (version 1 files, without them, still load).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +26,18 @@ pub struct Report {
     pub ppl: PplInfo,
     #[serde(default)]
     pub generations: Vec<GenerationPair>,
+    /// Zero-shot accuracy of the dense and the pruned model (schema 3; `--tasks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeroshot: Option<ZeroShotPair>,
     pub timings: Timings,
+}
+
+/// Zero-shot accuracy before and after pruning, on the same examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZeroShotPair {
+    pub dense: crate::zeroshot::ZeroShot,
+    pub pruned: Option<crate::zeroshot::ZeroShot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -142,6 +153,9 @@ pub struct Timings {
     pub allocate_us: f64,
     pub prune_s: f64,
     pub eval_s: f64,
+    /// Seconds scoring zero-shot tasks (dense and pruned).
+    #[serde(default)]
+    pub zeroshot_s: f64,
 }
 
 impl Report {
@@ -161,7 +175,8 @@ impl Report {
         let v: serde_json::Value = serde_json::from_str(&text)
             .wrap_err_with(|| format!("config `{}` is not valid JSON", path.display()))?;
         match v.get("schema_version").and_then(|s| s.as_u64()) {
-            Some(x) if x == SCHEMA_VERSION as u64 || x == 1 => {}
+            // 1: no per-window NLL; 2: no zero-shot accuracy. Both read as version 3.
+            Some(1..=3) => {}
             Some(x) => bail!(
                 "config `{}` has schema_version {x}; this dlpx reads version {SCHEMA_VERSION}: re-export it with this version",
                 path.display()

@@ -175,6 +175,8 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         seed: a.seed,
     };
     data.sources()?;
+    // Checked before the terminal is taken over.
+    let tasks = crate::zeroshot::parse_tasks(&a.tasks)?;
     let params = match &a.config {
         Some(p) => crate::report::Report::load(p)?.params,
         None => crate::app::params::explorer_defaults(),
@@ -206,6 +208,11 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         owl_m: params.owl_m,
         max_new_tokens: a.max_new_tokens,
         prompts,
+        zeroshot: crate::worker::ZeroShotSpec {
+            tasks,
+            source: crate::zeroshot::TaskSource::parse(&a.task_source),
+            limit: (a.task_limit > 0).then_some(a.task_limit),
+        },
     };
     run(spec, state, theme)
 }

@@ -365,3 +365,73 @@ fn history_shows_intervals_against_the_highlighted_entry() {
     let line = frame.lines().find(|l| l.contains("#1 ")).unwrap();
     assert!(line.contains("×0.819 [0.819–0.819]*"), "{line}");
 }
+
+fn zeroshot(mean_shift: f64) -> dlpx::zeroshot::ZeroShot {
+    use dlpx::zeroshot::{TaskScore, ZeroShot};
+    let tasks: Vec<TaskScore> = [
+        ("boolq", 0.32, None),
+        ("hellaswag", 0.42, Some(0.45)),
+        ("arc_easy", 0.48, Some(0.36)),
+    ]
+    .iter()
+    .map(|&(task, acc, norm)| TaskScore {
+        task: task.into(),
+        split: "validation".into(),
+        n: 100,
+        acc: acc - mean_shift,
+        acc_stderr: Some(0.049),
+        acc_norm: norm,
+        acc_norm_stderr: norm.map(|_| 0.05),
+    })
+    .collect();
+    let mean_acc = tasks.iter().map(|t| t.acc).sum::<f64>() / 3.0;
+    ZeroShot {
+        source: "demo".into(),
+        limit: Some(100),
+        tasks,
+        mean_acc,
+        requests: 1000,
+        tokens: 20000,
+        seconds: 30.0,
+    }
+}
+
+#[test]
+fn zero_shot_job_and_its_table() {
+    let mut s = compared();
+    // z asks for the dense model and the last apply.
+    let jobs = s.act(Action::ZeroShot);
+    assert!(
+        matches!(
+            jobs.as_slice(),
+            [Effect::Job(Job::ZeroShot { id: Some(1) })]
+        ),
+        "{jobs:?}"
+    );
+    s.on_msg(Msg::ZeroShot {
+        id: None,
+        z: Box::new(zeroshot(0.0)),
+    });
+    s.on_msg(Msg::ZeroShot {
+        id: Some(1),
+        z: Box::new(zeroshot(0.1)),
+    });
+    s.on_msg(Msg::Idle);
+    // Both measured: pressing z again asks for nothing.
+    assert!(s.act(Action::ZeroShot).is_empty());
+    let wide = render_to_string(&s, &Theme::mono(), 160, 48);
+    assert!(wide.contains("zero-shot acc: dense │ #1"), "{wide}");
+    assert!(
+        wide.contains("hellaswag     0.420±0.049 0.320±0.049"),
+        "{wide}"
+    );
+    assert!(wide.contains("zs 0.407"), "{wide}");
+    let narrow = render_to_string(&s, &Theme::mono(), 80, 24);
+    assert!(narrow.contains("hswag  0.420"), "{narrow}");
+    check("compare_zeroshot", &s);
+    // The exported report carries both.
+    let r = s.report().unwrap();
+    let z = r.zeroshot.unwrap();
+    assert_eq!(z.dense.mean_acc, zeroshot(0.0).mean_acc);
+    assert_eq!(z.pruned.unwrap().mean_acc, zeroshot(0.1).mean_acc);
+}

@@ -5,7 +5,7 @@ use color_eyre::eyre::bail;
 
 use super::State;
 use crate::experiment::{build_report, Measured};
-use crate::report::{GenerationPair, Report, Timings};
+use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
 
 impl State {
     /// The report of the current state: current parameters and allocation, plus measurements of
@@ -34,6 +34,10 @@ impl State {
             dense_window_nll: self.dense_window_nll.clone(),
             pruned_window_nll: applied.and_then(|a| a.window_nll.clone()),
             generations,
+            zeroshot: self.dense_zeroshot.as_ref().map(|d| ZeroShotPair {
+                dense: d.clone(),
+                pruned: applied.and_then(|a| a.zeroshot.clone()),
+            }),
             timings: Timings {
                 load_s: 0.0,
                 calibrate_s: cal.seconds,
@@ -41,6 +45,7 @@ impl State {
                 allocate_us: plan.allocate_us,
                 prune_s: applied.map(|a| a.seconds).unwrap_or(0.0),
                 eval_s: 0.0,
+                zeroshot_s: 0.0,
             },
         };
         Ok(build_report(s, &self.params, cal, plan, measured))

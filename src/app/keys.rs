@@ -27,6 +27,7 @@ pub enum Action {
     AddPrompt,
     DeletePrompt,
     Generate,
+    ZeroShot,
     Export,
     ExportRecipe,
     Open,
@@ -302,6 +303,14 @@ pub const BINDINGS: &[Binding] = &[
         Scope::Any,
     ),
     b(
+        KeyCode::Char('z'),
+        N,
+        "z",
+        "score zero-shot accuracy",
+        Action::ZeroShot,
+        Scope::Any,
+    ),
+    b(
         KeyCode::Char('e'),
         N,
         "e",
@@ -408,6 +417,7 @@ const FOOTER_COMPARE: &[(Action, &str)] = &[
     (Action::ToggleCompare, "charts"),
     (Action::Export, "export"),
     (Action::Help, "help"),
+    (Action::ZeroShot, "accuracy"),
     (Action::Quit, "quit"),
 ];
 

@@ -32,6 +32,11 @@ pub enum Msg {
         achieved: Vec<f64>,
         seconds: f64,
     },
+    /// Zero-shot accuracy of the dense model (`id` None) or of applied entry `id`.
+    ZeroShot {
+        id: Option<usize>,
+        z: Box<crate::zeroshot::ZeroShot>,
+    },
     PrunedPpl {
         id: usize,
         ppl: f64,
@@ -74,5 +79,10 @@ pub enum Job {
     },
     SaveModel {
         dir: PathBuf,
+    },
+    /// Zero-shot accuracy of the dense model (once; cached on disk) and of applied entry `id`
+    /// when it is the pruned model the worker holds.
+    ZeroShot {
+        id: Option<usize>,
     },
 }

@@ -17,6 +17,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use crate::prune::allocate::MAX_SPARSITY;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
+use crate::zeroshot::ZeroShot;
 use keys::Action;
 use params::Field;
 
@@ -31,6 +32,8 @@ pub struct Applied {
     pub ppl: Option<f64>,
     /// Σ NLL per evaluation window of the pruned model.
     pub window_nll: Option<Vec<f64>>,
+    /// Zero-shot accuracy (key z).
+    pub zeroshot: Option<ZeroShot>,
     pub seconds: f64,
 }
 
@@ -132,6 +135,8 @@ pub struct State {
     pub dense_ppl: Option<f64>,
     /// Σ NLL per evaluation window of the dense model (for the exported report).
     pub dense_window_nll: Option<Vec<f64>>,
+    /// Zero-shot accuracy of the dense model (key z).
+    pub dense_zeroshot: Option<ZeroShot>,
     pub history: Vec<Applied>,
     pub prompts: Vec<PromptGen>,
     pub prompt_sel: usize,
@@ -169,6 +174,7 @@ impl State {
             busy: true,
             dense_ppl: None,
             dense_window_nll: None,
+            dense_zeroshot: None,
             history: vec![],
             prompts: prompts
                 .into_iter()
@@ -394,6 +400,7 @@ impl State {
                 }
             }
             Action::Generate => return self.generate_jobs(),
+            Action::ZeroShot => return self.zeroshot_job(),
             Action::Export => {
                 let t = self.export_path.clone();
                 self.input(InputPurpose::ExportPath, t);
@@ -472,6 +479,7 @@ impl State {
             achieved: None,
             ppl: None,
             window_nll: None,
+            zeroshot: None,
             seconds: 0.0,
         });
         self.busy = true;
@@ -483,6 +491,41 @@ impl State {
             plan: Box::new(plan),
             prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
         })]
+    }
+
+    /// Score the dense model (once) and the last applied configuration, if it has no score yet.
+    fn zeroshot_job(&mut self) -> Vec<Effect> {
+        let id = self
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.achieved.is_some())
+            .map(|h| h.id);
+        let pending = self.dense_zeroshot.is_none()
+            || id.is_some_and(|id| {
+                self.history
+                    .iter()
+                    .any(|h| h.id == id && h.zeroshot.is_none())
+            });
+        if !pending {
+            self.say(
+                "zero-shot accuracy is already measured for the dense model and the last apply",
+                Tone::Info,
+            );
+            return vec![];
+        }
+        self.busy = true;
+        self.say(
+            match id {
+                Some(id) => format!("scoring zero-shot accuracy: dense, then #{id}… (Esc cancels)"),
+                None => {
+                    "scoring zero-shot accuracy of the dense model… (a applies, then z scores it)"
+                        .to_string()
+                }
+            },
+            Tone::Info,
+        );
+        vec![Effect::Job(Job::ZeroShot { id })]
     }
 
     fn generate_jobs(&mut self) -> Vec<Effect> {
@@ -613,6 +656,28 @@ impl State {
                     format!("applied #{id} in {seconds:.1}s; evaluating…"),
                     Tone::Info,
                 );
+            }
+            Msg::ZeroShot { id, z } => {
+                let msg = match id {
+                    None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
+                    Some(id) => format!(
+                        "#{id}: zero-shot mean acc {:.4} (dense {})",
+                        z.mean_acc,
+                        self.dense_zeroshot
+                            .as_ref()
+                            .map(|d| format!("{:.4}", d.mean_acc))
+                            .unwrap_or("…".into())
+                    ),
+                };
+                match id {
+                    None => self.dense_zeroshot = Some(*z),
+                    Some(id) => {
+                        if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                            h.zeroshot = Some(*z);
+                        }
+                    }
+                }
+                self.say(msg, Tone::Good);
             }
             Msg::PrunedPpl {
                 id,

@@ -3,7 +3,9 @@
 
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;
-use crate::report::{BlockReport, GenerationPair, Overall, PplInfo, Report, Timings, Tool};
+use crate::report::{
+    BlockReport, GenerationPair, Overall, PplInfo, Report, Timings, Tool, ZeroShotPair,
+};
 
 use super::Summary;
 
@@ -19,6 +21,7 @@ pub struct Measured {
     pub dense_window_nll: Option<Vec<f64>>,
     pub pruned_window_nll: Option<Vec<f64>>,
     pub generations: Vec<GenerationPair>,
+    pub zeroshot: Option<ZeroShotPair>,
     pub timings: Timings,
 }
 
@@ -66,6 +69,7 @@ pub fn build_report(
             pruned_window_nll: m.pruned_window_nll,
         },
         generations: m.generations,
+        zeroshot: m.zeroshot,
         timings: m.timings,
     }
 }

@@ -371,11 +371,17 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     }
     let [hist, blocks] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(tables);
+    let zs = |z: &Option<crate::zeroshot::ZeroShot>| {
+        z.as_ref()
+            .map(|z| format!(" zs {:.3}", z.mean_acc))
+            .unwrap_or_default()
+    };
     let mut lines = vec![Line::styled(
         format!(
-            "dense{}{}",
+            "dense{}{}{}",
             " ".repeat(8),
-            s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into())
+            s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+            zs(&s.dense_zeroshot)
         ),
         t.fg(t.text),
     )];
@@ -410,10 +416,11 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         };
         lines.push(Line::styled(
             format!(
-                "#{:<3} {:>8}  {}{ach}{vs}",
+                "#{:<3} {:>8}  {}{ach}{vs}{}",
                 h.id,
                 h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
                 crate::app::params::describe(&h.params),
+                zs(&h.zeroshot),
             ),
             t.fg(if Some(h.id) == s.current_applied().map(|c| c.id) {
                 t.good
@@ -426,6 +433,25 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         Paragraph::new(lines).block(block(" perplexity (history) ", t)),
         hist,
     );
+    // With zero-shot scores, their table takes the top of the right pane (all of it when the
+    // pane is too short for both).
+    let blocks = match &s.dense_zeroshot {
+        Some(d) => {
+            let want = d.tasks.len() as u16 + 4;
+            let both = blocks.height >= want + 6;
+            let [top, rest] = Layout::vertical([
+                Constraint::Length(if both { want } else { blocks.height }),
+                Constraint::Min(0),
+            ])
+            .areas(blocks);
+            draw_zeroshot(f, s, d, t, top);
+            if !both {
+                return;
+            }
+            rest
+        }
+        None => blocks,
+    };
     // Requested vs achieved per block for the last applied configuration, around the selection.
     let b = block(" block  requested  achieved ", t);
     let inner = b.inner(blocks);
@@ -458,6 +484,81 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             .collect();
         f.render_widget(Paragraph::new(lines), inner);
     }
+}
+
+/// Zero-shot accuracy per task, dense against the highlighted applied entry, with the harness's
+/// standard errors where there is room.
+fn draw_zeroshot(
+    f: &mut Frame,
+    s: &State,
+    dense: &crate::zeroshot::ZeroShot,
+    t: &Theme,
+    area: Rect,
+) {
+    let reference = s.current_applied().or(s.history.last());
+    let pruned = reference.and_then(|h| h.zeroshot.as_ref().map(|z| (h.id, z)));
+    let title = match pruned {
+        Some((id, _)) => format!(" zero-shot acc: dense │ #{id} "),
+        None => " zero-shot acc: dense (a, then z: pruned) ".to_string(),
+    };
+    let b = block(title, t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let wide = inner.width >= 42;
+    let cell = |v: f64, se: Option<f64>| match (wide, se) {
+        (true, Some(se)) => format!("{v:.3}±{se:.3}"),
+        _ => format!("{v:.3}"),
+    };
+    let name = |n: &str| -> String {
+        if wide {
+            return n.to_string();
+        }
+        match n {
+            "hellaswag" => "hswag",
+            "winogrande" => "wino",
+            "arc_easy" => "arc-e",
+            "arc_challenge" => "arc-c",
+            "openbookqa" => "obqa",
+            other => other,
+        }
+        .to_string()
+    };
+    let w = if wide { 13 } else { 6 };
+    // The mean first: on a short pane it is the line that must stay visible.
+    let mut lines = vec![Line::styled(
+        format!(
+            "{:<w$} {:<11} {}",
+            "mean",
+            format!("{:.3}", dense.mean_acc),
+            pruned
+                .map(|(_, z)| format!("{:.3}", z.mean_acc))
+                .unwrap_or_default()
+        ),
+        t.fg(t.accent).add_modifier(Modifier::BOLD),
+    )];
+    lines.extend(dense.tasks.iter().map(|d| {
+        let p = pruned
+            .and_then(|(_, z)| z.task(&d.task))
+            .map(|p| cell(p.acc, p.acc_stderr))
+            .unwrap_or_default();
+        Line::styled(
+            format!(
+                "{:<w$} {:<11} {p}",
+                name(&d.task),
+                cell(d.acc, d.acc_stderr)
+            ),
+            t.fg(t.text),
+        )
+    }));
+    if let Some(d) = dense.tasks.first() {
+        let mut splits: Vec<&str> = dense.tasks.iter().map(|x| x.split.as_str()).collect();
+        splits.dedup();
+        lines.push(Line::styled(
+            format!("{} per task · {}", d.n, splits.join("/")),
+            t.fg(t.dim),
+        ));
+    }
+    f.render_widget(Paragraph::new(lines), inner);
 }
 
 fn draw_status(f: &mut Frame, s: &State, t: &Theme, area: Rect) {

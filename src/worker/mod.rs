@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::app::{Job, Msg};
-pub use session::{ExplorerSession, Spec};
+pub use session::{ExplorerSession, Spec, ZeroShotSpec};
 
 impl queue::Keyed for Job {
     fn same_kind(&self, other: &Self) -> bool {

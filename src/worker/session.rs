@@ -16,6 +16,7 @@ use crate::experiment::{Experiment, Observer, Setup, Stage, Step};
 use crate::model::LoadedModel;
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
+use crate::zeroshot::{Task, TaskSet, TaskSource};
 
 /// What the explorer was started on.
 #[derive(Debug, Clone)]
@@ -24,6 +25,15 @@ pub struct Spec {
     pub owl_m: f64,
     pub max_new_tokens: usize,
     pub prompts: Vec<String>,
+    pub zeroshot: ZeroShotSpec,
+}
+
+/// The examples the accuracy job scores.
+#[derive(Debug, Clone)]
+pub struct ZeroShotSpec {
+    pub tasks: Vec<Task>,
+    pub source: TaskSource,
+    pub limit: Option<usize>,
 }
 
 /// Turns an experiment's progress into messages; the cancel flag into `Break`.
@@ -78,8 +88,13 @@ pub struct ExplorerSession {
     x: Option<Experiment>,
     cal: Option<Arc<Calibration>>,
     pruned: Option<LoadedModel>,
+    /// The applied entry the pruned copy belongs to.
+    pruned_id: Option<usize>,
     dense_ppl_done: bool,
     dense_gens_done: bool,
+    /// The zero-shot examples, read and tokenized by the first accuracy job.
+    tasks: Option<TaskSet>,
+    dense_zeroshot_done: bool,
 }
 
 impl ExplorerSession {
@@ -89,8 +104,11 @@ impl ExplorerSession {
             x: None,
             cal: None,
             pruned: None,
+            pruned_id: None,
             dense_ppl_done: false,
             dense_gens_done: false,
+            tasks: None,
+            dense_zeroshot_done: false,
         }
     }
 }
@@ -143,6 +161,10 @@ impl Session for ExplorerSession {
             Job::SaveModel { dir } => {
                 let r = self.save(link, dir);
                 settle(link, Stage::Save, r);
+            }
+            Job::ZeroShot { id } => {
+                let r = self.zeroshot(link, id);
+                settle(link, Stage::ZeroShot, r);
             }
         }
     }
@@ -226,7 +248,10 @@ impl ExplorerSession {
             });
             Ok(x.with_weights(llama))
         })();
-        let r = r.map(|m| self.pruned = Some(m));
+        let r = r.map(|m| {
+            self.pruned = Some(m);
+            self.pruned_id = Some(id);
+        });
         settle(link, Stage::Prune, r)
     }
 
@@ -264,6 +289,44 @@ impl ExplorerSession {
             self.dense_gens_done = true;
         }
         ok
+    }
+
+    /// The dense model's accuracy (once), then applied entry `id`'s when the pruned copy is it.
+    fn zeroshot(&mut self, link: &Link, id: Option<usize>) -> Result<()> {
+        let x = self
+            .x
+            .as_ref()
+            .ok_or_else(|| eyre!("the model has to load first"))?;
+        let mut obs = WorkerObserver {
+            link,
+            pruned: false,
+        };
+        if self.tasks.is_none() {
+            let z = &self.spec.zeroshot;
+            self.tasks = Some(x.task_set(&z.tasks, &z.source, z.limit, &mut obs)?);
+        }
+        let set = self
+            .tasks
+            .as_ref()
+            .ok_or_else(|| eyre!("no zero-shot examples"))?;
+        if !self.dense_zeroshot_done {
+            let (z, _, _) = x.dense_zeroshot(set, false, &mut obs)?;
+            link.send(Msg::ZeroShot {
+                id: None,
+                z: Box::new(z),
+            });
+            self.dense_zeroshot_done = true;
+        }
+        if let (Some(id), Some(m)) = (id, &self.pruned) {
+            if self.pruned_id == Some(id) {
+                let z = x.zeroshot(&m.llama, set, &mut obs)?;
+                link.send(Msg::ZeroShot {
+                    id: Some(id),
+                    z: Box::new(z),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn save(&self, link: &Link, dir: PathBuf) -> Result<()> {

@@ -209,7 +209,7 @@ fn batch_inputs(
 
 /// Host memory for the hidden states of one group of batches, which go through the blocks
 /// together (so an offloaded model reads each block once per group).
-const GROUP_BYTES: usize = 256 << 20;
+const GROUP_BYTES: usize = 64 << 20;
 
 /// Rows of the head's log-softmax computed at once (`n × vocab` f32).
 const HEAD_ROWS: usize = 64;
@@ -267,13 +267,24 @@ pub fn loglikelihoods(
             xs.push(model.embed(&ids)?.to_device(&home)?);
             inputs.push(packing);
         }
-        for b in 0..model.blocks.len() {
+        // Progress inside a group: its share of requests and tokens by blocks done.
+        let (g_req, g_tok) = g.iter().flat_map(|b| b.iter()).fold((0, 0), |(r, t), p| {
+            let reqs: usize = p.docs.iter().map(|&(d, _)| trees[d].targets.len()).sum();
+            (r + reqs, t + p.len)
+        });
+        let n = model.blocks.len();
+        for b in 0..n {
             let blk = model.block(b)?;
             for (x, packing) in xs.iter_mut().zip(&inputs) {
                 let y = model.forward_block_packed(&blk, &x.to_device(&model.device)?, packing)?;
                 *x = y.to_device(&home)?;
             }
-            crate::error::check(progress(req_done, work.requests, tok_done))?;
+            let part = |v: usize| v * (b + 1) / (n + 1);
+            crate::error::check(progress(
+                req_done + part(g_req),
+                work.requests,
+                tok_done + part(g_tok),
+            ))?;
         }
         for (packs, x) in g.iter().zip(&xs) {
             score_batch(model, &trees, packs, x, &mut out)?;
