@@ -133,8 +133,70 @@ pub enum Command {
     /// Is B's perplexity really different from A's? A paired bootstrap over the evaluation windows
     /// of two reports measured on the same windows.
     Compare(CompareArgs),
+    /// Perplexity over a grid of allocation parameters (every combination, one calibration), with intervals against the best point; resumable, shardable, mergeable.
+    Sweep(Box<SweepArgs>),
     /// Zero-shot accuracy on the DLP paper's seven lm-evaluation-harness tasks (BoolQ, RTE, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA), scored as the harness scores them.
     Zeroshot(ZeroshotArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A swept parameter: name=start:stop:step (stop included) or name=v1,v2,… with name one of sparsity, alpha, tau (inf allowed), owl_lambda, alpha_eps. Repeatable: every combination is measured.
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// Allocations, comma-separated (uniform, owl, dlp, alpha); each is measured at every grid point.
+    #[arg(long, default_value = "dlp")]
+    pub allocation: String,
+    /// preview: masks from the dense statistics, no forward pass but the evaluation (seconds per point); faithful: the paper's sequential pass per point.
+    #[arg(long, value_enum, default_value = "preview")]
+    pub mode: crate::prune::pipeline::Mode,
+    /// Per-weight metric.
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub metric: crate::prune::mask::Metric,
+    /// Start from the parameters of a saved report/config (the swept ones, the allocation, mode and metric are set by the sweep).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Calibration data (as `dlpx prune --calib`).
+    #[arg(long, default_value = "demo")]
+    pub calib: String,
+    /// Evaluation data (as `dlpx prune --eval`).
+    #[arg(long, default_value = "demo")]
+    pub eval: String,
+    /// Number of calibration windows.
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
+    pub calib_samples: usize,
+    /// Tokens per calibration and evaluation window.
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
+    pub seq_len: usize,
+    /// Number of evaluation windows (0 = all).
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
+    pub eval_windows: usize,
+    /// Seed of the calibration sampler for document sources.
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Output prefix: PREFIX.jsonl (one line per finished point, appended as they finish) and PREFIX.csv. With --shard i/n the files are PREFIX.iofn.jsonl/.csv.
+    #[arg(long, default_value = "dlpx-sweep")]
+    pub out: String,
+    /// Run every n-th point only (points whose index ≡ i mod n), for one process per GPU or machine; join the files with --merge.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Start over: replace PREFIX.jsonl instead of resuming from it.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Join the JSON-lines files of a sharded sweep (no model is loaded) into PREFIX.jsonl/.csv and print the table.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["shard", "fresh"])]
+    pub merge: Vec<std::path::PathBuf>,
+    /// Recompute the calibration statistics even when the cache has them.
+    #[arg(long)]
+    pub no_stats_cache: bool,
+    /// Use no on-disk cache (statistics, dense perplexity).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print the rows as JSON on stdout instead of the table and chart.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The zero-shot task options shared by `dlpx zeroshot` and `dlpx prune`.

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod prune;
 pub mod prune_cmd;
 pub mod report;
+pub mod sweep_cmd;
 pub mod tui;
 pub mod ui;
 pub mod worker;

@@ -9,6 +9,7 @@
 
 pub mod observer;
 mod report;
+pub mod sweep;
 
 use std::ops::ControlFlow;
 use std::time::Instant;

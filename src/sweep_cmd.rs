@@ -1,0 +1,495 @@
+//! `dlpx sweep`: perplexity over a grid of allocation parameters. The experiment layer measures
+//! each point ([`Experiment::sweep_point`]); this front end keeps the files: one JSON line per
+//! finished point, appended as it finishes (so an interrupted sweep keeps its points and resumes
+//! from the file), a CSV beside it, `--shard i/n` for one process per GPU or machine, and
+//! `--merge` to join the shards. It prints a table (each point against the best one, with the
+//! paired bootstrap interval over the evaluation windows) and a chart of perplexity against
+//! the swept parameter.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::SweepArgs;
+use crate::commands::Ctx;
+use crate::eval::compare::paired_bootstrap;
+use crate::experiment::sweep::{alloc_name, Axis, Grid, Shard, SweepRow};
+use crate::experiment::{DataSpec, Experiment, Setup};
+use crate::model::ModelSource;
+use crate::prune::allocate::Allocation;
+use crate::prune::pipeline::PruneParams;
+use crate::report::{DataInfo, ModelInfo, Report};
+
+/// The first line of a sweep file: what every point depends on besides its own parameters.
+/// Resuming and merging refuse files whose header differs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Header {
+    dlpx_sweep: u32,
+    /// The model (source, file hash or Hub revision, shape, dtype).
+    model: ModelInfo,
+    data: DataInfo,
+    /// Parameters of every point before the grid's values are set.
+    base: PruneParams,
+    /// The grid: allocations and each axis as given.
+    allocations: Vec<Allocation>,
+    axes: Vec<(String, Vec<Option<f64>>)>,
+}
+
+const SWEEP_FORMAT: u32 = 1;
+
+/// A line of a sweep file: the header, or a measured point.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Header(Box<Header>),
+    Row(Box<SweepRow>),
+}
+
+fn axes_of(grid: &Grid) -> Vec<(String, Vec<Option<f64>>)> {
+    grid.axes
+        .iter()
+        .map(|a| {
+            (
+                a.param.name().to_string(),
+                a.values
+                    .iter()
+                    .map(|v| v.is_finite().then_some(*v))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The header and rows of a sweep file; a truncated last line (a killed process) is dropped.
+fn read_file(path: &Path) -> Result<(Header, Vec<SweepRow>)> {
+    let text = std::fs::read_to_string(path)
+        .wrap_err_with(|| format!("cannot read `{}`", path.display()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut header = None;
+    let mut rows = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Header(h)) if i == 0 => header = Some(*h),
+            Ok(Line::Row(r)) if i > 0 => rows.push(*r),
+            Err(_) if i + 1 == lines.len() && i > 0 && !text.ends_with('\n') => {}
+            _ => bail!(
+                "`{}` line {}: not a dlpx sweep line (start over with --fresh or another --out)",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    let header = header.ok_or_else(|| eyre!("`{}` is not a dlpx sweep file", path.display()))?;
+    Ok((header, rows))
+}
+
+fn paths(prefix: &str, shard: Option<Shard>) -> (PathBuf, PathBuf) {
+    let stem = match shard {
+        Some(s) => format!("{prefix}.{}of{}", s.index, s.count),
+        None => prefix.to_string(),
+    };
+    (
+        PathBuf::from(format!("{stem}.jsonl")),
+        PathBuf::from(format!("{stem}.csv")),
+    )
+}
+
+pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
+    if !a.merge.is_empty() {
+        return merge(a);
+    }
+    // Everything that needs no model is checked first.
+    let allocations = a
+        .allocation
+        .split(',')
+        .map(|s| {
+            <Allocation as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
+                eyre!(
+                    "--allocation: `{}` is not one of uniform, owl, dlp, alpha",
+                    s.trim()
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let axes = a
+        .params
+        .iter()
+        .map(|s| Axis::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let grid = Grid::new(allocations, axes)?;
+    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let mut base = match &a.config {
+        Some(p) => Report::load(p)?.params,
+        None => PruneParams::default(),
+    };
+    base.mode = a.mode;
+    base.metric = a.metric;
+    let points = grid.points();
+    for p in &points {
+        p.params(&base)
+            .validate(usize::MAX)
+            .wrap_err_with(|| format!("grid point {}", p.key()))?;
+    }
+    let data = DataSpec {
+        calib: a.calib.clone(),
+        eval: Some(a.eval.clone()),
+        calib_samples: a.calib_samples,
+        seq_len: a.seq_len,
+        eval_windows: a.eval_windows,
+        seed: a.seed,
+    };
+    data.sources()?;
+    let (jsonl, csv) = paths(&a.out, shard);
+
+    let setup = Setup {
+        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
+        device: ctx.device.clone(),
+        dtype: ctx.dtype,
+        place: ctx.place,
+        data,
+        stats_cache: !(a.no_stats_cache || a.no_cache),
+        dense_cache: !a.no_cache,
+        metric: a.metric,
+        keeps_pruned_copy: true,
+    };
+    let obs = &mut ctx.progress;
+    let x = Experiment::open(&setup, obs)?;
+    let header = Header {
+        dlpx_sweep: SWEEP_FORMAT,
+        model: x.summary.info.clone(),
+        data: x.summary.data.clone(),
+        base: base.clone(),
+        allocations: grid.allocations.clone(),
+        axes: axes_of(&grid),
+    };
+    let mut rows = match (a.fresh, jsonl.exists()) {
+        (false, true) => {
+            let (h, rows) = read_file(&jsonl)?;
+            if h != header {
+                bail!(
+                    "`{}` is a sweep of another model, data, grid or base parameters: use --fresh \
+                     to replace it or another --out",
+                    jsonl.display()
+                );
+            }
+            rows
+        }
+        _ => {
+            crate::assets::write_atomic(
+                &jsonl,
+                format!(
+                    "{}\n",
+                    serde_json::to_string(&Line::Header(Box::new(header.clone())))?
+                )
+                .as_bytes(),
+            )?;
+            Vec::new()
+        }
+    };
+    // A truncated last line was dropped: rewrite the file so appends start on a fresh line.
+    rewrite(&jsonl, &header, &rows)?;
+    let todo: Vec<_> = points
+        .iter()
+        .filter(|p| shard.is_none_or(|s| s.owns(p)))
+        .filter(|p| !rows.iter().any(|r| r.key == p.key()))
+        .collect();
+    let owned = points
+        .iter()
+        .filter(|p| shard.is_none_or(|s| s.owns(p)))
+        .count();
+    obs.status(&format!(
+        "{} grid points{}: {} done, {} to run → {}",
+        points.len(),
+        shard
+            .map(|s| format!(" ({} in shard {}/{})", owned, s.index, s.count))
+            .unwrap_or_default(),
+        owned - todo.len(),
+        todo.len(),
+        jsonl.display()
+    ));
+    let spectra = grid.allocations.contains(&Allocation::Alpha);
+    let (cal, _) = x.calibrate(base.owl_m, spectra, obs)?;
+    let (dense, _) = x.dense_perplexity(obs)?;
+    let started = std::time::Instant::now();
+    for (i, p) in todo.iter().enumerate() {
+        obs.status(&format!(
+            "point {}/{} {}{}",
+            i + 1,
+            todo.len(),
+            p.key(),
+            match i {
+                0 => String::new(),
+                _ => format!(
+                    "  (ETA {:.0}s)",
+                    started.elapsed().as_secs_f64() / i as f64 * (todo.len() - i) as f64
+                ),
+            }
+        ));
+        let row = x.sweep_point(&cal, &base, p, obs)?;
+        append(&jsonl, &row)?;
+        rows.push(row);
+    }
+    rows.sort_by_key(|r| r.index);
+    write_csv(&csv, &grid_names(&header), &rows)?;
+    show(a.json, &header, &rows, dense.map(|d| d.ppl), &jsonl, &csv)
+}
+
+/// Rewrite a sweep file from its header and rows (atomically).
+fn rewrite(path: &Path, header: &Header, rows: &[SweepRow]) -> Result<()> {
+    let mut text = serde_json::to_string(&Line::Header(Box::new(header.clone())))? + "\n";
+    for r in rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    crate::assets::write_atomic(path, text.as_bytes())
+}
+
+/// Append one finished point as one write of one line, flushed to the disk.
+fn append(path: &Path, row: &SweepRow) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .wrap_err_with(|| format!("cannot append to `{}`", path.display()))?;
+    f.write_all(format!("{}\n", serde_json::to_string(row)?).as_bytes())?;
+    f.sync_data()?;
+    Ok(())
+}
+
+fn grid_names(h: &Header) -> Vec<String> {
+    h.axes.iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn write_csv(path: &Path, names: &[String], rows: &[SweepRow]) -> Result<()> {
+    let mut s = format!(
+        "index,allocation,{}target_sparsity,achieved_sparsity,ppl,seconds\n",
+        names.iter().map(|n| format!("{n},")).collect::<String>()
+    );
+    for r in rows {
+        let vals: String = r
+            .values
+            .iter()
+            .map(|(_, v)| match v {
+                Some(v) => format!("{v},"),
+                None => "inf,".into(),
+            })
+            .collect();
+        s.push_str(&format!(
+            "{},{},{vals}{},{},{},{:.3}\n",
+            r.index,
+            alloc_name(r.allocation),
+            r.target_sparsity,
+            r.achieved_sparsity,
+            r.ppl.map(|p| p.to_string()).unwrap_or_default(),
+            r.seconds
+        ));
+    }
+    crate::assets::write_atomic(path, s.as_bytes())
+}
+
+/// `--merge`: join shard files with equal headers.
+fn merge(a: &SweepArgs) -> Result<()> {
+    let mut header: Option<Header> = None;
+    let mut rows: Vec<SweepRow> = Vec::new();
+    for f in &a.merge {
+        let (h, r) = read_file(f)?;
+        match &header {
+            None => header = Some(h),
+            Some(first) if *first != h => bail!(
+                "`{}` is a sweep of another model, data, grid or base parameters than `{}`",
+                f.display(),
+                a.merge[0].display()
+            ),
+            Some(_) => {}
+        }
+        for row in r {
+            if !rows.iter().any(|x| x.key == row.key) {
+                rows.push(row);
+            }
+        }
+    }
+    let header = header.ok_or_else(|| eyre!("--merge needs at least one file"))?;
+    rows.sort_by_key(|r| r.index);
+    let (jsonl, csv) = paths(&a.out, None);
+    if a.merge.iter().any(|f| f == &jsonl) {
+        bail!(
+            "--out `{}` would overwrite an input of --merge; choose another --out",
+            a.out
+        );
+    }
+    rewrite(&jsonl, &header, &rows)?;
+    write_csv(&csv, &grid_names(&header), &rows)?;
+    show(a.json, &header, &rows, None, &jsonl, &csv)
+}
+
+/// The table (and chart) on stdout, or the rows as JSON.
+fn show(
+    json: bool,
+    header: &Header,
+    rows: &[SweepRow],
+    dense: Option<f64>,
+    jsonl: &Path,
+    csv: &Path,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    let predictions = header
+        .data
+        .eval
+        .as_ref()
+        .map(|e| e.seq_len.saturating_sub(1))
+        .unwrap_or(0);
+    let best = rows.iter().filter(|r| r.ppl.is_some()).min_by(|a, b| {
+        a.ppl
+            .unwrap_or(f64::MAX)
+            .total_cmp(&b.ppl.unwrap_or(f64::MAX))
+    });
+    let names = grid_names(header);
+    let mut head = format!("{:>5}  {:<9}", "point", "alloc");
+    for n in &names {
+        head.push_str(&format!(" {n:>10}"));
+    }
+    head.push_str("  achieved        ppl  vs best (95 % paired bootstrap over windows)");
+    println!("{head}");
+    for r in rows {
+        let mut line = format!("{:>5}  {:<9}", r.index, alloc_name(r.allocation));
+        for (_, v) in &r.values {
+            line.push_str(&match v {
+                Some(v) => format!(" {v:>10.4}"),
+                None => format!(" {:>10}", "inf"),
+            });
+        }
+        let vs = match (best, &r.window_nll) {
+            (Some(b), _) if b.key == r.key => "best".to_string(),
+            (Some(b), Some(w)) if predictions > 0 => match &b.window_nll {
+                Some(bw) => paired_bootstrap(bw, w, predictions, 1000, 0.95, 0)
+                    .map(|c| {
+                        let star = if c.excludes_one() { "*" } else { "" };
+                        format!("×{:.3} [{:.3}–{:.3}]{star}", c.ratio, c.lo, c.hi)
+                    })
+                    .unwrap_or_default(),
+                None => String::new(),
+            },
+            _ => String::new(),
+        };
+        line.push_str(&format!(
+            "  {:>8.4}  {:>9}  {vs}",
+            r.achieved_sparsity,
+            r.ppl.map(|p| format!("{p:.3}")).unwrap_or("—".into())
+        ));
+        println!("{line}");
+    }
+    if let Some(d) = dense {
+        println!("dense perplexity {d:.3}");
+    }
+    println!("*: the interval excludes 1 (a difference larger than the evaluation windows' noise; calibration noise not included)");
+    if let Some(chart) = chart(header, rows, 76, 20) {
+        print!("{chart}");
+    }
+    println!(
+        "{} points in {} and {}",
+        rows.len(),
+        jsonl.display(),
+        csv.display()
+    );
+    Ok(())
+}
+
+/// Perplexity (log scale) against the first axis with several values, one line per allocation
+/// and combination of the other axes' values; drawn with ratatui's chart off-screen.
+fn chart(header: &Header, rows: &[SweepRow], w: u16, h: u16) -> Option<String> {
+    use ratatui::style::Style;
+    use ratatui::symbols::Marker;
+    use ratatui::text::Span;
+    use ratatui::widgets::{Axis as ChartAxis, Chart, Dataset, GraphType};
+
+    let x_axis = header
+        .axes
+        .iter()
+        .position(|(_, v)| v.len() > 1 && v.iter().all(Option::is_some))?;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows {
+        let (Some(ppl), Some(Some(x))) = (r.ppl, r.values.get(x_axis).map(|v| v.1)) else {
+            continue;
+        };
+        let mut name = alloc_name(r.allocation).to_string();
+        for (i, (n, v)) in r.values.iter().enumerate() {
+            if i != x_axis {
+                name.push_str(&format!(
+                    " {n}={}",
+                    v.map(|v| v.to_string()).unwrap_or("inf".into())
+                ));
+            }
+        }
+        match series.iter_mut().find(|s| s.0 == name) {
+            Some(s) => s.1.push((x, ppl.ln())),
+            None => series.push((name, vec![(x, ppl.ln())])),
+        }
+    }
+    if series.is_empty() {
+        return None;
+    }
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (x0, x1, y0, y1) = pts.fold(
+        (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
+        |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
+    );
+    let (y0, y1) = if y1 - y0 < 1e-6 {
+        (y0 - 0.05, y1 + 0.05)
+    } else {
+        (y0, y1)
+    };
+    // Lines in braille dots; each series' points in its own marker (the output has no colours),
+    // which the legend names.
+    let markers = [(Marker::Dot, '•'), (Marker::Block, '█'), (Marker::Bar, '▄')];
+    let mut datasets: Vec<Dataset> = Vec::new();
+    for (i, (name, data)) in series.iter().enumerate() {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::default())
+                .data(data),
+        );
+        let (marker, glyph) = markers[i % markers.len()];
+        datasets.push(
+            Dataset::default()
+                .name(format!("{glyph} {name}"))
+                .marker(marker)
+                .graph_type(GraphType::Scatter)
+                .style(Style::default())
+                .data(data),
+        );
+    }
+    let label = |v: f64| Span::raw(format!("{:.1}", v.exp()));
+    let x_name = &header.axes[x_axis].0;
+    let chart = Chart::new(datasets)
+        .x_axis(
+            ChartAxis::default()
+                .title(format!("{x_name}  (perplexity on a log scale)"))
+                .bounds([x0, x1])
+                .labels(vec![
+                    Span::raw(format!("{x0}")),
+                    Span::raw(format!("{}", (x0 + x1) / 2.0)),
+                    Span::raw(format!("{x1}")),
+                ]),
+        )
+        .y_axis(ChartAxis::default().bounds([y0, y1]).labels(vec![
+            label(y0),
+            label((y0 + y1) / 2.0),
+            label(y1),
+        ]));
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).ok()?;
+    term.draw(|f| f.render_widget(chart, f.area())).ok()?;
+    let buf = term.backend().buffer();
+    let mut out = String::new();
+    for y in 0..h {
+        let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Some(out)
+}

@@ -1,0 +1,232 @@
+//! `dlpx sweep` on a tiny random-weight model: rows = the grid's product, resuming skips the
+//! finished points, shards merged equal the whole sweep, and a point equals `dlpx prune` with
+//! the same parameters.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Tiny;
+
+fn text(dir: &Path) -> String {
+    let p = dir.join("text.txt");
+    let body: String = (0..400)
+        .map(|i| format!("line {i} of some text, with words that repeat {}\n", i % 7))
+        .collect();
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn dlpx(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .env("DLPX_CACHE", dir.join("cache"))
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn grid_rows_resume_shards_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, _) = Tiny::default().gguf_in(d, 5);
+    let text = text(d);
+    let out = d.join("sw");
+    let base: Vec<String> = [
+        "sweep",
+        "--model",
+        model.to_str().unwrap(),
+        "--calib",
+        &text,
+        "--eval",
+        &text,
+        "--calib-samples",
+        "4",
+        "--seq-len",
+        "16",
+        "--eval-windows",
+        "6",
+        "--param",
+        "alpha=0:0.2:0.1",
+        "--param",
+        "sparsity=0.5,0.6",
+        "--allocation",
+        "dlp,uniform",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = |extra: &[&str]| -> Output {
+        let mut a: Vec<&str> = base.iter().map(String::as_str).collect();
+        a.extend(extra);
+        dlpx(d, &a)
+    };
+    let o = run(&["--out", out.to_str().unwrap()]);
+    let err = ok(&o);
+    assert!(err.contains("12 grid points: 0 done, 12 to run"), "{err}");
+    let all = rows(&d.join("sw.jsonl"));
+    assert_eq!(all.len(), 3 * 2 * 2, "rows = the grid's product");
+    let keys: std::collections::HashSet<&str> =
+        all.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 12);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("best"), "{table}");
+    let csv = std::fs::read_to_string(d.join("sw.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.starts_with("index,allocation,alpha,sparsity,target_sparsity"));
+    // Uniform ignores α: its three α points per sparsity are the same pruning.
+    let ppl = |key: &str| {
+        all.iter().find(|r| r["key"] == key).unwrap()["ppl"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        ppl("allocation=uniform alpha=0 sparsity=0.5"),
+        ppl("allocation=uniform alpha=0.2 sparsity=0.5")
+    );
+
+    // Resume: nothing left to run; a lost point (the file cut after 7 rows, mid-line) is rerun.
+    let err = ok(&run(&["--out", out.to_str().unwrap()]));
+    assert!(err.contains("12 done, 0 to run"), "{err}");
+    let text_file = std::fs::read_to_string(d.join("sw.jsonl")).unwrap();
+    let cut: Vec<&str> = text_file.lines().take(8).collect();
+    let partial = format!("{}\n{{\"index\": 7, \"key\": \"allocation=", cut.join("\n"));
+    std::fs::write(d.join("sw.jsonl"), partial).unwrap();
+    let err = ok(&run(&["--out", out.to_str().unwrap()]));
+    assert!(err.contains("7 done, 5 to run"), "{err}");
+    let resumed = rows(&d.join("sw.jsonl"));
+    assert_eq!(resumed.len(), 12);
+    let by_key = |v: &[serde_json::Value]| -> Vec<(String, f64)> {
+        let mut x: Vec<(String, f64)> = v
+            .iter()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    r["ppl"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        x.sort_by(|a, b| a.0.cmp(&b.0));
+        x
+    };
+    assert_eq!(
+        by_key(&resumed),
+        by_key(&all),
+        "resumed points measure the same"
+    );
+
+    // Another grid on the same file is refused, nothing overwritten.
+    let mut other: Vec<&str> = base.iter().map(String::as_str).collect();
+    let last = other.len() - 1;
+    other[last] = "dlp";
+    other.extend(["--out", out.to_str().unwrap()]);
+    let o = dlpx(d, &other);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another model, data, grid"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(rows(&d.join("sw.jsonl")).len(), 12);
+
+    // Shards 0/2 and 1/2, merged, hold the same rows as the whole sweep.
+    let sh = d.join("sh");
+    for s in ["0/2", "1/2"] {
+        ok(&run(&["--out", sh.to_str().unwrap(), "--shard", s]));
+    }
+    assert_eq!(rows(&d.join("sh.0of2.jsonl")).len(), 6);
+    let merged = d.join("merged");
+    let o = dlpx(
+        d,
+        &[
+            "sweep",
+            "--merge",
+            d.join("sh.0of2.jsonl").to_str().unwrap(),
+            d.join("sh.1of2.jsonl").to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    let m = rows(&d.join("merged.jsonl"));
+    assert_eq!(by_key(&m), by_key(&all));
+    let idx: Vec<u64> = m.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, (0..12).collect::<Vec<_>>(), "merged in grid order");
+}
+
+#[test]
+fn a_sweep_point_equals_prune_with_its_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, _) = Tiny::default().gguf_in(d, 6);
+    let text = text(d);
+    let m = model.to_str().unwrap();
+    let data = [
+        "--calib",
+        &text,
+        "--eval",
+        &text,
+        "--calib-samples",
+        "4",
+        "--seq-len",
+        "16",
+        "--eval-windows",
+        "6",
+    ];
+    let mut a = vec!["sweep", "--model", m, "--param", "alpha=0.1", "--json"];
+    a.extend(data);
+    let one = d.join("one");
+    a.extend(["--out", one.to_str().unwrap()]);
+    let o = dlpx(d, &a);
+    ok(&o);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let mut p = vec![
+        "prune", "--model", m, "--alpha", "0.1", "--mode", "preview", "--json",
+    ];
+    p.extend(data);
+    let o = dlpx(d, &p);
+    ok(&o);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["ppl"], report["ppl"]["pruned"]);
+    assert_eq!(
+        rows[0]["achieved_sparsity"],
+        report["overall"]["achieved_sparsity"]
+    );
+}
+
+#[test]
+fn bad_grids_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = d.join("x");
+    for (args, want) in [
+        (vec!["--param", "beta=1"], "unknown sweep parameter `beta`"),
+        (vec!["--param", "alpha=0.3:0:0.1"], "needs start ≤ stop"),
+        (vec!["--param", "sparsity=0.5,1.3"], "sparsity"),
+        (vec!["--allocation", "dlp,best"], "`best` is not one of"),
+        (vec!["--shard", "2/2"], "--shard `2/2`"),
+    ] {
+        let mut a = vec!["sweep", "--model", "/nonexistent.gguf"];
+        a.extend(args);
+        a.extend(["--out", x.to_str().unwrap()]);
+        let o = dlpx(d, &a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{a:?}: {err}");
+        assert!(!d.join("x.jsonl").exists());
+    }
+}
