@@ -292,6 +292,23 @@ pub struct TokenizeArgs {
     pub json: bool,
 }
 
+/// `--alpha`: a value, or `auto` (searched on held-out calibration data).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlphaArg {
+    Value(f64),
+    Auto,
+}
+
+pub fn parse_alpha(s: &str) -> Result<AlphaArg, String> {
+    match s {
+        "auto" => Ok(AlphaArg::Auto),
+        _ => s
+            .parse::<f64>()
+            .map(AlphaArg::Value)
+            .map_err(|_| format!("`{s}` is not a number or `auto`")),
+    }
+}
+
 /// `inf` (or `∞`) means no temperature: the paper's linear map.
 pub fn parse_tau(s: &str) -> Result<f64, String> {
     match s {
@@ -333,9 +350,12 @@ pub struct PruneArgs {
     /// Global target sparsity p in [0, 1) over the 7·L linears.
     #[arg(long, allow_hyphen_values = true)]
     pub sparsity: Option<f64>,
-    /// DLP range α: block sparsities span 2α.
-    #[arg(long, allow_hyphen_values = true)]
-    pub alpha: Option<f64>,
+    /// DLP range α: block sparsities span 2α. `auto` chooses it by a preview-mode grid search on held-out calibration windows (never the evaluation data); an extension of the paper, which sets α by hand.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_alpha)]
+    pub alpha: Option<AlphaArg>,
+    /// Held-out calibration windows for --alpha auto (the windows after the calibration windows; document sources: another seed).
+    #[arg(long, default_value_t = 16)]
+    pub alpha_holdout: usize,
     /// DLP temperature τ (`inf` = the paper's linear map; small τ > 0 concentrates sparsity on the least important blocks).
     #[arg(long, value_parser = parse_tau, allow_hyphen_values = true)]
     pub tau: Option<f64>,
@@ -392,6 +412,9 @@ pub struct PruneArgs {
     /// SparseGPT modifier.
     #[arg(long)]
     pub recipe_out: Option<std::path::PathBuf>,
+    /// Calibration sensitivity: prune K times from K disjoint calibration subsets of the same size (text sources: the next windows; document sources: seeds seed…seed+K−1) and report the pruned perplexity's mean ± standard deviation and each block's spread of allocated sparsity. Draw 0 is the run's own calibration.
+    #[arg(long, default_value_t = 1)]
+    pub calib_draws: usize,
     /// Also measure zero-shot accuracy, dense and pruned, on these lm-evaluation-harness tasks (comma-separated, or `all`); written into the report.
     #[arg(long)]
     pub tasks: Option<String>,

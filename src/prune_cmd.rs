@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
-use crate::cli::{PruneArgs, SaveFormat};
+use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
 use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::export::compressed::Format;
@@ -53,7 +53,7 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
     if let Some(v) = a.sparsity {
         p.alloc.sparsity = v;
     }
-    if let Some(v) = a.alpha {
+    if let Some(AlphaArg::Value(v)) = a.alpha {
         p.alloc.alpha = v;
     }
     if let Some(v) = a.tau {
@@ -94,7 +94,10 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
 }
 
 pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
-    let (params, data, base) = resolve(a)?;
+    let (mut params, data, base) = resolve(a)?;
+    if a.alpha == Some(AlphaArg::Auto) && params.alloc.allocation != Allocation::Dlp {
+        bail!("--alpha auto searches DLP's range α: use it with --allocation dlp (the default)");
+    }
     if let Some(dir) = &a.save {
         crate::model::ensure_free_dir(dir)?;
     }
@@ -146,6 +149,12 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     if tasks.is_none() && (a.task.limit.is_some() || a.task.source != "demo") {
         bail!("--task-limit and --task-source need --tasks (e.g. --tasks all)");
     }
+    if a.calib_draws == 0 {
+        bail!("--calib-draws must be at least 1 (1: no extra draws)");
+    }
+    if a.calib_draws > 1 && setup.data.eval.is_none() {
+        bail!("--calib-draws compares pruned perplexities: it needs evaluation data (not --eval none)");
+    }
     if a.task.limit == Some(0) {
         bail!(
             "--task-limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
@@ -183,9 +192,9 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     };
     timings.zeroshot_s += t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
     // The spectra cost an eigenvalue problem per linear: only AlphaPruning needs them.
     let spectra = params.alloc.allocation == Allocation::Alpha;
+    let t = Instant::now();
     let (cal, hit) = x.calibrate(params.owl_m, spectra, obs)?;
     timings.calibrate_s = t.elapsed().as_secs_f64();
     timings.stats_cache_hit = hit;
@@ -193,8 +202,45 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         obs.status("calibration statistics from the cache (--no-stats-cache recomputes them)");
     }
 
+    let alpha_search = match a.alpha {
+        Some(AlphaArg::Auto) => {
+            let (heldout, set) = x.heldout_windows(a.alpha_holdout, obs)?;
+            let search = x.search_alpha(&cal, &params, &heldout, set, obs)?;
+            params.alloc.alpha = search.chosen;
+            obs.status(&format!(
+                "--alpha auto: α = {} (lowest perplexity on {} held-out calibration windows)",
+                search.chosen,
+                heldout.len()
+            ));
+            Some(search)
+        }
+        _ => None,
+    };
     let pl = plan(&x.model.llama, &cal, &params)?;
     timings.allocate_us = pl.allocate_us;
+    // Calibration draws 1..K on copies (the dense weights stay for the next draw); then draw 0,
+    // the run's own calibration, prunes the model in place below.
+    let calib_draws = match a.calib_draws {
+        1 => None,
+        k => {
+            let (mut ppl, mut blocks) = (Vec::new(), Vec::new());
+            for d in 1..k {
+                obs.status(&format!("calibration draw {}/{k}", d + 1));
+                x.use_calibration_draw(d, obs)?;
+                let (cal, _) = x.calibrate(params.owl_m, spectra, obs)?;
+                let pl = plan(&x.model.llama, &cal, &params)?;
+                let mut llama = x.model.llama.clone();
+                x.prune(&mut llama, &cal, &pl, &params, obs)?;
+                let p = x
+                    .perplexity(&llama, Stage::PrunedEval, obs)?
+                    .ok_or_else(|| color_eyre::eyre::eyre!("no evaluation data"))?;
+                ppl.push(p.ppl);
+                blocks.push(pl.block.clone());
+            }
+            x.use_calibration_draw(0, obs)?;
+            Some((ppl, blocks))
+        }
+    };
     if a.recipe_out.is_some() {
         // Before pruning: an allocation the recipe cannot state costs no work.
         crate::export::recipe::check_expressible(&params, pl.n_of_m.as_deref())
@@ -219,6 +265,15 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     let t = Instant::now();
     let pruned_ppl = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
     timings.eval_s += t.elapsed().as_secs_f64();
+    // Draw 0 first, as the report's own calibration.
+    let calib_draws = match (calib_draws, &pruned_ppl) {
+        (Some((mut ppl, mut blocks)), Some(p0)) => {
+            ppl.insert(0, p0.ppl);
+            blocks.insert(0, pl.block.clone());
+            Some(crate::report::CalibDraws::new(ppl, blocks))
+        }
+        _ => None,
+    };
     let pruned_gens = x.generate(&x.model, &a.prompt, a.max_new_tokens, obs)?;
     let t = Instant::now();
     let zeroshot = match zeroshot {
@@ -252,6 +307,8 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
                 })
                 .collect(),
             zeroshot,
+            calib_draws,
+            alpha_search,
             timings,
         },
     );
@@ -347,6 +404,38 @@ fn print_table(r: &Report) {
         println!(
             "perplexity dense {d:.4} → pruned {p:.4}   ({})",
             r.ppl.protocol
+        );
+    }
+    if let Some(s) = &r.alpha_search {
+        println!(
+            "--alpha auto chose α = {} on {} held-out calibration windows (offset {}); held-out perplexity: {}",
+            s.chosen,
+            s.heldout.windows,
+            s.heldout.offset,
+            s.trace
+                .iter()
+                .map(|t| format!("{}→{:.2}", t.alpha, t.ppl))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    if let Some(c) = &r.calib_draws {
+        let (worst, sd) =
+            c.block_sd
+                .iter()
+                .enumerate()
+                .fold((0, 0.0), |b, (i, &s)| if s > b.1 { (i, s) } else { b });
+        println!(
+            "calibration draws: {} disjoint subsets → pruned perplexity {:.3} ± {:.3} (mean ± sd; {}); allocated sparsity sd per block ≤ {:.4} (block {worst})",
+            c.draws,
+            c.ppl_mean,
+            c.ppl_sd,
+            c.ppl
+                .iter()
+                .map(|p| format!("{p:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sd
         );
     }
     if let Some(z) = &r.zeroshot {

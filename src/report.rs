@@ -26,10 +26,62 @@ pub struct Report {
     pub ppl: PplInfo,
     #[serde(default)]
     pub generations: Vec<GenerationPair>,
+    /// How `--alpha auto` chose α (held-out calibration windows, every α tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_search: Option<crate::experiment::AlphaSearch>,
+    /// Calibration sensitivity (`--calib-draws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calib_draws: Option<CalibDraws>,
     /// Zero-shot accuracy of the dense and the pruned model (schema 3; `--tasks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<ZeroShotPair>,
     pub timings: Timings,
+}
+
+/// The same pruning from disjoint calibration subsets: how much the result depends on which
+/// calibration text was drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalibDraws {
+    /// Draws (draw 0 is this report's own calibration).
+    pub draws: usize,
+    /// Pruned perplexity of each draw.
+    pub ppl: Vec<f64>,
+    pub ppl_mean: f64,
+    /// Sample standard deviation (n − 1) of the draws' perplexities.
+    pub ppl_sd: f64,
+    /// Allocated sparsity per draw and block.
+    pub block_sparsity: Vec<Vec<f64>>,
+    /// Sample standard deviation of each block's allocated sparsity over the draws.
+    pub block_sd: Vec<f64>,
+}
+
+impl CalibDraws {
+    pub fn new(ppl: Vec<f64>, block_sparsity: Vec<Vec<f64>>) -> Self {
+        let sd = |v: &[f64]| -> (f64, f64) {
+            let n = v.len() as f64;
+            let m = v.iter().sum::<f64>() / n;
+            let var = if v.len() > 1 {
+                v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
+            (m, var.sqrt())
+        };
+        let (ppl_mean, ppl_sd) = sd(&ppl);
+        let blocks = block_sparsity.first().map(Vec::len).unwrap_or(0);
+        let block_sd = (0..blocks)
+            .map(|b| sd(&block_sparsity.iter().map(|d| d[b]).collect::<Vec<_>>()).1)
+            .collect();
+        Self {
+            draws: ppl.len(),
+            ppl,
+            ppl_mean,
+            ppl_sd,
+            block_sparsity,
+            block_sd,
+        }
+    }
 }
 
 /// Zero-shot accuracy before and after pruning, on the same examples.
@@ -82,6 +134,13 @@ pub struct DataSet {
     /// Seed of the calibration sampler, for document sources (c4, .jsonl.gz).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Windows skipped at the start of a text source (calibration draws after the first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -230,3 +230,171 @@ fn bad_grids_are_refused_before_any_work() {
         assert!(!d.join("x.jsonl").exists());
     }
 }
+
+#[test]
+fn calibration_draws_use_disjoint_windows_and_report_the_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, _) = Tiny::default().gguf_in(d, 8);
+    let text = text(d);
+    let m = model.to_str().unwrap();
+    let run = |draws: &str, samples: &str| {
+        dlpx(
+            d,
+            &[
+                "prune",
+                "--model",
+                m,
+                "--calib",
+                &text,
+                "--eval",
+                &text,
+                "--calib-samples",
+                samples,
+                "--seq-len",
+                "16",
+                "--eval-windows",
+                "6",
+                "--mode",
+                "preview",
+                "--calib-draws",
+                draws,
+                "--json",
+            ],
+        )
+    };
+    let o = run("3", "4");
+    ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &r["calib_draws"];
+    assert_eq!(c["draws"], 3);
+    let ppl: Vec<f64> = c["ppl"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        ppl[0],
+        r["ppl"]["pruned"].as_f64().unwrap(),
+        "draw 0 is the run's own"
+    );
+    assert!(
+        ppl[1] != ppl[0] || ppl[2] != ppl[0],
+        "other windows, other statistics: {ppl:?}"
+    );
+    let mean = ppl.iter().sum::<f64>() / 3.0;
+    let sd = (ppl.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!((c["ppl_mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    assert!((c["ppl_sd"].as_f64().unwrap() - sd).abs() < 1e-9);
+    assert_eq!(c["block_sparsity"].as_array().unwrap().len(), 3);
+    assert_eq!(c["block_sd"].as_array().unwrap().len(), 2);
+    // Draw 0's report is the plain run's.
+    let plain: serde_json::Value = serde_json::from_slice(&run("1", "4").stdout).unwrap();
+    assert_eq!(plain["ppl"]["pruned"], r["ppl"]["pruned"]);
+    assert!(plain.get("calib_draws").is_none());
+    // The text holds ~1,200 windows of 16 byte tokens: not 3 draws of 600.
+    let o = run("3", "600");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("calibration draw 2 needs windows 600…1199"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn alpha_auto_searches_held_out_calibration_windows_never_the_evaluation_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, _) = Tiny::default().gguf_in(d, 9);
+    let calib = text(d);
+    // Two unrelated evaluation texts: the search must not change with them.
+    let eval_a = d.join("eval_a.txt");
+    let eval_b = d.join("eval_b.txt");
+    std::fs::write(
+        &eval_a,
+        "the quick brown fox jumps over the lazy dog. ".repeat(60),
+    )
+    .unwrap();
+    std::fs::write(
+        &eval_b,
+        "0123456789 abcdefghij KLMNOPQRST !?;:,. ".repeat(60),
+    )
+    .unwrap();
+    let run = |eval: &Path| -> serde_json::Value {
+        let o = dlpx(
+            d,
+            &[
+                "prune",
+                "--model",
+                model.to_str().unwrap(),
+                "--calib",
+                &calib,
+                "--eval",
+                eval.to_str().unwrap(),
+                "--calib-samples",
+                "4",
+                "--seq-len",
+                "16",
+                "--eval-windows",
+                "6",
+                "--alpha",
+                "auto",
+                "--alpha-holdout",
+                "5",
+                "--mode",
+                "preview",
+                "--json",
+            ],
+        );
+        ok(&o);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let a = run(&eval_a);
+    let b = run(&eval_b);
+    let s = &a["alpha_search"];
+    assert_eq!(
+        s, &b["alpha_search"],
+        "the evaluation text changed the search"
+    );
+    assert_ne!(
+        a["ppl"]["pruned"], b["ppl"]["pruned"],
+        "the evaluations did differ"
+    );
+    // Held out: the 5 windows right after the 4 calibration windows of the calibration text.
+    assert_eq!(s["heldout"]["windows"], 5);
+    assert_eq!(s["heldout"]["offset"], 4);
+    assert_eq!(s["heldout"]["source"], a["data"]["calib"]["source"]);
+    let trace = s["trace"].as_array().unwrap();
+    assert_eq!(trace.len(), 13, "α = 0, 0.025, …, 0.3");
+    let best = trace
+        .iter()
+        .min_by(|x, y| {
+            x["ppl"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&y["ppl"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(s["chosen"], best["alpha"]);
+    assert_eq!(
+        a["params"]["alloc"]["alpha"], s["chosen"],
+        "the run used the chosen α"
+    );
+    // Only DLP has an α to search.
+    let o = dlpx(
+        d,
+        &[
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--allocation",
+            "owl",
+            "--alpha",
+            "auto",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--alpha auto searches DLP's range α"));
+}

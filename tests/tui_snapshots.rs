@@ -39,6 +39,7 @@ fn summary() -> Summary {
         windows: w,
         seq_len: 256,
         seed: None,
+        offset: 0,
     };
     Summary {
         info: ModelInfo {

@@ -34,6 +34,8 @@ impl State {
             dense_window_nll: self.dense_window_nll.clone(),
             pruned_window_nll: applied.and_then(|a| a.window_nll.clone()),
             generations,
+            calib_draws: None,
+            alpha_search: None,
             zeroshot: self.dense_zeroshot.as_ref().map(|d| ZeroShotPair {
                 dense: d.clone(),
                 pruned: applied.and_then(|a| a.zeroshot.clone()),

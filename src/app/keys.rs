@@ -485,7 +485,7 @@ mod tests {
             ]
         );
         let compare: Vec<String> = footer(true).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(compare, ["↑↓", "p", "n", "g", "a", "c", "e", "?", "q"]);
+        assert_eq!(compare, ["↑↓", "p", "n", "g", "a", "c", "e", "?", "z", "q"]);
         // Every footer key dispatches the footer's action in its view.
         for (cmp, list) in [(false, FOOTER_MAIN), (true, FOOTER_COMPARE)] {
             assert_eq!(footer(cmp).len(), list.len());
@@ -506,7 +506,11 @@ mod tests {
             lookup(&k(KeyCode::Char('U'), S), false),
             Some(Action::UnpinAll)
         );
-        assert_eq!(lookup(&k(KeyCode::Char('z'), N), false), None);
+        assert_eq!(
+            lookup(&k(KeyCode::Char('z'), N), false),
+            Some(Action::ZeroShot)
+        );
+        assert_eq!(lookup(&k(KeyCode::Char('Z'), S), false), None);
         let rows = help_rows();
         for (i, a) in rows.iter().enumerate() {
             assert!(!rows[i + 1..].iter().any(|b| b.0 == a.0 && b.1 == a.1));

@@ -7,6 +7,7 @@
 //! the evaluation windows, its greedy generations) are cached on disk next to the calibration
 //! statistics, so a second run with the same model and data measures only the pruned model.
 
+mod alpha_search;
 pub mod observer;
 mod report;
 pub mod sweep;
@@ -15,9 +16,10 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use color_eyre::eyre::{bail, Result};
+use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Serialize;
 
+pub use alpha_search::{alpha_grid, AlphaSearch, AlphaTrial};
 pub use observer::{Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
 
@@ -151,6 +153,11 @@ pub struct Experiment {
     stats_key: Option<StatsKey>,
     /// Identity of the weights, dtype and device: the key of the dense results.
     dense_key: Option<DenseKey>,
+    /// What the windows were cut from (calibration draws re-cut them).
+    data: DataSpec,
+    dtype: DType,
+    /// The weights' identity (cache keys).
+    identity: String,
 }
 
 /// What the dense model's results depend on besides the question asked.
@@ -196,15 +203,20 @@ fn dataset(
         windows,
         seq_len,
         seed,
+        offset: 0,
     }
 }
 
 /// What the calibration statistics depend on besides model, windows and length: the text, and
 /// the sampler's seed for document sources.
 fn stats_data_key(set: &DataSet) -> String {
-    match set.seed {
+    let key = match set.seed {
         Some(s) => format!("{}+seed{s}", set.sha256),
         None => set.sha256.clone(),
+    };
+    match set.offset {
+        0 => key,
+        o => format!("{key}+offset{o}"),
     }
 }
 
@@ -369,6 +381,9 @@ impl Experiment {
             load_s,
             stats_key,
             dense_key,
+            data: d.clone(),
+            dtype: s.dtype,
+            identity,
         })
     }
 
@@ -397,7 +412,70 @@ impl Experiment {
             summary,
             load_s,
             stats_key: None,
+            data: s.data.clone(),
+            dtype: s.dtype,
+            identity,
         })
+    }
+
+    /// Calibrate from draw `k` of disjoint calibration subsets of the same size and length:
+    /// windows `k·n … (k+1)·n − 1` of a text source, or seed `seed + k` of a document source
+    /// (draw 0 is the experiment's own calibration data). The statistics cache keys each draw
+    /// apart.
+    pub fn use_calibration_draw(&mut self, k: usize, obs: &mut dyn Observer) -> Result<()> {
+        let d = self.data.clone();
+        let (src, _) = d.sources()?;
+        let n = d.calib_samples;
+        let mut status = |m: &str| obs.status(m);
+        let sampled = src.is_sampled();
+        let (windows, sha, seed, offset) = if sampled {
+            let seed = d.seed + k as u64;
+            let (w, sha) =
+                source_windows(&src, &self.model, n, d.seq_len, true, seed, &mut status)?;
+            (w, sha, Some(seed), 0)
+        } else {
+            let (mut w, sha) = source_windows(
+                &src,
+                &self.model,
+                n * (k + 1),
+                d.seq_len,
+                true,
+                0,
+                &mut status,
+            )
+            .wrap_err_with(|| {
+                format!(
+                    "calibration draw {} needs windows {}…{} of the calibration text",
+                    k + 1,
+                    n * k,
+                    n * (k + 1) - 1
+                )
+            })?;
+            if w.len() < n * (k + 1) {
+                bail!(
+                    "calibration text `{}` has {} windows of {} tokens: not enough for {} disjoint draws of {n}",
+                    d.calib,
+                    w.len(),
+                    d.seq_len,
+                    k + 1
+                );
+            }
+            (w.split_off(n * k), sha, None, n * k)
+        };
+        let mut set = dataset(sha, n, d.seq_len, &d.calib, seed);
+        set.offset = offset;
+        if let Some(key) = &mut self.stats_key {
+            *key = StatsKey::new(
+                &self.identity,
+                &stats_data_key(&set),
+                n,
+                d.seq_len,
+                self.dtype,
+            );
+        }
+        self.summary.data.calib = set;
+        self.calib = windows;
+        Ok(())
     }
 
     /// The dense calibration pass (from the statistics cache when it has it): the statistics

@@ -4,7 +4,7 @@
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;
 use crate::report::{
-    BlockReport, GenerationPair, Overall, PplInfo, Report, Timings, Tool, ZeroShotPair,
+    BlockReport, CalibDraws, GenerationPair, Overall, PplInfo, Report, Timings, Tool, ZeroShotPair,
 };
 
 use super::Summary;
@@ -22,6 +22,8 @@ pub struct Measured {
     pub pruned_window_nll: Option<Vec<f64>>,
     pub generations: Vec<GenerationPair>,
     pub zeroshot: Option<ZeroShotPair>,
+    pub calib_draws: Option<CalibDraws>,
+    pub alpha_search: Option<super::AlphaSearch>,
     pub timings: Timings,
 }
 
@@ -70,6 +72,8 @@ pub fn build_report(
         },
         generations: m.generations,
         zeroshot: m.zeroshot,
+        calib_draws: m.calib_draws,
+        alpha_search: m.alpha_search,
         timings: m.timings,
     }
 }

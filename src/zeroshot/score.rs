@@ -377,7 +377,8 @@ mod tests {
             depth: vec![0; n],
             targets: vec![],
         };
-        let trees = vec![tree(300), tree(300), tree(200), tree(700), tree(10)];
+        // PACK_TOKENS is 256.
+        let trees = vec![tree(150), tree(150), tree(100), tree(350), tree(5)];
         let packs = pack(&trees);
         let mut seen: Vec<usize> = packs
             .iter()
@@ -386,7 +387,7 @@ mod tests {
         seen.sort();
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
         assert_eq!(packs[0].docs, vec![(3, 0)]);
-        assert_eq!(packs[1].docs, vec![(0, 0), (2, 300), (4, 500)]);
+        assert_eq!(packs[1].docs, vec![(0, 0), (2, 150), (4, 250)]);
         assert_eq!(packs[2].docs, vec![(1, 0)]);
         assert!(packs.iter().skip(1).all(|p| p.len <= PACK_TOKENS));
     }
