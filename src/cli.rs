@@ -96,6 +96,9 @@ pub struct TuiArgs {
     /// Where the accuracy job's examples come from: demo, hub, or a folder (as `dlpx zeroshot --source`).
     #[arg(long, default_value = "demo")]
     pub task_source: String,
+    /// Evaluation windows per point of the sweep view (key w); the first ones of the evaluation windows.
+    #[arg(long, default_value_t = 16)]
+    pub sweep_windows: usize,
 }
 
 #[derive(Args, Debug, Clone)]

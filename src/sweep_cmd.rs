@@ -227,7 +227,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
                 ),
             }
         ));
-        let row = x.sweep_point(&cal, &base, p, obs)?;
+        let row = x.sweep_point(&cal, &base, p, None, obs)?;
         append(&jsonl, &row)?;
         rows.push(row);
     }

@@ -189,6 +189,10 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
     };
     let mut state = State::new(params.clone(), prompts.clone());
     state.theme_name = theme.name.clone();
+    if a.sweep_windows == 0 {
+        color_eyre::eyre::bail!("--sweep-windows must be at least 1");
+    }
+    state.sweep_windows = a.sweep_windows;
     let spec = Spec {
         setup: Setup {
             source,

@@ -436,3 +436,58 @@ fn zero_shot_job_and_its_table() {
     assert_eq!(z.dense.mean_acc, zeroshot(0.0).mean_acc);
     assert_eq!(z.pruned.unwrap().mean_acc, zeroshot(0.1).mean_acc);
 }
+
+#[test]
+fn sweep_view_points_arrive_and_the_best_is_used() {
+    use dlpx::experiment::sweep::SweepParam;
+    let mut s = calibrated();
+    s.act(Action::FieldNext); // focus α
+    let jobs = s.act(Action::ToggleSweep);
+    match jobs.as_slice() {
+        [Effect::Job(Job::Sweep {
+            param,
+            values,
+            windows,
+            params,
+        })] => {
+            assert_eq!(*param, SweepParam::Alpha);
+            assert_eq!(values.len(), 13);
+            assert_eq!(values[4], 0.1);
+            assert_eq!(*windows, 16);
+            assert_eq!(params.mode, dlpx::prune::pipeline::Mode::Preview);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.view, View::Sweep);
+    // Points arrive as they finish; the lowest perplexity (α 0.1) becomes the selection.
+    for v in [0.0, 0.025, 0.05, 0.075, 0.1, 0.125] {
+        s.on_msg(Msg::SweepPoint {
+            value: v,
+            ppl: 380.0 + 40_000.0 * (v - 0.1_f64).powi(2),
+        });
+    }
+    let frame = render_to_string(&s, &Theme::mono(), 100, 30);
+    assert!(
+        frame.contains("sweep alpha · preview on 16 eval windows · 6/13"),
+        "{frame}"
+    );
+    assert!(frame.contains("▸★   0.1   380.00"), "{frame}");
+    check("sweep", &s);
+    s.on_msg(Msg::Idle);
+    // Enter takes the best point's α and goes back to the charts.
+    s.act(Action::SweepJump);
+    assert_eq!(s.params.alloc.alpha, 0.1);
+    assert_eq!(s.view, View::Main);
+    // The sweep still describes these parameters (only α differs): w shows it, no new job.
+    assert!(s.act(Action::ToggleSweep).is_empty());
+    assert_eq!(s.view, View::Sweep);
+    // f re-checks the selected point faithfully: an apply in faithful mode.
+    let jobs = s.act(Action::SweepRecheck);
+    match jobs.as_slice() {
+        [Effect::Job(Job::Apply { params, .. })] => {
+            assert_eq!(params.mode, dlpx::prune::pipeline::Mode::Faithful);
+            assert_eq!(params.alloc.alpha, 0.1);
+        }
+        other => panic!("{other:?}"),
+    }
+}

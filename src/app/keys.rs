@@ -28,6 +28,11 @@ pub enum Action {
     DeletePrompt,
     Generate,
     ZeroShot,
+    ToggleSweep,
+    SweepPrev,
+    SweepNext,
+    SweepJump,
+    SweepRecheck,
     Export,
     ExportRecipe,
     Open,
@@ -38,12 +43,20 @@ pub enum Action {
     Quit,
 }
 
-/// Where a binding applies.
+/// Where a binding applies (and, for lookups, which view is showing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Main,
     Compare,
+    Sweep,
     Any,
+}
+
+impl Scope {
+    /// Whether a binding of this scope works in `view`.
+    fn applies_in(self, view: Scope) -> bool {
+        self == Scope::Any || self == view
+    }
 }
 
 pub struct Binding {
@@ -303,6 +316,46 @@ pub const BINDINGS: &[Binding] = &[
         Scope::Any,
     ),
     b(
+        KeyCode::Left,
+        N,
+        "←/→",
+        "select a point",
+        Action::SweepPrev,
+        Scope::Sweep,
+    ),
+    b(
+        KeyCode::Right,
+        N,
+        "←/→",
+        "select a point",
+        Action::SweepNext,
+        Scope::Sweep,
+    ),
+    b(
+        KeyCode::Enter,
+        N,
+        "Enter",
+        "use the point's value",
+        Action::SweepJump,
+        Scope::Sweep,
+    ),
+    b(
+        KeyCode::Char('f'),
+        N,
+        "f",
+        "faithful re-check of it",
+        Action::SweepRecheck,
+        Scope::Sweep,
+    ),
+    b(
+        KeyCode::Char('w'),
+        N,
+        "w",
+        "sweep the focused p or α",
+        Action::ToggleSweep,
+        Scope::Any,
+    ),
+    b(
         KeyCode::Char('z'),
         N,
         "z",
@@ -369,19 +422,15 @@ pub const BINDINGS: &[Binding] = &[
     b(KeyCode::Char('q'), N, "q", "quit", Action::Quit, Scope::Any),
 ];
 
-/// The action bound to `key` in a view (`compare` = the compare view is showing).
-pub fn lookup(key: &KeyEvent, compare: bool) -> Option<Action> {
+/// The action bound to `key` in `view` (Main, Compare or Sweep).
+pub fn lookup(key: &KeyEvent, view: Scope) -> Option<Action> {
     // Terminals disagree on whether Shift comes with upper-case letters and '?' / '+'.
     let mods = key.modifiers & (KeyModifiers::SHIFT | KeyModifiers::CONTROL | KeyModifiers::ALT);
     let char_key = matches!(key.code, KeyCode::Char(_));
     BINDINGS
         .iter()
         .find(|b| {
-            let scope_ok = match b.scope {
-                Scope::Any => true,
-                Scope::Main => !compare,
-                Scope::Compare => compare,
-            };
+            let scope_ok = b.scope.applies_in(view);
             let mods_ok = if char_key {
                 (mods - KeyModifiers::SHIFT).is_empty()
             } else {
@@ -421,19 +470,28 @@ const FOOTER_COMPARE: &[(Action, &str)] = &[
     (Action::Quit, "quit"),
 ];
 
-/// `(key, word)` hints for the footer of a view (`compare` = the compare view).
-pub fn footer(compare: bool) -> Vec<(String, &'static str)> {
-    let list = if compare { FOOTER_COMPARE } else { FOOTER_MAIN };
+const FOOTER_SWEEP: &[(Action, &str)] = &[
+    (Action::SweepNext, "point"),
+    (Action::SweepJump, "use"),
+    (Action::SweepRecheck, "faithful"),
+    (Action::ToggleSweep, "charts"),
+    (Action::Cancel, "cancel"),
+    (Action::Help, "help"),
+    (Action::Quit, "quit"),
+];
+
+/// `(key, word)` hints for the footer of `view`.
+pub fn footer(view: Scope) -> Vec<(String, &'static str)> {
+    let list = match view {
+        Scope::Compare => FOOTER_COMPARE,
+        Scope::Sweep => FOOTER_SWEEP,
+        _ => FOOTER_MAIN,
+    };
     list.iter()
         .filter_map(|(action, word)| {
-            let b = BINDINGS.iter().find(|b| {
-                b.action == *action
-                    && match b.scope {
-                        Scope::Any => true,
-                        Scope::Main => !compare,
-                        Scope::Compare => compare,
-                    }
-            })?;
+            let b = BINDINGS
+                .iter()
+                .find(|b| b.action == *action && b.scope.applies_in(view))?;
             Some((compact(b.label), *word))
         })
         .collect()
@@ -464,7 +522,7 @@ mod tests {
 
     #[test]
     fn footer_keys_come_from_the_table() {
-        let main: Vec<String> = footer(false)
+        let main: Vec<String> = footer(Scope::Main)
             .into_iter()
             .map(|(k, w)| format!("{k} {w}"))
             .collect();
@@ -484,33 +542,50 @@ mod tests {
                 "s save"
             ]
         );
-        let compare: Vec<String> = footer(true).into_iter().map(|(k, _)| k).collect();
+        let compare: Vec<String> = footer(Scope::Compare).into_iter().map(|(k, _)| k).collect();
         assert_eq!(compare, ["↑↓", "p", "n", "g", "a", "c", "e", "?", "z", "q"]);
         // Every footer key dispatches the footer's action in its view.
-        for (cmp, list) in [(false, FOOTER_MAIN), (true, FOOTER_COMPARE)] {
-            assert_eq!(footer(cmp).len(), list.len());
+        for (view, list) in [
+            (Scope::Main, FOOTER_MAIN),
+            (Scope::Compare, FOOTER_COMPARE),
+            (Scope::Sweep, FOOTER_SWEEP),
+        ] {
+            assert_eq!(footer(view).len(), list.len());
         }
     }
 
     #[test]
     fn every_action_reachable_and_help_has_no_duplicates() {
         let k = |c: KeyCode, m: KeyModifiers| KeyEvent::new(c, m);
-        assert_eq!(lookup(&k(KeyCode::Right, N), false), Some(Action::Inc));
         assert_eq!(
-            lookup(&k(KeyCode::Right, S), false),
+            lookup(&k(KeyCode::Right, N), Scope::Main),
+            Some(Action::Inc)
+        );
+        assert_eq!(
+            lookup(&k(KeyCode::Right, S), Scope::Main),
             Some(Action::IncCoarse)
         );
-        assert_eq!(lookup(&k(KeyCode::Up, N), true), Some(Action::PromptPrev));
-        assert_eq!(lookup(&k(KeyCode::Char('?'), S), true), Some(Action::Help));
         assert_eq!(
-            lookup(&k(KeyCode::Char('U'), S), false),
+            lookup(&k(KeyCode::Up, N), Scope::Compare),
+            Some(Action::PromptPrev)
+        );
+        assert_eq!(
+            lookup(&k(KeyCode::Char('?'), S), Scope::Compare),
+            Some(Action::Help)
+        );
+        assert_eq!(
+            lookup(&k(KeyCode::Char('U'), S), Scope::Main),
             Some(Action::UnpinAll)
         );
         assert_eq!(
-            lookup(&k(KeyCode::Char('z'), N), false),
+            lookup(&k(KeyCode::Char('z'), N), Scope::Main),
             Some(Action::ZeroShot)
         );
-        assert_eq!(lookup(&k(KeyCode::Char('Z'), S), false), None);
+        assert_eq!(lookup(&k(KeyCode::Char('Z'), S), Scope::Main), None);
+        assert_eq!(
+            lookup(&k(KeyCode::Right, N), Scope::Sweep),
+            Some(Action::SweepNext)
+        );
         let rows = help_rows();
         for (i, a) in rows.iter().enumerate() {
             assert!(!rows[i + 1..].iter().any(|b| b.0 == a.0 && b.1 == a.1));

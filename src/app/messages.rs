@@ -32,6 +32,11 @@ pub enum Msg {
         achieved: Vec<f64>,
         seconds: f64,
     },
+    /// A sweep point finished.
+    SweepPoint {
+        value: f64,
+        ppl: f64,
+    },
     /// Zero-shot accuracy of the dense model (`id` None) or of applied entry `id`.
     ZeroShot {
         id: Option<usize>,
@@ -84,5 +89,13 @@ pub enum Job {
     /// when it is the pruned model the worker holds.
     ZeroShot {
         id: Option<usize>,
+    },
+    /// Preview-mode perplexity of `params` with `param` set to each of `values`, on the first
+    /// `windows` evaluation windows (the sweep view).
+    Sweep {
+        param: crate::experiment::sweep::SweepParam,
+        values: Vec<f64>,
+        params: Box<PruneParams>,
+        windows: usize,
     },
 }

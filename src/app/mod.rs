@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use crate::experiment::sweep::SweepParam;
 use crate::prune::allocate::MAX_SPARSITY;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
@@ -48,6 +49,54 @@ pub struct PromptGen {
 pub enum View {
     Main,
     Compare,
+    Sweep,
+}
+
+impl View {
+    /// The key-table scope of this view.
+    pub fn scope(self) -> keys::Scope {
+        match self {
+            View::Main => keys::Scope::Main,
+            View::Compare => keys::Scope::Compare,
+            View::Sweep => keys::Scope::Sweep,
+        }
+    }
+}
+
+/// The sweep view's data: preview perplexity at each value of one parameter, the others as
+/// they were when the sweep started.
+#[derive(Debug, Clone)]
+pub struct SweepView {
+    pub param: SweepParam,
+    pub base: PruneParams,
+    pub values: Vec<f64>,
+    /// Perplexity per value, as the points finish.
+    pub ppl: Vec<Option<f64>>,
+    /// Evaluation windows per point.
+    pub windows: usize,
+    /// The selected point.
+    pub sel: usize,
+}
+
+impl SweepView {
+    /// The point with the lowest perplexity so far.
+    pub fn best(&self) -> Option<usize> {
+        (0..self.values.len())
+            .filter(|&i| self.ppl[i].is_some())
+            .min_by(|&a, &b| {
+                self.ppl[a]
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&self.ppl[b].unwrap_or(f64::MAX))
+            })
+    }
+
+    /// Whether the sweep was made with `params` (all but the swept parameter equal).
+    fn made_with(&self, params: &PruneParams) -> bool {
+        let mut p = params.clone();
+        self.param.set(&mut p, self.param.get(&self.base));
+        p.mode = self.base.mode;
+        p == self.base
+    }
 }
 
 /// What a text entry is for.
@@ -149,6 +198,9 @@ pub struct State {
     pub last_allocate_us: f64,
     /// The id of the last apply.
     pub last_id: usize,
+    pub sweep: Option<SweepView>,
+    /// Evaluation windows per sweep point.
+    pub sweep_windows: usize,
 }
 
 impl State {
@@ -191,6 +243,8 @@ impl State {
             theme_name: "dark".into(),
             last_allocate_us: 0.0,
             last_id: 0,
+            sweep: None,
+            sweep_windows: 16,
         }
     }
 
@@ -285,7 +339,7 @@ impl State {
             }
             None => {}
         }
-        match keys::lookup(&key, self.view == View::Compare) {
+        match keys::lookup(&key, self.view.scope()) {
             Some(a) => self.act(a),
             None => vec![],
         }
@@ -376,7 +430,7 @@ impl State {
             Action::Apply => return self.apply(),
             Action::ToggleCompare => {
                 self.view = match self.view {
-                    View::Main => View::Compare,
+                    View::Main | View::Sweep => View::Compare,
                     View::Compare => View::Main,
                 }
             }
@@ -401,6 +455,34 @@ impl State {
             }
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
+            Action::ToggleSweep => return self.toggle_sweep(),
+            Action::SweepPrev | Action::SweepNext => {
+                if let Some(sw) = &mut self.sweep {
+                    let n = sw.values.len();
+                    sw.sel = match a {
+                        Action::SweepNext => (sw.sel + 1).min(n.saturating_sub(1)),
+                        _ => sw.sel.saturating_sub(1),
+                    };
+                }
+            }
+            Action::SweepJump | Action::SweepRecheck => {
+                let Some(sw) = &self.sweep else { return vec![] };
+                let (param, v) = (sw.param, sw.values[sw.sel]);
+                let mut c = self.params.clone();
+                param.set(&mut c, v);
+                if a == Action::SweepRecheck {
+                    c.mode = crate::prune::pipeline::Mode::Faithful;
+                }
+                self.set_params(c);
+                self.view = View::Main;
+                if a == Action::SweepRecheck {
+                    return self.apply();
+                }
+                self.say(
+                    format!("{} = {v} from the sweep; a applies it", param.name()),
+                    Tone::Good,
+                );
+            }
             Action::Export => {
                 let t = self.export_path.clone();
                 self.input(InputPurpose::ExportPath, t);
@@ -490,6 +572,76 @@ impl State {
             params: Box::new(self.params.clone()),
             plan: Box::new(plan),
             prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
+        })]
+    }
+
+    /// Show the sweep view, starting a sweep when there is none for the current parameters.
+    fn toggle_sweep(&mut self) -> Vec<Effect> {
+        use crate::prune::allocate::Allocation;
+        if self.view == View::Sweep {
+            self.view = View::Main;
+            return vec![];
+        }
+        if self.cal.is_none() {
+            self.say("calibration has to finish before a sweep", Tone::Error);
+            return vec![];
+        }
+        // The focused parameter when it is p or α; else α for DLP (its own knob), p otherwise.
+        let param = match self.field {
+            Field::Sparsity => SweepParam::Sparsity,
+            Field::Alpha => SweepParam::Alpha,
+            _ if self.params.alloc.allocation == Allocation::Dlp => SweepParam::Alpha,
+            _ => SweepParam::Sparsity,
+        };
+        self.view = View::Sweep;
+        let fresh = self
+            .sweep
+            .as_ref()
+            .is_some_and(|s| s.param == param && s.made_with(&self.params));
+        if fresh {
+            return vec![];
+        }
+        if self.busy {
+            self.say(
+                "a job is running (Esc cancels it); w again sweeps",
+                Tone::Error,
+            );
+            return vec![];
+        }
+        let values: Vec<f64> = match param {
+            SweepParam::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
+            _ => (0..13).map(|i| (25 * i) as f64 / 1000.0).collect(),
+        };
+        let mut base = self.params.clone();
+        base.mode = crate::prune::pipeline::Mode::Preview;
+        let current = param.get(&self.params);
+        self.sweep = Some(SweepView {
+            param,
+            base: base.clone(),
+            sel: values
+                .iter()
+                .enumerate()
+                .min_by(|a, b| (a.1 - current).abs().total_cmp(&(b.1 - current).abs()))
+                .map(|(i, _)| i)
+                .unwrap_or(0),
+            ppl: vec![None; values.len()],
+            values: values.clone(),
+            windows: self.sweep_windows,
+        });
+        self.busy = true;
+        self.say(
+            format!(
+                "sweeping {} in preview on {} evaluation windows… (Esc cancels, finished points stay)",
+                param.name(),
+                self.sweep_windows
+            ),
+            Tone::Info,
+        );
+        vec![Effect::Job(Job::Sweep {
+            param,
+            values,
+            params: Box::new(base),
+            windows: self.sweep_windows,
         })]
     }
 
@@ -656,6 +808,16 @@ impl State {
                     format!("applied #{id} in {seconds:.1}s; evaluating…"),
                     Tone::Info,
                 );
+            }
+            Msg::SweepPoint { value, ppl } => {
+                if let Some(sw) = &mut self.sweep {
+                    if let Some(i) = sw.values.iter().position(|v| *v == value) {
+                        sw.ppl[i] = Some(ppl);
+                    }
+                    if let Some(b) = sw.best() {
+                        sw.sel = b;
+                    }
+                }
             }
             Msg::ZeroShot { id, z } => {
                 let msg = match id {

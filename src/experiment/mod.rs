@@ -560,7 +560,19 @@ impl Experiment {
         stage: Stage,
         obs: &mut dyn Observer,
     ) -> Result<Option<Perplexity>> {
+        self.perplexity_first(llama, None, stage, obs)
+    }
+
+    /// As [`Experiment::perplexity`] on the first `n` evaluation windows (all when `None`).
+    pub fn perplexity_first(
+        &self,
+        llama: &Llama,
+        n: Option<usize>,
+        stage: Stage,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<Perplexity>> {
         let Some(w) = &self.eval else { return Ok(None) };
+        let w = &w[..n.unwrap_or(w.len()).min(w.len())];
         let started = Instant::now();
         let seq = w.first().map(|x| x.len()).unwrap_or(0);
         let r = perplexity(llama, w, &mut |done, total| {

@@ -33,6 +33,18 @@ impl SweepParam {
         SweepParam::AlphaEps,
     ];
 
+    /// This parameter's value in `p` (τ = ∞ when unset).
+    pub fn get(self, p: &PruneParams) -> f64 {
+        let a = &p.alloc;
+        match self {
+            SweepParam::Sparsity => a.sparsity,
+            SweepParam::Alpha => a.alpha,
+            SweepParam::Tau => a.tau.unwrap_or(f64::INFINITY),
+            SweepParam::OwlLambda => a.owl_lambda,
+            SweepParam::AlphaEps => a.alpha_eps,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SweepParam::Sparsity => "sparsity",
@@ -54,7 +66,8 @@ impl SweepParam {
         }
     }
 
-    fn set(self, p: &mut PruneParams, v: f64) {
+    /// Set this parameter of `p` to `v` (τ = ∞ is the paper's linear map).
+    pub fn set(self, p: &mut PruneParams, v: f64) {
         let a = &mut p.alloc;
         match self {
             SweepParam::Sparsity => a.sparsity = v,
@@ -267,12 +280,13 @@ pub struct SweepRow {
 
 impl Experiment {
     /// Prune a copy of the dense model at `point` (from the calibration `cal`) and measure its
-    /// perplexity on the evaluation windows.
+    /// perplexity on the evaluation windows (the first `eval_windows` of them when given).
     pub fn sweep_point(
         &self,
         cal: &Calibration,
         base: &PruneParams,
         point: &Point,
+        eval_windows: Option<usize>,
         obs: &mut dyn Observer,
     ) -> Result<SweepRow> {
         let started = std::time::Instant::now();
@@ -281,7 +295,7 @@ impl Experiment {
         let pl = plan(&self.model.llama, cal, &params)?;
         let mut llama = self.model.llama.clone();
         let achieved = self.prune(&mut llama, cal, &pl, &params, obs)?;
-        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
+        let ppl = self.perplexity_first(&llama, eval_windows, Stage::PrunedEval, obs)?;
         Ok(SweepRow {
             index: point.index,
             key: point.key(),

@@ -47,6 +47,7 @@ pub fn draw(f: &mut Frame, s: &State, t: &Theme) {
     match s.view {
         View::Main => draw_main(f, s, t, body),
         View::Compare => draw_compare(f, s, t, body),
+        View::Sweep => draw_sweep(f, s, t, body),
     }
     draw_status(f, s, t, status);
     draw_keys(f, s, t, keys);
@@ -486,6 +487,133 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     }
 }
 
+/// The sweep view: preview perplexity (log scale) against the swept parameter as the points
+/// arrive, the current setting as a vertical line, the selected point marked; a table of the
+/// points beside it.
+fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    use ratatui::symbols::Marker;
+    use ratatui::widgets::{Axis, Chart, Dataset, GraphType};
+    let Some(sw) = &s.sweep else {
+        f.render_widget(
+            Paragraph::new("w starts a sweep once calibration has finished")
+                .block(block(" sweep ", t)),
+            area,
+        );
+        return;
+    };
+    let table_w = 30.min(area.width / 3);
+    let [chart_area, table_area] =
+        Layout::horizontal([Constraint::Min(20), Constraint::Length(table_w)]).areas(area);
+    let done = sw.ppl.iter().filter(|p| p.is_some()).count();
+    let pts: Vec<(f64, f64)> = sw
+        .values
+        .iter()
+        .zip(&sw.ppl)
+        .filter_map(|(v, p)| p.map(|p| (*v, p.ln())))
+        .collect();
+    let (x0, x1) = (
+        sw.values.first().copied().unwrap_or(0.0),
+        sw.values.last().copied().unwrap_or(1.0),
+    );
+    let (mut y0, mut y1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if pts.is_empty() {
+        (y0, y1) = (0.0, 1.0);
+    } else if y1 - y0 < 1e-6 {
+        (y0, y1) = (y0 - 0.05, y1 + 0.05);
+    }
+    let current = sw.param.get(&s.params);
+    let now_line = [(current, y0), (current, y1)];
+    let sel = sw.ppl[sw.sel].map(|p| [(sw.values[sw.sel], p.ln())]);
+    let mut sets = vec![
+        Dataset::default()
+            .name("now")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(t.fg(t.dim))
+            .data(&now_line),
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(t.fg(t.bar))
+            .data(&pts),
+        Dataset::default()
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Scatter)
+            .style(t.fg(t.text))
+            .data(&pts),
+    ];
+    if let Some(sel) = &sel {
+        sets.push(
+            Dataset::default()
+                .name("selected")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(t.fg(t.good))
+                .data(sel),
+        );
+    }
+    let label = |v: f64| Span::raw(format!("{:.0}", v.exp()));
+    let chart = Chart::new(sets)
+        .block(block(
+            format!(
+                " sweep {} · preview on {} eval windows · {done}/{} ",
+                sw.param.name(),
+                sw.windows,
+                sw.values.len()
+            ),
+            t,
+        ))
+        .x_axis(
+            Axis::default()
+                .title(format!("{} (│ now)", sw.param.name()))
+                .style(t.fg(t.dim))
+                .bounds([x0, x1])
+                .labels(vec![
+                    Span::raw(format!("{x0}")),
+                    Span::raw(format!("{}", (x0 + x1) / 2.0)),
+                    Span::raw(format!("{x1}")),
+                ]),
+        )
+        .y_axis(
+            Axis::default()
+                .title("ppl, log")
+                .style(t.fg(t.dim))
+                .bounds([y0, y1])
+                .labels(vec![label(y0), label((y0 + y1) / 2.0), label(y1)]),
+        );
+    f.render_widget(chart, chart_area);
+    let best = sw.best();
+    let lines: Vec<Line> = sw
+        .values
+        .iter()
+        .zip(&sw.ppl)
+        .enumerate()
+        .map(|(i, (v, p))| {
+            let mark = match (i == sw.sel, Some(i) == best) {
+                (true, true) => "▸★",
+                (true, false) => "▸ ",
+                (false, true) => " ★",
+                _ => "  ",
+            };
+            let ppl = p.map(|p| format!("{p:>9.2}")).unwrap_or("        …".into());
+            Line::styled(
+                format!("{mark}{v:>6}{ppl}"),
+                if i == sw.sel {
+                    t.highlight()
+                } else {
+                    t.fg(t.text)
+                },
+            )
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(block(" value  ppl (★ best) ", t)),
+        table_area,
+    );
+}
+
 /// Zero-shot accuracy per task, dense against the highlighted applied entry, with the harness's
 /// standard errors where there is room.
 fn draw_zeroshot(
@@ -615,7 +743,7 @@ fn draw_status(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
 }
 
 fn draw_keys(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
-    let hints = crate::app::keys::footer(s.view == View::Compare);
+    let hints = crate::app::keys::footer(s.view.scope());
     let mut spans = vec![Span::raw(" ")];
     let mut used = 1;
     for (k, h) in hints {
@@ -665,7 +793,9 @@ fn draw_help(f: &mut Frame, t: &Theme, area: Rect) {
     let mut left = section(Scope::Main, "charts view");
     left.push(Line::raw(""));
     left.extend(section(Scope::Compare, "compare view"));
-    let right = section(Scope::Any, "everywhere");
+    let mut right = section(Scope::Any, "everywhere");
+    right.push(Line::raw(""));
+    right.extend(section(Scope::Sweep, "sweep view (w)"));
     let popup = centered(area, area.width.saturating_sub(2), area.height);
     f.render_widget(Clear, popup);
     let b = block(" keys · any key closes ", t);

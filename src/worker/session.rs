@@ -12,6 +12,7 @@ use color_eyre::eyre::{eyre, Result};
 use super::{Link, Session};
 use crate::app::{Job, Msg};
 use crate::error::is_cancelled;
+use crate::experiment::sweep::{Axis, Grid, SweepParam};
 use crate::experiment::{Experiment, Observer, Setup, Stage, Step};
 use crate::model::LoadedModel;
 use crate::prune::pipeline::{Plan, PruneParams};
@@ -166,6 +167,15 @@ impl Session for ExplorerSession {
                 let r = self.zeroshot(link, id);
                 settle(link, Stage::ZeroShot, r);
             }
+            Job::Sweep {
+                param,
+                values,
+                params,
+                windows,
+            } => {
+                let r = self.sweep(link, param, &values, &params, windows);
+                settle(link, Stage::PrunedEval, r);
+            }
         }
     }
 }
@@ -289,6 +299,44 @@ impl ExplorerSession {
             self.dense_gens_done = true;
         }
         ok
+    }
+
+    /// Preview-mode perplexity at each value of the swept parameter, point by point (the
+    /// experiment's sweep point, on the first `windows` evaluation windows).
+    fn sweep(
+        &self,
+        link: &Link,
+        param: SweepParam,
+        values: &[f64],
+        params: &PruneParams,
+        windows: usize,
+    ) -> Result<()> {
+        let (Some(x), Some(cal)) = (&self.x, &self.cal) else {
+            return Err(eyre!("calibration has to finish first"));
+        };
+        let mut obs = WorkerObserver { link, pruned: true };
+        let mut base = params.clone();
+        base.mode = crate::prune::pipeline::Mode::Preview;
+        let grid = Grid::new(
+            vec![base.alloc.allocation],
+            vec![Axis {
+                param,
+                values: values.to_vec(),
+            }],
+        )?;
+        for p in grid.points() {
+            if !link.go_on() {
+                return Err(crate::error::Cancelled.into());
+            }
+            let row = x.sweep_point(cal, &base, &p, Some(windows), &mut obs)?;
+            if let Some(ppl) = row.ppl {
+                link.send(Msg::SweepPoint {
+                    value: p.values[0].1,
+                    ppl,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The dense model's accuracy (once), then applied entry `id`'s when the pruned copy is it.
