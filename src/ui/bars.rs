@@ -1,7 +1,9 @@
 //! A bar chart with one bar per decoder block, drawn with eighth-block characters so that small
-//! differences in sparsity stay visible, a horizontal target line, achieved-value ticks, and an
-//! axis row marking the selected and pinned blocks. (ratatui's BarChart has integer values and
-//! no reference line.)
+//! differences in sparsity stay visible, a horizontal target line, achieved-value ticks, an axis
+//! row marking the selected and pinned blocks, block numbers under the bars (every bar when
+//! they fit, else every 2nd, 5th, 10th, …) and a value scale on the left (top, middle and
+//! bottom values, and the target line's). (ratatui's BarChart has integer values and no
+//! reference line.)
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -45,15 +47,62 @@ impl Bars<'_> {
     }
 }
 
+/// A scale value, as short as its range allows.
+fn fmt_value(v: f64, range: f64) -> String {
+    if range >= 0.1 || v == 0.0 {
+        format!("{v:.2}")
+    } else if range >= 0.001 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+/// Label every `step`-th block, the smallest step of 1, 2, 5, 10, 20, … whose labels (the
+/// widest number plus a space) fit in `step` columns of width `cw`.
+fn label_step(n: usize, cw: u16) -> usize {
+    let need = n.saturating_sub(1).to_string().len() + 1;
+    [1usize, 2, 5, 10, 20, 50, 100, 200, 500]
+        .into_iter()
+        .find(|s| s * cw as usize >= need)
+        .unwrap_or(1000)
+}
+
 impl Widget for Bars<'_> {
-    fn render(self, area: Rect, buf: &mut Buffer) {
-        if area.height < 2 || area.width == 0 || self.values.is_empty() {
+    fn render(self, full: Rect, buf: &mut Buffer) {
+        if full.height < 2 || full.width == 0 || self.values.is_empty() {
             return;
         }
         let t = self.theme;
+        let range = self.hi - self.lo;
+        // The value scale on the left, when there is room for it.
+        let labels = [
+            fmt_value(self.hi, range),
+            fmt_value((self.lo + self.hi) / 2.0, range),
+            fmt_value(self.lo, range),
+        ];
+        let line_label = self.line.map(|v| fmt_value(v, range));
+        let aw = labels
+            .iter()
+            .chain(line_label.iter())
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0) as u16
+            + 1;
+        let scale = full.width >= aw + 20 && full.height >= 4;
+        // Block numbers under the axis row, when there is height for them.
+        let numbers = full.height >= 5;
+        let area = Rect {
+            x: full.x + if scale { aw } else { 0 },
+            y: full.y,
+            width: full.width - if scale { aw } else { 0 },
+            height: full.height - u16::from(numbers),
+        };
         let plot_h = area.height - 1; // the last row is the axis
         let axis_y = area.y + plot_h;
         let (first, cw, margin) = self.columns(area.width);
+        // With a scale the bars start next to it; without, they are centred.
+        let margin = if scale { 0 } else { margin };
         let bw = if cw >= 3 { cw - 1 } else { cw };
         let span = (self.hi - self.lo).max(1e-12);
         let eighths_of = |v: f64| -> usize {
@@ -136,5 +185,118 @@ impl Widget for Bars<'_> {
                     t.pinned
                 });
         }
+        if numbers {
+            let step = label_step(self.values.len(), cw);
+            let y = axis_y + 1;
+            let mut free_from = area.x; // labels never overlap
+            for (slot, i) in (first..self.values.len()).enumerate() {
+                let x0 = area.x + margin + slot as u16 * cw;
+                if x0 + bw > area.x + area.width {
+                    break;
+                }
+                if i % step != 0 && Some(i) != self.selected {
+                    continue;
+                }
+                let label = i.to_string();
+                let end = x0 + label.len() as u16;
+                if x0 < free_from || end > area.x + area.width {
+                    continue;
+                }
+                let fg = if Some(i) == self.selected {
+                    t.bar_selected
+                } else {
+                    t.dim
+                };
+                buf.set_string(x0, y, &label, ratatui::style::Style::default().fg(fg));
+                free_from = end + 1;
+            }
+        }
+        if scale {
+            let put = |buf: &mut Buffer, row: u16, text: &str, fg| {
+                let x = full.x + aw - 1 - text.chars().count() as u16;
+                buf.set_string(x, row, text, ratatui::style::Style::default().fg(fg));
+            };
+            let top = area.y;
+            let bottom = axis_y - 1;
+            let mid = (top + bottom) / 2;
+            let line_y = line_row.map(|r| axis_y - 1 - r as u16);
+            for (row, text) in [(top, &labels[0]), (mid, &labels[1]), (bottom, &labels[2])] {
+                // The target's own label wins its row and the rows next to it.
+                if line_y.is_some_and(|l| l.abs_diff(row) <= 1) {
+                    continue;
+                }
+                put(buf, row, text, t.dim);
+            }
+            if let (Some(y), Some(text)) = (line_y, &line_label) {
+                put(buf, y, text, t.target);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_thin_out_and_values_fit_their_range() {
+        // 30 blocks in 3-column bars: every bar ("29" needs 3 columns).
+        assert_eq!(label_step(30, 3), 1);
+        // 80 blocks in 1-column bars: every 5th ("79 " needs 3).
+        assert_eq!(label_step(80, 1), 5);
+        assert_eq!(label_step(30, 2), 2);
+        assert_eq!(label_step(1000, 1), 5);
+        assert_eq!(fmt_value(0.7, 1.0), "0.70");
+        assert_eq!(fmt_value(0.1214, 0.12), "0.12");
+        assert_eq!(fmt_value(0.0123, 0.02), "0.0123");
+        assert_eq!(fmt_value(0.00012, 0.0002), "1.2e-4");
+    }
+
+    fn draw(n: usize, w: u16, h: u16) -> Vec<String> {
+        let t = Theme::mono();
+        let values: Vec<Option<f64>> = (0..n).map(|i| Some(0.5 + 0.004 * i as f64)).collect();
+        let area = Rect::new(0, 0, w, h);
+        let mut buf = Buffer::empty(area);
+        Bars {
+            values: &values,
+            lo: 0.0,
+            hi: 1.0,
+            selected: Some(7),
+            active: None,
+            line: Some(0.7),
+            ticks: None,
+            pinned: &[],
+            theme: &t,
+        }
+        .render(area, &mut buf);
+        (0..h)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>())
+            .collect()
+    }
+
+    #[test]
+    fn block_numbers_and_scale_never_overlap() {
+        // 30 blocks at 100 columns: every block number, the scale and the target's value.
+        let rows = draw(30, 100, 10);
+        let numbers = rows.last().unwrap();
+        for i in 0..30 {
+            assert!(
+                numbers.contains(&format!(" {i} ")) || numbers.trim_end().ends_with(&i.to_string()),
+                "{i}: {numbers}"
+            );
+        }
+        assert!(rows[0].starts_with("1.00"), "{rows:?}");
+        assert!(rows.iter().any(|r| r.starts_with("0.70 ─")), "{rows:?}");
+        // 80 blocks in 60 columns: a window of bars, every 5th numbered (plus the selected),
+        // each label apart from the next.
+        let rows = draw(80, 60, 8);
+        let numbers = rows.last().unwrap();
+        let labels: Vec<usize> = numbers
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert!(labels.contains(&7), "{numbers}");
+        assert!(labels.iter().all(|&l| l % 5 == 0 || l == 7), "{numbers}");
+        assert!(labels.len() >= 5, "{numbers}");
     }
 }

@@ -322,6 +322,71 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             t.fg(t.dim),
         ));
     }
+    // Tall panels: the per-block table around the selected block, then the history.
+    let avail = (inner.height as usize).saturating_sub(lines.len());
+    if let (Some(plan), true) = (&s.plan, avail >= 8) {
+        let hist_rows = match s.history.len() {
+            0 => 0,
+            n if avail >= 16 => n.min(6) + 2,
+            _ => 0,
+        };
+        let rows = avail - hist_rows - 2;
+        let n = plan.block.len();
+        let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
+        let applied = s.current_applied().and_then(|a| a.achieved.as_ref());
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(
+            format!("{:>3} {:>7} {:>6} {:>6}", "blk", "score", "target", "ach."),
+            t.fg(t.accent).add_modifier(Modifier::BOLD),
+        ));
+        let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+        for i in first..n.min(first + rows) {
+            let score = s
+                .block_stats
+                .get(i)
+                .map(|b| format!("{:>7.4}", b.get(s.params.statistic)))
+                .unwrap_or_else(|| format!("{:>7}", "…"));
+            let ach = applied
+                .and_then(|a| a.get(i))
+                .map(|v| format!("{v:>6.3}"))
+                .unwrap_or_else(|| format!("{:>6}", "—"));
+            let pin = if pinned.contains(&i) { " p" } else { "" };
+            lines.push(Line::styled(
+                format!("{i:>3} {score} {:>6.3} {ach}{pin}", plan.block[i]),
+                if i == s.block {
+                    t.highlight()
+                } else {
+                    t.fg(t.text)
+                },
+            ));
+        }
+        if hist_rows > 0 {
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                "history      ppl   zs",
+                t.fg(t.accent).add_modifier(Modifier::BOLD),
+            ));
+            for h in s.history.iter().rev().take(hist_rows - 2) {
+                lines.push(Line::styled(
+                    format!(
+                        "#{:<3} {:<5} {:>8} {}",
+                        h.id,
+                        format!("{:?}", h.params.mode)
+                            .to_lowercase()
+                            .chars()
+                            .take(5)
+                            .collect::<String>(),
+                        h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+                        h.zeroshot
+                            .as_ref()
+                            .map(|z| format!("{:.3}", z.mean_acc))
+                            .unwrap_or_default()
+                    ),
+                    t.fg(t.text),
+                ));
+            }
+        }
+    }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }
 
