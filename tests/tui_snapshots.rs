@@ -491,3 +491,41 @@ fn sweep_view_points_arrive_and_the_best_is_used() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn large_terminal_shows_numbers_scales_table_and_an_overlay() {
+    let mut s = calibrated();
+    // v cycles the overlay: uniform, then OWL (the legend names it).
+    s.act(Action::CycleOverlay);
+    assert_eq!(
+        s.overlay_alloc,
+        Some(dlpx::prune::allocate::Allocation::Uniform)
+    );
+    s.act(Action::CycleOverlay);
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(frame.contains("◆ OWL"), "{frame}");
+    assert!(frame.contains('◆'), "{frame}");
+    // Block numbers 0…29 under both charts, both value scales, the per-block table.
+    let all_blocks: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    let numbers = frame
+        .lines()
+        .filter(|l| {
+            // The chart part of the line (left of the side panel).
+            let chart: String = l.chars().take(160).collect();
+            let words: Vec<&str> = chart.split(['│', ' ']).filter(|w| !w.is_empty()).collect();
+            words == all_blocks
+        })
+        .count();
+    assert_eq!(numbers, 2, "{frame}");
+    assert!(
+        frame.contains("│0.54") && frame.contains("│1.00"),
+        "{frame}"
+    );
+    assert!(frame.contains("0.70 ─"), "{frame}");
+    assert!(frame.contains("blk   score target   ach."), "{frame}");
+    check("overlay", &s);
+    // Back to none after AlphaPruning.
+    s.act(Action::CycleOverlay);
+    s.act(Action::CycleOverlay);
+    assert_eq!(s.overlay_alloc, None);
+}

@@ -29,6 +29,7 @@ pub enum Action {
     Generate,
     ZeroShot,
     ToggleSweep,
+    CycleOverlay,
     SweepPrev,
     SweepNext,
     SweepJump,
@@ -233,6 +234,14 @@ pub const BINDINGS: &[Binding] = &[
         "+ / -",
         "pin block sparsity up/down",
         Action::PinDown,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('v'),
+        N,
+        "v",
+        "overlay uniform/OWL/Alpha",
+        Action::CycleOverlay,
         Scope::Main,
     ),
     b(

@@ -201,6 +201,9 @@ pub struct State {
     pub sweep: Option<SweepView>,
     /// Evaluation windows per sweep point.
     pub sweep_windows: usize,
+    /// Another allocation at the same p drawn over the sparsity bars (key v), and its plan.
+    pub overlay_alloc: Option<crate::prune::allocate::Allocation>,
+    pub overlay_plan: Option<Vec<f64>>,
 }
 
 impl State {
@@ -245,6 +248,8 @@ impl State {
             last_id: 0,
             sweep: None,
             sweep_windows: 16,
+            overlay_alloc: None,
+            overlay_plan: None,
         }
     }
 
@@ -266,7 +271,15 @@ impl State {
         let (Some(s), Some(cal)) = (&self.summary, &self.cal) else {
             return;
         };
-        match plan_for(&s.numel, cal, &self.params) {
+        // The overlay: the same parameters with the other allocation.
+        let overlay = self.overlay_alloc.and_then(|a| {
+            let mut p = self.params.clone();
+            p.alloc.allocation = a;
+            plan_for(&s.numel, cal, &p).ok().map(|p| p.block)
+        });
+        let planned = plan_for(&s.numel, cal, &self.params);
+        self.overlay_plan = overlay;
+        match planned {
             Ok(p) => {
                 self.last_allocate_us = p.allocate_us;
                 self.plan = Some(p);
@@ -456,6 +469,28 @@ impl State {
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
+            Action::CycleOverlay => {
+                use crate::prune::allocate::Allocation;
+                // None → uniform → OWL → AlphaPruning → none, skipping the allocation shown.
+                let order = [
+                    None,
+                    Some(Allocation::Uniform),
+                    Some(Allocation::Owl),
+                    Some(Allocation::Alpha),
+                ];
+                let mut i = order
+                    .iter()
+                    .position(|o| *o == self.overlay_alloc)
+                    .unwrap_or(0);
+                loop {
+                    i = (i + 1) % order.len();
+                    if order[i] != Some(self.params.alloc.allocation) {
+                        break;
+                    }
+                }
+                self.overlay_alloc = order[i];
+                self.replan();
+            }
             Action::SweepPrev | Action::SweepNext => {
                 if let Some(sw) = &mut self.sweep {
                     let n = sw.values.len();

@@ -25,6 +25,8 @@ pub struct Bars<'a> {
     pub line: Option<f64>,
     /// Achieved values, drawn as a tick in the achieved colour.
     pub ticks: Option<&'a [f64]>,
+    /// Another allocation's values, drawn as `◆` over the bars.
+    pub overlay: Option<&'a [f64]>,
     pub pinned: &'a [usize],
     pub theme: &'a Theme,
 }
@@ -168,6 +170,13 @@ impl Widget for Bars<'_> {
                     }
                 }
             }
+            if let Some(&v) = self.overlay.and_then(|o| o.get(i)) {
+                let r = (eighths_of(v).saturating_sub(1) / 8).min(plot_h as usize - 1);
+                let y = axis_y - 1 - r as u16;
+                for dx in 0..bw {
+                    buf[(x0 + dx, y)].set_symbol("◆").set_fg(t.accent);
+                }
+            }
             let mark = if Some(i) == self.selected {
                 "▲"
             } else if self.pinned.contains(&i) {
@@ -265,6 +274,7 @@ mod tests {
             active: None,
             line: Some(0.7),
             ticks: None,
+            overlay: None,
             pinned: &[],
             theme: &t,
         }

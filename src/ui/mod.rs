@@ -172,6 +172,7 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 active,
                 line: None,
                 ticks: None,
+                overlay: None,
                 pinned: &pinned,
                 theme: t,
             },
@@ -209,6 +210,19 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ),
         _ => format!(" sparsity · target · p {p_eff:.2} "),
     };
+    // The overlay's legend.
+    let label = match s.overlay_alloc {
+        Some(a) => format!(
+            "{label}· ◆ {} ",
+            match a {
+                Allocation::Uniform => "uniform",
+                Allocation::Owl => "OWL",
+                Allocation::Dlp => "DLP",
+                Allocation::Alpha => "AlphaPruning",
+            }
+        ),
+        None => label,
+    };
     let b = block(label, t).title(Line::from(sel_alloc).alignment(Alignment::Right));
     let inner = b.inner(bottom);
     f.render_widget(b, bottom);
@@ -222,6 +236,7 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 active: None,
                 line: Some(p_eff),
                 ticks: applied.and_then(|a| a.achieved.as_deref()),
+                overlay: s.overlay_plan.as_deref(),
                 pinned: &pinned,
                 theme: t,
             },
