@@ -203,26 +203,26 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         }
         _ => String::new(),
     };
-    let label = match applied {
-        Some(a) if a.achieved.is_some() => format!(
-            " sparsity · achieved ticks ({}) · p {p_eff:.2} ",
-            format!("{:?}", a.params.mode).to_lowercase()
-        ),
-        _ => format!(" sparsity · target · p {p_eff:.2} "),
-    };
-    // The overlay's legend.
-    let label = match s.overlay_alloc {
-        Some(a) => format!(
-            "{label}· ◆ {} ",
+    // Most important first: the right-aligned title may cover the end of this one.
+    let mut label = format!(" sparsity · p {p_eff:.2}");
+    if let Some(a) = s.overlay_alloc {
+        label.push_str(&format!(
+            " · ◆ {}",
             match a {
                 Allocation::Uniform => "uniform",
                 Allocation::Owl => "OWL",
                 Allocation::Dlp => "DLP",
                 Allocation::Alpha => "AlphaPruning",
             }
-        ),
-        None => label,
-    };
+        ));
+    }
+    match applied {
+        Some(a) if a.achieved.is_some() => label.push_str(&format!(
+            " · achieved ticks ({}) ",
+            format!("{:?}", a.params.mode).to_lowercase()
+        )),
+        _ => label.push_str(" · target "),
+    }
     let b = block(label, t).title(Line::from(sel_alloc).alignment(Alignment::Right));
     let inner = b.inner(bottom);
     f.render_widget(b, bottom);
