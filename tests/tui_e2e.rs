@@ -112,6 +112,32 @@ fn explorer_end_to_end_in_a_terminal() {
         "τ did not change block 0's sparsity:\n{s}"
     );
 
+    // Block numbers under the charts: a row of 0, 2, 4, … up to the last blocks.
+    let number_rows: Vec<Vec<usize>> = s
+        .lines()
+        .filter_map(|l| {
+            let chart: String = l.chars().take(70).collect();
+            let nums: Option<Vec<usize>> = chart
+                .split(['│', ' '])
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse().ok())
+                .collect();
+            nums.filter(|n| n.len() >= 5 && n[0] == 0)
+        })
+        .collect();
+    assert_eq!(
+        number_rows.len(),
+        2,
+        "block numbers under both charts:\n{s}"
+    );
+    assert!(number_rows[0].iter().any(|&b| b >= 28), "{s}");
+    // v twice: OWL's allocation overlaid, its legend on the sparsity chart.
+    t.keys(&["v", "v"]);
+    let s = t.wait("the OWL overlay", 10, |s| s.contains("◆ OWL"));
+    assert!(s.matches('◆').count() > 10, "{s}");
+    t.keys(&["v", "v"]); // AlphaPruning, then none
+    t.wait("no overlay", 10, |s| !s.contains('◆'));
+
     // Apply (preview is the explorer's default mode) and wait for the pruned perplexity.
     t.keys(&["a"]);
     let s = t.wait("the pruned perplexity", 600, |s| {
