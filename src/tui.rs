@@ -182,10 +182,21 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
         None => crate::app::params::explorer_defaults(),
     };
     params.validate(usize::MAX)?;
-    let prompts = if a.prompt.is_empty() {
-        vec!["The capital of France is".to_string()]
-    } else {
+    // Prompts: the flags', else a replayed config's, else the four defaults.
+    let replayed: Vec<String> = match &a.config {
+        Some(p) => crate::report::Report::load(p)?
+            .generations
+            .into_iter()
+            .map(|g| g.prompt)
+            .collect(),
+        None => vec![],
+    };
+    let prompts = if !a.prompt.is_empty() {
         a.prompt.clone()
+    } else if !replayed.is_empty() {
+        replayed
+    } else {
+        crate::app::DEFAULT_PROMPTS.map(String::from).to_vec()
     };
     let mut state = State::new(params.clone(), prompts.clone());
     state.theme_name = theme.name.clone();

@@ -40,7 +40,7 @@ fn bootstrap_interval_of_the_perplexity_ratio() {
     }
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("wanda.json")).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 2);
+    assert_eq!(r["schema_version"], dlpx::report::SCHEMA_VERSION);
     let w = r["ppl"]["pruned_window_nll"].as_array().unwrap();
     assert_eq!(w.len(), 16);
     // The windows add up to the perplexity (up to summation order).

@@ -529,3 +529,57 @@ fn large_terminal_shows_numbers_scales_table_and_an_overlay() {
     s.act(Action::CycleOverlay);
     assert_eq!(s.overlay_alloc, None);
 }
+
+#[test]
+fn compare_rows_mark_where_the_pruned_text_departs_and_scroll() {
+    use ratatui::style::Modifier;
+    let s = compared();
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(100, 30)).unwrap();
+    term.draw(|f| dlpx::ui::draw(f, &s, &Theme::mono()))
+        .unwrap();
+    let buf = term.backend().buffer().clone();
+    // Prompt 0: dense " Paris.", pruned " a city, the.": they part at the second character.
+    let (x, y) = (0..30u16)
+        .flat_map(|y| (0..88u16).map(move |x| (x, y)))
+        .find(|&(x, y)| {
+            (0..12u16)
+                .all(|i| buf[(x + i, y)].symbol() == &" a city, the."[i as usize..i as usize + 1])
+        })
+        .expect("the pruned text of prompt 0");
+    assert!(
+        !buf[(x, y)].modifier.contains(Modifier::REVERSED),
+        "the shared space"
+    );
+    assert!(
+        buf[(x + 1, y)].modifier.contains(Modifier::REVERSED),
+        "the departure"
+    );
+    assert!(
+        buf[(x + 11, y)].modifier.contains(Modifier::REVERSED),
+        "the rest"
+    );
+    assert_eq!(dlpx::app::first_difference(" Paris.", " a city"), Some(1));
+    assert_eq!(
+        dlpx::app::first_difference(" the cat", " the cat sat"),
+        None
+    );
+
+    // Four prompts with long continuations at 80×24: selecting the last scrolls to it.
+    let mut s = compared();
+    for i in 0..2 {
+        s.act(Action::AddPrompt);
+        s.overlay = None;
+        s.prompts.push(Default::default());
+        let p = s.prompts.last_mut().unwrap();
+        p.prompt = format!("Long prompt {i}");
+        p.dense = "word ".repeat(120);
+        p.pruned = "word ".repeat(60) + &"other ".repeat(50);
+    }
+    s.prompts.retain(|p| !p.prompt.is_empty());
+    assert_eq!(s.prompts.len(), 4);
+    s.act(Action::PromptNext);
+    s.act(Action::PromptNext);
+    s.act(Action::PromptNext);
+    let frame = render_to_string(&s, &Theme::mono(), 80, 24);
+    assert!(frame.contains("▸ Long prompt 1"), "{frame}");
+}

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use std::time::Instant;
+
 use crate::experiment::sweep::SweepParam;
 use crate::prune::allocate::MAX_SPARSITY;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
@@ -43,6 +45,28 @@ pub struct PromptGen {
     pub prompt: String,
     pub dense: String,
     pub pruned: String,
+    /// Tokens streamed so far per side, and seconds from the side's start to its last token.
+    pub dense_tokens: usize,
+    pub pruned_tokens: usize,
+    pub dense_secs: Option<f64>,
+    pub pruned_secs: Option<f64>,
+    dense_started: Option<Instant>,
+    pruned_started: Option<Instant>,
+}
+
+/// The explorer's prompts when none are given: a fact, a continuation of prose, a list and a
+/// simple reasoning step, so the compare view shows different kinds of damage.
+pub const DEFAULT_PROMPTS: [&str; 4] = [
+    "The capital of France is",
+    "The old house at the end of the road had been empty for years, and",
+    "Three things every kitchen needs are:",
+    "If a train leaves at 3 pm and the trip takes 2 hours, it arrives at",
+];
+
+/// Where `pruned` departs from `dense`: the char index of the first difference, or `None`
+/// while one is a prefix of the other (the same text so far).
+pub fn first_difference(dense: &str, pruned: &str) -> Option<usize> {
+    dense.chars().zip(pruned.chars()).position(|(a, b)| a != b)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -890,9 +914,15 @@ impl State {
             Msg::GenStart { pruned, prompt } => {
                 if let Some(p) = self.prompts.get_mut(prompt) {
                     if pruned {
-                        p.pruned.clear()
+                        p.pruned.clear();
+                        p.pruned_tokens = 0;
+                        p.pruned_secs = None;
+                        p.pruned_started = Some(Instant::now());
                     } else {
-                        p.dense.clear()
+                        p.dense.clear();
+                        p.dense_tokens = 0;
+                        p.dense_secs = None;
+                        p.dense_started = Some(Instant::now());
                     }
                 }
             }
@@ -903,9 +933,13 @@ impl State {
             } => {
                 if let Some(p) = self.prompts.get_mut(prompt) {
                     if pruned {
-                        p.pruned.push_str(&text)
+                        p.pruned.push_str(&text);
+                        p.pruned_tokens += 1;
+                        p.pruned_secs = p.pruned_started.map(|t| t.elapsed().as_secs_f64());
                     } else {
-                        p.dense.push_str(&text)
+                        p.dense.push_str(&text);
+                        p.dense_tokens += 1;
+                        p.dense_secs = p.dense_started.map(|t| t.elapsed().as_secs_f64());
                     }
                 }
             }

@@ -340,9 +340,9 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     // Tall panels: the per-block table around the selected block, then the history.
     let avail = (inner.height as usize).saturating_sub(lines.len());
     if let (Some(plan), true) = (&s.plan, avail >= 8) {
+        // The history's header stays even while it is empty (it says how to fill it).
         let hist_rows = match s.history.len() {
-            0 => 0,
-            n if avail >= 16 => n.min(6) + 2,
+            n if avail >= 16 => n.clamp(1, 6) + 2,
             _ => 0,
         };
         let rows = avail - hist_rows - 2;
@@ -381,6 +381,9 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 "history      ppl   zs",
                 t.fg(t.accent).add_modifier(Modifier::BOLD),
             ));
+            if s.history.is_empty() {
+                lines.push(Line::styled("none yet: a applies", t.fg(t.dim)));
+            }
             for h in s.history.iter().rev().take(hist_rows - 2) {
                 lines.push(Line::styled(
                     format!(
@@ -405,51 +408,136 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }
 
-fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
-    let [gens, tables] =
-        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
-    let [left, right] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(gens);
-    let pruned_title = match s.history.last() {
+/// Wrapped lines of `text` in `width` columns (chars), for sizing rows.
+fn wrapped_rows(text: &str, width: usize) -> usize {
+    let w = width.max(1);
+    text.split('\n')
+        .map(|l| l.chars().count().div_ceil(w).max(1))
+        .sum()
+}
+
+/// One row per prompt: the prompt with token counts and speeds, then the dense and pruned
+/// continuations side by side; the pruned text from its first departure from the dense text on
+/// is reversed (and in the error colour). Rows scroll so the selected prompt stays in view.
+fn draw_generations(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let title = match s.history.last() {
         Some(h) => format!(
-            " pruned #{} ({}) ",
+            " generations · dense │ pruned #{} ({}) · ↑↓ select ",
             h.id,
             format!("{:?}", h.params.mode).to_lowercase()
         ),
-        None => " pruned (press a to apply) ".into(),
+        None => " generations · dense │ pruned (press a to apply) ".into(),
     };
-    for (pane, title, pruned) in [
-        (left, " dense ".to_string(), false),
-        (right, pruned_title, true),
-    ] {
-        let mut lines: Vec<Line> = Vec::new();
-        for (i, p) in s.prompts.iter().enumerate() {
-            let mark = if i == s.prompt_sel { "▸ " } else { "  " };
-            lines.push(Line::styled(
-                format!("{mark}{}", p.prompt),
-                if i == s.prompt_sel {
+    let b = block(title, t);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if inner.height == 0 || inner.width < 10 {
+        return;
+    }
+    let half = (inner.width.saturating_sub(1)) / 2;
+    let rate = |n: usize, secs: Option<f64>| match secs {
+        Some(x) if x > 0.0 && n > 1 => format!("{n} tok · {:.0} tok/s", n as f64 / x),
+        _ => format!("{n} tok"),
+    };
+    // Row heights: the header line plus the taller of the two texts (at most a third of the
+    // pane, so several rows stay visible).
+    let cap = (inner.height / 3).max(2) as usize;
+    let heights: Vec<usize> = s
+        .prompts
+        .iter()
+        .map(|p| {
+            let text = |x: &str| {
+                if x.is_empty() {
+                    1
+                } else {
+                    wrapped_rows(x, half as usize)
+                }
+            };
+            1 + text(&p.dense).max(text(&p.pruned)).min(cap)
+        })
+        .collect();
+    // First row shown: the selected one must fit.
+    let mut first = 0;
+    while first < s.prompt_sel
+        && heights[first..=s.prompt_sel].iter().sum::<usize>() > inner.height as usize
+    {
+        first += 1;
+    }
+    let mut y = inner.y;
+    for (i, p) in s.prompts.iter().enumerate().skip(first) {
+        let h = heights[i] as u16;
+        if y >= inner.y + inner.height {
+            break;
+        }
+        let h = h.min(inner.y + inner.height - y);
+        let sel = i == s.prompt_sel;
+        let header = format!(
+            "{}{}  ·  dense {}  │  pruned {}",
+            if sel { "▸ " } else { "  " },
+            p.prompt.replace('\n', " ⏎ "),
+            rate(p.dense_tokens, p.dense_secs),
+            rate(p.pruned_tokens, p.pruned_secs)
+        );
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                header,
+                if sel {
                     t.highlight()
                 } else {
                     t.fg(t.accent).add_modifier(Modifier::BOLD)
                 },
-            ));
-            let text = if pruned { &p.pruned } else { &p.dense };
-            lines.push(Line::styled(
-                if text.is_empty() {
+            )),
+            Rect::new(inner.x, y, inner.width, 1),
+        );
+        if h > 1 {
+            let body = Rect::new(inner.x, y + 1, inner.width, h - 1);
+            let [l, _, r] = Layout::horizontal([
+                Constraint::Length(half),
+                Constraint::Length(1),
+                Constraint::Min(1),
+            ])
+            .areas(body);
+            let show = |x: &str| {
+                if x.is_empty() {
                     "…".to_string()
                 } else {
-                    text.replace('\n', " ⏎ ")
-                },
-                t.fg(t.text),
-            ));
+                    x.replace('\n', " ⏎ ")
+                }
+            };
+            f.render_widget(
+                Paragraph::new(show(&p.dense))
+                    .style(t.fg(t.text))
+                    .wrap(Wrap { trim: false }),
+                l,
+            );
+            let pruned = show(&p.pruned);
+            let line = match crate::app::first_difference(&show(&p.dense), &pruned) {
+                Some(at) => {
+                    let cut = pruned
+                        .char_indices()
+                        .nth(at)
+                        .map(|(b, _)| b)
+                        .unwrap_or(pruned.len());
+                    Line::from(vec![
+                        Span::styled(pruned[..cut].to_string(), t.fg(t.text)),
+                        Span::styled(
+                            pruned[cut..].to_string(),
+                            t.fg(t.error).add_modifier(Modifier::REVERSED),
+                        ),
+                    ])
+                }
+                None => Line::styled(pruned, t.fg(t.text)),
+            };
+            f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), r);
         }
-        f.render_widget(
-            Paragraph::new(lines)
-                .wrap(Wrap { trim: false })
-                .block(block(title, t)),
-            pane,
-        );
+        y += h;
     }
+}
+
+fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
+    let [gens, tables] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    draw_generations(f, s, t, gens);
     let [hist, blocks] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(tables);
     let zs = |z: &Option<crate::zeroshot::ZeroShot>| {
