@@ -79,23 +79,7 @@ fn text_file(dir: &Path) -> std::path::PathBuf {
 
 /// Run the binary against the server with a fresh Hugging Face cache at `hf_home`.
 fn dlpx(server: &Server, hf_home: &Path, token: Option<&str>, args: &[&str]) -> Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"));
-    c.env("HF_ENDPOINT", &server.endpoint)
-        .env("HF_HOME", hf_home)
-        .env("DLPX_CACHE", hf_home.join("dlpx"))
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_OFFLINE");
-    // hf-hub's agent reads proxies from the environment and ignores NO_PROXY.
-    for v in [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ] {
-        c.env_remove(v);
-    }
+    let mut c = server.dlpx(hf_home);
     if let Some(t) = token {
         c.env("HF_TOKEN", t);
     }

