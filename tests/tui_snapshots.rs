@@ -471,7 +471,7 @@ fn sweep_view_points_arrive_and_the_best_is_used() {
         frame.contains("sweep alpha · preview on 16 eval windows · 6/13"),
         "{frame}"
     );
-    assert!(frame.contains("▸★   0.1   380.00"), "{frame}");
+    assert!(frame.contains("▸★ 0.100   380.00"), "{frame}");
     check("sweep", &s);
     s.on_msg(Msg::Idle);
     // Enter takes the best point's α and goes back to the charts.
@@ -582,4 +582,42 @@ fn compare_rows_mark_where_the_pruned_text_departs_and_scroll() {
     s.act(Action::PromptNext);
     let frame = render_to_string(&s, &Theme::mono(), 80, 24);
     assert!(frame.contains("▸ Long prompt 1"), "{frame}");
+}
+
+#[test]
+fn alpha_auto_in_the_explorer_sets_alpha_and_shows_its_trace() {
+    use dlpx::experiment::{AlphaSearch, AlphaTrial};
+    let mut s = calibrated();
+    let jobs = s.act(Action::AlphaAuto);
+    assert!(
+        matches!(jobs.as_slice(), [Effect::Job(Job::AlphaAuto { .. })]),
+        "{jobs:?}"
+    );
+    let trace: Vec<AlphaTrial> = (0..13)
+        .map(|i| {
+            let alpha = dlpx::experiment::alpha_grid(&PruneParams::default(), 30)[i];
+            AlphaTrial {
+                alpha,
+                ppl: 300.0 + 5000.0 * (alpha - 0.075_f64).powi(2),
+            }
+        })
+        .collect();
+    let mut heldout = summary().data.calib;
+    heldout.windows = 16;
+    heldout.offset = 32;
+    s.on_msg(Msg::AlphaSearched(Box::new(AlphaSearch {
+        heldout,
+        trace,
+        chosen: 0.075,
+    })));
+    s.on_msg(Msg::Idle);
+    assert_eq!(s.params.alloc.alpha, 0.075);
+    assert_eq!(s.view, View::Sweep);
+    let frame = render_to_string(&s, &Theme::mono(), 100, 30);
+    assert!(
+        frame.contains("preview on 16 held-out calibration windows · 13/13"),
+        "{frame}"
+    );
+    assert!(frame.contains("▸★ 0.075"), "{frame}");
+    assert!(frame.contains("   0.150"), "{frame}");
 }

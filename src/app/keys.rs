@@ -30,6 +30,7 @@ pub enum Action {
     ZeroShot,
     ToggleSweep,
     CycleOverlay,
+    AlphaAuto,
     SweepPrev,
     SweepNext,
     SweepJump,
@@ -362,6 +363,14 @@ pub const BINDINGS: &[Binding] = &[
         "w",
         "sweep the focused p or α",
         Action::ToggleSweep,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('A'),
+        S,
+        "A",
+        "choose α on held-out data",
+        Action::AlphaAuto,
         Scope::Any,
     ),
     b(

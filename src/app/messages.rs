@@ -32,6 +32,8 @@ pub enum Msg {
         achieved: Vec<f64>,
         seconds: f64,
     },
+    /// The α search finished.
+    AlphaSearched(Box<crate::experiment::AlphaSearch>),
     /// A sweep point finished.
     SweepPoint {
         value: f64,
@@ -89,6 +91,10 @@ pub enum Job {
     /// when it is the pruned model the worker holds.
     ZeroShot {
         id: Option<usize>,
+    },
+    /// `--alpha auto`'s search at `params`: every α on held-out calibration windows.
+    AlphaAuto {
+        params: Box<PruneParams>,
     },
     /// Preview-mode perplexity of `params` with `param` set to each of `values`, on the first
     /// `windows` evaluation windows (the sweep view).

@@ -100,6 +100,8 @@ pub struct SweepView {
     pub windows: usize,
     /// The selected point.
     pub sel: usize,
+    /// Measured on held-out calibration windows (`A`), not on the evaluation windows.
+    pub heldout: bool,
 }
 
 impl SweepView {
@@ -493,6 +495,29 @@ impl State {
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
+            Action::AlphaAuto => {
+                use crate::prune::allocate::Allocation;
+                if self.cal.is_none() || self.busy {
+                    self.say(
+                        "wait for calibration and the running job (Esc cancels it)",
+                        Tone::Error,
+                    );
+                } else if self.params.alloc.allocation != Allocation::Dlp {
+                    self.say(
+                        "A chooses DLP's range α: switch the allocation to DLP",
+                        Tone::Error,
+                    );
+                } else {
+                    self.busy = true;
+                    self.say(
+                        "choosing α on 16 held-out calibration windows (never the evaluation data)…",
+                        Tone::Info,
+                    );
+                    return vec![Effect::Job(Job::AlphaAuto {
+                        params: Box::new(self.params.clone()),
+                    })];
+                }
+            }
             Action::CycleOverlay => {
                 use crate::prune::allocate::Allocation;
                 // None → uniform → OWL → AlphaPruning → none, skipping the allocation shown.
@@ -686,6 +711,7 @@ impl State {
             ppl: vec![None; values.len()],
             values: values.clone(),
             windows: self.sweep_windows,
+            heldout: false,
         });
         self.busy = true;
         self.say(
@@ -866,6 +892,29 @@ impl State {
                 self.say(
                     format!("applied #{id} in {seconds:.1}s; evaluating…"),
                     Tone::Info,
+                );
+            }
+            Msg::AlphaSearched(search) => {
+                let mut c = self.params.clone();
+                c.alloc.alpha = search.chosen;
+                self.set_params(c);
+                let values: Vec<f64> = search.trace.iter().map(|t| t.alpha).collect();
+                self.sweep = Some(SweepView {
+                    param: SweepParam::Alpha,
+                    base: self.params.clone(),
+                    sel: values.iter().position(|v| *v == search.chosen).unwrap_or(0),
+                    ppl: search.trace.iter().map(|t| Some(t.ppl)).collect(),
+                    values,
+                    windows: search.heldout.windows,
+                    heldout: true,
+                });
+                self.view = View::Sweep;
+                self.say(
+                    format!(
+                        "α = {} chosen on {} held-out calibration windows; a applies it",
+                        search.chosen, search.heldout.windows
+                    ),
+                    Tone::Good,
                 );
             }
             Msg::SweepPoint { value, ppl } => {

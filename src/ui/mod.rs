@@ -726,9 +726,14 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     let chart = Chart::new(sets)
         .block(block(
             format!(
-                " sweep {} · preview on {} eval windows · {done}/{} ",
+                " sweep {} · preview on {} {} windows · {done}/{} ",
                 sw.param.name(),
                 sw.windows,
+                if sw.heldout {
+                    "held-out calibration"
+                } else {
+                    "eval"
+                },
                 sw.values.len()
             ),
             t,
@@ -767,7 +772,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             };
             let ppl = p.map(|p| format!("{p:>9.2}")).unwrap_or("        …".into());
             Line::styled(
-                format!("{mark}{v:>6}{ppl}"),
+                format!("{mark}{v:>6.3}{ppl}"),
                 if i == sw.sel {
                     t.highlight()
                 } else {

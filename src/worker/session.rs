@@ -167,6 +167,10 @@ impl Session for ExplorerSession {
                 let r = self.zeroshot(link, id);
                 settle(link, Stage::ZeroShot, r);
             }
+            Job::AlphaAuto { params } => {
+                let r = self.alpha_auto(link, &params);
+                settle(link, Stage::PrunedEval, r);
+            }
             Job::Sweep {
                 param,
                 values,
@@ -299,6 +303,18 @@ impl ExplorerSession {
             self.dense_gens_done = true;
         }
         ok
+    }
+
+    /// The α search of `--alpha auto`, on held-out calibration windows.
+    fn alpha_auto(&self, link: &Link, params: &PruneParams) -> Result<()> {
+        let (Some(x), Some(cal)) = (&self.x, &self.cal) else {
+            return Err(eyre!("calibration has to finish first"));
+        };
+        let mut obs = WorkerObserver { link, pruned: true };
+        let (heldout, set) = x.heldout_windows(16, &mut obs)?;
+        let search = x.search_alpha(cal, params, &heldout, set, &mut obs)?;
+        link.send(Msg::AlphaSearched(Box::new(search)));
+        Ok(())
     }
 
     /// Preview-mode perplexity at each value of the swept parameter, point by point (the
