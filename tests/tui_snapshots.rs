@@ -621,3 +621,37 @@ fn alpha_auto_in_the_explorer_sets_alpha_and_shows_its_trace() {
     assert!(frame.contains("▸★ 0.075"), "{frame}");
     assert!(frame.contains("   0.150"), "{frame}");
 }
+
+#[test]
+fn calibration_draws_in_the_explorer_show_their_spread() {
+    let mut s = calibrated();
+    let jobs = s.act(Action::CalibDraws);
+    assert!(
+        matches!(
+            jobs.as_slice(),
+            [Effect::Job(Job::CalibDraws { draws: 4, .. })]
+        ),
+        "{jobs:?}"
+    );
+    let base = s.plan.as_ref().unwrap().block.clone();
+    for (k, ppl) in [354.97, 364.12, 358.64, 346.35].into_iter().enumerate() {
+        let block: Vec<f64> = base.iter().map(|b| b + 0.002 * k as f64).collect();
+        s.on_msg(Msg::Draw {
+            k,
+            block,
+            ppl: Some(ppl),
+        });
+    }
+    s.on_msg(Msg::Idle);
+    let d = s.draw_spread().unwrap();
+    assert_eq!(d.draws, 4);
+    assert!((d.ppl_mean - 356.02).abs() < 1e-9);
+    assert!((d.ppl_sd - 7.4625).abs() < 1e-3, "{}", d.ppl_sd);
+    assert!((d.block_range[0].1 - d.block_range[0].0 - 0.006).abs() < 1e-12);
+    let frame = render_to_string(&s, &Theme::mono(), 100, 30);
+    assert!(frame.contains("4 draws        356.0 ± 7.5"), "{frame}");
+    assert!(frame.contains("4 draws Δ≤0.006"), "{frame}");
+    // Another parameter: the draws no longer describe it.
+    s.act(Action::Inc);
+    assert!(s.draw_spread().is_none());
+}

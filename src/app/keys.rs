@@ -31,6 +31,7 @@ pub enum Action {
     ToggleSweep,
     CycleOverlay,
     AlphaAuto,
+    CalibDraws,
     SweepPrev,
     SweepNext,
     SweepJump,
@@ -371,6 +372,14 @@ pub const BINDINGS: &[Binding] = &[
         "A",
         "choose α on held-out data",
         Action::AlphaAuto,
+        Scope::Any,
+    ),
+    b(
+        KeyCode::Char('D'),
+        S,
+        "D",
+        "4 calibration draws",
+        Action::CalibDraws,
         Scope::Any,
     ),
     b(

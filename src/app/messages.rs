@@ -32,6 +32,12 @@ pub enum Msg {
         achieved: Vec<f64>,
         seconds: f64,
     },
+    /// Calibration draw `k` finished: its allocation and pruned perplexity.
+    Draw {
+        k: usize,
+        block: Vec<f64>,
+        ppl: Option<f64>,
+    },
     /// The α search finished.
     AlphaSearched(Box<crate::experiment::AlphaSearch>),
     /// A sweep point finished.
@@ -91,6 +97,12 @@ pub enum Job {
     /// when it is the pruned model the worker holds.
     ZeroShot {
         id: Option<usize>,
+    },
+    /// `--calib-draws`: prune at `params` from `draws` disjoint calibration subsets (draw 0 is
+    /// the session's own) and measure each.
+    CalibDraws {
+        params: Box<PruneParams>,
+        draws: usize,
     },
     /// `--alpha auto`'s search at `params`: every α on held-out calibration windows.
     AlphaAuto {

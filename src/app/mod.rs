@@ -54,6 +54,19 @@ pub struct PromptGen {
     pruned_started: Option<Instant>,
 }
 
+/// One calibration draw: its per-block allocation and pruned perplexity.
+pub type DrawResult = (Vec<f64>, Option<f64>);
+
+/// The spread over calibration draws (key D) of the current parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawSpread {
+    pub draws: usize,
+    pub ppl_mean: f64,
+    pub ppl_sd: f64,
+    /// Each block's lowest and highest allocated sparsity over the draws.
+    pub block_range: Vec<(f64, f64)>,
+}
+
 /// The explorer's prompts when none are given: a fact, a continuation of prose, a list and a
 /// simple reasoning step, so the compare view shows different kinds of damage.
 pub const DEFAULT_PROMPTS: [&str; 4] = [
@@ -230,6 +243,9 @@ pub struct State {
     /// Another allocation at the same p drawn over the sparsity bars (key v), and its plan.
     pub overlay_alloc: Option<crate::prune::allocate::Allocation>,
     pub overlay_plan: Option<Vec<f64>>,
+    /// Calibration draws (key D): the parameters they were made with, and per draw its
+    /// allocation and pruned perplexity.
+    pub draws: Option<(PruneParams, Vec<DrawResult>)>,
 }
 
 impl State {
@@ -276,11 +292,43 @@ impl State {
             sweep_windows: 16,
             overlay_alloc: None,
             overlay_plan: None,
+            draws: None,
         }
     }
 
     pub fn n_blocks(&self) -> usize {
         self.summary.as_ref().map(|s| s.numel.len()).unwrap_or(0)
+    }
+
+    /// The calibration draws' spread, when they were made with the current parameters:
+    /// (draws, pruned perplexity mean and sample sd, each block's min and max allocation).
+    pub fn draw_spread(&self) -> Option<DrawSpread> {
+        let (p, d) = self.draws.as_ref()?;
+        if p != &self.params || d.is_empty() {
+            return None;
+        }
+        let ppl: Vec<f64> = d.iter().filter_map(|x| x.1).collect();
+        let n = ppl.len() as f64;
+        let mean = ppl.iter().sum::<f64>() / n.max(1.0);
+        let sd = if ppl.len() > 1 {
+            (ppl.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        let blocks = d[0].0.len();
+        let range = (0..blocks)
+            .map(|b| {
+                d.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| {
+                    (lo.min(x.0[b]), hi.max(x.0[b]))
+                })
+            })
+            .collect();
+        Some(DrawSpread {
+            draws: d.len(),
+            ppl_mean: mean,
+            ppl_sd: sd,
+            block_range: range,
+        })
     }
 
     /// The last applied configuration, if its parameters are the current ones.
@@ -495,6 +543,28 @@ impl State {
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
+            Action::CalibDraws => {
+                if self.cal.is_none() || self.busy {
+                    self.say(
+                        "wait for calibration and the running job (Esc cancels it)",
+                        Tone::Error,
+                    );
+                } else {
+                    self.busy = true;
+                    self.draws = Some((self.params.clone(), Vec::new()));
+                    let mode = format!("{:?}", self.params.mode).to_lowercase();
+                    self.say(
+                        format!(
+                            "pruning ({mode}) from 4 disjoint calibration draws… (Esc cancels)"
+                        ),
+                        Tone::Info,
+                    );
+                    return vec![Effect::Job(Job::CalibDraws {
+                        params: Box::new(self.params.clone()),
+                        draws: 4,
+                    })];
+                }
+            }
             Action::AlphaAuto => {
                 use crate::prune::allocate::Allocation;
                 if self.cal.is_none() || self.busy {
@@ -893,6 +963,17 @@ impl State {
                     format!("applied #{id} in {seconds:.1}s; evaluating…"),
                     Tone::Info,
                 );
+            }
+            Msg::Draw { k, block, ppl } => {
+                if let Some((_, d)) = &mut self.draws {
+                    d.push((block, ppl));
+                }
+                if let Some(p) = ppl {
+                    self.say(
+                        format!("calibration draw {}: pruned perplexity {p:.2}", k + 1),
+                        Tone::Info,
+                    );
+                }
             }
             Msg::AlphaSearched(search) => {
                 let mut c = self.params.clone();

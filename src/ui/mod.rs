@@ -216,6 +216,14 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             }
         ));
     }
+    if let Some(d) = s.draw_spread() {
+        let widest = d
+            .block_range
+            .iter()
+            .map(|(lo, hi)| hi - lo)
+            .fold(0.0, f64::max);
+        label.push_str(&format!(" · {} draws Δ≤{widest:.3}", d.draws));
+    }
     match applied {
         Some(a) if a.achieved.is_some() => label.push_str(&format!(
             " · achieved ticks ({}) ",
@@ -321,6 +329,13 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         lines.push(Line::styled(
             format!("pins {}", pins.join(" ")),
             t.fg(t.pinned),
+        ));
+    }
+    if let Some(d) = s.draw_spread() {
+        lines.push(kv(
+            &format!("{} draws", d.draws),
+            format!("{:.1} ± {:.1}", d.ppl_mean, d.ppl_sd),
+            t.fg(t.text),
         ));
     }
     if let Some(m) = &s.summary {

@@ -167,6 +167,14 @@ impl Session for ExplorerSession {
                 let r = self.zeroshot(link, id);
                 settle(link, Stage::ZeroShot, r);
             }
+            Job::CalibDraws { params, draws } => {
+                let r = self.calib_draws(link, &params, draws);
+                // Back to the session's own calibration windows, whatever happened.
+                if let Some(x) = self.x.as_mut() {
+                    let _ = x.use_calibration_draw(0, &mut WorkerObserver { link, pruned: true });
+                }
+                settle(link, Stage::Prune, r);
+            }
             Job::AlphaAuto { params } => {
                 let r = self.alpha_auto(link, &params);
                 settle(link, Stage::PrunedEval, r);
@@ -303,6 +311,39 @@ impl ExplorerSession {
             self.dense_gens_done = true;
         }
         ok
+    }
+
+    /// Prune from `draws` disjoint calibration subsets (draw 0: the session's own statistics) and
+    /// report each draw's allocation and perplexity as it finishes.
+    fn calib_draws(&mut self, link: &Link, params: &PruneParams, draws: usize) -> Result<()> {
+        let own = self
+            .cal
+            .clone()
+            .ok_or_else(|| eyre!("calibration has to finish first"))?;
+        let x = self
+            .x
+            .as_mut()
+            .ok_or_else(|| eyre!("the model has to load first"))?;
+        let mut obs = WorkerObserver { link, pruned: true };
+        for k in 0..draws {
+            let cal = match k {
+                0 => own.clone(),
+                _ => {
+                    x.use_calibration_draw(k, &mut obs)?;
+                    Arc::new(x.calibrate(params.owl_m, false, &mut obs)?.0)
+                }
+            };
+            let pl = crate::prune::pipeline::plan(&x.model.llama, &cal, params)?;
+            let mut llama = x.model.llama.clone();
+            x.prune(&mut llama, &cal, &pl, params, &mut obs)?;
+            let ppl = x.perplexity(&llama, Stage::PrunedEval, &mut obs)?;
+            link.send(Msg::Draw {
+                k,
+                block: pl.block.clone(),
+                ppl: ppl.map(|p| p.ppl),
+            });
+        }
+        Ok(())
     }
 
     /// The α search of `--alpha auto`, on held-out calibration windows.
