@@ -171,7 +171,7 @@ impl Session for ExplorerSession {
                 let r = self.calib_draws(link, &params, draws);
                 // Back to the session's own calibration windows, whatever happened.
                 if let Some(x) = self.x.as_mut() {
-                    let _ = x.use_calibration_draw(0, &mut WorkerObserver { link, pruned: true });
+                    let _ = x.use_calibration_draw(0, &mut crate::experiment::Silent);
                 }
                 settle(link, Stage::Prune, r);
             }
