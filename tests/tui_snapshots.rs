@@ -175,8 +175,17 @@ fn compared() -> State {
 
 fn check(name: &str, s: &State) {
     let theme = Theme::mono();
-    for (w, h) in [(80u16, 24u16), (160, 48)] {
+    for (w, h) in [(80u16, 24u16), (160, 48), (240, 70)] {
         let got = render_to_string(s, &theme, w, h);
+        // The themes change colours only: the dark and 16-colour screens have the same text.
+        for other in ["dark", "16color"] {
+            let t = Theme::load(other).unwrap();
+            assert_eq!(
+                render_to_string(s, &t, w, h),
+                got,
+                "{name} at {w}×{h}: theme {other} changes the text"
+            );
+        }
         let path = format!(
             "{}/tests/snapshots/{name}_{w}x{h}.txt",
             env!("CARGO_MANIFEST_DIR")
