@@ -533,6 +533,19 @@ fn large_terminal_shows_numbers_scales_table_and_an_overlay() {
     assert!(frame.contains("0.70 ─"), "{frame}");
     assert!(frame.contains("blk   score target   ach."), "{frame}");
     check("overlay", &s);
+    // i switches the importance chart, from the same calibration.
+    s.act(Action::CycleImportance);
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(
+        frame.contains("importance · OWL outlier ratio, %"),
+        "{frame}"
+    );
+    s.act(Action::CycleImportance);
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(frame.contains("importance · AlphaPruning α̂"), "{frame}");
+    s.act(Action::CycleImportance);
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(frame.contains("importance · median Wanda score"), "{frame}");
     // Back to none after AlphaPruning.
     s.act(Action::CycleOverlay);
     s.act(Action::CycleOverlay);

@@ -32,6 +32,7 @@ pub enum Action {
     CycleOverlay,
     AlphaAuto,
     CalibDraws,
+    CycleImportance,
     SweepPrev,
     SweepNext,
     SweepJump,
@@ -236,6 +237,14 @@ pub const BINDINGS: &[Binding] = &[
         "+ / -",
         "pin block sparsity up/down",
         Action::PinDown,
+        Scope::Main,
+    ),
+    b(
+        KeyCode::Char('i'),
+        N,
+        "i",
+        "importance: F / OWL / α̂",
+        Action::CycleImportance,
         Scope::Main,
     ),
     b(

@@ -246,6 +246,19 @@ pub struct State {
     /// Calibration draws (key D): the parameters they were made with, and per draw its
     /// allocation and pruned perplexity.
     pub draws: Option<(PruneParams, Vec<DrawResult>)>,
+    /// What the importance chart shows (key i); all from the one calibration.
+    pub importance: Importance,
+}
+
+/// The importance chart's quantity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Importance {
+    /// The statistic F of the block's Wanda scores (DLP's input, §4.1).
+    Statistic,
+    /// OWL's outlier ratio (percent of scores above M × mean).
+    OwlRatio,
+    /// AlphaPruning's α̂, averaged over the block's linears.
+    AlphaHat,
 }
 
 impl State {
@@ -293,6 +306,7 @@ impl State {
             overlay_alloc: None,
             overlay_plan: None,
             draws: None,
+            importance: Importance::Statistic,
         }
     }
 
@@ -587,6 +601,13 @@ impl State {
                         params: Box::new(self.params.clone()),
                     })];
                 }
+            }
+            Action::CycleImportance => {
+                self.importance = match self.importance {
+                    Importance::Statistic => Importance::OwlRatio,
+                    Importance::OwlRatio => Importance::AlphaHat,
+                    Importance::AlphaHat => Importance::Statistic,
+                };
             }
             Action::CycleOverlay => {
                 use crate::prune::allocate::Allocation;

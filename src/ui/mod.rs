@@ -144,16 +144,35 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     };
     let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
 
-    // Importance: the chosen statistic of each block, as bars arrive.
-    let scores: Vec<Option<f64>> = (0..n)
-        .map(|i| s.block_stats.get(i).map(|b| b.get(s.params.statistic)))
-        .collect();
+    // Importance: the chosen statistic of each block as bars arrive, or (key i) OWL's outlier
+    // ratio or AlphaPruning's α̂ from the finished calibration.
+    let from_cal = |f: &dyn Fn(&crate::prune::stats::Calibration, usize) -> Option<f64>| {
+        (0..n)
+            .map(|i| s.cal.as_ref().and_then(|c| f(c, i)))
+            .collect::<Vec<Option<f64>>>()
+    };
+    let (scores, what): (Vec<Option<f64>>, String) = match s.importance {
+        crate::app::Importance::Statistic => (
+            (0..n)
+                .map(|i| s.block_stats.get(i).map(|b| b.get(s.params.statistic)))
+                .collect(),
+            format!("{} Wanda score", stat_name(s)),
+        ),
+        crate::app::Importance::OwlRatio => (
+            from_cal(&|c, i| c.owl.get(i).copied()),
+            "OWL outlier ratio, %".into(),
+        ),
+        crate::app::Importance::AlphaHat => (
+            from_cal(&|c, i| c.esd.get(i).map(|a| a.iter().sum::<f64>() / 7.0)),
+            "AlphaPruning α̂ (mean of 7 linears)".into(),
+        ),
+    };
     let hi = scores.iter().flatten().cloned().fold(0f64, f64::max);
     let sel_score = sel
         .and_then(|i| scores.get(i).copied().flatten())
         .map(|v| format!(" block {}: {v:.4} ", s.block))
         .unwrap_or_default();
-    let b = block(format!(" importance · {} Wanda score ", stat_name(s)), t)
+    let b = block(format!(" importance · {what} · i switches "), t)
         .title(Line::from(sel_score).alignment(Alignment::Right));
     let inner = b.inner(top);
     f.render_widget(b, top);
