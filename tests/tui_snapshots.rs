@@ -677,3 +677,20 @@ fn calibration_draws_in_the_explorer_show_their_spread() {
     s.act(Action::Inc);
     assert!(s.draw_spread().is_none());
 }
+
+#[test]
+fn overlay_cycles_to_the_applied_entry() {
+    let mut s = compared();
+    s.act(Action::ToggleCompare); // back to the charts
+    for _ in 0..3 {
+        s.act(Action::CycleOverlay); // uniform, OWL, AlphaPruning
+    }
+    assert!(s.overlay_alloc.is_some() && s.overlay_entry.is_none());
+    s.act(Action::CycleOverlay);
+    assert_eq!((s.overlay_alloc, s.overlay_entry), (None, Some(1)));
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    assert!(frame.contains("◆ applied #1"), "{frame}");
+    s.act(Action::CycleOverlay);
+    assert_eq!((s.overlay_alloc, s.overlay_entry), (None, None));
+    assert!(s.overlay_plan.is_none());
+}

@@ -242,6 +242,8 @@ pub struct State {
     pub sweep_windows: usize,
     /// Another allocation at the same p drawn over the sparsity bars (key v), and its plan.
     pub overlay_alloc: Option<crate::prune::allocate::Allocation>,
+    /// Or, instead, the allocation of an applied history entry (key v after AlphaPruning).
+    pub overlay_entry: Option<usize>,
     pub overlay_plan: Option<Vec<f64>>,
     /// Calibration draws (key D): the parameters they were made with, and per draw its
     /// allocation and pruned perplexity.
@@ -304,6 +306,7 @@ impl State {
             sweep: None,
             sweep_windows: 16,
             overlay_alloc: None,
+            overlay_entry: None,
             overlay_plan: None,
             draws: None,
             importance: Importance::Statistic,
@@ -359,12 +362,20 @@ impl State {
         let (Some(s), Some(cal)) = (&self.summary, &self.cal) else {
             return;
         };
-        // The overlay: the same parameters with the other allocation.
-        let overlay = self.overlay_alloc.and_then(|a| {
-            let mut p = self.params.clone();
-            p.alloc.allocation = a;
-            plan_for(&s.numel, cal, &p).ok().map(|p| p.block)
-        });
+        // The overlay: the same parameters with the other allocation, or an applied entry's.
+        let overlay = match (self.overlay_alloc, self.overlay_entry) {
+            (Some(a), _) => {
+                let mut p = self.params.clone();
+                p.alloc.allocation = a;
+                plan_for(&s.numel, cal, &p).ok().map(|p| p.block)
+            }
+            (None, Some(id)) => self
+                .history
+                .iter()
+                .find(|h| h.id == id)
+                .map(|h| h.target.clone()),
+            (None, None) => None,
+        };
         let planned = plan_for(&s.numel, cal, &self.params);
         self.overlay_plan = overlay;
         match planned {
@@ -611,24 +622,37 @@ impl State {
             }
             Action::CycleOverlay => {
                 use crate::prune::allocate::Allocation;
-                // None → uniform → OWL → AlphaPruning → none, skipping the allocation shown.
+                // None → uniform → OWL → AlphaPruning → the last applied entry (if any) → none,
+                // skipping the allocation shown.
                 let order = [
                     None,
                     Some(Allocation::Uniform),
                     Some(Allocation::Owl),
                     Some(Allocation::Alpha),
                 ];
-                let mut i = order
+                let entry = self
+                    .history
                     .iter()
-                    .position(|o| *o == self.overlay_alloc)
-                    .unwrap_or(0);
-                loop {
-                    i = (i + 1) % order.len();
-                    if order[i] != Some(self.params.alloc.allocation) {
-                        break;
+                    .rev()
+                    .find(|h| h.achieved.is_some())
+                    .map(|h| h.id);
+                if self.overlay_entry.take().is_none() {
+                    let mut i = order
+                        .iter()
+                        .position(|o| *o == self.overlay_alloc)
+                        .unwrap_or(0);
+                    loop {
+                        i = (i + 1) % order.len();
+                        if order[i] != Some(self.params.alloc.allocation) {
+                            break;
+                        }
                     }
+                    // Wrapping past the last allocation shows the applied entry first.
+                    if order[i].is_none() && self.overlay_alloc.is_some() {
+                        self.overlay_entry = entry;
+                    }
+                    self.overlay_alloc = order[i];
                 }
-                self.overlay_alloc = order[i];
                 self.replan();
             }
             Action::SweepPrev | Action::SweepNext => {

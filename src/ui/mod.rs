@@ -224,6 +224,9 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     };
     // Most important first: the right-aligned title may cover the end of this one.
     let mut label = format!(" sparsity · p {p_eff:.2}");
+    if let (None, Some(id)) = (s.overlay_alloc, s.overlay_entry) {
+        label.push_str(&format!(" · ◆ applied #{id}"));
+    }
     if let Some(a) = s.overlay_alloc {
         label.push_str(&format!(
             " · ◆ {}",
