@@ -532,6 +532,10 @@ fn large_terminal_shows_numbers_scales_table_and_an_overlay() {
     );
     assert!(frame.contains("0.70 ─"), "{frame}");
     assert!(frame.contains("blk   score target   ach."), "{frame}");
+    assert!(
+        frame.contains("history      ppl   zs") && frame.contains("none yet: a applies"),
+        "{frame}"
+    );
     check("overlay", &s);
     // i switches the importance chart, from the same calibration.
     s.act(Action::CycleImportance);
