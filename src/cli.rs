@@ -49,24 +49,8 @@ pub struct GlobalArgs {
 pub struct TuiArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Calibration data: demo, c4 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
-    #[arg(long, default_value = "demo")]
-    pub calib: String,
-    /// Evaluation data: demo, wikitext2 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
-    #[arg(long, default_value = "demo")]
-    pub eval: String,
-    /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEED)]
-    pub seed: u64,
-    /// Number of calibration windows.
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
-    pub calib_samples: usize,
-    /// Tokens per calibration and evaluation window.
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
-    pub seq_len: usize,
-    /// Number of evaluation windows (0 = all).
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
-    pub eval_windows: usize,
+    #[command(flatten)]
+    pub data: DataFlags,
     /// Colour theme: dark, light, 16color, or a path to a .toml theme (NO_COLOR turns colours off).
     #[arg(long, default_value = "dark")]
     pub theme: String,
@@ -99,6 +83,42 @@ pub struct TuiArgs {
     /// Evaluation windows per point of the sweep view (key w); the first ones of the evaluation windows.
     #[arg(long, default_value_t = 16)]
     pub sweep_windows: usize,
+}
+
+/// Calibration and evaluation data with the demo protocol's defaults (the explorer, `dlpx sweep`).
+#[derive(Args, Debug, Clone)]
+pub struct DataFlags {
+    /// Calibration data: demo, c4 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
+    #[arg(long, default_value = "demo")]
+    pub calib: String,
+    /// Evaluation data: demo, wikitext2 (the paper's, via hf-hub), or a .txt, .jsonl, .jsonl.gz or .parquet file.
+    #[arg(long, default_value = "demo")]
+    pub eval: String,
+    /// Seed of the calibration sampler for document sources (c4, .jsonl.gz).
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Number of calibration windows.
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
+    pub calib_samples: usize,
+    /// Tokens per calibration and evaluation window.
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
+    pub seq_len: usize,
+    /// Number of evaluation windows (0 = all).
+    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
+    pub eval_windows: usize,
+}
+
+impl DataFlags {
+    pub fn spec(&self) -> crate::experiment::DataSpec {
+        crate::experiment::DataSpec {
+            calib: self.calib.clone(),
+            eval: Some(self.eval.clone()),
+            calib_samples: self.calib_samples,
+            seq_len: self.seq_len,
+            eval_windows: self.eval_windows,
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -161,24 +181,8 @@ pub struct SweepArgs {
     /// Start from the parameters of a saved report/config (the swept ones, the allocation, mode and metric are set by the sweep).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
-    /// Calibration data (as `dlpx prune --calib`).
-    #[arg(long, default_value = "demo")]
-    pub calib: String,
-    /// Evaluation data (as `dlpx prune --eval`).
-    #[arg(long, default_value = "demo")]
-    pub eval: String,
-    /// Number of calibration windows.
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_CALIB_SAMPLES)]
-    pub calib_samples: usize,
-    /// Tokens per calibration and evaluation window.
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEQ_LEN)]
-    pub seq_len: usize,
-    /// Number of evaluation windows (0 = all).
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_EVAL_WINDOWS)]
-    pub eval_windows: usize,
-    /// Seed of the calibration sampler for document sources.
-    #[arg(long, default_value_t = crate::experiment::DEFAULT_SEED)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub data: DataFlags,
     /// Output prefix: PREFIX.jsonl (one line per finished point, appended as they finish) and PREFIX.csv. With --shard i/n the files are PREFIX.iofn.jsonl/.csv.
     #[arg(long, default_value = "dlpx-sweep")]
     pub out: String,

@@ -16,7 +16,7 @@ use crate::cli::SweepArgs;
 use crate::commands::Ctx;
 use crate::eval::compare::paired_bootstrap;
 use crate::experiment::sweep::{alloc_name, Axis, Grid, Shard, SweepRow};
-use crate::experiment::{DataSpec, Experiment, Setup};
+use crate::experiment::{Experiment, Setup};
 use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::PruneParams;
@@ -132,14 +132,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
             .validate(usize::MAX)
             .wrap_err_with(|| format!("grid point {}", p.key()))?;
     }
-    let data = DataSpec {
-        calib: a.calib.clone(),
-        eval: Some(a.eval.clone()),
-        calib_samples: a.calib_samples,
-        seq_len: a.seq_len,
-        eval_windows: a.eval_windows,
-        seed: a.seed,
-    };
+    let data = a.data.spec();
     data.sources()?;
     let (jsonl, csv) = paths(&a.out, shard);
 

@@ -160,20 +160,13 @@ impl NeverSignal {
 /// `dlpx` without a subcommand: check everything that can be checked before the terminal is
 /// taken over (so bad input prints one plain error), then open the explorer.
 pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> {
-    use crate::experiment::{DataSpec, Setup};
+    use crate::experiment::Setup;
     let theme = Theme::resolve(&a.theme)?;
     let device = crate::device::parse_device(&g.device)?;
     let dtype = crate::device::parse_dtype(&g.dtype, &device)?;
     let source =
         crate::model::ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?;
-    let data = DataSpec {
-        calib: a.calib.clone(),
-        eval: Some(a.eval.clone()),
-        calib_samples: a.calib_samples,
-        seq_len: a.seq_len,
-        eval_windows: a.eval_windows,
-        seed: a.seed,
-    };
+    let data = a.data.spec();
     data.sources()?;
     // Checked before the terminal is taken over.
     let tasks = crate::zeroshot::parse_tasks(&a.tasks)?;
