@@ -22,6 +22,10 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     if a.job {
         return job(ctx, a);
     }
+    if let Some(shape) = &a.shape {
+        return crate::bench_shape::run(ctx, a, shape);
+    }
+    let seq_len = a.seq_len.unwrap_or(256);
     let m = ctx.load_model(&a.model)?;
     let repeat = a.repeat.max(1);
     let p = &mut ctx.progress;
@@ -37,9 +41,9 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     }
     let tok_s = median(tok_secs);
     let ids = m.encode(&text)?;
-    let wins = crate::data::windows(&ids, a.seq_len, a.windows, "calib")?;
+    let wins = crate::data::windows(&ids, seq_len, a.windows, "calib")?;
     let flat: Vec<u32> = wins.iter().flatten().copied().collect();
-    let input = Tensor::from_vec(flat, (a.windows, a.seq_len), &m.llama.device)?;
+    let input = Tensor::from_vec(flat, (a.windows, seq_len), &m.llama.device)?;
 
     // Dense forward with all-position logits, as perplexity needs; one warm-up pass.
     m.llama.forward(&input, 0, None)?;
@@ -53,18 +57,18 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     }
     let fwd_s = median(fwd);
     let c = &m.llama.config;
-    let tokens = (a.windows * a.seq_len) as f64;
+    let tokens = (a.windows * seq_len) as f64;
     // Linear layers + head, plus attention scores and values (2·2·t·d per head per token, causal half).
     let attn = 2.0
         * 2.0
-        * (a.seq_len as f64 / 2.0)
+        * (seq_len as f64 / 2.0)
         * (c.num_attention_heads * c.head_dim) as f64
         * c.num_hidden_layers as f64;
     let gflops = tokens * (c.flops_per_token() + attn) / fwd_s / 1e9;
     let v = serde_json::json!({
         "model": m.source.label(),
         "threads": candle_core::utils::get_num_threads(),
-        "forward": {"windows": a.windows, "seq_len": a.seq_len, "median_s": fwd_s, "tokens_per_s": tokens / fwd_s, "gflops": gflops},
+        "forward": {"windows": a.windows, "seq_len": seq_len, "median_s": fwd_s, "tokens_per_s": tokens / fwd_s, "gflops": gflops},
         "tokenizer": {"bytes": text.len(), "ids": n_ids, "median_s": tok_s, "mb_per_s": text.len() as f64 / 1e6 / tok_s},
     });
     let demo = (a.prune || a.tui)
@@ -89,7 +93,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         println!(
             "forward    {} × {} tokens: median {:.2}s over {repeat}  →  {:.0} tokens/s, {:.1} GFLOP/s ({} threads)",
             a.windows,
-            a.seq_len,
+            seq_len,
             fwd_s,
             tokens / fwd_s,
             gflops,
@@ -402,7 +406,7 @@ fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB; `None` off Linux.
-fn peak_rss_kib() -> Option<u64> {
+pub(crate) fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -530,8 +530,9 @@ pub struct BenchArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub windows: usize,
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Tokens per window [default: 256; 2048 with --shape].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -555,6 +556,24 @@ pub struct BenchArgs {
     /// Examples per task for --zeroshot (the first ones of each of the seven tasks).
     #[arg(long, default_value_t = 30)]
     pub zeroshot_limit: usize,
+    /// With --prune: time the paper protocol (dense pass, DLP allocation, faithful pass) stage by
+    /// stage on a random-weight model of these shapes, built in memory (nothing is downloaded):
+    /// llama2-7b, llama3-8b, qwen2-7b, or the path of a config.json. Prints seconds per block and
+    /// stage, the per-weight stages on one thread against all, and the projected whole-model time.
+    #[arg(long, requires = "prune", value_name = "NAME|CONFIG.JSON")]
+    pub shape: Option<String>,
+    /// Decoder blocks of the --shape model (the projection scales to the real block count).
+    #[arg(long, default_value_t = 2)]
+    pub blocks: usize,
+    /// Calibration windows for --shape (the projection also scales to the paper's 128).
+    #[arg(long, default_value_t = 4)]
+    pub calib_samples: usize,
+    /// Vocabulary of the --shape model, reduced from the real one: only the blocks are timed.
+    #[arg(long, default_value_t = 1024)]
+    pub shape_vocab: usize,
+    /// Per-weight metric for --shape (sparsegpt adds the Hessians and the solve).
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub metric: crate::prune::mask::Metric,
 }
 
 #[derive(Args, Debug, Clone)]

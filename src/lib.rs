@@ -14,6 +14,7 @@
 pub mod app;
 pub mod assets;
 pub mod bench;
+pub mod bench_shape;
 pub mod cli;
 pub mod commands;
 pub mod data;

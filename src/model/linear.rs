@@ -108,6 +108,12 @@ impl PrunableLinear {
     /// Replace the weight (e.g. SparseGPT's updated values) and record the keep-mask; masked
     /// entries are forced to exact zeros.
     pub fn set_weight_and_mask(&mut self, weight: Tensor, mask: Tensor) -> Result<()> {
+        self.set_weight(weight)?;
+        self.set_mask(mask)
+    }
+
+    /// Replace the weight by one of the same shape (converted to this layer's dtype and device).
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
         let weight = weight
             .to_dtype(self.weight.dtype())?
             .to_device(self.weight.device())?;
@@ -120,7 +126,7 @@ impl PrunableLinear {
             );
         }
         self.weight = weight;
-        self.set_mask(mask)
+        Ok(())
     }
 
     /// Fraction of exactly-zero weights.

@@ -6,7 +6,9 @@ pub mod gguf_tokenizer;
 pub mod hf_files;
 pub mod linear;
 pub mod llama;
+pub mod quant;
 pub mod source;
+pub mod synthetic;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

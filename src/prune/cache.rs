@@ -12,7 +12,7 @@ use crate::assets::{cache_load, cache_store, keyed_path};
 use crate::model::LoadedModel;
 
 /// Bump when the statistics' meaning or layout changes: old files then miss.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// What the statistics depend on.
 #[derive(Debug, Clone, Serialize)]

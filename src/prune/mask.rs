@@ -1,7 +1,10 @@
 //! Pruning masks (`1` = keep) for one weight matrix `[out, in]` stored row-major.
 //! Wanda (Sun et al., 2024), magnitude, and N:M patterns.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use super::stats::kth_smallest;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
@@ -65,68 +68,91 @@ impl std::str::FromStr for Pattern {
     }
 }
 
-/// Wanda metric of one matrix: `|w[r, c]| · sqrt(sq_norm[c])`, in f32 (§1).
+/// Wanda metric of one matrix: `|w[r, c]| · sqrt(sq_norm[c])`, in f32 (§1). Rows in parallel.
 pub fn wanda_metric(w: &[f32], cols: usize, sq_norm: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    wanda_metric_into(w, cols, sq_norm, &mut out);
+    out
+}
+
+/// [`wanda_metric`] into a reused buffer: a 7B block's scores are 800 MB per pass, and fresh
+/// allocations of that size cost as much in page faults as the arithmetic.
+pub fn wanda_metric_into(w: &[f32], cols: usize, sq_norm: &[f32], out: &mut Vec<f32>) {
     let scale: Vec<f32> = sq_norm.iter().map(|v| v.sqrt()).collect();
-    w.chunks_exact(cols)
-        .flat_map(|row| row.iter().zip(&scale).map(|(x, s)| x.abs() * s))
-        .collect()
+    out.resize(w.len(), 0.0);
+    out.par_chunks_mut(cols)
+        .zip(w.par_chunks(cols))
+        .for_each(|(o, row)| {
+            for ((o, x), s) in o.iter_mut().zip(row).zip(&scale) {
+                *o = x.abs() * s;
+            }
+        });
 }
 
 /// Per output row, prune the `floor(cols · s)` smallest metric entries; ties fall to the lower
 /// column index (a stable ascending sort's order), found by selection rather than a full sort.
+/// Rows in parallel (each row's selection is independent, so the mask is the same on any
+/// number of threads).
 pub fn per_row(metric: &[f32], cols: usize, sparsity: f64) -> Vec<u8> {
     let k = ((cols as f64 * sparsity).floor().max(0.0) as usize).min(cols);
     let mut mask = vec![1u8; metric.len()];
     if k == 0 {
         return mask;
     }
-    let mut idx: Vec<u32> = Vec::with_capacity(cols);
-    for (r, row) in metric.chunks_exact(cols).enumerate() {
-        idx.clear();
-        idx.extend(0..cols as u32);
-        if k < cols {
-            idx.select_nth_unstable_by(k - 1, |&a, &b| {
-                row[a as usize].total_cmp(&row[b as usize]).then(a.cmp(&b))
-            });
-        }
-        let m = &mut mask[r * cols..(r + 1) * cols];
-        for &c in &idx[..k] {
-            m[c as usize] = 0;
-        }
-    }
+    mask.par_chunks_mut(cols)
+        .zip(metric.par_chunks(cols))
+        .for_each_init(
+            || Vec::<u32>::with_capacity(cols),
+            |idx, (m, row)| {
+                idx.clear();
+                idx.extend(0..cols as u32);
+                if k < cols {
+                    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                        row[a as usize].total_cmp(&row[b as usize]).then(a.cmp(&b))
+                    });
+                }
+                for &c in &idx[..k] {
+                    m[c as usize] = 0;
+                }
+            },
+        );
     mask
 }
 
 /// Magnitude over the whole matrix: `thresh = sorted(|W|)[floor(numel · s)]`, prune `|W| ≤ thresh`
-/// (k+1 entries plus ties, as the reference code does).
+/// (k+1 entries plus ties, as the reference code does). The threshold by an exact radix select
+/// on all cores.
 pub fn per_matrix(metric: &[f32], sparsity: f64) -> Vec<u8> {
     if sparsity <= 0.0 || metric.is_empty() {
         return vec![1u8; metric.len()];
     }
     let k = ((metric.len() as f64 * sparsity).floor() as usize).min(metric.len() - 1);
-    let mut v = metric.to_vec();
-    let (_, &mut thresh, _) = v.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
-    metric.iter().map(|&x| u8::from(x > thresh)).collect()
+    let thresh = kth_smallest(metric, k);
+    metric.par_iter().map(|&x| u8::from(x > thresh)).collect()
 }
 
-/// In every group of `m` consecutive input columns of every row, prune the `n` smallest.
+/// In every group of `m` consecutive input columns of every row, prune the `n` smallest (ties to
+/// the lower column). Groups in parallel.
 pub fn n_of_m(metric: &[f32], cols: usize, n: usize, m: usize) -> Vec<u8> {
     let mut mask = vec![1u8; metric.len()];
     if n == 0 {
         return mask;
     }
-    let mut idx: Vec<usize> = Vec::with_capacity(m);
-    for (g, group) in metric.chunks(m).enumerate() {
-        // Groups never straddle rows when cols % m == 0 (checked by the caller).
-        idx.clear();
-        idx.extend(0..group.len());
-        idx.sort_by(|&a, &b| group[a].total_cmp(&group[b]).then(a.cmp(&b)));
-        for &i in idx.iter().take(n.min(group.len())) {
-            mask[g * m + i] = 0;
-        }
-    }
-    let _ = cols;
+    // Groups never straddle rows when cols % m == 0 (checked by the caller).
+    debug_assert!(cols % m == 0);
+    mask.par_chunks_mut(m)
+        .zip(metric.par_chunks(m))
+        .for_each_init(
+            || Vec::<usize>::with_capacity(m),
+            |idx, (mk, group)| {
+                idx.clear();
+                idx.extend(0..group.len());
+                idx.sort_by(|&a, &b| group[a].total_cmp(&group[b]).then(a.cmp(&b)));
+                for &i in idx.iter().take(n.min(group.len())) {
+                    mk[i] = 0;
+                }
+            },
+        );
     mask
 }
 
@@ -163,6 +189,61 @@ mod tests {
                 assert_eq!(&got[r * cols..(r + 1) * cols], &want[..]);
             }
         }
+    }
+
+    /// Values with many exact ties, so that any split-dependent tie-break would show.
+    fn tied_values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 52) % 97) as f32 * 0.125
+            })
+            .collect()
+    }
+
+    #[test]
+    fn masks_are_the_same_on_any_number_of_threads() {
+        let (rows, cols) = (301, 256);
+        let metric = tied_values(rows * cols, 3);
+        let w: Vec<f32> = tied_values(rows * cols, 4)
+            .iter()
+            .map(|v| v - 6.0)
+            .collect();
+        let norms = tied_values(cols, 5);
+        let run = || {
+            (
+                wanda_metric(&w, cols, &norms),
+                per_row(&metric, cols, 0.7),
+                per_matrix(&metric, 0.55),
+                n_of_m(&metric, cols, 2, 4),
+            )
+        };
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(run);
+        let four = pool(4).install(run);
+        assert!(one == four, "1 and 4 threads give different masks");
+        // And the sequential definitions: a stable sort per row, the k-th value of a full sort.
+        let k = (cols as f64 * 0.7).floor() as usize;
+        for (r, row) in metric.chunks(cols).enumerate().step_by(37) {
+            let mut order: Vec<usize> = (0..cols).collect();
+            order.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+            let mut want = vec![1u8; cols];
+            order[..k].iter().for_each(|&c| want[c] = 0);
+            assert_eq!(&one.1[r * cols..(r + 1) * cols], &want[..]);
+        }
+        let mut sorted = metric.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let thresh = sorted[(metric.len() as f64 * 0.55).floor() as usize];
+        let want: Vec<u8> = metric.iter().map(|&x| u8::from(x > thresh)).collect();
+        assert_eq!(one.2, want);
     }
 
     #[test]

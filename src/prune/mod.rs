@@ -8,3 +8,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod sparsegpt;
 pub mod stats;
+pub mod timing;

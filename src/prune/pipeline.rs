@@ -6,14 +6,17 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use color_eyre::eyre::{bail, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
-use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric, Metric, Pattern};
+use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric_into, Metric, Pattern};
 use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
-    embed_windows, observe_block_with, weights_f32, BlockProgress, Calibration, Statistic,
+    block_scores, embed_windows, observe_block_timed, with_host_weights, BlockProgress,
+    Calibration, Statistic,
 };
+use super::timing::{timed, StageTimes};
 use crate::error::{invalid, InvalidParam, Param, Problem};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
@@ -246,12 +249,21 @@ pub fn prune_block(
     p: &PruneParams,
 ) -> Result<()> {
     let mut blk = model.block(i)?.into_owned();
-    prune_linears(&mut blk, i, stats, hessians, plan, p)?;
+    prune_linears(
+        &mut blk,
+        i,
+        stats,
+        hessians,
+        plan,
+        p,
+        &mut StageTimes::default(),
+    )?;
     model.store_block(i, blk)?;
     Ok(())
 }
 
-/// Mask the 7 linears of `blk`, which is block `i` of the model.
+/// Mask the 7 linears of `blk`, which is block `i` of the model, adding each stage's seconds to
+/// `times`.
 fn prune_linears(
     blk: &mut Block,
     i: usize,
@@ -259,8 +271,12 @@ fn prune_linears(
     hessians: Option<&[Hessian]>,
     plan: &Plan,
     p: &PruneParams,
+    times: &mut StageTimes,
 ) -> Result<()> {
     let device = blk.input_layernorm.device().clone();
+    let on_host = device.is_cpu();
+    // One metric buffer for the 7 linears (a 7B MLP's is 180 MB).
+    let mut metric = Vec::new();
     for k in LinearKind::ALL {
         let l = blk.linear_mut(k);
         let (rows, cols) = (l.out_features(), l.in_features());
@@ -277,35 +293,90 @@ fn prune_linears(
             }
             Pattern::Unstructured => None,
         };
-        let w = weights_f32(&l.weight)?;
         if p.metric == Metric::SparseGpt {
             let h = hessians
                 .ok_or_else(|| color_eyre::eyre::eyre!("SparseGPT needs the layer Hessians"))?;
-            let mut w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
             let target = match n_of_m {
                 Some((n, m)) => Target::NOfM { n, m },
                 None => Target::Ratio(s),
             };
-            let mask = fasterprune(&mut w64, rows, cols, &h[k.index()].matrix()?, target)?;
-            let w32: Vec<f32> = w64.iter().map(|&x| x as f32).collect();
-            l.set_weight_and_mask(
-                Tensor::from_vec(w32, (rows, cols), &device)?,
-                Tensor::from_vec(mask, (rows, cols), &device)?,
-            )?;
+            let mut w64 = with_host_weights(&l.weight, times, |w, _| {
+                w.iter().map(|&x| x as f64).collect::<Vec<f64>>()
+            })?;
+            let (w32, mask) = timed(&mut times.solve, || -> Result<_> {
+                let mask = fasterprune(&mut w64, rows, cols, &h[k.index()].matrix()?, target)?;
+                Ok((w64.iter().map(|&x| x as f32).collect::<Vec<f32>>(), mask))
+            })?;
+            timed(&mut times.apply, || {
+                l.set_weight_and_mask(
+                    Tensor::from_vec(w32, (rows, cols), &device)?,
+                    Tensor::from_vec(mask, (rows, cols), &device)?,
+                )
+            })?;
             continue;
         }
-        let metric = match p.metric {
-            Metric::Wanda => wanda_metric(&w, cols, &stats[k.index()].sq_norm),
-            _ => w.iter().map(|x| x.abs()).collect(),
-        };
-        let mask = match (n_of_m, p.metric) {
-            (Some((n, m)), _) => n_of_m_mask(&metric, cols, n, m),
-            (None, Metric::Wanda) => per_row(&metric, cols, s),
-            (None, _) => per_matrix(&metric, s),
-        };
-        l.set_mask(Tensor::from_vec(mask, (rows, cols), &device)?)?;
+        let masked = with_host_weights(&l.weight, times, |w, times| {
+            let mask = timed(&mut times.masks, || {
+                match p.metric {
+                    Metric::Wanda => {
+                        wanda_metric_into(w, cols, &stats[k.index()].sq_norm, &mut metric)
+                    }
+                    _ => {
+                        metric.resize(w.len(), 0.0);
+                        metric
+                            .par_iter_mut()
+                            .zip(w.par_iter())
+                            .for_each(|(m, x)| *m = x.abs());
+                    }
+                }
+                match (n_of_m, p.metric) {
+                    (Some((n, m)), _) => n_of_m_mask(&metric, cols, n, m),
+                    (None, Metric::Wanda) => per_row(&metric, cols, s),
+                    (None, _) => per_matrix(&metric, s),
+                }
+            });
+            // In host memory the masked weights are made here on all cores (w · keep, the same
+            // product the device does); a device gets the byte mask, a quarter of the bytes.
+            let weights = on_host.then(|| {
+                timed(&mut times.apply, || {
+                    w.par_iter()
+                        .zip(mask.par_iter())
+                        .map(|(&x, &m)| x * m as f32)
+                        .collect::<Vec<f32>>()
+                })
+            });
+            (mask, weights)
+        })?;
+        timed(&mut times.apply, || match masked {
+            (_, Some(w)) => l.set_weight(Tensor::from_vec(w, (rows, cols), &device)?),
+            (mask, None) => l.set_mask(Tensor::from_vec(mask, (rows, cols), &device)?),
+        })?;
     }
     Ok(())
+}
+
+/// The per-weight stages of block `i` alone, on a copy of its (dense) weights: the block
+/// statistic from `cal`'s input statistics, then the masks of the planned sparsities. For timing
+/// them on different thread pools (`dlpx bench --prune --shape`).
+pub fn per_weight_stages(
+    model: &Llama,
+    i: usize,
+    cal: &Calibration,
+    plan: &Plan,
+    p: &PruneParams,
+) -> Result<StageTimes> {
+    let mut times = StageTimes::default();
+    let mut blk = model.block(i)?.into_owned();
+    block_scores(&blk, &cal.inputs[i], cal.owl_m, &mut times)?;
+    let p = PruneParams {
+        metric: match p.metric {
+            Metric::SparseGpt => Metric::Wanda,
+            m => m,
+        },
+        ..p.clone()
+    };
+    prune_linears(&mut blk, i, &cal.inputs[i], None, plan, &p, &mut times)?;
+    Ok(times)
 }
 
 /// Preview: every block's masks from the dense statistics.
@@ -331,22 +402,46 @@ pub fn prune_faithful(
     p: &PruneParams,
     progress: &mut dyn FnMut(BlockProgress) -> bool,
 ) -> Result<()> {
+    prune_faithful_timed(model, windows, plan, p, progress, &mut Vec::new())
+}
+
+/// [`prune_faithful`], pushing each block's [`StageTimes`] onto `times`.
+pub fn prune_faithful_timed(
+    model: &mut Llama,
+    windows: &[Vec<u32>],
+    plan: &Plan,
+    p: &PruneParams,
+    progress: &mut dyn FnMut(BlockProgress) -> bool,
+    times: &mut Vec<StageTimes>,
+) -> Result<()> {
     let started = Instant::now();
     let n = model.blocks.len();
     let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
     let mut xs = embed_windows(model, windows)?;
     for i in 0..n {
+        let mut t = StageTimes::default();
         // One block's weights at a time (read now when the model is offloaded).
-        let mut blk = model.block(i)?.into_owned();
-        let o = observe_block_with(model, &blk, &xs, false, p.metric == Metric::SparseGpt)?;
-        prune_linears(&mut blk, i, &o.stats, o.hessians.as_deref(), plan, p)?;
+        let mut blk = timed(&mut t.load, || model.block(i))?.into_owned();
+        let sparsegpt = p.metric == Metric::SparseGpt;
+        let o = observe_block_timed(model, &blk, &xs, false, sparsegpt, &mut t)?;
+        prune_linears(
+            &mut blk,
+            i,
+            &o.stats,
+            o.hessians.as_deref(),
+            plan,
+            p,
+            &mut t,
+        )?;
         if i + 1 < n {
-            xs = xs
-                .iter()
-                .map(|x| model.forward_batch(&blk, x, None))
-                .collect::<candle_core::Result<_>>()?;
+            xs = timed(&mut t.forward, || {
+                xs.iter()
+                    .map(|x| model.forward_batch(&blk, x, None))
+                    .collect::<candle_core::Result<_>>()
+            })?;
         }
         model.store_block(i, blk)?;
+        times.push(t);
         crate::error::check(progress(BlockProgress {
             block: i + 1,
             blocks: n,

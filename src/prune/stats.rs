@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use color_eyre::eyre::{bail, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::esd::{alpha_hat, eigenvalues};
-use super::mask::wanda_metric;
+use super::mask::wanda_metric_into;
 use super::sparsegpt::Hessian;
+use super::timing::{timed, StageTimes};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
@@ -45,21 +47,16 @@ pub struct ScoreStats {
 }
 
 impl ScoreStats {
-    pub fn of(values: &mut [f32]) -> Self {
-        let n = values.len();
-        if n == 0 {
-            return Self::default();
-        }
-        let m = Moments::of(values.iter().copied());
-        let k = (n - 1) / 2;
-        let (_, &mut median, _) = values.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
-        m.finish(n, median)
+    /// Statistics of one set of scores (the same as [`ScoreStats::of_parts`] of one part).
+    pub fn of(values: &[f32]) -> Self {
+        Self::of_parts(&[values])
     }
 
-    /// The statistics of the concatenation of `parts`, without building it: sums in the same
-    /// order as over the concatenation, and the exact lower median by a radix select (a histogram
-    /// of the top 16 bits of the order-preserving key of every value, then a selection inside
-    /// the one bucket that holds the median). For a 7B block this saves a copy of its 200 M scores.
+    /// The statistics of the concatenation of `parts`, without building it: sums in fixed
+    /// chunks of the concatenation (so parts, and any number of threads, give the same bits),
+    /// and the exact lower median by a radix select (a histogram of the top 16 bits of the
+    /// order-preserving key of every value, then a selection inside the one bucket that holds
+    /// the median). For a 7B block this saves a copy of its 200 M scores.
     pub fn of_parts(parts: &[&[f32]]) -> Self {
         let mut r = RadixStats::default();
         parts.iter().for_each(|p| r.first_pass(p));
@@ -79,11 +76,60 @@ impl ScoreStats {
     }
 }
 
+/// Values per parallel task in the passes over scores.
+const PAR_CHUNK: usize = 1 << 16;
+
+/// Histogram of the top 16 bits of each value's order key, over all cores (integer counts, so
+/// exact whatever the split).
+fn key_histogram(part: &[f32]) -> Vec<usize> {
+    part.par_chunks(PAR_CHUNK)
+        .fold(
+            || vec![0usize; 1 << 16],
+            |mut h, c| {
+                c.iter()
+                    .for_each(|&v| h[(order_key(v) >> 16) as usize] += 1);
+                h
+            },
+        )
+        .reduce(
+            || vec![0usize; 1 << 16],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// The `k`-th smallest value (0-based, `f32::total_cmp` order) of `values`, exactly, by the same
+/// radix select: a histogram on all cores, then a selection inside one bucket.
+pub fn kth_smallest(values: &[f32], k: usize) -> f32 {
+    let (bucket, below) = bucket_of(&key_histogram(values), k);
+    let mut inside: Vec<f32> = values
+        .par_iter()
+        .copied()
+        .filter(|&v| (order_key(v) >> 16) as usize == bucket)
+        .collect();
+    let (_, &mut v, _) = inside.select_nth_unstable_by(k - below, |a, b| a.total_cmp(b));
+    v
+}
+
+/// The histogram bucket that holds rank `k`, and the count of values in the buckets below it.
+fn bucket_of(hist: &[usize], k: usize) -> (usize, usize) {
+    let mut below = 0;
+    for (b, &c) in hist.iter().enumerate() {
+        if below + c > k {
+            return (b, below);
+        }
+        below += c;
+    }
+    (0, 0)
+}
+
 /// [`ScoreStats`] of a sequence of parts seen twice, so that only one part needs to exist at a
 /// time (a 7B block's scores are recomputed linear by linear rather than held together). The
-/// first pass sums in order and builds a histogram of the top 16 bits of each value's
-/// order-preserving key; the second keeps the values of the one bucket that holds the lower
-/// median, which a selection then finds exactly.
+/// first pass sums and builds a histogram of the top 16 bits of each value's order-preserving
+/// key; the second keeps the values of the one bucket that holds the lower median, which a
+/// selection then finds exactly. Both passes use all cores.
 pub struct RadixStats {
     moments: Moments,
     n: usize,
@@ -96,7 +142,7 @@ pub struct RadixStats {
 impl Default for RadixStats {
     fn default() -> Self {
         Self {
-            moments: Moments::new(),
+            moments: Moments::default(),
             n: 0,
             hist: vec![0; 1 << 16],
             target: None,
@@ -107,32 +153,36 @@ impl Default for RadixStats {
 
 impl RadixStats {
     pub fn first_pass(&mut self, part: &[f32]) {
-        for &v in part {
-            self.moments.add(v);
-            self.hist[(order_key(v) >> 16) as usize] += 1;
+        self.moments.add_part(part);
+        let h = key_histogram(part);
+        self.hist.iter_mut().zip(&h).for_each(|(x, y)| *x += y);
+        self.n += part.len();
+    }
+
+    /// The first pass of `part` for `self` and for `part_stats` (the statistics of this part
+    /// alone), with the histogram built once.
+    pub fn first_pass_with(&mut self, part: &[f32], part_stats: &mut RadixStats) {
+        self.moments.add_part(part);
+        part_stats.moments.add_part(part);
+        let h = key_histogram(part);
+        for hist in [&mut self.hist, &mut part_stats.hist] {
+            hist.iter_mut().zip(&h).for_each(|(x, y)| *x += y);
         }
         self.n += part.len();
+        part_stats.n += part.len();
     }
 
     /// Mean of everything seen in the first pass.
     pub fn mean(&self) -> f64 {
-        self.moments.sum / self.n as f64
+        self.moments.total().0 / self.n as f64
     }
 
     pub fn second_pass(&mut self, part: &[f32]) {
-        let (bucket, _) = *self.target.get_or_insert_with(|| {
-            let k = self.n.saturating_sub(1) / 2;
-            let mut below = 0;
-            for (b, &c) in self.hist.iter().enumerate() {
-                if below + c > k {
-                    return (b, below);
-                }
-                below += c;
-            }
-            (0, 0)
-        });
-        self.inside.extend(
-            part.iter()
+        let (bucket, _) = *self
+            .target
+            .get_or_insert_with(|| bucket_of(&self.hist, self.n.saturating_sub(1) / 2));
+        self.inside.par_extend(
+            part.par_iter()
                 .copied()
                 .filter(|&v| (order_key(v) >> 16) as usize == bucket),
         );
@@ -149,39 +199,82 @@ impl RadixStats {
     }
 }
 
-/// Sums (f64, in the values' order) and the maximum of a set of scores.
+/// Values per summation chunk. Sums (f64) run in order inside each chunk of the concatenated
+/// values, and the chunk sums are added in order: the same bits whether the values arrive whole,
+/// in parts, or are summed on any number of threads.
+const SUM_CHUNK: usize = 1 << 14;
+
+/// Sums, sums of squares and the maximum of a set of scores, chunked as [`SUM_CHUNK`] says.
+#[derive(Default)]
 struct Moments {
     sum: f64,
     sq: f64,
-    max: f32,
+    max: Option<f32>,
+    /// The open chunk: its sums and how many values it holds.
+    open: (f64, f64, usize),
+}
+
+/// Sums of one run of values, in order, starting from `start`.
+fn run_sums(start: (f64, f64), values: &[f32]) -> (f64, f64) {
+    values.iter().fold(start, |(s, q), &v| {
+        let v = v as f64;
+        (s + v, q + v * v)
+    })
 }
 
 impl Moments {
-    fn new() -> Self {
-        Self {
-            sum: 0.0,
-            sq: 0.0,
-            max: f32::NEG_INFINITY,
+    fn add_part(&mut self, part: &[f32]) {
+        let fold_max = |m: Option<f32>, v: Option<f32>| match (m, v) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let part_max = part.par_iter().copied().reduce_with(f32::max);
+        self.max = fold_max(self.max, part_max);
+        // Fill the open chunk first.
+        let head = match self.open.2 {
+            0 => 0,
+            n => (SUM_CHUNK - n).min(part.len()),
+        };
+        self.extend_open(&part[..head]);
+        let rest = &part[head..];
+        // Whole chunks on all cores, their sums added in order; the tail opens a new chunk.
+        let whole = if self.open.2 == 0 {
+            rest.len() / SUM_CHUNK * SUM_CHUNK
+        } else {
+            0
+        };
+        let sums: Vec<(f64, f64)> = rest[..whole]
+            .par_chunks(SUM_CHUNK)
+            .map(|c| run_sums((0.0, 0.0), c))
+            .collect();
+        for (s, q) in sums {
+            self.sum += s;
+            self.sq += q;
+        }
+        self.extend_open(&rest[whole..]);
+    }
+
+    fn extend_open(&mut self, values: &[f32]) {
+        let (s, q) = run_sums((self.open.0, self.open.1), values);
+        self.open = (s, q, self.open.2 + values.len());
+        if self.open.2 == SUM_CHUNK {
+            self.sum += s;
+            self.sq += q;
+            self.open = (0.0, 0.0, 0);
         }
     }
 
-    fn add(&mut self, v: f32) {
-        self.sum += v as f64;
-        self.sq += (v as f64) * (v as f64);
-        self.max = self.max.max(v);
-    }
-
-    fn of(values: impl Iterator<Item = f32>) -> Self {
-        let mut m = Self::new();
-        values.for_each(|v| m.add(v));
-        m
+    /// Sum and sum of squares, the open chunk added last.
+    fn total(&self) -> (f64, f64) {
+        (self.sum + self.open.0, self.sq + self.open.1)
     }
 
     /// Mean and unbiased variance of `n` values, with their lower median.
     fn finish(self, n: usize, median: f32) -> ScoreStats {
-        let mean = self.sum / n as f64;
+        let (sum, sq) = self.total();
+        let mean = sum / n as f64;
         let var = if n > 1 {
-            (self.sq - self.sum * mean).max(0.0) / (n - 1) as f64
+            (sq - sum * mean).max(0.0) / (n - 1) as f64
         } else {
             0.0
         };
@@ -189,7 +282,7 @@ impl Moments {
             numel: n,
             median,
             mean,
-            max: self.max,
+            max: self.max.unwrap_or(f32::NEG_INFINITY),
             var,
         }
     }
@@ -277,6 +370,26 @@ pub fn observe_block_with(
     propagate: bool,
     hessians: bool,
 ) -> Result<Observed> {
+    observe_block_timed(
+        model,
+        blk,
+        xs,
+        propagate,
+        hessians,
+        &mut StageTimes::default(),
+    )
+}
+
+/// [`observe_block_with`], adding the forward's, the statistics' and the Hessians' seconds to
+/// `times`.
+pub fn observe_block_timed(
+    model: &Llama,
+    blk: &Block,
+    xs: &[Tensor],
+    propagate: bool,
+    hessians: bool,
+    times: &mut StageTimes,
+) -> Result<Observed> {
     let mut stats: Vec<InputStats> = LinearKind::ALL
         .iter()
         .map(|&k| InputStats::new(blk.linear(k).in_features()))
@@ -291,17 +404,18 @@ pub fn observe_block_with(
         false => None,
     };
     let mut outs = Vec::with_capacity(xs.len());
+    let (mut stats_s, mut hess_s) = (0f64, 0f64);
+    let started = Instant::now();
     for x in xs {
         // q/k/v share their input, and so do gate/up: record once, copy after.
         let mut obs = |k: LinearKind, inp: &Tensor| -> candle_core::Result<()> {
             match k {
                 LinearKind::Q | LinearKind::O | LinearKind::Gate | LinearKind::Down => {
                     if let Some(h) = hess.as_mut() {
-                        h[k.index()]
-                            .add_batch(inp)
+                        timed(&mut hess_s, || h[k.index()].add_batch(inp))
                             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                     }
-                    stats[k.index()].add_batch(inp)
+                    timed(&mut stats_s, || stats[k.index()].add_batch(inp))
                 }
                 _ => Ok(()),
             }
@@ -311,6 +425,9 @@ pub fn observe_block_with(
             outs.push(y);
         }
     }
+    times.forward += started.elapsed().as_secs_f64() - stats_s - hess_s;
+    times.input_stats += stats_s;
+    times.hessians += hess_s;
     for (dst, src) in [
         (LinearKind::K, LinearKind::Q),
         (LinearKind::V, LinearKind::Q),
@@ -333,18 +450,42 @@ pub fn weights_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Wanda scores of one linear of a block (dense weights, given input statistics).
-fn linear_scores(blk: &Block, k: LinearKind, inputs: &[InputStats]) -> Result<Vec<f32>> {
+/// Run `f` on a matrix's weights as f32 row-major: borrowed in place when the tensor is a
+/// contiguous f32 tensor in host memory, otherwise copied (another dtype, or on a GPU), the copy's
+/// seconds added to `times.to_host`.
+pub fn with_host_weights<R>(
+    t: &Tensor,
+    times: &mut StageTimes,
+    f: impl FnOnce(&[f32], &mut StageTimes) -> R,
+) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage {
+            if let Some((a, b)) = layout.contiguous_offsets() {
+                return Ok(f(&v[a..b], times));
+            }
+        }
+    }
+    let w = timed(&mut times.to_host, || weights_f32(t))?;
+    Ok(f(&w, times))
+}
+
+/// Wanda scores of one linear of a block (dense weights, given input statistics), into `out`.
+fn linear_scores(
+    blk: &Block,
+    k: LinearKind,
+    inputs: &[InputStats],
+    times: &mut StageTimes,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let l = blk.linear(k);
-    Ok(wanda_metric(
-        &weights_f32(&l.weight)?,
-        l.in_features(),
-        &inputs[k.index()].sq_norm,
-    ))
+    with_host_weights(&l.weight, times, |w, _| {
+        wanda_metric_into(w, l.in_features(), &inputs[k.index()].sq_norm, out)
+    })
 }
 
 /// What calibration keeps of one block's Wanda scores.
-struct BlockScores {
+pub(crate) struct BlockScores {
     block: ScoreStats,
     linears: Vec<ScoreStats>,
     owl: f64,
@@ -354,22 +495,32 @@ struct BlockScores {
 /// pass gives the sums, the per-linear statistics and the median's histogram; a second pass
 /// recomputes the scores to count outliers and keep the median's bucket. Identical to the
 /// statistics of the 7 linears' scores concatenated.
-fn block_scores(blk: &Block, inputs: &[InputStats], owl_m: f64) -> Result<BlockScores> {
+pub(crate) fn block_scores(
+    blk: &Block,
+    inputs: &[InputStats],
+    owl_m: f64,
+    times: &mut StageTimes,
+) -> Result<BlockScores> {
+    let started = Instant::now();
+    let to_host = times.to_host;
     let mut r = RadixStats::default();
-    let mut linears = Vec::with_capacity(7);
+    let mut per_linear: Vec<RadixStats> = (0..7).map(|_| RadixStats::default()).collect();
+    let mut s = Vec::new();
     for k in LinearKind::ALL {
-        let mut s = linear_scores(blk, k, inputs)?;
-        r.first_pass(&s);
-        linears.push(ScoreStats::of(&mut s));
+        linear_scores(blk, k, inputs, times, &mut s)?;
+        r.first_pass_with(&s, &mut per_linear[k.index()]);
     }
     let thresh = (owl_m * r.mean()) as f32;
     let mut above = 0usize;
     for k in LinearKind::ALL {
-        let s = linear_scores(blk, k, inputs)?;
-        above += s.iter().filter(|&&v| v > thresh).count();
+        linear_scores(blk, k, inputs, times, &mut s)?;
+        above += count_above(&s, thresh);
         r.second_pass(&s);
+        per_linear[k.index()].second_pass(&s);
     }
+    let linears = per_linear.into_iter().map(RadixStats::finish).collect();
     let block = r.finish();
+    times.block_statistic += started.elapsed().as_secs_f64() - (times.to_host - to_host);
     Ok(BlockScores {
         owl: 100.0 * above as f64 / block.numel as f64,
         block,
@@ -377,23 +528,27 @@ fn block_scores(blk: &Block, inputs: &[InputStats], owl_m: f64) -> Result<BlockS
     })
 }
 
+/// How many scores exceed `thresh` (on all cores).
+fn count_above(scores: &[f32], thresh: f32) -> usize {
+    scores.par_iter().filter(|&&v| v > thresh).count()
+}
+
 /// OWL's layerwise outlier density in percent: share of the block's scores above `m` × their
 /// mean (two passes over the linears, one linear's scores at a time).
 fn block_owl(blk: &Block, inputs: &[InputStats], m: f64) -> Result<f64> {
-    let (mut sum, mut n) = (0f64, 0usize);
+    let times = &mut StageTimes::default();
+    let (mut sums, mut n, mut s) = (Moments::default(), 0usize, Vec::new());
     for k in LinearKind::ALL {
-        let s = linear_scores(blk, k, inputs)?;
-        // Summed in the same order as calibration's first pass, so equal M gives equal ratios.
-        s.iter().for_each(|&v| sum += v as f64);
+        linear_scores(blk, k, inputs, times, &mut s)?;
+        // Summed as calibration's first pass sums, so equal M gives equal ratios.
+        sums.add_part(&s);
         n += s.len();
     }
-    let thresh = (m * sum / n as f64) as f32;
+    let thresh = (m * sums.total().0 / n as f64) as f32;
     let mut above = 0usize;
     for k in LinearKind::ALL {
-        above += linear_scores(blk, k, inputs)?
-            .iter()
-            .filter(|&&v| v > thresh)
-            .count();
+        linear_scores(blk, k, inputs, times, &mut s)?;
+        above += count_above(&s, thresh);
     }
     Ok(100.0 * above as f64 / n as f64)
 }
@@ -419,6 +574,18 @@ pub fn calibrate(
     spectra: bool,
     progress: &mut dyn FnMut(BlockProgress) -> bool,
 ) -> Result<Calibration> {
+    calibrate_timed(model, windows, owl_m, spectra, progress, &mut Vec::new())
+}
+
+/// [`calibrate`], pushing each block's [`StageTimes`] onto `times`.
+pub fn calibrate_timed(
+    model: &Llama,
+    windows: &[Vec<u32>],
+    owl_m: f64,
+    spectra: bool,
+    progress: &mut dyn FnMut(BlockProgress) -> bool,
+    times: &mut Vec<StageTimes>,
+) -> Result<Calibration> {
     let started = Instant::now();
     let n = model.blocks.len();
     let tokens = windows.len() * windows.first().map(|w| w.len()).unwrap_or(0);
@@ -434,18 +601,20 @@ pub fn calibrate(
     };
     for i in 0..n {
         // One block's weights at a time (read now when the model is offloaded).
-        let blk = model.block(i)?;
-        let o = observe_block_with(model, &blk, &xs, i + 1 < n, false)?;
+        let mut t = StageTimes::default();
+        let blk = timed(&mut t.load, || model.block(i))?;
+        let o = observe_block_timed(model, &blk, &xs, i + 1 < n, false, &mut t)?;
         xs = o.outputs;
-        let s = block_scores(&blk, &o.stats, owl_m)?;
+        let s = block_scores(&blk, &o.stats, owl_m, &mut t)?;
         cal.owl.push(s.owl);
         cal.linears.push(s.linears);
         cal.blocks.push(s.block);
         cal.inputs.push(o.stats);
         if spectra {
-            cal.esd.push(block_alphas(&blk)?);
+            cal.esd.push(timed(&mut t.spectra, || block_alphas(&blk))?);
         }
         drop(blk);
+        times.push(t);
         crate::error::check(progress(BlockProgress {
             block: i + 1,
             blocks: n,
@@ -478,8 +647,8 @@ mod tests {
 
     #[test]
     fn score_stats_lower_median_and_unbiased_var() {
-        let mut v = vec![4.0f32, 1.0, 3.0, 2.0];
-        let s = ScoreStats::of(&mut v);
+        let v = vec![4.0f32, 1.0, 3.0, 2.0];
+        let s = ScoreStats::of(&v);
         assert_eq!(s.median, 2.0, "lower median of an even count");
         assert_eq!(s.mean, 2.5);
         assert!((s.var - 5.0 / 3.0).abs() < 1e-12);
@@ -517,27 +686,66 @@ mod tests {
         };
         let all: Vec<Vec<f32>> = LinearKind::ALL
             .iter()
-            .map(|&k| linear_scores(&blk, k, &inputs))
+            .map(|&k| {
+                let mut s = Vec::new();
+                linear_scores(&blk, k, &inputs, &mut StageTimes::default(), &mut s)?;
+                Ok(s)
+            })
             .collect::<Result<_>>()?;
-        let mut flat: Vec<f32> = all.iter().flatten().copied().collect();
+        let flat: Vec<f32> = all.iter().flatten().copied().collect();
         let mean = flat.iter().map(|&v| v as f64).sum::<f64>() / flat.len() as f64;
         let above = flat.iter().filter(|&&v| v > (3.0 * mean) as f32).count();
-        let s = block_scores(&blk, &inputs, 3.0)?;
-        assert_eq!(s.block, ScoreStats::of(&mut flat));
+        let s = block_scores(&blk, &inputs, 3.0, &mut StageTimes::default())?;
+        assert_eq!(s.block, ScoreStats::of(&flat));
         assert_eq!(s.owl, 100.0 * above as f64 / flat.len() as f64);
         assert!(above > 0, "the toy block has outliers above 3× the mean");
         assert_eq!(block_owl(&blk, &inputs, 3.0)?, s.owl);
-        for (k, mut v) in all.into_iter().enumerate() {
-            assert_eq!(s.linears[k], ScoreStats::of(&mut v));
+        for (k, v) in all.into_iter().enumerate() {
+            assert_eq!(s.linears[k], ScoreStats::of(&v));
         }
         Ok(())
+    }
+
+    #[test]
+    fn statistics_are_the_same_on_any_number_of_threads() {
+        let mut x = 99u64;
+        let vals: Vec<f32> = (0..300_001)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((x >> 40) as f32 / (1u64 << 24) as f32).powi(2) * 7.0
+            })
+            .collect();
+        let parts: Vec<&[f32]> = vec![&vals[..70_000], &vals[70_000..70_001], &vals[70_001..]];
+        let run = || {
+            (
+                ScoreStats::of_parts(&parts),
+                kth_smallest(&vals, 123_456),
+                count_above(&vals, 3.5),
+            )
+        };
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(run);
+        assert_eq!(one, pool(4).install(run));
+        assert_eq!(one.0, ScoreStats::of(&vals), "parts equal the whole");
+        let mut sorted = vals.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(one.1, sorted[123_456]);
+        assert_eq!(one.0.median, sorted[150_000], "lower median");
+        // The chunked sums agree with a plain sum to rounding.
+        let plain = vals.iter().map(|&v| v as f64).sum::<f64>() / vals.len() as f64;
+        assert!((one.0.mean - plain).abs() < 1e-12 * plain);
     }
 
     #[test]
     fn parts_equal_the_concatenation() {
         // Ties, zeros, tiny and large values, split unevenly.
         let mut x = 12345u64;
-        let mut vals: Vec<f32> = (0..20_001)
+        let vals: Vec<f32> = (0..20_001)
             .map(|i| {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                 match i % 7 {
@@ -549,12 +757,12 @@ mod tests {
             .collect();
         let parts: Vec<&[f32]> = vec![&vals[..5], &vals[5..12_000], &vals[12_000..]];
         let p = ScoreStats::of_parts(&parts);
-        let c = ScoreStats::of(&mut vals);
+        let c = ScoreStats::of(&vals);
         assert_eq!(p, c);
-        let mut even = vec![3.0f32, 1.0, 2.0, 2.0];
+        let even = vec![3.0f32, 1.0, 2.0, 2.0];
         assert_eq!(
             ScoreStats::of_parts(&[&even[..1], &even[1..]]),
-            ScoreStats::of(&mut even)
+            ScoreStats::of(&even)
         );
     }
 }

@@ -1,0 +1,226 @@
+//! `dlpx bench --prune --shape`: the paper protocol's stages timed block by block on a
+//! random-weight model at the shapes of a real checkpoint (README "Benchmarks"). Nothing is
+//! downloaded: the model is built in memory, the calibration windows are random token ids (the
+//! time of every stage depends on the shapes, not on the values). The figures: seconds per block
+//! and stage for the dense ratio pass and the faithful pass, the per-weight stages on one thread
+//! against all, and the whole model projected to its real block count and to the paper's
+//! 128 calibration windows.
+
+use std::time::Instant;
+
+use color_eyre::eyre::{bail, Result};
+
+use crate::cli::BenchArgs;
+use crate::commands::Ctx;
+use crate::model::synthetic::{random_model, random_windows, Shape};
+use crate::model::Placement;
+use crate::prune::pipeline::{
+    achieved, per_weight_stages, plan, prune_faithful_timed, Mode, PruneParams,
+};
+use crate::prune::stats::calibrate_timed;
+use crate::prune::timing::StageTimes;
+
+/// The paper's calibration: 128 windows (of 2048 tokens).
+const PAPER_WINDOWS: usize = 128;
+
+/// A pass's mean time per block.
+fn per_block(times: &[StageTimes]) -> StageTimes {
+    times
+        .iter()
+        .fold(StageTimes::default(), |acc, t| acc.plus(t))
+        .scaled(1.0 / times.len().max(1) as f64)
+}
+
+/// A block's time with the token-proportional stages (forwards, input statistics, Hessians)
+/// scaled by `f`: the projection to more calibration windows.
+fn scale_tokens(t: &StageTimes, f: f64) -> StageTimes {
+    StageTimes {
+        forward: t.forward * f,
+        input_stats: t.input_stats * f,
+        hessians: t.hessians * f,
+        ..*t
+    }
+}
+
+pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
+    if ctx.place == Placement::Offload {
+        bail!("--shape builds its model in memory; drop --offload (it offloads a model file)");
+    }
+    if a.calib_samples == 0 {
+        bail!("--calib-samples must be at least 1");
+    }
+    let shape = Shape::parse(shape)?;
+    let seq_len = a.seq_len.unwrap_or(2048);
+    let real_blocks = shape.config.num_hidden_layers;
+    let threads = rayon::current_num_threads();
+    let p = &mut ctx.progress;
+    p.status(&format!(
+        "building {} random blocks at {} shapes",
+        a.blocks, shape.label
+    ));
+    let t = Instant::now();
+    let mut model = random_model(
+        &shape.config,
+        a.blocks,
+        a.shape_vocab,
+        0x5EED,
+        &ctx.device,
+        ctx.dtype,
+    )?;
+    let build_s = t.elapsed().as_secs_f64();
+    let windows = random_windows(a.calib_samples, seq_len, a.shape_vocab, 17);
+    let params = PruneParams {
+        metric: a.metric,
+        mode: Mode::Faithful,
+        ..PruneParams::default()
+    };
+
+    let mut dense = Vec::new();
+    let cal = calibrate_timed(
+        &model,
+        &windows,
+        params.owl_m,
+        false,
+        &mut |bp| {
+            p.status(&format!("dense pass: block {}/{}", bp.block, bp.blocks));
+            true
+        },
+        &mut dense,
+    )?;
+    let t = Instant::now();
+    let pl = plan(&model, &cal, &params)?;
+    let allocate_s = t.elapsed().as_secs_f64();
+
+    // The per-weight stages of block 0 on one thread, then on all (the dense weights still).
+    p.status("per-weight stages of block 0 on one thread");
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()?
+        .install(|| per_weight_stages(&model, 0, &cal, &pl, &params))?;
+    p.status(&format!(
+        "per-weight stages of block 0 on {threads} threads"
+    ));
+    let all = per_weight_stages(&model, 0, &cal, &pl, &params)?;
+
+    let mut faithful = Vec::new();
+    prune_faithful_timed(
+        &mut model,
+        &windows,
+        &pl,
+        &params,
+        &mut |bp| {
+            p.status(&format!("faithful pass: block {}/{}", bp.block, bp.blocks));
+            true
+        },
+        &mut faithful,
+    )?;
+    let got = achieved(&model)?;
+    let sparsity_err = got
+        .iter()
+        .zip(&pl.block)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f64, f64::max);
+
+    let (d, f) = (per_block(&dense), per_block(&faithful));
+    let block = d.plus(&f);
+    let scale = PAPER_WINDOWS as f64 / a.calib_samples as f64;
+    let paper = scale_tokens(&block, scale);
+    let whole_s = block.total() * real_blocks as f64;
+    let whole_paper_s = paper.total() * real_blocks as f64;
+    let speedup = |s1: f64, sn: f64| if sn > 0.0 { s1 / sn } else { f64::NAN };
+    let peak_mib = crate::bench::peak_rss_kib().map(|k| k as f64 / 1024.0);
+
+    let stage_json = |t: &StageTimes| {
+        serde_json::Value::Object(
+            t.stages()
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect(),
+        )
+    };
+    let v = serde_json::json!({
+        "shape": shape.label,
+        "device": crate::device::describe(&ctx.device),
+        "dtype": format!("{:?}", ctx.dtype).to_lowercase(),
+        "threads": threads,
+        "blocks": a.blocks,
+        "real_blocks": real_blocks,
+        "vocab": a.shape_vocab,
+        "calib_windows": a.calib_samples,
+        "seq_len": seq_len,
+        "metric": a.metric,
+        "block_linear_params": shape.config.block_linear_params(),
+        "build_s": build_s,
+        "allocate_s": allocate_s,
+        "per_block": {"dense_pass": stage_json(&d), "faithful_pass": stage_json(&f), "both": stage_json(&block),
+            "total_s": block.total(), "per_weight_s": block.per_weight(),
+            "per_weight_share": block.per_weight() / block.total()},
+        "per_weight_block0": {"one_thread": stage_json(&one), "all_threads": stage_json(&all),
+            "speedup_block_statistic": speedup(one.block_statistic, all.block_statistic),
+            "speedup_masks": speedup(one.masks, all.masks),
+            "speedup_per_weight": speedup(one.per_weight(), all.per_weight())},
+        "projected": {"whole_model_s": whole_s,
+            "whole_model_paper_windows_s": whole_paper_s, "paper_windows": PAPER_WINDOWS,
+            "per_weight_share_paper_windows": paper.per_weight() / paper.total()},
+        "achieved_vs_planned_max_abs": sparsity_err,
+        "peak_rss_mib": peak_mib,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "paper protocol at {} ({} of {real_blocks} blocks, {} linear weights per block, vocabulary reduced to {}), {} × {seq_len} random-token windows, {:?} faithful DLP p 0.7, {}",
+        shape.label,
+        a.blocks,
+        shape.config.block_linear_params(),
+        a.shape_vocab,
+        a.calib_samples,
+        a.metric,
+        crate::device::describe(&ctx.device)
+    );
+    println!(
+        "{:<16} {:>11} {:>11} {:>11} {:>7}",
+        "stage (s/block)", "dense pass", "faithful", "both", "share"
+    );
+    for ((name, dv), ((_, fv), (_, bv))) in d
+        .stages()
+        .iter()
+        .zip(f.stages().iter().zip(block.stages().iter()))
+    {
+        println!(
+            "{name:<16} {dv:>11.3} {fv:>11.3} {bv:>11.3} {:>6.1}%",
+            100.0 * bv / block.total()
+        );
+    }
+    println!(
+        "{:<16} {:>11.3} {:>11.3} {:>11.3}",
+        "total",
+        d.total(),
+        f.total(),
+        block.total()
+    );
+    println!(
+        "per-weight stages of block 0 (statistic + masks): {:.3}s on 1 thread, {:.3}s on {threads} → {:.2}× (statistic {:.2}×, masks {:.2}×)",
+        one.per_weight(),
+        all.per_weight(),
+        speedup(one.per_weight(), all.per_weight()),
+        speedup(one.block_statistic, all.block_statistic),
+        speedup(one.masks, all.masks)
+    );
+    println!(
+        "projected whole model ({real_blocks} blocks): {:.1} min at {} windows; {:.1} min at the paper's {PAPER_WINDOWS} × {seq_len} (forwards and statistics scaled by {scale:.0}×; per-weight stages {:.1}% of it)",
+        whole_s / 60.0,
+        a.calib_samples,
+        whole_paper_s / 60.0,
+        100.0 * paper.per_weight() / paper.total()
+    );
+    println!(
+        "allocation {:.1} ms · model built in {build_s:.1}s · achieved sparsity within {sparsity_err:.1e} of the plan · peak RSS {}",
+        allocate_s * 1e3,
+        peak_mib
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    Ok(())
+}
