@@ -410,11 +410,19 @@ pub struct PruneArgs {
     /// Save the pruned model as a Hugging Face safetensors folder.
     #[arg(long)]
     pub save: Option<std::path::PathBuf>,
-    /// How --save writes the weights: `dense` (pruned weights as zeros, loads everywhere) or
-    /// `compressed` (a compressed-tensors sparse checkpoint: sparse-bitmask, or sparse-24-bitmask
-    /// for 2:4; the format of compressed-tensors ≤ 0.14 with transformers 4.x).
+    /// How --save writes the weights: `dense` (a safetensors folder, pruned weights as zeros,
+    /// loads everywhere), `compressed` (a compressed-tensors sparse checkpoint: sparse-bitmask,
+    /// or sparse-24-bitmask for 2:4; the format of compressed-tensors ≤ 0.14 with transformers
+    /// 4.x) or `gguf` (one llama.cpp file, --save NAME.gguf; the linears in the --quantize format,
+    /// f32 without it).
     #[arg(long, value_enum, default_value = "dense", requires = "save")]
     pub format: SaveFormat,
+    /// After pruning, quantize the block linears in a GGUF block format (candle's quantizers) and
+    /// measure the dequantized model (perplexity, and zero-shot with --tasks) against dense and
+    /// pruned: q8_0, q4_0 or q4_k (rows not a multiple of 256 fall back to q5_0, as in
+    /// llama.cpp). Only --format gguf saves the quantized weights.
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::model::quant::QuantFormat>,
     /// Write an llm-compressor recipe (YAML) that reproduces the allocation with its Wanda or
     /// SparseGPT modifier.
     #[arg(long)]
@@ -446,6 +454,7 @@ pub struct PruneArgs {
 pub enum SaveFormat {
     Dense,
     Compressed,
+    Gguf,
 }
 
 fn parse_pin(s: &str) -> Result<(usize, f64), String> {

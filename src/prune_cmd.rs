@@ -6,6 +6,7 @@ use std::time::Instant;
 use color_eyre::eyre::{bail, Result, WrapErr};
 
 use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
+use crate::report::QuantizedReport;
 use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::export::compressed::Format;
@@ -99,10 +100,13 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         bail!("--alpha auto searches DLP's range α: use it with --allocation dlp (the default)");
     }
     if let Some(dir) = &a.save {
-        crate::model::ensure_free_dir(dir)?;
+        match a.format {
+            SaveFormat::Gguf => crate::export::gguf::check_target(dir)?,
+            _ => crate::model::ensure_free_dir(dir)?,
+        }
     }
     let compressed = match (a.format, params.pattern) {
-        (SaveFormat::Dense, _) => None,
+        (SaveFormat::Dense | SaveFormat::Gguf, _) => None,
         (SaveFormat::Compressed, Pattern::Unstructured) => Some(Format::SparseBitmask),
         (SaveFormat::Compressed, Pattern::NOfM { m: 4, .. }) => Some(Format::Sparse24Bitmask),
         (SaveFormat::Compressed, p) => bail!(
@@ -276,16 +280,41 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     };
     let pruned_gens = x.generate(&x.model, &a.prompt, a.max_new_tokens, obs)?;
     let t = Instant::now();
-    let zeroshot = match zeroshot {
-        Some((set, dense)) => Some(ZeroShotPair {
-            dense,
-            pruned: Some(x.zeroshot(&x.model.llama, &set, obs)?),
-        }),
-        None => None,
+    let (zeroshot, task_set) = match zeroshot {
+        Some((set, dense)) => {
+            let pair = ZeroShotPair {
+                dense,
+                pruned: Some(x.zeroshot(&x.model.llama, &set, obs)?),
+            };
+            (Some(pair), Some(set))
+        }
+        None => (None, None),
     };
     timings.zeroshot_s += t.elapsed().as_secs_f64();
 
-    let report = build_report(
+    // Quantized on a copy: the pruned weights themselves are what --save writes (GGUF quantizes
+    // them again, with the same function, so the file holds the measured values).
+    let t = Instant::now();
+    let quantized = match a.quantize {
+        Some(format) => {
+            let (q, quantization) = x.quantize(&x.model.llama, format, obs)?;
+            let ppl = x.perplexity(&q, Stage::QuantizedEval, obs)?;
+            let zeroshot = match &task_set {
+                Some(set) => Some(x.zeroshot(&q, set, obs)?),
+                None => None,
+            };
+            Some(QuantizedReport {
+                quantization,
+                ppl: ppl.as_ref().map(|p| p.ppl),
+                window_nll: ppl.map(|p| p.window_nll),
+                zeroshot,
+            })
+        }
+        None => None,
+    };
+    timings.quantize_s = t.elapsed().as_secs_f64();
+
+    let mut report = build_report(
         &x.summary,
         &params,
         &cal,
@@ -313,6 +342,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         },
     );
 
+    report.quantized = quantized;
     if let Some(path) = &a.report {
         report.save(path)?;
     }
@@ -329,6 +359,15 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     if let Some(dir) = &a.save {
         obs.status(&format!("saving the pruned model to {}", dir.display()));
         match compressed {
+            None if a.format == SaveFormat::Gguf => {
+                let s = crate::export::gguf::save_gguf(&x.model, dir, a.quantize)?;
+                obs.status(&format!(
+                    "GGUF: {} tensors, {:.1} MB, linears in {}",
+                    s.tensors,
+                    s.bytes as f64 / 1e6,
+                    a.quantize.map(|f| f.name()).unwrap_or("f32")
+                ));
+            }
             None => crate::model::save_folder(&x.model, dir)?,
             Some(format) => {
                 let s = crate::export::save_compressed(&x.model, dir, format)?;
@@ -444,6 +483,9 @@ fn print_table(r: &Report) {
             crate::commands::zeroshot_table(&z.dense, z.pruned.as_ref())
         );
     }
+    if let Some(q) = &r.quantized {
+        print!("{}", stages_table(r, q));
+    }
     for g in &r.generations {
         println!(
             "prompt  {}\n  dense   {}\n  pruned  {}",
@@ -452,4 +494,43 @@ fn print_table(r: &Report) {
             g.pruned.replace('\n', " ")
         );
     }
+}
+
+/// Dense → pruned → pruned+quantized: perplexity, zero-shot mean and the linears' size.
+fn stages_table(r: &Report, q: &QuantizedReport) -> String {
+    let s = &q.quantization;
+    let f = s.format.name();
+    let zs = |z: Option<&crate::zeroshot::ZeroShot>| {
+        z.map(|z| format!("{:.4}", z.mean_acc))
+            .unwrap_or_else(|| "-".into())
+    };
+    let ppl = |p: Option<f64>| p.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
+    let z = r.zeroshot.as_ref();
+    let mut out = format!(
+        "{:<22} {:>12} {:>12} {:>14}\n",
+        "model", "perplexity", "zero-shot", "linears (MB)"
+    );
+    let f16_mb = s.f16_bytes as f64 / 1e6;
+    for (name, p, zz, mb) in [
+        ("dense".to_string(), r.ppl.dense, zs(z.map(|z| &z.dense)), format!("{f16_mb:.1} (f16)")),
+        ("pruned".into(), r.ppl.pruned, zs(z.and_then(|z| z.pruned.as_ref())), format!("{f16_mb:.1} (f16)")),
+        (format!("pruned + {f}"), q.ppl, zs(q.zeroshot.as_ref()), format!("{:.1}", s.bytes as f64 / 1e6)),
+    ] {
+        out += &format!("{name:<22} {:>12} {zz:>12} {mb:>14}\n", ppl(p));
+    }
+    if let (Some(p), Some(qp)) = (r.ppl.pruned, q.ppl) {
+        out += &format!(
+            "{f} on top of pruning: perplexity {:+.2} %; {} of {} pruned zeros stayed zero; kept weights' relative RMS error {:.4}; types {}\n",
+            100.0 * (qp / p - 1.0),
+            s.pruned_zeros - s.zeros_lost,
+            s.pruned_zeros,
+            s.kept_rel_rms_error,
+            s.types
+                .iter()
+                .map(|(t, n)| format!("{t}×{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    out
 }

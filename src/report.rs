@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::assets::write_atomic;
 use crate::prune::pipeline::PruneParams;
 
-/// 2: `ppl.dense_window_nll` / `ppl.pruned_window_nll` (version 1 files, without them, still load).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 2: `ppl.dense_window_nll` / `ppl.pruned_window_nll`; 3: `zeroshot`; 4: `quantized`. Older
+/// files, without them, still load.
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +36,24 @@ pub struct Report {
     /// Zero-shot accuracy of the dense and the pruned model (schema 3; `--tasks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<ZeroShotPair>,
+    /// The pruned model quantized (schema 4; `--quantize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedReport>,
     pub timings: Timings,
+}
+
+/// The pruned model with its linears quantized (GGUF block formats), measured dequantized: the
+/// values llama.cpp computes with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedReport {
+    pub quantization: crate::model::quant::QuantSummary,
+    /// Perplexity on the report's evaluation windows, and each window's Σ NLL.
+    pub ppl: Option<f64>,
+    pub window_nll: Option<Vec<f64>>,
+    /// Zero-shot accuracy on the report's tasks (when `--tasks` was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeroshot: Option<crate::zeroshot::ZeroShot>,
 }
 
 /// The same pruning from disjoint calibration subsets: how much the result depends on which
@@ -215,6 +233,9 @@ pub struct Timings {
     /// Seconds scoring zero-shot tasks (dense and pruned).
     #[serde(default)]
     pub zeroshot_s: f64,
+    /// Seconds quantizing and measuring the quantized model (`--quantize`).
+    #[serde(default)]
+    pub quantize_s: f64,
 }
 
 impl Report {
@@ -234,8 +255,9 @@ impl Report {
         let v: serde_json::Value = serde_json::from_str(&text)
             .wrap_err_with(|| format!("config `{}` is not valid JSON", path.display()))?;
         match v.get("schema_version").and_then(|s| s.as_u64()) {
-            // 1: no per-window NLL; 2: no zero-shot accuracy. Both read as version 3.
-            Some(1..=3) => {}
+            // 1: no per-window NLL; 2: no zero-shot accuracy; 3: no quantization. All read as
+            // the current version.
+            Some(1..=4) => {}
             Some(x) => bail!(
                 "config `{}` has schema_version {x}; this dlpx reads version {SCHEMA_VERSION}: re-export it with this version",
                 path.display()

@@ -48,6 +48,7 @@ impl State {
                 prune_s: applied.map(|a| a.seconds).unwrap_or(0.0),
                 eval_s: 0.0,
                 zeroshot_s: 0.0,
+                quantize_s: 0.0,
             },
         };
         Ok(build_report(s, &self.params, cal, plan, measured))

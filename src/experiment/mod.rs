@@ -31,6 +31,7 @@ use crate::model::{Llama, LoadedModel, ModelSource, Placement};
 use crate::prune::cache::{calibrate_cached, StatsKey};
 use crate::prune::mask::Metric;
 use crate::prune::memory::Estimate;
+use crate::model::quant::{quantize_linears, QuantFormat, QuantSummary};
 use crate::prune::pipeline::{achieved, linear_numel, prune_faithful, prune_preview, Mode};
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;
@@ -539,6 +540,35 @@ impl Experiment {
         obs: &mut dyn Observer,
     ) -> Result<Vec<f64>> {
         prune_with(&mut self.model.llama, &self.calib, cal, plan, params, obs)
+    }
+
+    /// A copy of `llama` with its block linears quantized in `format` and dequantized back (the
+    /// values llama.cpp would compute with), and what quantizing did.
+    pub fn quantize(
+        &self,
+        llama: &Llama,
+        format: QuantFormat,
+        obs: &mut dyn Observer,
+    ) -> Result<(Llama, QuantSummary)> {
+        let mut q = llama.clone();
+        let started = Instant::now();
+        let mut stop = false;
+        let summary = quantize_linears(&mut q, format, &mut |done, total| {
+            stop |= !go_on(
+                obs,
+                Step {
+                    stage: Stage::Quantize,
+                    done,
+                    total,
+                    tokens_per_step: 0,
+                    started,
+                },
+            );
+        })?;
+        if stop {
+            return Err(crate::error::Cancelled.into());
+        }
+        Ok((q, summary))
     }
 
     /// A runnable model around pruned weights (tokenizer and source of the dense one).

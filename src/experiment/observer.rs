@@ -19,6 +19,10 @@ pub enum Stage {
     Save,
     /// Zero-shot accuracy; steps are log-likelihood requests.
     ZeroShot,
+    /// Quantizing the pruned linears; steps are blocks.
+    Quantize,
+    /// Perplexity of the pruned and quantized model.
+    QuantizedEval,
 }
 
 impl Stage {
@@ -32,6 +36,8 @@ impl Stage {
             Stage::Generate => "generating",
             Stage::Save => "saving",
             Stage::ZeroShot => "zero-shot, request",
+            Stage::Quantize => "quantizing, block",
+            Stage::QuantizedEval => "pruned+quantized perplexity, window",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! of a pruned model, and an llm-compressor recipe of an allocation.
 
 pub mod compressed;
+pub mod gguf;
 pub mod recipe;
 
 use std::collections::HashMap;
