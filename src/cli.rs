@@ -160,6 +160,68 @@ pub enum Command {
     Sweep(Box<SweepArgs>),
     /// Zero-shot accuracy on the DLP paper's seven lm-evaluation-harness tasks (BoolQ, RTE, HellaSwag, WinoGrande, ARC-Easy, ARC-Challenge, OpenBookQA), scored as the harness scores them.
     Zeroshot(ZeroshotArgs),
+    /// Recover a pruned model with LoRA: replay a `dlpx prune --report` config, train low-rank adapters on the calibration text with the masks fixed (pruned weights stay exactly zero), early-stopped on held-out windows; save them in PEFT's format and compare perplexity dense → pruned → pruned+LoRA.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The pruning to recover: a report/config written by `dlpx prune --report` (its parameters and data are replayed on --model).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// Adapter rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// PEFT's lora_alpha: the update is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Maximum optimizer steps (AdamW, no weight decay).
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Training windows per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Training text: `calib` (the config's calibration windows; held-out windows follow them in the same text) or a .txt file (its first windows train, the next --holdout are held out).
+    #[arg(long, default_value = "calib")]
+    pub data: String,
+    /// Training windows when --data is a file.
+    #[arg(long, default_value_t = 32)]
+    pub train_windows: usize,
+    /// Held-out windows for early stopping.
+    #[arg(long, default_value_t = 8)]
+    pub holdout: usize,
+    /// Held-out loss every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub eval_every: usize,
+    /// Stop after this many held-out evaluations without improvement.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Seed of the adapter initialisation and the window order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folder for the adapters in PEFT's format (adapter_config.json, adapter_model.safetensors); rewritten at every held-out improvement, so an interrupted run keeps its best checkpoint.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Also save the model as a safetensors folder: the pruned base the adapters apply to (PEFT's base_model_name_or_path points to it), or with --merge the merged model.
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+    /// Merge the adapters into the weights and re-apply the masks (W ← (W + αBA/r) ⊙ [W ≠ 0]: the model stays exactly as sparse; the update of pruned entries is dropped); the perplexity is then measured merged.
+    #[arg(long)]
+    pub merge: bool,
+    /// Write the report (the replayed run with a `recovered` section).
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+    /// Recompute the calibration statistics instead of using the on-disk cache.
+    #[arg(long)]
+    pub no_stats_cache: bool,
+    /// Print the report JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -490,3 +490,97 @@ pub fn zeroshot_table(
     );
     out
 }
+
+/// Dense → pruned → pruned+quantized → pruned+LoRA, as far as the report has them: perplexity,
+/// zero-shot mean accuracy and the linears' size; then what quantization and recovery did.
+pub fn stages_table(r: &crate::report::Report) -> String {
+    let zs = |z: Option<&crate::zeroshot::ZeroShot>| {
+        z.map(|z| format!("{:.4}", z.mean_acc))
+            .unwrap_or_else(|| "-".into())
+    };
+    let ppl = |p: Option<f64>| p.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
+    let z = r.zeroshot.as_ref();
+    let mut rows = vec![
+        (
+            "dense".to_string(),
+            r.ppl.dense,
+            zs(z.map(|z| &z.dense)),
+            String::new(),
+        ),
+        (
+            "pruned".into(),
+            r.ppl.pruned,
+            zs(z.and_then(|z| z.pruned.as_ref())),
+            String::new(),
+        ),
+    ];
+    if let Some(q) = &r.quantized {
+        let s = &q.quantization;
+        let f16 = format!("{:.1} (f16)", s.f16_bytes as f64 / 1e6);
+        rows[0].3 = f16.clone();
+        rows[1].3 = f16;
+        rows.push((
+            format!("pruned + {}", s.format.name()),
+            q.ppl,
+            zs(q.zeroshot.as_ref()),
+            format!("{:.1}", s.bytes as f64 / 1e6),
+        ));
+    }
+    if let Some(l) = &r.recovered {
+        rows.push((
+            format!(
+                "pruned + LoRA r{}{}",
+                l.lora.rank,
+                if l.merged { " (merged)" } else { "" }
+            ),
+            l.ppl,
+            "-".into(),
+            String::new(),
+        ));
+    }
+    let mut out = format!(
+        "{:<24} {:>12} {:>12} {:>14}\n",
+        "model", "perplexity", "zero-shot", "linears (MB)"
+    );
+    for (name, p, z, mb) in rows {
+        out += &format!("{name:<24} {:>12} {z:>12} {mb:>14}\n", ppl(p));
+    }
+    if let (Some(q), Some(p)) = (&r.quantized, r.ppl.pruned) {
+        let s = &q.quantization;
+        out += &format!(
+            "{} on top of pruning: perplexity {}; {} of {} pruned zeros stayed zero; kept weights' relative RMS error {:.4}; types {}\n",
+            s.format.name(),
+            q.ppl
+                .map(|qp| format!("{:+.2} %", 100.0 * (qp / p - 1.0)))
+                .unwrap_or_else(|| "-".into()),
+            s.pruned_zeros - s.zeros_lost,
+            s.pruned_zeros,
+            s.kept_rel_rms_error,
+            s.types
+                .iter()
+                .map(|(t, n)| format!("{t}×{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    if let Some(l) = &r.recovered {
+        let t = &l.training;
+        out += &format!(
+            "LoRA: {} steps of {} windows ({} tokens, {:.0} s, {:.0} tok/s), stopped by {:?}; best held-out loss {:.4} at step {} (pruned: {:.4}); {} adapter parameters\n",
+            t.steps_run,
+            l.lora.batch,
+            t.tokens,
+            t.seconds,
+            t.tokens as f64 / t.seconds.max(1e-9),
+            t.stop,
+            t.heldout
+                .iter()
+                .map(|h| h.1)
+                .fold(f64::INFINITY, f64::min),
+            t.best_step,
+            t.heldout.first().map(|h| h.1).unwrap_or(f64::NAN),
+            l.adapter_params
+        );
+    }
+    out
+}

@@ -27,6 +27,8 @@ pub mod model;
 pub mod progress;
 pub mod prune;
 pub mod prune_cmd;
+pub mod recover;
+pub mod recover_cmd;
 pub mod report;
 pub mod sweep_cmd;
 pub mod tui;

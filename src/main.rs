@@ -19,6 +19,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Compare(a)) => commands::compare(&a),
         Some(Command::Zeroshot(a)) => commands::zeroshot(&mut ctx, &a),
         Some(Command::Sweep(a)) => dlpx::sweep_cmd::run(&mut ctx, &a),
+        Some(Command::Recover(a)) => dlpx::recover_cmd::run(&mut ctx, &a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())

@@ -6,7 +6,6 @@ use std::time::Instant;
 use color_eyre::eyre::{bail, Result, WrapErr};
 
 use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
-use crate::report::QuantizedReport;
 use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::export::compressed::Format;
@@ -14,7 +13,7 @@ use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::mask::Pattern;
 use crate::prune::pipeline::{plan, PruneParams};
-use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
+use crate::report::{GenerationPair, QuantizedReport, Report, Timings, ZeroShotPair};
 
 /// Merge a replayed config (if any) with the flags; flags win.
 fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
@@ -483,8 +482,8 @@ fn print_table(r: &Report) {
             crate::commands::zeroshot_table(&z.dense, z.pruned.as_ref())
         );
     }
-    if let Some(q) = &r.quantized {
-        print!("{}", stages_table(r, q));
+    if r.quantized.is_some() {
+        print!("{}", crate::commands::stages_table(r));
     }
     for g in &r.generations {
         println!(
@@ -494,43 +493,4 @@ fn print_table(r: &Report) {
             g.pruned.replace('\n', " ")
         );
     }
-}
-
-/// Dense → pruned → pruned+quantized: perplexity, zero-shot mean and the linears' size.
-fn stages_table(r: &Report, q: &QuantizedReport) -> String {
-    let s = &q.quantization;
-    let f = s.format.name();
-    let zs = |z: Option<&crate::zeroshot::ZeroShot>| {
-        z.map(|z| format!("{:.4}", z.mean_acc))
-            .unwrap_or_else(|| "-".into())
-    };
-    let ppl = |p: Option<f64>| p.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
-    let z = r.zeroshot.as_ref();
-    let mut out = format!(
-        "{:<22} {:>12} {:>12} {:>14}\n",
-        "model", "perplexity", "zero-shot", "linears (MB)"
-    );
-    let f16_mb = s.f16_bytes as f64 / 1e6;
-    for (name, p, zz, mb) in [
-        ("dense".to_string(), r.ppl.dense, zs(z.map(|z| &z.dense)), format!("{f16_mb:.1} (f16)")),
-        ("pruned".into(), r.ppl.pruned, zs(z.and_then(|z| z.pruned.as_ref())), format!("{f16_mb:.1} (f16)")),
-        (format!("pruned + {f}"), q.ppl, zs(q.zeroshot.as_ref()), format!("{:.1}", s.bytes as f64 / 1e6)),
-    ] {
-        out += &format!("{name:<22} {:>12} {zz:>12} {mb:>14}\n", ppl(p));
-    }
-    if let (Some(p), Some(qp)) = (r.ppl.pruned, q.ppl) {
-        out += &format!(
-            "{f} on top of pruning: perplexity {:+.2} %; {} of {} pruned zeros stayed zero; kept weights' relative RMS error {:.4}; types {}\n",
-            100.0 * (qp / p - 1.0),
-            s.pruned_zeros - s.zeros_lost,
-            s.pruned_zeros,
-            s.kept_rel_rms_error,
-            s.types
-                .iter()
-                .map(|(t, n)| format!("{t}×{n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    out
 }

@@ -39,7 +39,28 @@ pub struct Report {
     /// The pruned model quantized (schema 4; `--quantize`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized: Option<QuantizedReport>,
+    /// LoRA recovery of the pruned model (schema 4; `dlpx recover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<RecoveredReport>,
     pub timings: Timings,
+}
+
+/// The pruned model recovered with LoRA adapters (masks fixed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveredReport {
+    pub lora: crate::recover::LoraParams,
+    pub training: crate::recover::Trained,
+    /// Where the training and held-out windows came from.
+    pub train_data: DataSet,
+    pub heldout_data: DataSet,
+    /// The adapters were merged into the weights and the masks re-applied.
+    pub merged: bool,
+    /// Trainable adapter parameters.
+    pub adapter_params: usize,
+    /// Perplexity on the report's evaluation windows, and each window's Σ NLL.
+    pub ppl: Option<f64>,
+    pub window_nll: Option<Vec<f64>>,
 }
 
 /// The pruned model with its linears quantized (GGUF block formats), measured dequantized: the

@@ -79,7 +79,11 @@ fn check_round_trip(m: &LoadedModel, path: &Path, format: Option<QuantFormat>) {
     );
     assert_eq!(back.llama.config.vocab_size, m.llama.config.vocab_size);
     for text in ["he said 12 times: hello", "<|endoftext|>he 007"] {
-        assert_eq!(back.encode(text).unwrap(), m.encode(text).unwrap(), "{text}");
+        assert_eq!(
+            back.encode(text).unwrap(),
+            m.encode(text).unwrap(),
+            "{text}"
+        );
     }
 }
 
@@ -239,7 +243,10 @@ fn prune_quantize_reports_and_saves_what_it_measured() {
         r["ppl"]["pruned"].as_f64().unwrap(),
         q["ppl"].as_f64().unwrap(),
     );
-    assert!(quant != pruned && (quant / pruned - 1.0).abs() < 0.05, "{pruned} → {quant}");
+    assert!(
+        quant != pruned && (quant / pruned - 1.0).abs() < 0.05,
+        "{pruned} → {quant}"
+    );
     // The saved file is what was measured: `dlpx eval` of it gives the quantized perplexity.
     let o = dlpx(
         d,
@@ -261,7 +268,21 @@ fn prune_quantize_reports_and_saves_what_it_measured() {
     let ppl = e["ppl"].as_f64().unwrap();
     assert!((ppl - quant).abs() <= 1e-9 * quant, "{ppl} vs {quant}");
     // A report of schema 4 replays as a config.
-    let o = dlpx(d, &["prune", "--config", report.to_str().unwrap(), "--model", src.to_str().unwrap(), "--calib", &text, "--eval", &text, "--json"]);
+    let o = dlpx(
+        d,
+        &[
+            "prune",
+            "--config",
+            report.to_str().unwrap(),
+            "--model",
+            src.to_str().unwrap(),
+            "--calib",
+            &text,
+            "--eval",
+            &text,
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

@@ -698,3 +698,58 @@ fn overlay_cycles_to_the_applied_entry() {
     assert_eq!((s.overlay_alloc, s.overlay_entry), (None, None));
     assert!(s.overlay_plan.is_none());
 }
+
+/// Q and F (compare view) quantize and LoRA-recover the applied model; the history shows both.
+#[test]
+fn quantized_and_recovered_entries_show_in_the_history() {
+    let mut s = calibrated();
+    // Nothing applied yet: a hint, no job.
+    assert!(s.act(Action::Quantize).is_empty());
+    let target = s.plan.as_ref().unwrap().block.clone();
+    s.act(Action::Apply);
+    s.on_msg(Msg::Applied {
+        id: 1,
+        achieved: target,
+        seconds: 1.0,
+    });
+    s.on_msg(Msg::PrunedPpl {
+        id: 1,
+        ppl: 354.97,
+        window_nll: vec![],
+    });
+    s.on_msg(Msg::Idle);
+    s.act(Action::ToggleCompare);
+    let fx = s.act(Action::Quantize);
+    assert!(
+        matches!(fx.as_slice(), [Effect::Job(Job::Quantize { id: 1 })]),
+        "{fx:?}"
+    );
+    for (format, ppl) in [
+        (dlpx::model::quant::QuantFormat::Q8_0, 356.60),
+        (dlpx::model::quant::QuantFormat::Q4K, 381.13),
+    ] {
+        s.on_msg(Msg::Quantized { id: 1, format, ppl });
+    }
+    s.on_msg(Msg::Idle);
+    let fx = s.act(Action::Recover);
+    assert!(
+        matches!(
+            fx.as_slice(),
+            [Effect::Job(Job::Recover { id: 1, steps: 20 })]
+        ),
+        "{fx:?}"
+    );
+    s.on_msg(Msg::Recovered {
+        id: 1,
+        ppl: 193.46,
+        steps_run: 20,
+        best_step: 20,
+    });
+    s.on_msg(Msg::Idle);
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    let line = frame.lines().find(|l| l.contains("354.97")).unwrap();
+    assert!(
+        line.contains("q8_0 356.6 q4_k 381.1 LoRA(20) 193.5"),
+        "{line}"
+    );
+}

@@ -55,6 +55,19 @@ pub enum Msg {
         ppl: f64,
         window_nll: Vec<f64>,
     },
+    /// Perplexity of applied entry `id` quantized in `format` (key Q).
+    Quantized {
+        id: usize,
+        format: crate::model::quant::QuantFormat,
+        ppl: f64,
+    },
+    /// Perplexity of applied entry `id` after LoRA recovery (key F).
+    Recovered {
+        id: usize,
+        ppl: f64,
+        steps_run: usize,
+        best_step: usize,
+    },
     /// Generation of prompt `prompt` on one side starts (clears its text).
     GenStart {
         pruned: bool,
@@ -97,6 +110,16 @@ pub enum Job {
     /// when it is the pruned model the worker holds.
     ZeroShot {
         id: Option<usize>,
+    },
+    /// Quantize applied entry `id` (the pruned model the worker holds) in q8_0, q4_k and q4_0,
+    /// measuring each.
+    Quantize {
+        id: usize,
+    },
+    /// A short LoRA recovery of applied entry `id` (`steps` optimizer steps), then its perplexity.
+    Recover {
+        id: usize,
+        steps: usize,
     },
     /// `--calib-draws`: prune at `params` from `draws` disjoint calibration subsets (draw 0 is
     /// the session's own) and measure each.

@@ -37,6 +37,10 @@ pub struct Applied {
     pub window_nll: Option<Vec<f64>>,
     /// Zero-shot accuracy (key z).
     pub zeroshot: Option<ZeroShot>,
+    /// Perplexity quantized, per format (key Q).
+    pub quantized: Vec<(crate::model::quant::QuantFormat, f64)>,
+    /// Perplexity after LoRA recovery and the steps it ran (key F).
+    pub recovered: Option<(f64, usize)>,
     pub seconds: f64,
 }
 
@@ -204,6 +208,9 @@ pub enum Effect {
     /// Leave the explorer.
     Quit,
 }
+
+/// Optimizer steps of the explorer's LoRA recovery (key F); `dlpx recover` sets its own.
+pub const RECOVER_STEPS: usize = 20;
 
 pub struct State {
     pub summary: Option<Summary>,
@@ -567,6 +574,8 @@ impl State {
             }
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
+            Action::Quantize => return self.quantize_job(),
+            Action::Recover => return self.recover_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
             Action::CalibDraws => {
                 if self.cal.is_none() || self.busy {
@@ -761,6 +770,8 @@ impl State {
             ppl: None,
             window_nll: None,
             zeroshot: None,
+            quantized: vec![],
+            recovered: None,
             seconds: 0.0,
         });
         self.busy = true;
@@ -842,6 +853,51 @@ impl State {
             values,
             params: Box::new(base),
             windows: self.sweep_windows,
+        })]
+    }
+
+    /// The last applied entry whose pruned model the worker holds, if it has finished.
+    fn held_entry(&self) -> Option<usize> {
+        self.history
+            .iter()
+            .rev()
+            .find(|h| h.achieved.is_some())
+            .map(|h| h.id)
+    }
+
+    /// Quantize the last applied model in q8_0, q4_k and q4_0 and measure each.
+    fn quantize_job(&mut self) -> Vec<Effect> {
+        let Some(id) = self.held_entry() else {
+            self.say("apply first (a): Q quantizes the applied model", Tone::Info);
+            return vec![];
+        };
+        self.busy = true;
+        self.say(
+            format!("#{id}: quantizing q8_0, q4_k, q4_0 and measuring each… (Esc cancels)"),
+            Tone::Info,
+        );
+        vec![Effect::Job(Job::Quantize { id })]
+    }
+
+    /// A short LoRA recovery of the last applied model (`dlpx recover` saves adapters).
+    fn recover_job(&mut self) -> Vec<Effect> {
+        let Some(id) = self.held_entry() else {
+            self.say(
+                "apply first (a): F recovers the applied model with LoRA",
+                Tone::Info,
+            );
+            return vec![];
+        };
+        self.busy = true;
+        self.say(
+            format!(
+                "#{id}: LoRA recovery, {RECOVER_STEPS} steps on the calibration text… (Esc keeps the best so far)"
+            ),
+            Tone::Info,
+        );
+        vec![Effect::Job(Job::Recover {
+            id,
+            steps: RECOVER_STEPS,
         })]
     }
 
@@ -1051,6 +1107,37 @@ impl State {
                     if let Some(b) = sw.best() {
                         sw.sel = b;
                     }
+                }
+            }
+            Msg::Quantized { id, format, ppl } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.quantized.retain(|q| q.0 != format);
+                    h.quantized.push((format, ppl));
+                    let pruned = h
+                        .ppl
+                        .map(|p| format!(" ({:+.1} % vs pruned)", 100.0 * (ppl / p - 1.0)));
+                    self.say(
+                        format!(
+                            "#{id} + {}: perplexity {ppl:.2}{}",
+                            format.name(),
+                            pruned.unwrap_or_default()
+                        ),
+                        Tone::Info,
+                    );
+                }
+            }
+            Msg::Recovered {
+                id,
+                ppl,
+                steps_run,
+                best_step,
+            } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.recovered = Some((ppl, steps_run));
+                    self.say(
+                        format!("#{id} + LoRA: perplexity {ppl:.2} after {steps_run} steps (best held-out at step {best_step})"),
+                        Tone::Info,
+                    );
                 }
             }
             Msg::ZeroShot { id, z } => {

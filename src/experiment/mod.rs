@@ -9,6 +9,7 @@
 
 mod alpha_search;
 pub mod observer;
+mod recover;
 mod report;
 pub mod sweep;
 
@@ -27,11 +28,11 @@ use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::error::Cancelled;
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
+use crate::model::quant::{quantize_linears, QuantFormat, QuantSummary};
 use crate::model::{Llama, LoadedModel, ModelSource, Placement};
 use crate::prune::cache::{calibrate_cached, StatsKey};
 use crate::prune::mask::Metric;
 use crate::prune::memory::Estimate;
-use crate::model::quant::{quantize_linears, QuantFormat, QuantSummary};
 use crate::prune::pipeline::{achieved, linear_numel, prune_faithful, prune_preview, Mode};
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;

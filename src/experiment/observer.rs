@@ -23,6 +23,10 @@ pub enum Stage {
     Quantize,
     /// Perplexity of the pruned and quantized model.
     QuantizedEval,
+    /// LoRA training; steps are optimizer steps.
+    Recover,
+    /// Perplexity of the pruned model with its LoRA adapters.
+    RecoveredEval,
 }
 
 impl Stage {
@@ -38,6 +42,8 @@ impl Stage {
             Stage::ZeroShot => "zero-shot, request",
             Stage::Quantize => "quantizing, block",
             Stage::QuantizedEval => "pruned+quantized perplexity, window",
+            Stage::Recover => "LoRA step",
+            Stage::RecoveredEval => "pruned+LoRA perplexity, window",
         }
     }
 }

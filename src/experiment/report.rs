@@ -73,6 +73,7 @@ pub fn build_report(
         generations: m.generations,
         zeroshot: m.zeroshot,
         quantized: None,
+        recovered: None,
         calib_draws: m.calib_draws,
         alpha_search: m.alpha_search,
         timings: m.timings,

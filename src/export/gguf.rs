@@ -59,10 +59,10 @@ pub fn hf_to_gguf_name(name: &str) -> Option<String> {
 /// llama.cpp's `general.file_type` for a file whose linears are in `format` (none: all f32).
 fn file_type(format: Option<QuantFormat>) -> u32 {
     match format {
-        None => 0,                      // ALL_F32
-        Some(QuantFormat::Q4_0) => 2,   // MOSTLY_Q4_0
-        Some(QuantFormat::Q8_0) => 7,   // MOSTLY_Q8_0
-        Some(QuantFormat::Q4K) => 14,   // MOSTLY_Q4_K_S
+        None => 0,                    // ALL_F32
+        Some(QuantFormat::Q4_0) => 2, // MOSTLY_Q4_0
+        Some(QuantFormat::Q8_0) => 7, // MOSTLY_Q8_0
+        Some(QuantFormat::Q4K) => 14, // MOSTLY_Q4_K_S
     }
 }
 
@@ -87,7 +87,10 @@ fn arch_metadata(model: &LoadedModel, format: Option<QuantFormat>) -> Vec<(Strin
         (format!("{a}.embedding_length"), u(c.hidden_size)),
         (format!("{a}.block_count"), u(c.num_hidden_layers)),
         (format!("{a}.feed_forward_length"), u(c.intermediate_size)),
-        (format!("{a}.attention.head_count"), u(c.num_attention_heads)),
+        (
+            format!("{a}.attention.head_count"),
+            u(c.num_attention_heads),
+        ),
         (
             format!("{a}.attention.head_count_kv"),
             u(c.num_key_value_heads),
@@ -193,13 +196,22 @@ fn tokenizer_metadata_from_json(model: &LoadedModel) -> Result<Vec<(String, Valu
         })
         .collect();
     // Whether the tokenizer puts a BOS before every sequence: encode with and without specials.
-    let with = model.tokenizer.encode("a", true).map_err(|e| eyre!("{e}"))?;
-    let without = model.tokenizer.encode("a", false).map_err(|e| eyre!("{e}"))?;
+    let with = model
+        .tokenizer
+        .encode("a", true)
+        .map_err(|e| eyre!("{e}"))?;
+    let without = model
+        .tokenizer
+        .encode("a", false)
+        .map_err(|e| eyre!("{e}"))?;
     let add_bos = with.get_ids().len() > without.get_ids().len()
         && model.llama.config.bos_token_id == with.get_ids().first().copied();
     let c = &model.llama.config;
     let mut out = vec![
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
         ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
         (
             "tokenizer.ggml.tokens".into(),
@@ -278,7 +290,11 @@ pub fn check_target(out: &Path) -> Result<()> {
 
 /// Save `model` as one GGUF file at `out` (written beside it, then renamed into place), its
 /// block linears in `format` when given, f32 otherwise.
-pub fn save_gguf(model: &LoadedModel, out: &Path, format: Option<QuantFormat>) -> Result<GgufSummary> {
+pub fn save_gguf(
+    model: &LoadedModel,
+    out: &Path,
+    format: Option<QuantFormat>,
+) -> Result<GgufSummary> {
     check_target(out)?;
     let c = &model.llama.config;
     let permuted = matches!(c.arch, Arch::Llama | Arch::Mistral);
@@ -309,7 +325,10 @@ pub fn save_gguf(model: &LoadedModel, out: &Path, format: Option<QuantFormat>) -
     if let Some(f) = rope_freqs(model) {
         let n = f.len();
         let t = Tensor::from_vec(f, n, &Device::Cpu)?;
-        tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32)?));
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
     }
     let mut meta = arch_metadata(model, format);
     meta.extend(match &model.source {

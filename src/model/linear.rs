@@ -52,6 +52,18 @@ pub struct PrunableLinear {
     /// `[out_features, in_features]`, in the model's compute dtype. Pruned entries are exact zeros.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A low-rank adapter added to the output (LoRA recovery); the weight itself is untouched,
+    /// so its pruned entries stay exact zeros.
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA adapter (Hu et al., 2022) as PEFT defines it: `y += scale · (x Aᵀ) Bᵀ`, with
+/// `A: [r, in]`, `B: [out, r]` and `scale = lora_alpha / r`.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 impl PrunableLinear {
@@ -60,6 +72,7 @@ impl PrunableLinear {
             name: name.into(),
             weight,
             bias,
+            lora: None,
         }
     }
 
@@ -87,6 +100,13 @@ impl PrunableLinear {
         let y = x.reshape((rows, cols))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(l) => {
+                let x2 = x.reshape((rows, cols))?;
+                (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?
+            }
             None => y,
         };
         let mut out = dims;

@@ -19,6 +19,8 @@ use super::linear::{LinearKind, Observer, PrunableLinear};
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// Composed ops instead of the fused kernel, for training (see [`Llama::set_differentiable`]).
+    differentiable: bool,
 }
 
 impl Rope {
@@ -37,11 +39,20 @@ impl Rope {
         Ok(Self {
             cos: Tensor::from_vec(cos, (max_pos, half), dev)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, (max_pos, half), dev)?.to_dtype(dtype)?,
+            differentiable: false,
         })
     }
 
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
+    }
+
+    /// candle's fused rope has no backward pass; the composed one (same arithmetic) has.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.differentiable {
+            true => candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin),
+            false => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+        }
     }
 
     /// Rotate `[b, heads, t, head_dim]` for positions `offset..offset+t`.
@@ -56,7 +67,7 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        self.rotate(x, &cos, &sin)
     }
 
     /// Rotate `[b, heads, t, head_dim]` whose token `(i, j)` sits at position
@@ -68,7 +79,7 @@ impl Rope {
         let flat = positions.flatten_all()?;
         let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
         let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        self.rotate(x, &cos, &sin)
     }
 }
 
@@ -227,6 +238,9 @@ pub struct Llama {
     /// With `--offload`: block linears stay in their file until [`Llama::block`] reads them, and
     /// pruned blocks are kept in host memory, so the device holds one block at a time.
     pub offload: Option<Offload>,
+    /// Run rms-norm, softmax and rope as composed tensor ops that backpropagate (candle's fused
+    /// kernels have no backward pass), for LoRA training; slower, same values to rounding.
+    differentiable: bool,
 }
 
 /// How many rope positions to precompute: enough for any window we run, bounded for memory.
@@ -330,6 +344,7 @@ impl Llama {
             device: device.clone(),
             dtype,
             offload,
+            differentiable: false,
         };
         m.check_shapes()?;
         Ok(m)
@@ -368,6 +383,28 @@ impl Llama {
             );
         }
         Ok(())
+    }
+
+    /// Switch the forward between candle's fused kernels (inference) and composed ops that
+    /// backpropagate (training).
+    pub fn set_differentiable(&mut self, on: bool) {
+        self.differentiable = on;
+        self.rope.differentiable = on;
+    }
+
+    fn norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        match self.differentiable {
+            true => candle_nn::ops::rms_norm_slow(x, w, eps),
+            false => rms_norm(x, w, eps),
+        }
+    }
+
+    fn softmax(&self, att: &Tensor) -> Result<Tensor> {
+        match self.differentiable {
+            true => candle_nn::ops::softmax(att, D::Minus1),
+            false => softmax_last_dim(att),
+        }
     }
 
     /// Block `i` ready to run on the compute device: borrowed when resident there; otherwise
@@ -510,7 +547,6 @@ impl Llama {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
-        let eps = c.rms_norm_eps as f32;
         let mut see = |k: LinearKind, v: &Tensor| -> Result<()> {
             match observe.as_mut() {
                 Some(f) => f(k, v),
@@ -518,7 +554,7 @@ impl Llama {
             }
         };
 
-        let h = rms_norm(&x.contiguous()?, &blk.input_layernorm, eps)?;
+        let h = self.norm(&x.contiguous()?, &blk.input_layernorm)?;
         see(LinearKind::Q, &h)?;
         see(LinearKind::K, &h)?;
         see(LinearKind::V, &h)?;
@@ -575,12 +611,12 @@ impl Llama {
             At::Offset(_) => {}
             At::Packed(p) => att = att.broadcast_add(&p.mask.to_dtype(att.dtype())?)?,
         }
-        let att = softmax_last_dim(&att)?;
+        let att = self.softmax(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         see(LinearKind::O, &y)?;
         let x = (x + blk.linear(LinearKind::O).forward(&y)?)?;
 
-        let h = rms_norm(&x, &blk.post_attention_layernorm, eps)?;
+        let h = self.norm(&x, &blk.post_attention_layernorm)?;
         see(LinearKind::Gate, &h)?;
         see(LinearKind::Up, &h)?;
         let g = blk.linear(LinearKind::Gate).forward(&h)?;
@@ -614,11 +650,7 @@ impl Llama {
 
     /// Final norm and LM head: `[b, t, hidden]` → logits `[b, t, vocab]`.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let h = rms_norm(
-            &x.contiguous()?,
-            &self.norm,
-            self.config.rms_norm_eps as f32,
-        )?;
+        let h = self.norm(&x.contiguous()?, &self.norm)?;
         match &self.lm_head {
             Some(l) => l.forward(&h),
             None => {

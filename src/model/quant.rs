@@ -184,7 +184,9 @@ mod tests {
         let mut x = 7u64;
         let v: Vec<f32> = (0..rows * cols)
             .map(|i| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (x >> 40) as f32 / (1u64 << 24) as f32;
                 if i % 512 < 64 || u < 0.7 {
                     0.0

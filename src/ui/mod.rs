@@ -620,9 +620,18 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        let quant: String = h
+            .quantized
+            .iter()
+            .map(|(f, p)| format!(" {} {p:.1}", f.name()))
+            .collect();
+        let lora = h
+            .recovered
+            .map(|(p, steps)| format!(" LoRA({steps}) {p:.1}"))
+            .unwrap_or_default();
         lines.push(Line::styled(
             format!(
-                "#{:<3} {:>8}  {}{ach}{vs}{}",
+                "#{:<3} {:>8}  {}{ach}{vs}{}{quant}{lora}",
                 h.id,
                 h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
                 crate::app::params::describe(&h.params),

@@ -167,6 +167,14 @@ impl Session for ExplorerSession {
                 let r = self.zeroshot(link, id);
                 settle(link, Stage::ZeroShot, r);
             }
+            Job::Quantize { id } => {
+                let r = self.quantize(link, id);
+                settle(link, Stage::QuantizedEval, r);
+            }
+            Job::Recover { id, steps } => {
+                let r = self.recover(link, id, steps);
+                settle(link, Stage::Recover, r);
+            }
             Job::CalibDraws { params, draws } => {
                 let r = self.calib_draws(link, &params, draws);
                 // Back to the session's own calibration windows, whatever happened.
@@ -430,6 +438,66 @@ impl ExplorerSession {
                     z: Box::new(z),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// The pruned model of applied entry `id`, if the worker still holds it.
+    fn held(&self, id: usize) -> Result<(&Experiment, &LoadedModel)> {
+        match (&self.x, &self.pruned) {
+            (Some(x), Some(m)) if self.pruned_id == Some(id) => Ok((x, m)),
+            _ => Err(eyre!(
+                "#{id} is no longer the applied model: apply it again (a)"
+            )),
+        }
+    }
+
+    fn quantize(&self, link: &Link, id: usize) -> Result<()> {
+        use crate::model::quant::QuantFormat;
+        let (x, m) = self.held(id)?;
+        let mut obs = WorkerObserver { link, pruned: true };
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4K, QuantFormat::Q4_0] {
+            let (q, _) = x.quantize(&m.llama, format, &mut obs)?;
+            if let Some(p) = x.perplexity(&q, Stage::QuantizedEval, &mut obs)? {
+                link.send(Msg::Quantized {
+                    id,
+                    format,
+                    ppl: p.ppl,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&self, link: &Link, id: usize, steps: usize) -> Result<()> {
+        use crate::recover::{Adapters, LoraParams};
+        let (x, m) = self.held(id)?;
+        let mut obs = WorkerObserver { link, pruned: true };
+        let p = LoraParams {
+            steps,
+            ..LoraParams::default()
+        };
+        let ((train, _), (heldout, _)) = x.recovery_windows("calib", 0, 8, &mut obs)?;
+        let adapters = Adapters::new(&m.llama, p.rank, p.alpha, p.seed)?;
+        let mut llama = m.llama.clone();
+        // A cancel (Esc) stops training with the best adapters so far, then measures them.
+        let t = x.recover(
+            &mut llama,
+            &adapters,
+            &train,
+            &heldout,
+            &p,
+            &mut |_| Ok(()),
+            &mut obs,
+        )?;
+        let mut quiet = crate::experiment::Silent;
+        if let Some(ppl) = x.perplexity(&llama, Stage::RecoveredEval, &mut quiet)? {
+            link.send(Msg::Recovered {
+                id,
+                ppl: ppl.ppl,
+                steps_run: t.steps_run,
+                best_step: t.best_step,
+            });
         }
         Ok(())
     }

@@ -1,0 +1,580 @@
+//! LoRA recovery of a pruned model (Hu et al., 2022; the DLP paper, ICML 2025, reports that DLP
+//! "integrates with parameter-efficient fine-tuning"): low-rank adapters on the seven linears of
+//! every block, trained with candle's autograd and AdamW on next-token loss, while the pruned
+//! weights themselves are constants, so every pruned entry stays exactly zero.
+//!
+//! - Adapters follow PEFT's LoRA: `y = x Wᵀ + (α / r) · (x Aᵀ) Bᵀ`, `A` Kaiming-uniform
+//!   (bound `1/√in`), `B` zero, so training starts from the pruned model itself.
+//! - Early stopping on held-out windows: the best adapters (lowest held-out loss) are kept, and
+//!   a stop (steps, patience or cancel) returns with them installed.
+//! - Saved in PEFT's layout ([`Adapters::save_peft`]); merging is optional and re-applies the
+//!   mask ([`Adapters::merge`]).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use serde::{Deserialize, Serialize};
+
+use crate::model::linear::Lora;
+use crate::model::{LinearKind, Llama};
+
+/// What a recovery run trains with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LoraParams {
+    /// Adapter rank r.
+    pub rank: usize,
+    /// PEFT's `lora_alpha`; the update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// AdamW learning rate (no weight decay).
+    pub lr: f64,
+    /// Maximum optimizer steps.
+    pub steps: usize,
+    /// Training windows per step.
+    pub batch: usize,
+    /// Held-out loss every this many steps (and at the start).
+    pub eval_every: usize,
+    /// Stop after this many held-out evaluations without improvement.
+    pub patience: usize,
+    /// Seed of the adapters' initialisation and of the window order.
+    pub seed: u64,
+}
+
+impl Default for LoraParams {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            lr: 2e-4,
+            steps: 60,
+            batch: 4,
+            eval_every: 10,
+            patience: 3,
+            seed: 0,
+        }
+    }
+}
+
+impl LoraParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 || self.batch == 0 || self.eval_every == 0 || self.steps == 0 {
+            bail!("LoRA: --rank, --batch, --eval-every and --steps must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.alpha > 0.0 && self.alpha.is_finite())
+        {
+            bail!("LoRA: --lr and --alpha must be positive numbers");
+        }
+        Ok(())
+    }
+}
+
+/// One linear's adapter: its HF module name and the trained `A` and `B`.
+struct Adapter {
+    module: String,
+    block: usize,
+    kind: LinearKind,
+    a: Var,
+    b: Var,
+}
+
+/// The adapters of every block linear of a model.
+pub struct Adapters {
+    pub rank: usize,
+    pub alpha: f64,
+    items: Vec<Adapter>,
+}
+
+/// SplitMix64, for a seeded initialisation independent of any RNG crate.
+fn splitmix(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl Adapters {
+    /// Fresh adapters for every block linear of `model` (f32, on its device).
+    pub fn new(model: &Llama, rank: usize, alpha: f64, seed: u64) -> Result<Self> {
+        if model.offload.is_some() {
+            bail!("LoRA recovery needs the model resident: drop --offload");
+        }
+        let dev = &model.device;
+        let mut next = splitmix(seed);
+        let mut items = Vec::new();
+        for (i, blk) in model.blocks.iter().enumerate() {
+            for k in LinearKind::ALL {
+                let l = blk.linear(k);
+                let (out, inp) = (l.out_features(), l.in_features());
+                // kaiming_uniform_(a=√5) on [r, in]: bound = 1/√in.
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> = (0..rank * inp)
+                    .map(|_| {
+                        let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+                        ((2.0 * u - 1.0) * bound) as f32
+                    })
+                    .collect();
+                items.push(Adapter {
+                    module: l.name.clone(),
+                    block: i,
+                    kind: k,
+                    a: Var::from_tensor(&Tensor::from_vec(a, (rank, inp), dev)?)?,
+                    b: Var::zeros((out, rank), DType::F32, dev)?,
+                });
+            }
+        }
+        Ok(Self { rank, alpha, items })
+    }
+
+    /// Trainable parameters (A and B of every adapter).
+    pub fn params(&self) -> usize {
+        self.items
+            .iter()
+            .map(|a| a.a.elem_count() + a.b.elem_count())
+            .sum()
+    }
+
+    fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Put the adapters into `model`'s linears (they then take part in every forward).
+    pub fn install(&self, model: &mut Llama) -> Result<()> {
+        let dtype = model.dtype;
+        for ad in &self.items {
+            let l = model.blocks[ad.block].linear_mut(ad.kind);
+            l.lora = Some(Lora {
+                a: ad.a.as_tensor().to_dtype(dtype)?,
+                b: ad.b.as_tensor().to_dtype(dtype)?,
+                scale: self.scale(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Take the adapters out of `model`.
+    pub fn uninstall(model: &mut Llama) {
+        for blk in &mut model.blocks {
+            for l in blk.linears.iter_mut() {
+                l.lora = None;
+            }
+        }
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.items
+            .iter()
+            .flat_map(|a| [a.a.clone(), a.b.clone()])
+            .collect()
+    }
+
+    /// A copy of the current values (the best checkpoint so far).
+    fn snapshot(&self) -> Result<Vec<(Tensor, Tensor)>> {
+        self.items
+            .iter()
+            .map(|a| Ok((a.a.as_tensor().copy()?, a.b.as_tensor().copy()?)))
+            .collect()
+    }
+
+    fn restore(&self, snap: &[(Tensor, Tensor)]) -> Result<()> {
+        for (ad, (a, b)) in self.items.iter().zip(snap) {
+            ad.a.set(a)?;
+            ad.b.set(b)?;
+        }
+        Ok(())
+    }
+
+    /// PEFT's tensor names: `base_model.model.<module>.lora_{A,B}.weight`.
+    pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for a in &self.items {
+            let cpu = |t: &Var| t.as_tensor().to_device(&Device::Cpu);
+            out.push((
+                format!("base_model.model.{}.lora_A.weight", a.module),
+                cpu(&a.a)?,
+            ));
+            out.push((
+                format!("base_model.model.{}.lora_B.weight", a.module),
+                cpu(&a.b)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// PEFT's `adapter_config.json` for these adapters on `base_model`.
+    pub fn peft_config(&self, base_model: &str) -> serde_json::Value {
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "target_modules": LinearKind::ALL.iter()
+                .map(|k| k.hf_name().rsplit('.').next().unwrap_or_default())
+                .collect::<Vec<_>>(),
+            "init_lora_weights": true,
+            "inference_mode": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "use_rslora": false,
+            "use_dora": false,
+            "revision": null,
+        })
+    }
+
+    /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
+    /// missing); each file is replaced atomically, so an interrupted run leaves the previous
+    /// checkpoint whole.
+    pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .wrap_err_with(|| format!("cannot create `{}`", dir.display()))?;
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.peft_tensors()?.into_iter().collect();
+        let tmp = tempfile::Builder::new()
+            .prefix(".dlpx-")
+            .tempfile_in(dir)
+            .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
+        candle_core::safetensors::save(&tensors, tmp.path())?;
+        crate::assets::make_shareable(tmp.path(), false)?;
+        tmp.persist(dir.join("adapter_model.safetensors"))
+            .map_err(|e| eyre!("cannot write the adapters in `{}`: {e}", dir.display()))?;
+        crate::assets::write_atomic(
+            &dir.join("adapter_config.json"),
+            serde_json::to_string_pretty(&self.peft_config(base_model))?.as_bytes(),
+        )
+    }
+
+    /// Merge the adapters into the weights and re-apply each layer's mask:
+    /// `W ← (W + (α/r)·B A) ⊙ [W ≠ 0]`, so the model stays exactly as sparse (the low-rank
+    /// update of the pruned entries is dropped). The adapters are removed from the linears.
+    pub fn merge(&self, model: &mut Llama) -> Result<()> {
+        for ad in &self.items {
+            let l = model.blocks[ad.block].linear_mut(ad.kind);
+            let w = l.weight.to_dtype(DType::F32)?;
+            let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
+            let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * self.scale())?;
+            let merged = ((w + delta)? * keep)?;
+            l.weight = merged.to_dtype(l.weight.dtype())?;
+            l.lora = None;
+        }
+        Ok(())
+    }
+}
+
+/// Mean next-token cross-entropy of `windows` (each its own sequence) under `model`.
+fn loss(model: &Llama, windows: &[Vec<u32>]) -> Result<Tensor> {
+    let t = windows[0].len();
+    let flat: Vec<u32> = windows.iter().flatten().copied().collect();
+    let ids = Tensor::from_vec(flat, (windows.len(), t), &model.device)?;
+    let logits = model.forward(&ids.narrow(1, 0, t - 1)?, 0, None)?;
+    let v = logits.dim(2)?;
+    let logits = logits
+        .to_dtype(DType::F32)?
+        .reshape(((t - 1) * windows.len(), v))?;
+    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+}
+
+/// Held-out loss, in batches, without the composed (slow) ops.
+fn heldout_loss(model: &mut Llama, heldout: &[Vec<u32>], batch: usize) -> Result<f64> {
+    model.set_differentiable(false);
+    let mut sum = 0.0;
+    for c in heldout.chunks(batch) {
+        sum += loss(model, c)?.to_scalar::<f32>()? as f64 * c.len() as f64;
+    }
+    model.set_differentiable(true);
+    Ok(sum / heldout.len() as f64)
+}
+
+/// One report of training progress.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainStep {
+    pub step: usize,
+    pub steps: usize,
+    /// Training loss of this step's batch.
+    pub loss: f64,
+    /// Held-out loss, when evaluated at this step.
+    pub heldout: Option<f64>,
+    pub tokens_per_s: f64,
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// The step budget ran out.
+    Steps,
+    /// `patience` held-out evaluations without improvement.
+    EarlyStop,
+    /// Cancelled (the best checkpoint so far is kept).
+    Cancelled,
+}
+
+/// What a recovery run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Trained {
+    pub steps_run: usize,
+    /// Step of the kept adapters (0: none improved on the pruned model; adapters are then zero
+    /// in effect).
+    pub best_step: usize,
+    /// Held-out loss (step, loss), from step 0 (the pruned model).
+    pub heldout: Vec<(usize, f64)>,
+    /// Training loss per step.
+    pub train_loss: Vec<f64>,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub stop: Stop,
+}
+
+/// Train `adapters` (installed into `model` here) on `train` with early stopping on `heldout`.
+/// `progress` may return `false` to cancel; `on_best` runs whenever the held-out loss improves
+/// (to save a checkpoint). Returns with the best adapters installed.
+pub fn train(
+    model: &mut Llama,
+    adapters: &Adapters,
+    train: &[Vec<u32>],
+    heldout: &[Vec<u32>],
+    p: &LoraParams,
+    progress: &mut dyn FnMut(&TrainStep) -> bool,
+    on_best: &mut dyn FnMut(&Adapters) -> Result<()>,
+) -> Result<Trained> {
+    p.validate()?;
+    if train.is_empty() || heldout.is_empty() || train[0].len() < 2 {
+        bail!("LoRA: need training and held-out windows of at least 2 tokens");
+    }
+    adapters.install(model)?;
+    let mut opt = AdamW::new(
+        adapters.vars(),
+        ParamsAdamW {
+            lr: p.lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let started = Instant::now();
+    let t = train[0].len();
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut next = splitmix(p.seed ^ 0xA5A5);
+    let mut out = Trained {
+        steps_run: 0,
+        best_step: 0,
+        heldout: vec![],
+        train_loss: vec![],
+        tokens: 0,
+        seconds: 0.0,
+        stop: Stop::Steps,
+    };
+    let mut best = heldout_loss(model, heldout, p.batch)?;
+    out.heldout.push((0, best));
+    let mut best_snap = adapters.snapshot()?;
+    let mut since_best = 0;
+    let mut cursor = train.len();
+    model.set_differentiable(true);
+    let result = (|| -> Result<()> {
+        for step in 1..=p.steps {
+            let mut batch = Vec::with_capacity(p.batch);
+            while batch.len() < p.batch.min(train.len()) {
+                if cursor == train.len() {
+                    // A fresh seeded shuffle every pass over the windows.
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, (next() % (i as u64 + 1)) as usize);
+                    }
+                    cursor = 0;
+                }
+                batch.push(train[order[cursor]].clone());
+                cursor += 1;
+            }
+            let l = loss(model, &batch)?;
+            opt.backward_step(&l)?;
+            // The installed copies follow the variables only in f32; re-install otherwise.
+            if model.dtype != DType::F32 {
+                adapters.install(model)?;
+            }
+            let lv = l.to_scalar::<f32>()? as f64;
+            out.train_loss.push(lv);
+            out.steps_run = step;
+            out.tokens += batch.len() * t;
+            let mut h = None;
+            if step % p.eval_every == 0 || step == p.steps {
+                let hl = heldout_loss(model, heldout, p.batch)?;
+                out.heldout.push((step, hl));
+                h = Some(hl);
+                if hl < best {
+                    best = hl;
+                    out.best_step = step;
+                    best_snap = adapters.snapshot()?;
+                    since_best = 0;
+                    on_best(adapters)?;
+                } else {
+                    since_best += 1;
+                }
+            }
+            let go = progress(&TrainStep {
+                step,
+                steps: p.steps,
+                loss: lv,
+                heldout: h,
+                tokens_per_s: out.tokens as f64 / started.elapsed().as_secs_f64(),
+            });
+            if !go {
+                out.stop = Stop::Cancelled;
+                return Ok(());
+            }
+            if since_best >= p.patience {
+                out.stop = Stop::EarlyStop;
+                return Ok(());
+            }
+        }
+        Ok(())
+    })();
+    model.set_differentiable(false);
+    result?;
+    adapters.restore(&best_snap)?;
+    adapters.install(model)?;
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synthetic::{random_model, random_windows};
+
+    fn tiny() -> Llama {
+        let cfg = crate::model::LlamaConfig::from_hf_json(
+            r#"{"model_type":"llama","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":64,"rms_norm_eps":1e-5,
+                "max_position_embeddings":64}"#,
+        )
+        .unwrap();
+        let mut m = random_model(&cfg, 2, 64, 3, &Device::Cpu, DType::F32).unwrap();
+        // Prune half of every linear by magnitude.
+        for blk in &mut m.blocks {
+            for l in blk.linears.iter_mut() {
+                let w = l.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let abs: Vec<f32> = w.iter().map(|x| x.abs()).collect();
+                let mask = crate::prune::mask::per_row(&abs, l.in_features(), 0.5);
+                let dims = l.weight.dims().to_vec();
+                l.set_mask(Tensor::from_vec(mask, dims, &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        m
+    }
+
+    fn weights(m: &Llama) -> Vec<Vec<f32>> {
+        m.blocks
+            .iter()
+            .flat_map(|b| b.linears.iter())
+            .map(|l| l.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn composed_ops_give_the_fused_forward() {
+        let mut m = tiny();
+        let ids = Tensor::new(&[[1u32, 5, 9, 13, 2, 7]], &Device::Cpu).unwrap();
+        let fused = m.forward(&ids, 0, None).unwrap();
+        m.set_differentiable(true);
+        let composed = m.forward(&ids, 0, None).unwrap();
+        let d = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn lora_lowers_the_loss_and_keeps_every_pruned_zero() {
+        let mut m = tiny();
+        let before = weights(&m);
+        let batch = random_windows(4, 16, 64, 9);
+        let ad = Adapters::new(&m, 4, 8.0, 1).unwrap();
+        let p = LoraParams {
+            rank: 4,
+            alpha: 8.0,
+            lr: 1e-2,
+            steps: 30,
+            batch: 4,
+            eval_every: 5,
+            patience: 10,
+            seed: 0,
+        };
+        let mut saves = 0;
+        let r = train(&mut m, &ad, &batch, &batch, &p, &mut |_| true, &mut |_| {
+            saves += 1;
+            Ok(())
+        })
+        .unwrap();
+        let (first, last) = (r.heldout[0].1, r.heldout.last().unwrap().1);
+        assert!(last < first - 0.1, "held-out loss {first} → {last}");
+        assert!(r.train_loss.last().unwrap() < &r.train_loss[0]);
+        assert!(saves > 0 && r.best_step > 0);
+        assert_eq!(weights(&m), before, "the pruned weights are constants");
+        // The adapters are in effect (the installed model is the best checkpoint).
+        let now = loss(&m, &batch).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let best = r.heldout.iter().map(|h| h.1).fold(f64::MAX, f64::min);
+        assert!((now - best).abs() < 1e-4, "{now} vs best {best}");
+        // Merged and re-masked: the same zeros, other weights changed.
+        ad.merge(&mut m).unwrap();
+        let merged = weights(&m);
+        for (b, a) in before.iter().flatten().zip(merged.iter().flatten()) {
+            assert_eq!(*b == 0.0, *a == 0.0);
+        }
+        assert_ne!(merged, before);
+    }
+
+    #[test]
+    fn peft_layout_names_and_shapes() {
+        let m = tiny();
+        let ad = Adapters::new(&m, 4, 8.0, 1).unwrap();
+        let t = ad.peft_tensors().unwrap();
+        assert_eq!(t.len(), 2 * 7 * 2);
+        let find = |n: &str| &t.iter().find(|(k, _)| k == n).unwrap().1;
+        assert_eq!(
+            find("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight").dims(),
+            &[4, 48]
+        );
+        assert_eq!(
+            find("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight").dims(),
+            &[16, 4]
+        );
+        let c = ad.peft_config("pruned");
+        assert_eq!(c["r"], 4);
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(
+            c["target_modules"],
+            serde_json::json!([
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj"
+            ])
+        );
+        let dir = tempfile::tempdir().unwrap();
+        ad.save_peft(dir.path(), "pruned").unwrap();
+        let back = candle_core::safetensors::load(
+            dir.path().join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(back.len(), 28);
+    }
+}

@@ -1,0 +1,234 @@
+//! `dlpx recover` on a tiny random-weight model: PEFT adapter files with PEFT's names and shapes,
+//! the report's `recovered` section, a merged model with exactly the pruned zeros, and clear
+//! errors before any work.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device};
+use common::Tiny;
+use dlpx::model::{self, LinearKind, ModelSource};
+
+fn text(dir: &Path) -> String {
+    let p = dir.join("text.txt");
+    let body: String = (0..400)
+        .map(|i| format!("line {i} of some text, with words that repeat {}\n", i % 7))
+        .collect();
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn dlpx(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .env("DLPX_CACHE", dir.join("cache"))
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Per linear, which weights are exactly zero.
+fn zero_pattern(dir: &Path) -> Vec<Vec<bool>> {
+    let m = model::load(
+        &ModelSource::Folder(dir.to_path_buf()),
+        &Device::Cpu,
+        DType::F32,
+        &mut |_| {},
+    )
+    .unwrap();
+    m.llama
+        .blocks
+        .iter()
+        .flat_map(|b| LinearKind::ALL.map(|k| b.linear(k).weight.clone()))
+        .map(|w| {
+            w.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v == 0.0)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn recover_writes_peft_adapters_a_report_and_a_merged_model_with_the_same_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tiny = Tiny {
+        hidden: 64,
+        ffn: 128,
+        ..Tiny::default()
+    };
+    let (src, _) = tiny.gguf_in(d, 12);
+    let src = src.to_str().unwrap();
+    let text = text(d);
+    let data = [
+        "--calib",
+        &text,
+        "--eval",
+        &text,
+        "--calib-samples",
+        "8",
+        "--seq-len",
+        "16",
+        "--eval-windows",
+        "6",
+    ];
+    let (r, pruned) = (d.join("r.json"), d.join("pruned"));
+    let mut args = vec!["prune", "--model", src, "--sparsity", "0.5"];
+    args.extend(data);
+    args.extend([
+        "--report",
+        r.to_str().unwrap(),
+        "--save",
+        pruned.to_str().unwrap(),
+    ]);
+    ok(&dlpx(d, &args));
+    let (ad, merged, rr) = (d.join("adapters"), d.join("merged"), d.join("rr.json"));
+    let o = dlpx(
+        d,
+        &[
+            "recover",
+            "--model",
+            src,
+            "--config",
+            r.to_str().unwrap(),
+            "--steps",
+            "8",
+            "--eval-every",
+            "2",
+            "--patience",
+            "10",
+            "--lr",
+            "5e-3",
+            "--holdout",
+            "4",
+            "--out",
+            ad.to_str().unwrap(),
+            "--merge",
+            "--save",
+            merged.to_str().unwrap(),
+            "--report",
+            rr.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("pruned + LoRA r8 (merged)"));
+
+    // PEFT's layout: adapter_config.json and base_model.model.<module>.lora_{A,B}.weight.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ad.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+    assert_eq!(cfg["lora_alpha"], 16.0);
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    let t =
+        candle_core::safetensors::load(ad.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(t.len(), 2 * 7 * tiny.blocks);
+    let kv = tiny.kv_heads * tiny.head_dim();
+    for (name, dims) in [
+        ("model.layers.0.self_attn.q_proj.lora_A.weight", [8, 64]),
+        ("model.layers.0.self_attn.k_proj.lora_B.weight", [kv, 8]),
+        ("model.layers.1.mlp.down_proj.lora_A.weight", [8, 128]),
+        ("model.layers.1.mlp.down_proj.lora_B.weight", [64, 8]),
+    ] {
+        let key = format!("base_model.model.{name}");
+        assert_eq!(t[&key].dims(), &dims, "{key}");
+    }
+
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rr).unwrap()).unwrap();
+    let rec = &rep["recovered"];
+    assert_eq!(rec["merged"], true);
+    assert_eq!(rec["lora"]["rank"], 8);
+    let heldout = rec["training"]["heldout"].as_array().unwrap();
+    assert_eq!(heldout[0][0], 0, "step 0 is the pruned model");
+    assert!(rec["training"]["steps_run"].as_u64().unwrap() <= 8);
+    assert_eq!(
+        rec["heldout_data"]["offset"], 8,
+        "held out after the calibration windows"
+    );
+    assert!(rec["ppl"].as_f64().unwrap().is_finite());
+    assert_eq!(
+        rep["ppl"]["pruned"],
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&r).unwrap()).unwrap()
+            ["ppl"]["pruned"]
+    );
+
+    // Merged and re-masked: exactly the pruned zeros.
+    assert_eq!(zero_pattern(&merged), zero_pattern(&pruned));
+}
+
+#[test]
+fn bad_recover_input_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = dlpx(d, &["recover", "--config", "missing.json", "--out", "x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("missing.json"), "{err}");
+    assert!(!err.contains("panicked"));
+    // A valid config, but bad training settings or an occupied --out.
+    let (src, _) = Tiny::default().gguf_in(d, 2);
+    let text = text(d);
+    let r = d.join("r.json");
+    ok(&dlpx(
+        d,
+        &[
+            "prune",
+            "--model",
+            src.to_str().unwrap(),
+            "--calib",
+            &text,
+            "--eval",
+            &text,
+            "--calib-samples",
+            "4",
+            "--seq-len",
+            "16",
+            "--eval-windows",
+            "4",
+            "--mode",
+            "preview",
+            "--report",
+            r.to_str().unwrap(),
+        ],
+    ));
+    let occupied = d.join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    std::fs::write(occupied.join("keep.txt"), "mine").unwrap();
+    for (extra, want) in [
+        (vec!["--rank", "0"], "--rank"),
+        (vec!["--lr=0"], "--lr"),
+        (vec!["--holdout", "0"], "--holdout"),
+    ] {
+        let mut args = vec!["recover", "--config", r.to_str().unwrap(), "--out", "fresh"];
+        args.extend(extra);
+        let o = dlpx(d, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{want}: {err}");
+    }
+    let o = dlpx(
+        d,
+        &[
+            "recover",
+            "--config",
+            r.to_str().unwrap(),
+            "--out",
+            occupied.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("occupied"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(occupied.join("keep.txt")).unwrap(),
+        "mine"
+    );
+}
