@@ -101,8 +101,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let trained = x.recover(
         &mut llama,
         &adapters,
-        &train,
-        &heldout,
+        (&train, &heldout),
         &lora,
         &mut |ad| ad.save_peft(&out, &base_name),
         obs,

@@ -44,15 +44,14 @@ impl Experiment {
         Ok(((w, dataset(sha, n_train, seq, data, None)), (heldout, held)))
     }
 
-    /// Train `adapters` on `llama` (the pruned model), reporting each step as
+    /// Train `adapters` on `llama` (the pruned model) on `windows` (training, held-out), reporting each step as
     /// [`Stage::Recover`] and each held-out evaluation as a status line; a `Break` stops with the
     /// best adapters so far. `on_best` runs at every held-out improvement.
     pub fn recover(
         &self,
         llama: &mut Llama,
         adapters: &Adapters,
-        train_windows: &[Vec<u32>],
-        heldout: &[Vec<u32>],
+        (train_windows, heldout): (&[Vec<u32>], &[Vec<u32>]),
         p: &LoraParams,
         on_best: &mut dyn FnMut(&Adapters) -> Result<()>,
         obs: &mut dyn Observer,

@@ -62,8 +62,8 @@ impl LoraParams {
         if self.rank == 0 || self.batch == 0 || self.eval_every == 0 || self.steps == 0 {
             bail!("LoRA: --rank, --batch, --eval-every and --steps must be at least 1");
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.alpha > 0.0 && self.alpha.is_finite())
-        {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !positive(self.lr) || !positive(self.alpha) {
             bail!("LoRA: --lr and --alpha must be positive numbers");
         }
         Ok(())

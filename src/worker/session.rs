@@ -484,8 +484,7 @@ impl ExplorerSession {
         let t = x.recover(
             &mut llama,
             &adapters,
-            &train,
-            &heldout,
+            (&train, &heldout),
             &p,
             &mut |_| Ok(()),
             &mut obs,
