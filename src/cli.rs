@@ -216,6 +216,15 @@ pub struct RecoverArgs {
     /// Write the report (the replayed run with a `recovered` section).
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
+    /// Also quantize the pruned model (without adapters) and measure it, so the table and the
+    /// report hold dense → pruned → pruned+quantized → pruned+LoRA.
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::model::quant::QuantFormat>,
+    /// Also measure zero-shot accuracy of every model in the table on these tasks (comma-separated, or `all`).
+    #[arg(long)]
+    pub tasks: Option<String>,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Recompute the calibration statistics instead of using the on-disk cache.
     #[arg(long)]
     pub no_stats_cache: bool,

@@ -534,7 +534,7 @@ pub fn stages_table(r: &crate::report::Report) -> String {
                 if l.merged { " (merged)" } else { "" }
             ),
             l.ppl,
-            "-".into(),
+            zs(l.zeroshot.as_ref()),
             String::new(),
         ));
     }

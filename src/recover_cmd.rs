@@ -13,7 +13,7 @@ use crate::model::{ModelSource, Placement};
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::plan;
 use crate::recover::{Adapters, LoraParams};
-use crate::report::{RecoveredReport, Report, Timings};
+use crate::report::{QuantizedReport, RecoveredReport, Report, Timings, ZeroShotPair};
 
 pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let base = Report::load(&a.config)?;
@@ -30,6 +30,14 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     };
     // Everything that does not need the model is checked before any work.
     lora.validate()?;
+    let tasks = a
+        .tasks
+        .as_deref()
+        .map(crate::zeroshot::parse_tasks)
+        .transpose()?;
+    if tasks.is_none() && (a.task.limit.is_some() || a.task.source != "demo") {
+        bail!("--task-limit and --task-source need --tasks (e.g. --tasks all)");
+    }
     if a.holdout == 0 {
         bail!("--holdout must be at least 1 window (early stopping needs held-out text)");
     }
@@ -75,6 +83,19 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let (dense_ppl, _) = x.dense_perplexity(obs)?;
     timings.eval_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let task_set = match &tasks {
+        Some(tasks) => {
+            let source = crate::zeroshot::TaskSource::parse(&a.task.source);
+            Some(x.task_set(tasks, &source, a.task.limit, obs)?)
+        }
+        None => None,
+    };
+    let dense_z = match &task_set {
+        Some(set) => Some(x.dense_zeroshot(set, false, obs)?.0),
+        None => None,
+    };
+    timings.zeroshot_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let spectra = params.alloc.allocation == Allocation::Alpha;
     let (cal, hit) = x.calibrate(params.owl_m, spectra, obs)?;
     timings.calibrate_s = t.elapsed().as_secs_f64();
@@ -87,6 +108,34 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let t = Instant::now();
     let pruned_ppl = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
     timings.eval_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let zeroshot = match (&task_set, dense_z) {
+        (Some(set), Some(dense)) => Some(ZeroShotPair {
+            dense,
+            pruned: Some(x.zeroshot(&x.model.llama, set, obs)?),
+        }),
+        _ => None,
+    };
+    timings.zeroshot_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let quantized = match a.quantize {
+        Some(format) => {
+            let (q, quantization) = x.quantize(&x.model.llama, format, obs)?;
+            let ppl = x.perplexity(&q, Stage::QuantizedEval, obs)?;
+            let zeroshot = match &task_set {
+                Some(set) => Some(x.zeroshot(&q, set, obs)?),
+                None => None,
+            };
+            Some(QuantizedReport {
+                quantization,
+                ppl: ppl.as_ref().map(|p| p.ppl),
+                window_nll: ppl.map(|p| p.window_nll),
+                zeroshot,
+            })
+        }
+        None => None,
+    };
+    timings.quantize_s = t.elapsed().as_secs_f64();
 
     let ((train, train_set), (heldout, heldout_set)) =
         x.recovery_windows(&a.data, a.train_windows, a.holdout, obs)?;
@@ -119,6 +168,10 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let t = Instant::now();
     let recovered_ppl = x.perplexity(&llama, Stage::RecoveredEval, obs)?;
     timings.eval_s += t.elapsed().as_secs_f64();
+    let recovered_z = match &task_set {
+        Some(set) => Some(x.zeroshot(&llama, set, obs)?),
+        None => None,
+    };
     if let Some(dir) = &a.save {
         match a.merge {
             true => crate::model::save_folder(&x.with_weights(llama), dir)?,
@@ -143,7 +196,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
             dense_window_nll: dense_ppl.map(|p| p.window_nll),
             pruned_window_nll: pruned_ppl.map(|p| p.window_nll),
             generations: vec![],
-            zeroshot: None,
+            zeroshot,
             calib_draws: None,
             alpha_search: None,
             timings,
@@ -158,7 +211,9 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
         adapter_params: adapters.params(),
         ppl: recovered_ppl.as_ref().map(|p| p.ppl),
         window_nll: recovered_ppl.map(|p| p.window_nll),
+        zeroshot: recovered_z,
     });
+    report.quantized = quantized;
     if let Some(path) = &a.report {
         report.save(path)?;
     }

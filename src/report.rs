@@ -61,6 +61,9 @@ pub struct RecoveredReport {
     /// Perplexity on the report's evaluation windows, and each window's Σ NLL.
     pub ppl: Option<f64>,
     pub window_nll: Option<Vec<f64>>,
+    /// Zero-shot accuracy on the report's tasks (when `--tasks` was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeroshot: Option<crate::zeroshot::ZeroShot>,
 }
 
 /// The pruned model with its linears quantized (GGUF block formats), measured dequantized: the

@@ -117,10 +117,28 @@ fn recover_writes_peft_adapters_a_report_and_a_merged_model_with_the_same_zeros(
             merged.to_str().unwrap(),
             "--report",
             rr.to_str().unwrap(),
+            "--quantize",
+            "q8_0",
         ],
     );
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("pruned + LoRA r8 (merged)"));
+    // One table: dense → pruned → pruned+quantized → pruned+LoRA.
+    let table = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = [
+        "dense ",
+        "pruned ",
+        "pruned + q8_0",
+        "pruned + LoRA r8 (merged)",
+    ]
+    .iter()
+    .map(|r| {
+        table
+            .lines()
+            .find(|l| l.starts_with(r))
+            .unwrap_or_else(|| panic!("no row {r}: {table}"))
+    })
+    .collect();
+    assert_eq!(rows.len(), 4);
 
     // PEFT's layout: adapter_config.json and base_model.model.<module>.lora_{A,B}.weight.
     let cfg: serde_json::Value =
@@ -157,6 +175,8 @@ fn recover_writes_peft_adapters_a_report_and_a_merged_model_with_the_same_zeros(
         "held out after the calibration windows"
     );
     assert!(rec["ppl"].as_f64().unwrap().is_finite());
+    assert_eq!(rep["quantized"]["quantization"]["format"], "q8_0");
+    assert_eq!(rep["quantized"]["quantization"]["zeros_lost"], 0);
     assert_eq!(
         rep["ppl"]["pruned"],
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&r).unwrap()).unwrap()
