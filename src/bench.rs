@@ -382,7 +382,7 @@ fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
     x.prune_in_place(&cal, &pl, &params, obs)?;
     let pruned = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
     let wall_s = started.elapsed().as_secs_f64();
-    let peak_mib = peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
     let v = serde_json::json!({
         "job": "demo, Wanda, DLP median, p 0.7, faithful, 32×256 calibration, 64×256 evaluation",
         "wall_s": wall_s,
@@ -403,11 +403,4 @@ fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Peak resident set size of this process (VmHWM), in KiB; `None` off Linux.
-pub(crate) fn peak_rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -128,7 +128,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
     let whole_s = block.total() * real_blocks as f64;
     let whole_paper_s = paper.total() * real_blocks as f64;
     let speedup = |s1: f64, sn: f64| if sn > 0.0 { s1 / sn } else { f64::NAN };
-    let peak_mib = crate::bench::peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
 
     let stage_json = |t: &StageTimes| {
         serde_json::Value::Object(

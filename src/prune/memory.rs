@@ -158,6 +158,13 @@ pub fn available_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Peak resident set size of this process (VmHWM), in KiB; `None` off Linux.
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

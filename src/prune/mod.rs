@@ -6,6 +6,7 @@ pub mod esd;
 pub mod mask;
 pub mod memory;
 pub mod pipeline;
+pub mod select;
 pub mod sparsegpt;
 pub mod stats;
 pub mod timing;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::esd::{alpha_hat, eigenvalues};
 use super::mask::wanda_metric_into;
+use super::select::{bucket_of, bucket_values, key_histogram};
 use super::sparsegpt::Hessian;
 use super::timing::{timed, StageTimes};
 use crate::model::llama::Block;
@@ -76,55 +77,6 @@ impl ScoreStats {
     }
 }
 
-/// Values per parallel task in the passes over scores.
-const PAR_CHUNK: usize = 1 << 16;
-
-/// Histogram of the top 16 bits of each value's order key, over all cores (integer counts, so
-/// exact whatever the split).
-fn key_histogram(part: &[f32]) -> Vec<usize> {
-    part.par_chunks(PAR_CHUNK)
-        .fold(
-            || vec![0usize; 1 << 16],
-            |mut h, c| {
-                c.iter()
-                    .for_each(|&v| h[(order_key(v) >> 16) as usize] += 1);
-                h
-            },
-        )
-        .reduce(
-            || vec![0usize; 1 << 16],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
-}
-
-/// The `k`-th smallest value (0-based, `f32::total_cmp` order) of `values`, exactly, by the same
-/// radix select: a histogram on all cores, then a selection inside one bucket.
-pub fn kth_smallest(values: &[f32], k: usize) -> f32 {
-    let (bucket, below) = bucket_of(&key_histogram(values), k);
-    let mut inside: Vec<f32> = values
-        .par_iter()
-        .copied()
-        .filter(|&v| (order_key(v) >> 16) as usize == bucket)
-        .collect();
-    let (_, &mut v, _) = inside.select_nth_unstable_by(k - below, |a, b| a.total_cmp(b));
-    v
-}
-
-/// The histogram bucket that holds rank `k`, and the count of values in the buckets below it.
-fn bucket_of(hist: &[usize], k: usize) -> (usize, usize) {
-    let mut below = 0;
-    for (b, &c) in hist.iter().enumerate() {
-        if below + c > k {
-            return (b, below);
-        }
-        below += c;
-    }
-    (0, 0)
-}
-
 /// [`ScoreStats`] of a sequence of parts seen twice, so that only one part needs to exist at a
 /// time (a 7B block's scores are recomputed linear by linear rather than held together). The
 /// first pass sums and builds a histogram of the top 16 bits of each value's order-preserving
@@ -181,11 +133,7 @@ impl RadixStats {
         let (bucket, _) = *self
             .target
             .get_or_insert_with(|| bucket_of(&self.hist, self.n.saturating_sub(1) / 2));
-        self.inside.par_extend(
-            part.par_iter()
-                .copied()
-                .filter(|&v| (order_key(v) >> 16) as usize == bucket),
-        );
+        self.inside.extend(bucket_values(part, bucket));
     }
 
     pub fn finish(mut self) -> ScoreStats {
@@ -285,16 +233,6 @@ impl Moments {
             max: self.max.unwrap_or(f32::NEG_INFINITY),
             var,
         }
-    }
-}
-
-/// A u32 whose unsigned order is `f32::total_cmp`'s order.
-fn order_key(v: f32) -> u32 {
-    let b = v.to_bits();
-    if b >> 31 == 1 {
-        !b
-    } else {
-        b | 0x8000_0000
     }
 }
 
@@ -719,7 +657,7 @@ mod tests {
         let run = || {
             (
                 ScoreStats::of_parts(&parts),
-                kth_smallest(&vals, 123_456),
+                super::super::select::kth_smallest(&vals, 123_456),
                 count_above(&vals, 3.5),
             )
         };
