@@ -53,7 +53,7 @@ fn pruning_lowers_accuracy_and_dense_scores_are_deterministic() {
         ],
         None,
     );
-    assert_eq!(report["schema_version"], 3);
+    assert_eq!(report["schema_version"], dlpx::report::SCHEMA_VERSION);
     let dense = &report["zeroshot"]["dense"];
     let pruned = &report["zeroshot"]["pruned"];
     for t in ["hellaswag", "arc_easy"] {
