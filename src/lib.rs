@@ -30,6 +30,7 @@ pub mod prune_cmd;
 pub mod recover;
 pub mod recover_cmd;
 pub mod report;
+pub mod rng;
 pub mod sweep_cmd;
 pub mod tui;
 pub mod ui;

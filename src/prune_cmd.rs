@@ -13,7 +13,7 @@ use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::mask::Pattern;
 use crate::prune::pipeline::{plan, PruneParams};
-use crate::report::{GenerationPair, QuantizedReport, Report, Timings, ZeroShotPair};
+use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
 
 /// Merge a replayed config (if any) with the flags; flags win.
 fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
@@ -120,17 +120,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         .into_iter()
         .flatten()
     {
-        let parent = f
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !parent.is_dir() {
-            bail!(
-                "cannot write `{}`: folder `{}` does not exist",
-                f.display(),
-                parent.display()
-            );
-        }
+        crate::assets::ensure_parent_dir(f)?;
     }
     let setup = Setup {
         source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
@@ -295,20 +285,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     // them again, with the same function, so the file holds the measured values).
     let t = Instant::now();
     let quantized = match a.quantize {
-        Some(format) => {
-            let (q, quantization) = x.quantize(&x.model.llama, format, obs)?;
-            let ppl = x.perplexity(&q, Stage::QuantizedEval, obs)?;
-            let zeroshot = match &task_set {
-                Some(set) => Some(x.zeroshot(&q, set, obs)?),
-                None => None,
-            };
-            Some(QuantizedReport {
-                quantization,
-                ppl: ppl.as_ref().map(|p| p.ppl),
-                window_nll: ppl.map(|p| p.window_nll),
-                zeroshot,
-            })
-        }
+        Some(f) => Some(x.measure_quantized(&x.model.llama, f, task_set.as_ref(), obs)?),
         None => None,
     };
     timings.quantize_s = t.elapsed().as_secs_f64();

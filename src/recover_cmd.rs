@@ -13,7 +13,7 @@ use crate::model::{ModelSource, Placement};
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::plan;
 use crate::recover::{Adapters, LoraParams};
-use crate::report::{QuantizedReport, RecoveredReport, Report, Timings, ZeroShotPair};
+use crate::report::{RecoveredReport, Report, Timings, ZeroShotPair};
 
 pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let base = Report::load(&a.config)?;
@@ -49,17 +49,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
         crate::model::ensure_free_dir(dir)?;
     }
     if let Some(f) = &a.report {
-        let parent = f
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !parent.is_dir() {
-            bail!(
-                "cannot write `{}`: folder `{}` does not exist",
-                f.display(),
-                parent.display()
-            );
-        }
+        crate::assets::ensure_parent_dir(f)?;
     }
     let setup = Setup {
         source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
@@ -119,20 +109,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     timings.zeroshot_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let quantized = match a.quantize {
-        Some(format) => {
-            let (q, quantization) = x.quantize(&x.model.llama, format, obs)?;
-            let ppl = x.perplexity(&q, Stage::QuantizedEval, obs)?;
-            let zeroshot = match &task_set {
-                Some(set) => Some(x.zeroshot(&q, set, obs)?),
-                None => None,
-            };
-            Some(QuantizedReport {
-                quantization,
-                ppl: ppl.as_ref().map(|p| p.ppl),
-                window_nll: ppl.map(|p| p.window_nll),
-                zeroshot,
-            })
-        }
+        Some(f) => Some(x.measure_quantized(&x.model.llama, f, task_set.as_ref(), obs)?),
         None => None,
     };
     timings.quantize_s = t.elapsed().as_secs_f64();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use common::Tiny;
@@ -172,22 +171,7 @@ fn folder_source_writes_tokenizer_metadata_from_tokenizer_json() {
     check_round_trip(&m, &out, None);
 }
 
-fn text(dir: &Path) -> String {
-    let p = dir.join("text.txt");
-    let body: String = (0..400)
-        .map(|i| format!("line {i} of some text, with words that repeat {}\n", i % 7))
-        .collect();
-    std::fs::write(&p, body).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn dlpx(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlpx"))
-        .args(args)
-        .env("DLPX_CACHE", dir.join("cache"))
-        .output()
-        .unwrap()
-}
+use common::{dlpx_in as dlpx, text_file as text};
 
 #[test]
 fn prune_quantize_reports_and_saves_what_it_measured() {

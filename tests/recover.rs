@@ -5,28 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device};
 use common::Tiny;
 use dlpx::model::{self, LinearKind, ModelSource};
 
-fn text(dir: &Path) -> String {
-    let p = dir.join("text.txt");
-    let body: String = (0..400)
-        .map(|i| format!("line {i} of some text, with words that repeat {}\n", i % 7))
-        .collect();
-    std::fs::write(&p, body).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn dlpx(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlpx"))
-        .args(args)
-        .env("DLPX_CACHE", dir.join("cache"))
-        .output()
-        .unwrap()
-}
+use common::{dlpx_in as dlpx, text_file as text};
 
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

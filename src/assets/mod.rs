@@ -90,6 +90,22 @@ pub fn make_shareable(_path: &Path, _dir: bool) -> Result<()> {
 /// Write `bytes` to `path` atomically: a temp file beside it, then rename. A failure leaves
 /// whatever was at `path` untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = ensure_parent_dir(path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dlpx-")
+        .tempfile_in(dir)
+        .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .wrap_err_with(|| format!("cannot write `{}`", path.display()))?;
+    make_shareable(tmp.path(), false)?;
+    tmp.persist(path)
+        .map_err(|e| eyre!("cannot write `{}`: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The folder `path` would be written in (`.` for a bare name), or an error naming it when it
+/// does not exist: checked before any work, so a typo costs nothing.
+pub fn ensure_parent_dir(path: &Path) -> Result<&Path> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -101,16 +117,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             dir.display()
         );
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".dlpx-")
-        .tempfile_in(dir)
-        .wrap_err_with(|| format!("cannot write in `{}`", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)
-        .wrap_err_with(|| format!("cannot write `{}`", path.display()))?;
-    make_shareable(tmp.path(), false)?;
-    tmp.persist(path)
-        .map_err(|e| eyre!("cannot write `{}`: {e}", path.display()))?;
-    Ok(())
+    Ok(dir)
 }
 
 /// `<cache>/<kind>/<sha256 of the key's JSON>.json`: one file per key of a result cache.

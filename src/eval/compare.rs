@@ -6,6 +6,8 @@
 use color_eyre::eyre::{bail, Result};
 use serde::Serialize;
 
+use crate::rng::SplitMix64;
+
 /// The perplexity ratio B/A with its bootstrap interval.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RatioInterval {
@@ -24,25 +26,6 @@ impl RatioInterval {
     /// Whether the interval excludes 1: the difference is larger than the windows' noise.
     pub fn excludes_one(&self) -> bool {
         self.hi < 1.0 || self.lo > 1.0
-    }
-}
-
-/// SplitMix64: a small, well-mixed generator, so intervals do not depend on a crate's
-/// algorithm choices across versions.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is below 2⁻⁵⁰ for any window count).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() as u128 * n as u128) >> 64) as usize
     }
 }
 
@@ -70,7 +53,7 @@ pub fn paired_bootstrap(
     let tokens = (n * predictions) as f64;
     let diff: Vec<f64> = a.iter().zip(b).map(|(x, y)| y - x).collect();
     let ratio = (diff.iter().sum::<f64>() / tokens).exp();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut ratios: Vec<f64> = (0..resamples)
         .map(|_| {
             let s: f64 = (0..n).map(|_| diff[rng.below(n)]).sum();

@@ -572,6 +572,29 @@ impl Experiment {
         Ok((q, summary))
     }
 
+    /// `llama` quantized in `format` and measured as the report states it: perplexity, and
+    /// zero-shot accuracy on `tasks` when given.
+    pub fn measure_quantized(
+        &self,
+        llama: &Llama,
+        format: QuantFormat,
+        tasks: Option<&TaskSet>,
+        obs: &mut dyn Observer,
+    ) -> Result<crate::report::QuantizedReport> {
+        let (q, quantization) = self.quantize(llama, format, obs)?;
+        let ppl = self.perplexity(&q, Stage::QuantizedEval, obs)?;
+        let zeroshot = match tasks {
+            Some(set) => Some(self.zeroshot(&q, set, obs)?),
+            None => None,
+        };
+        Ok(crate::report::QuantizedReport {
+            quantization,
+            ppl: ppl.as_ref().map(|p| p.ppl),
+            window_nll: ppl.map(|p| p.window_nll),
+            zeroshot,
+        })
+    }
+
     /// A runnable model around pruned weights (tokenizer and source of the dense one).
     pub fn with_weights(&self, llama: Llama) -> LoadedModel {
         LoadedModel {

@@ -256,13 +256,6 @@ fn rope_freqs(model: &LoadedModel) -> Option<Vec<f32>> {
     )
 }
 
-fn parent_dir(out: &Path) -> &Path {
-    match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// Whether `out` can take a GGUF export: a new `.gguf` file in an existing folder (checked before
 /// any work).
 pub fn check_target(out: &Path) -> Result<()> {
@@ -278,13 +271,7 @@ pub fn check_target(out: &Path) -> Result<()> {
             out.display()
         );
     }
-    if !parent_dir(out).is_dir() {
-        bail!(
-            "cannot write `{}`: folder `{}` does not exist",
-            out.display(),
-            parent_dir(out).display()
-        );
-    }
+    crate::assets::ensure_parent_dir(out)?;
     Ok(())
 }
 
@@ -338,7 +325,7 @@ pub fn save_gguf(
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
 
-    let dir = parent_dir(out);
+    let dir = crate::assets::ensure_parent_dir(out)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".dlpx-")
         .suffix(".gguf")

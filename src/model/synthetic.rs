@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::config::LlamaConfig;
 use super::Llama;
+use crate::rng::SplitMix64;
 
 /// The block shapes of `config.json` of three public checkpoints (the fields dlpx reads).
 const PRESETS: &[(&str, &str, &str)] = &[
@@ -77,27 +78,17 @@ impl Shape {
     }
 }
 
-/// SplitMix64: a seeded stream per chunk, so the weights do not depend on the thread count.
-fn splitmix(mut x: u64) -> impl FnMut() -> u64 {
-    move || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// `n` values uniform on ±0.02·√3 (standard deviation 0.02), from `seed`.
 fn uniform(n: usize, seed: u64) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let half = 0.02f32 * 3f32.sqrt();
     let mut v = vec![0f32; n];
     v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
-        let mut next = splitmix(seed ^ (c as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        // A seeded stream per chunk, so the weights do not depend on the thread count.
+        let mut rng = SplitMix64::new(seed ^ (c as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
         for x in out {
             // 24 random bits → [-1, 1).
-            let u = (next() >> 40) as f32 / (1u32 << 23) as f32 - 1.0;
+            let u = (rng.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0;
             *x = u * half;
         }
     });
@@ -156,9 +147,13 @@ pub fn random_model(
 
 /// `n` windows of `len` random token ids below `vocab`.
 pub fn random_windows(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut next = splitmix(seed);
+    let mut rng = SplitMix64::new(seed);
     (0..n)
-        .map(|_| (0..len).map(|_| (next() % vocab as u64) as u32).collect())
+        .map(|_| {
+            (0..len)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect()
+        })
         .collect()
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::linear::Lora;
 use crate::model::{LinearKind, Llama};
+use crate::rng::SplitMix64;
 
 /// What a recovery run trains with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -86,17 +87,6 @@ pub struct Adapters {
     items: Vec<Adapter>,
 }
 
-/// SplitMix64, for a seeded initialisation independent of any RNG crate.
-fn splitmix(mut x: u64) -> impl FnMut() -> u64 {
-    move || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 impl Adapters {
     /// Fresh adapters for every block linear of `model` (f32, on its device).
     pub fn new(model: &Llama, rank: usize, alpha: f64, seed: u64) -> Result<Self> {
@@ -104,7 +94,7 @@ impl Adapters {
             bail!("LoRA recovery needs the model resident: drop --offload");
         }
         let dev = &model.device;
-        let mut next = splitmix(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut items = Vec::new();
         for (i, blk) in model.blocks.iter().enumerate() {
             for k in LinearKind::ALL {
@@ -114,7 +104,7 @@ impl Adapters {
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f32> = (0..rank * inp)
                     .map(|_| {
-                        let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
                         ((2.0 * u - 1.0) * bound) as f32
                     })
                     .collect();
@@ -364,7 +354,7 @@ pub fn train(
     let started = Instant::now();
     let t = train[0].len();
     let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut next = splitmix(p.seed ^ 0xA5A5);
+    let mut rng = SplitMix64::new(p.seed ^ 0xA5A5);
     let mut out = Trained {
         steps_run: 0,
         best_step: 0,
@@ -387,7 +377,7 @@ pub fn train(
                 if cursor == train.len() {
                     // A fresh seeded shuffle every pass over the windows.
                     for i in (1..order.len()).rev() {
-                        order.swap(i, (next() % (i as u64 + 1)) as usize);
+                        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
                     }
                     cursor = 0;
                 }

@@ -363,3 +363,22 @@ pub fn write_parquet_text(path: &Path, rows: &[String]) {
     rg.close().unwrap();
     w.close().unwrap();
 }
+
+/// A repetitive text file (400 short lines) for calibrating and evaluating tiny models.
+pub fn text_file(dir: &Path) -> String {
+    let p = dir.join("text.txt");
+    let body: String = (0..400)
+        .map(|i| format!("line {i} of some text, with words that repeat {}\n", i % 7))
+        .collect();
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Run the release binary with its cache inside `dir`.
+pub fn dlpx_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+        .args(args)
+        .env("DLPX_CACHE", dir.join("cache"))
+        .output()
+        .unwrap()
+}
