@@ -135,13 +135,42 @@ fn packed_loglikelihoods_equal_full_forwards_and_metrics_follow_the_harness() {
             "shared contexts run once: {work:?}"
         );
         let mut worst = 0f64;
+        // Lengths first: a short or empty result must not make "packed = direct" hold trivially.
+        assert_eq!(
+            set.tasks.len(),
+            tasks.len(),
+            "one prepared task per task asked"
+        );
+        assert_eq!(
+            lls.len(),
+            set.tasks.len(),
+            "one log-likelihood list per task"
+        );
+        let mut compared = 0;
         for (t, task_lls) in set.tasks.iter().zip(&lls) {
             let (mut acc, mut norm) = (0.0, 0.0);
+            assert!(!t.docs.is_empty(), "{}: no documents", t.task.name());
+            assert_eq!(t.encoded.len(), t.docs.len(), "{}", t.task.name());
+            assert_eq!(
+                task_lls.len(),
+                t.docs.len(),
+                "{}: one row per document",
+                t.task.name()
+            );
             for ((doc, enc), got) in t.docs.iter().zip(&t.encoded).zip(task_lls) {
                 let want: Vec<f64> = enc
                     .iter()
                     .map(|(c, k)| direct_ll(&m.llama, c, k, max_len))
                     .collect();
+                assert!(doc.choices.len() >= 2, "{}: {doc:?}", t.task.name());
+                assert_eq!(want.len(), doc.choices.len(), "one request per choice");
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{}: one log-likelihood per choice",
+                    t.task.name()
+                );
+                compared += got.len();
                 for (g, w) in got.iter().zip(&want) {
                     worst = worst.max((g - w).abs());
                 }
@@ -169,6 +198,10 @@ fn packed_loglikelihoods_equal_full_forwards_and_metrics_follow_the_harness() {
             assert!((s.acc_stderr.unwrap() - sd / n.sqrt()).abs() < 1e-12);
         }
         // f32 forwards of different shapes: summation order differs, nothing else.
+        assert!(
+            compared > 0,
+            "no log-likelihood compared (max_len {max_len})"
+        );
         assert!(
             worst < 2e-4,
             "max |packed − direct| = {worst} (max_len {max_len})"
