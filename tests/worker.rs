@@ -114,7 +114,19 @@ fn panics_in_loading_and_in_jobs_reach_the_screen_and_the_explorer_quits() {
     // Idle after the errors: q quits at once.
     assert!(matches!(key(&mut state, 'q').as_slice(), [Effect::Quit]));
     drop(handle);
-    // The worker thread ends when the explorer's end of the queue is gone.
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(rx.try_recv().is_err());
+    // The worker thread ends when the explorer's end of the queue is gone: it drops the only
+    // sender of the message channel, which then reads as closed (`None`), not merely empty. The
+    // deadline only turns a worker that never ends into a failure instead of a hung test.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut after = vec![];
+        while let Some(m) = rx.blocking_recv() {
+            after.push(format!("{m:?}"));
+        }
+        let _ = done_tx.send(after);
+    });
+    let after = done_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the worker thread did not end after the explorer dropped its queue");
+    assert!(after.is_empty(), "messages after quitting: {after:?}");
 }
