@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use common::Tiny;
 use dlpx::export::gguf::{save_gguf, tensor_types};
-use dlpx::model::quant::{quantize_matrix, QuantFormat};
+use dlpx::model::quant::QuantFormat;
 use dlpx::model::{self, LinearKind, LoadedModel, ModelSource};
 
 fn load(src: ModelSource) -> LoadedModel {
@@ -43,25 +43,148 @@ fn is_linear(name: &str) -> bool {
         .any(|k| name.ends_with(&format!("{}.weight", k.hf_name())))
 }
 
+/// f32 values rounded to f16 and back (the block scales are stored as f16).
+fn via_f16(xs: &[f32]) -> Vec<f32> {
+    Tensor::new(xs, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// A row-major weight matrix quantized and dequantized by ggml's reference quantizers
+/// (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`, `quantize_row_q5_0_ref` and the matching
+/// `dequantize_row_*` in llama.cpp's ggml-quants.c), written out here from the C so the expected
+/// values do not come from the quantizer under test. Blocks of 32 weights, one f16 scale each:
+/// - q8_0: d = max|x| / 127, q = round(x / d) in −127..127;
+/// - q4_0: d = x_m / −8 with x_m the weight of largest |x|, q = min(15, trunc(x / d + 8.5)) − 8;
+/// - q5_0: the same with 16 and 31: q = min(31, trunc(x / d + 16.5)) − 16.
+///
+/// The dequantized weight is q · f16(d); the division uses the unrounded d, as the C does.
+fn ggml_reference(w: &[f32], ty: &str) -> Vec<f32> {
+    assert_eq!(w.len() % 32, 0);
+    let blocks: Vec<&[f32]> = w.chunks(32).collect();
+    let d: Vec<f32> = blocks
+        .iter()
+        .map(|b| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &x in b.iter() {
+                if amax < x.abs() {
+                    amax = x.abs();
+                    max = x;
+                }
+            }
+            match ty {
+                "q8_0" => amax / 127.0,
+                "q4_0" => max / -8.0,
+                "q5_0" => max / -16.0,
+                _ => unreachable!("{ty}"),
+            }
+        })
+        .collect();
+    let d16 = via_f16(&d);
+    let mut out = Vec::with_capacity(w.len());
+    for ((b, &d), &d16) in blocks.iter().zip(&d).zip(&d16) {
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for &x in b.iter() {
+            let q = match ty {
+                "q8_0" => (x * id).round(),
+                "q4_0" => ((x * id + 8.5) as i8).min(15) as f32 - 8.0,
+                _ => ((x * id + 16.5) as i8).min(31) as f32 - 16.0,
+            };
+            out.push(q * d16);
+        }
+    }
+    out
+}
+
+/// The GGUF type a linear with rows of `cols` weights is written in (llama.cpp's fallbacks:
+/// q4_k needs rows of 256, else q5_0).
+fn expected_type(format: QuantFormat, cols: usize) -> &'static str {
+    match format {
+        QuantFormat::Q8_0 => "q8_0",
+        QuantFormat::Q4_0 => "q4_0",
+        QuantFormat::Q4K if cols % 256 == 0 => "q4_k",
+        QuantFormat::Q4K => "q5_0",
+    }
+}
+
+/// q4_k has no reference written out here; what it must be: 4 bits per weight, so at most 16
+/// distinct values in each sub-block of 32 (d·sc·q − dmin·m, q in 0..15), and close to the
+/// weights: its relative RMS error on the kept weights is at most that of a 16-level grid
+/// spanning each sub-block's range, (max − min) / 15 / √12 per weight, with 50 % slack for the
+/// 6-bit scales and minimums. Returns the relative RMS error.
+fn check_q4_k(name: &str, w: &[f32], g: &[f32]) -> f64 {
+    let (mut err, mut grid, mut norm) = (0f64, 0f64, 0f64);
+    for (wb, gb) in w.chunks(32).zip(g.chunks(32)) {
+        let mut levels: Vec<u32> = gb.iter().map(|x| x.to_bits()).collect();
+        levels.sort();
+        levels.dedup();
+        assert!(levels.len() <= 16, "{name}: {} values in 32", levels.len());
+        let lo = wb.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
+        let hi = wb.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let step = (hi - lo) / 15.0;
+        for (&x, &y) in wb.iter().zip(gb) {
+            if x != 0.0 {
+                err += (x as f64 - y as f64).powi(2);
+                grid += step * step / 12.0;
+                norm += (x as f64).powi(2);
+            }
+        }
+    }
+    assert!(norm > 0.0, "{name}: no kept weight");
+    assert!(
+        err <= 1.5 * 1.5 * grid,
+        "{name}: rms error {} > grid {}",
+        err.sqrt(),
+        grid.sqrt()
+    );
+    (err / norm).sqrt()
+}
+
 fn check_round_trip(m: &LoadedModel, path: &Path, format: Option<QuantFormat>) {
     let back = load(ModelSource::Gguf(path.to_path_buf()));
     let want = m.llama.named_tensors().unwrap();
     let got: std::collections::HashMap<String, Tensor> =
         back.llama.named_tensors().unwrap().into_iter().collect();
+    assert_eq!(got.len(), want.len(), "tensors in the file");
+    let types = tensor_types(path).unwrap();
+    let mut quantized = 0;
     for (name, t) in &want {
-        let expect = match (is_linear(name), format) {
-            (true, Some(f)) => quantize_matrix(t, f)
-                .unwrap()
-                .dequantize(&Device::Cpu)
-                .unwrap(),
-            _ => t.clone(),
-        };
         let g = &got[name];
-        assert_eq!(
-            common::max_abs_diff(g, &expect),
-            0.0,
-            "{name} differs after the round trip ({format:?})"
-        );
+        assert_eq!(g.dims(), t.dims(), "{name}");
+        let format = format.filter(|_| is_linear(name));
+        if let Some(f) = format {
+            let cols = t.dims()[1];
+            let ty = expected_type(f, cols);
+            let gguf = dlpx::export::gguf::hf_to_gguf_name(name).unwrap();
+            assert_eq!(dlpx::model::quant::type_name(types[&gguf]), ty, "{name}");
+            let w = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            if ty == "q4_k" {
+                check_q4_k(name, &w, &gv);
+            } else {
+                let expect = ggml_reference(&w, ty);
+                let bad = expect.iter().zip(&gv).position(|(a, b)| a != b);
+                assert!(
+                    bad.is_none(),
+                    "{name} ({ty}): weight {} is {} in the file, ggml's reference gives {}",
+                    bad.unwrap(),
+                    gv[bad.unwrap()],
+                    expect[bad.unwrap()]
+                );
+            }
+            quantized += 1;
+        } else {
+            assert_eq!(
+                common::max_abs_diff(g, t),
+                0.0,
+                "{name} differs after the round trip"
+            );
+        }
         if is_linear(name) && format != Some(QuantFormat::Q4K) {
             let (a, b) = (
                 t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -70,6 +193,9 @@ fn check_round_trip(m: &LoadedModel, path: &Path, format: Option<QuantFormat>) {
             let lost = a.iter().zip(&b).filter(|(x, y)| **x == 0.0 && **y != 0.0);
             assert_eq!(lost.count(), 0, "{name}: pruned zeros came back non-zero");
         }
+    }
+    if format.is_some() {
+        assert_eq!(quantized, 7 * m.llama.blocks.len(), "quantized linears");
     }
     assert_eq!(back.llama.config.hidden_size, m.llama.config.hidden_size);
     assert_eq!(
