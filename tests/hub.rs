@@ -223,15 +223,26 @@ fn an_interrupted_download_leaves_no_half_file_and_completes_next_time() {
     assert!(!o.status.success(), "the cut went unnoticed: {e}");
     assert!(e.contains("org/tiny"), "{e}");
     // Nothing under snapshots/ is a partial file: every file there is complete.
+    // config.json comes first and is smaller than the cut, so the snapshot folder exists; the
+    // cut file is not in it.
     let snap = home.join("hub/models--org--tiny/snapshots").join(COMMIT);
-    if snap.is_dir() {
-        for f in std::fs::read_dir(&snap).unwrap() {
-            let p = f.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            let want = std::fs::read(folder.join(&name)).unwrap();
-            assert_eq!(std::fs::read(&p).unwrap(), want, "{name} is not whole");
-        }
+    assert!(snap.is_dir(), "no snapshot folder at {}", snap.display());
+    let mut names = vec![];
+    for f in std::fs::read_dir(&snap).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        let want = std::fs::read(folder.join(&name)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want, "{name} is not whole");
+        names.push(name);
     }
+    assert!(names.iter().any(|n| n == "config.json"), "{names:?}");
+    // The cut falls on the first body over half a shard: the first shard or an earlier file.
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "model-00001-of-00002.safetensors"),
+        "{names:?}"
+    );
     // The next run resumes (or restarts) and gives the same model as the local folder.
     let local = ppl_of(&dlpx(
         &server,
@@ -306,8 +317,24 @@ fn c4_and_wikitext2_presets_read_their_files_from_the_hub() {
     // The report names the presets and hashes the text that was read.
     assert_eq!(r["data"]["calib"]["source"], "c4");
     assert_eq!(r["data"]["eval"]["source"], "wikitext2");
-    let docs_sha = dlpx::assets::sha256_docs(&docs);
+    // sha256 of the documents joined with "\n\n", computed here from the joined text.
+    let docs_sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(docs.join("\n\n").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(docs_sha.len(), 64);
     assert_eq!(r["data"]["calib"]["sha256"], docs_sha);
+    let rows_sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(rows.join("\n\n").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(r["data"]["eval"]["sha256"], rows_sha);
     assert!(r["ppl"]["dense"].as_f64().unwrap() > 1.0);
     // The second run reads the files from the Hugging Face cache: no new requests.
     let before = server.requests().len();
