@@ -152,14 +152,58 @@ fn recover_writes_peft_adapters_a_report_and_a_merged_model_with_the_same_zeros(
     let rec = &rep["recovered"];
     assert_eq!(rec["merged"], true);
     assert_eq!(rec["lora"]["rank"], 8);
-    let heldout = rec["training"]["heldout"].as_array().unwrap();
-    assert_eq!(heldout[0][0], 0, "step 0 is the pruned model");
-    assert!(rec["training"]["steps_run"].as_u64().unwrap() <= 8);
+    // 8 steps with a held-out evaluation every 2 and patience 10: every step runs, and the
+    // held-out loss is measured at steps 0 (the pruned model), 2, 4, 6 and 8.
+    let tr = &rec["training"];
+    assert_eq!(tr["steps_run"], 8, "{tr}");
+    assert_eq!(tr["stop"], "steps", "{tr}");
+    assert_eq!(tr["train_loss"].as_array().unwrap().len(), 8, "{tr}");
+    let heldout: Vec<(u64, f64)> = tr["heldout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    let steps: Vec<u64> = heldout.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [0, 2, 4, 6, 8], "{tr}");
+    // The kept adapters are those of the lowest held-out loss (first on ties), and training
+    // improved on the pruned model.
+    let mut best = heldout[0];
+    for &p in &heldout[1..] {
+        if p.1 < best.1 {
+            best = p;
+        }
+    }
+    assert_eq!(tr["best_step"], best.0, "{tr}");
+    assert!(best.0 > 0, "no step improved the held-out loss: {tr}");
     assert_eq!(
         rec["heldout_data"]["offset"], 8,
         "held out after the calibration windows"
     );
-    assert!(rec["ppl"].as_f64().unwrap().is_finite());
+    // The recovered perplexity is the merged model's, measured again by `dlpx eval`.
+    let ppl = rec["ppl"].as_f64().unwrap();
+    let o = dlpx(
+        d,
+        &[
+            "eval",
+            "--model",
+            merged.to_str().unwrap(),
+            "--data",
+            &text,
+            "--seq-len",
+            "16",
+            "--windows",
+            "6",
+            "--json",
+        ],
+    );
+    ok(&o);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let again = e["ppl"].as_f64().unwrap();
+    assert!(
+        (again - ppl).abs() <= 1e-9 * ppl,
+        "eval {again} vs report {ppl}"
+    );
     assert_eq!(rep["quantized"]["quantization"]["format"], "q8_0");
     assert_eq!(rep["quantized"]["quantization"]["zeros_lost"], 0);
     assert_eq!(
