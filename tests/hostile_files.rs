@@ -1,8 +1,8 @@
 //! Damaged and hostile model files: the GGUF reader, the safetensors header and shard index,
 //! and the config.json parser never panic and never size an allocation from a header's claims.
 //! Property tests mutate tiny valid files (truncations, bit flips, absurd counts and sizes);
-//! every case must load or give one error. `PROPTEST_CASES` raises the count (default here:
-//! 1500 GGUF cases, 400 for the others).
+//! every case must load or give one error. `PROPTEST_CASES` raises the count (default and floor
+//! here: 1500 GGUF cases, 400 for the others; a lower value is ignored with a message).
 
 mod common;
 
@@ -83,11 +83,22 @@ fn length_fields(b: &[u8]) -> Vec<usize> {
     out
 }
 
+/// `default` cases, or more with `PROPTEST_CASES`. A value below `default` (`0` would make the
+/// property pass without a single case) or not a number is ignored, with a message.
 fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
+    let n = match std::env::var("PROPTEST_CASES") {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= default => n,
+            _ => {
+                eprintln!(
+                    "PROPTEST_CASES={v:?} ignored: this property runs at least {default} cases \
+                     (PROPTEST_CASES can only raise the count)"
+                );
+                default
+            }
+        },
+    };
     ProptestConfig {
         cases: n,
         failure_persistence: None,
