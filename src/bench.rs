@@ -18,7 +18,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
+pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
+    if sparse {
+        return crate::bench_sparse::run(ctx, a);
+    }
     if a.job {
         return job(ctx, a);
     }
@@ -177,7 +180,7 @@ fn with_zeroshot(
 
 /// The demo protocol's setup (32 × 256 calibration, 64 × 256 evaluation windows, Wanda) for the
 /// benchmarked model; the dense results cache is always used.
-fn demo_setup(
+pub(crate) fn demo_setup(
     ctx: &Ctx,
     a: &BenchArgs,
     stats_cache: bool,
@@ -188,6 +191,7 @@ fn demo_setup(
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
+        sparse: ctx.sparse,
         data: DataSpec::default(),
         stats_cache,
         dense_cache: true,

@@ -39,6 +39,12 @@ pub struct GlobalArgs {
     /// activations. Pruned blocks are kept in host memory.
     #[arg(long, global = true)]
     pub offload: bool,
+    /// Run pruned linears in compressed rows (CPU, f32): `auto` (the default) where that is
+    /// faster (at least 55 % zeros; a dense model never pays for it), `on` for every linear with
+    /// zeros, `off` never. `dlpx bench --sparse [MODE]` benchmarks sparse against dense.
+    #[arg(long, global = true, value_name = "auto|on|off", num_args = 0..=1,
+          default_missing_value = "auto", value_parser = parse_sparse)]
+    pub sparse: Option<crate::sparse::SparseMode>,
     /// No progress or status lines on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -377,6 +383,13 @@ pub enum AlphaArg {
     Auto,
 }
 
+pub fn parse_sparse(s: &str) -> Result<crate::sparse::SparseMode, String> {
+    crate::sparse::SparseMode::ALL
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| format!("`{s}` is not one of auto, on, off"))
+}
+
 pub fn parse_alpha(s: &str) -> Result<AlphaArg, String> {
     match s {
         "auto" => Ok(AlphaArg::Auto),
@@ -610,6 +623,12 @@ pub struct BenchArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub windows: usize,
+    /// With --sparse: evaluation windows (× 256 tokens) timed per configuration.
+    #[arg(long, default_value_t = 64)]
+    pub sparse_eval_windows: usize,
+    /// With --sparse: new tokens of the timed greedy decode (batch 1).
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
     /// Tokens per window [default: 256; 2048 with --shape].
     #[arg(long)]
     pub seq_len: Option<usize>,

@@ -14,11 +14,13 @@ use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::experiment::{Stage, Step};
 use crate::model::{self, LoadedModel, ModelSource, Placement};
 use crate::progress::Progress;
+use crate::sparse::SparseMode;
 
 pub struct Ctx {
     pub device: Device,
     pub dtype: DType,
     pub place: Placement,
+    pub sparse: SparseMode,
     pub progress: Progress,
 }
 
@@ -33,6 +35,7 @@ impl Ctx {
                 true => Placement::Offload,
                 false => Placement::Resident,
             },
+            sparse: g.sparse.unwrap_or_default(),
             progress: Progress::new(g.quiet),
         })
     }
@@ -41,9 +44,10 @@ impl Ctx {
         let source = ModelSource::parse(args.model.as_deref(), args.revision.as_deref())?;
         let t = Instant::now();
         let p = &mut self.progress;
-        let m = model::load_placed(&source, &self.device, self.dtype, self.place, &mut |s| {
+        let mut m = model::load_placed(&source, &self.device, self.dtype, self.place, &mut |s| {
             p.status(s)
         })?;
+        m.llama.set_sparse(self.sparse)?;
         self.progress.status(&model::loaded_line(
             &m,
             &self.device,
@@ -101,17 +105,22 @@ pub fn eval(ctx: &mut Ctx, a: &EvalArgs) -> Result<()> {
             "model": m.source.label(),
             "data": src.label(),
             "seconds": secs,
+            "tokens_per_s": (r.windows * r.seq_len) as f64 / secs.max(1e-9),
+            "sparse": ctx.sparse.name(),
+            "sparse_linears": m.llama.sparse_linears(),
+            "linear_bytes": m.llama.linear_bytes(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "perplexity {:.4}  ({} predictions, {} windows × {} tokens, {}, {:.1}s)",
+            "perplexity {:.4}  ({} predictions, {} windows × {} tokens, {}, {:.1}s, {:.0} tok/s)",
             r.ppl,
             r.tokens,
             r.windows,
             r.seq_len,
             src.label(),
-            secs
+            secs,
+            (r.windows * r.seq_len) as f64 / secs.max(1e-9)
         );
     }
     Ok(())
@@ -133,7 +142,11 @@ pub fn generate_cmd(ctx: &mut Ctx, a: &GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout();
     if a.json {
         let g = generate(&m, &a.prompt, &params, &mut |_| true)?;
-        println!("{}", serde_json::to_string_pretty(&g)?);
+        let mut v = serde_json::to_value(&g)?;
+        v["sparse"] = ctx.sparse.name().into();
+        v["sparse_linears"] = m.llama.sparse_linears().into();
+        v["linear_bytes"] = m.llama.linear_bytes().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     print!("{}", a.prompt);
@@ -145,8 +158,9 @@ pub fn generate_cmd(ctx: &mut Ctx, a: &GenerateArgs) -> Result<()> {
     })?;
     println!();
     ctx.progress.status(&format!(
-        "{} tokens{}",
+        "{} tokens, {:.1} tok/s decode{}",
         g.tokens.len(),
+        g.tokens_per_s,
         if g.stopped_at_eos {
             ", stopped at end-of-sequence"
         } else {
@@ -368,6 +382,7 @@ pub fn zeroshot(ctx: &mut Ctx, a: &crate::cli::ZeroshotArgs) -> Result<()> {
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
+        sparse: ctx.sparse,
         data: DataSpec::default(),
         stats_cache: false,
         dense_cache: !a.no_cache,

@@ -12,7 +12,7 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::ExportModel(a)) => commands::export_model(&mut ctx, &a),
         Some(Command::Demo(a)) => commands::demo(&mut ctx, &a),
         Some(Command::FetchDemo) => commands::fetch_demo(&mut ctx),
-        Some(Command::Bench(a)) => dlpx::bench::run(&mut ctx, &a),
+        Some(Command::Bench(a)) => dlpx::bench::run(&mut ctx, &a, cli.global.sparse.is_some()),
         Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
         Some(Command::Tokenize(a)) => commands::tokenize(&mut ctx, &a),

@@ -127,6 +127,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
+        sparse: ctx.sparse,
         data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,

@@ -56,6 +56,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
+        sparse: ctx.sparse,
         data: DataSpec::of_report(&base.data),
         stats_cache: !a.no_stats_cache,
         dense_cache: true,

@@ -141,6 +141,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         device: ctx.device.clone(),
         dtype: ctx.dtype,
         place: ctx.place,
+        sparse: ctx.sparse,
         data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,

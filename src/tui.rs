@@ -206,6 +206,7 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
                 true => crate::model::Placement::Offload,
                 false => crate::model::Placement::Resident,
             },
+            sparse: g.sparse.unwrap_or_default(),
             data,
             stats_cache: !(a.no_stats_cache || a.no_cache),
             dense_cache: !a.no_cache,

@@ -113,6 +113,14 @@ pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
     pub stopped_at_eos: bool,
+    /// Seconds of the first forward (the whole prompt, then the first new token).
+    pub prefill_s: f64,
+    /// Seconds of the KV-cached steps after it (batch 1, one token each).
+    pub decode_s: f64,
+    /// KV-cached decode steps timed in `decode_s`.
+    pub decode_steps: usize,
+    /// `decode_steps / decode_s`: the decode speed (0 when no step was timed).
+    pub tokens_per_s: f64,
 }
 
 /// Generate a continuation of `prompt`; `on_text` receives text pieces as they are decoded and may
@@ -144,12 +152,21 @@ pub fn generate(
     let mut input = prompt_ids.clone();
     let mut offset = 0;
     let mut stopped_at_eos = false;
-    for _ in 0..params.max_new_tokens {
+    let (mut prefill_s, mut decode_s, mut decode_steps) = (0.0, 0.0, 0usize);
+    for step in 0..params.max_new_tokens {
+        let t = std::time::Instant::now();
         let ids = Tensor::new(input.as_slice(), &model.device)?.unsqueeze(0)?;
         let logits = model
             .forward_last(&ids, offset, Some(&mut cache))?
             .squeeze(0)?
             .to_dtype(DType::F32)?;
+        match step {
+            0 => prefill_s = t.elapsed().as_secs_f64(),
+            _ => {
+                decode_s += t.elapsed().as_secs_f64();
+                decode_steps += 1;
+            }
+        }
         offset += input.len();
         let next = sampler.sample(&logits)?;
         if eos.contains(&next) {
@@ -174,5 +191,12 @@ pub fn generate(
         text,
         tokens,
         stopped_at_eos,
+        prefill_s,
+        decode_s,
+        decode_steps,
+        tokens_per_s: match decode_s > 0.0 {
+            true => decode_steps as f64 / decode_s,
+            false => 0.0,
+        },
     })
 }

@@ -37,6 +37,7 @@ use crate::prune::pipeline::{achieved, linear_numel, prune_faithful, prune_previ
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::Calibration;
 use crate::report::{DataInfo, DataSet, ModelInfo};
+use crate::sparse::SparseMode;
 use crate::zeroshot::{LogLikelihoods, Task, TaskSet, TaskSource, ZeroShot};
 
 /// The demo protocol's defaults (README, "The demo protocol"): every front end starts here.
@@ -118,6 +119,8 @@ pub struct Setup {
     pub device: Device,
     pub dtype: DType,
     pub place: Placement,
+    /// Whether pruned linears run in compressed rows (`--sparse`).
+    pub sparse: SparseMode,
     pub data: DataSpec,
     /// Use the on-disk cache of calibration statistics.
     pub stats_cache: bool,
@@ -259,9 +262,10 @@ fn windows_sha256(w: &[Vec<u32>]) -> String {
 /// Load the weights with a status line saying what was loaded and how long it took.
 fn load(s: &Setup, obs: &mut dyn Observer) -> Result<(LoadedModel, f64)> {
     let t = Instant::now();
-    let model = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut |m| {
+    let mut model = crate::model::load_placed(&s.source, &s.device, s.dtype, s.place, &mut |m| {
         obs.status(m)
     })?;
+    model.llama.set_sparse(s.sparse)?;
     let load_s = t.elapsed().as_secs_f64();
     obs.status(&crate::model::loaded_line(
         &model, &s.device, s.dtype, load_s,

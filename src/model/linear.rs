@@ -1,7 +1,11 @@
 //! A linear layer that can be pruned: it owns its weight, can be masked, and its inputs can be
 //! observed by the calibration code (the Wanda `scaler_row` statistic is built from them).
 
-use candle_core::{DType, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::sparse::{SparseMatmul, SparseMatrix, SparseMode};
 
 /// The seven prunable linears of a decoder block, in the reference code's module order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -49,12 +53,22 @@ impl LinearKind {
 pub struct PrunableLinear {
     /// HF name prefix, e.g. `model.layers.3.self_attn.q_proj` (weight is `<name>.weight`).
     pub name: String,
-    /// `[out_features, in_features]`, in the model's compute dtype. Pruned entries are exact zeros.
-    pub weight: Tensor,
+    /// `[out_features, in_features]`, dense in the model's compute dtype, or compressed rows
+    /// once pruned (see [`PrunableLinear::compact`]). Pruned entries are exact zeros either way.
+    store: Store,
     pub bias: Option<Tensor>,
     /// A low-rank adapter added to the output (LoRA recovery); the weight itself is untouched,
     /// so its pruned entries stay exact zeros.
     pub lora: Option<Lora>,
+}
+
+/// How a linear holds its weight.
+#[derive(Debug, Clone)]
+enum Store {
+    Dense(Tensor),
+    /// Compressed rows in host memory, f32 (the dense tensor is freed): what a pruned CPU
+    /// model runs with (README, "Sparse execution").
+    Sparse(Arc<SparseMatrix>),
 }
 
 /// A LoRA adapter (Hu et al., 2022) as PEFT defines it: `y += scale · (x Aᵀ) Bᵀ`, with
@@ -70,7 +84,7 @@ impl PrunableLinear {
     pub fn new(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
             name: name.into(),
-            weight,
+            store: Store::Dense(weight),
             bias,
             lora: None,
         }
@@ -82,12 +96,96 @@ impl PrunableLinear {
         Tensor::zeros((), dtype, &candle_core::Device::Cpu)?.broadcast_as(shape)
     }
 
+    /// The weight as a dense `[out, in]` tensor: the stored tensor itself when dense, a fresh
+    /// copy with the zeros filled in when sparse (host memory, f32).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.store {
+            Store::Dense(w) => Ok(w.clone()),
+            Store::Sparse(s) => s.to_tensor(&Device::Cpu, DType::F32),
+        }
+    }
+
+    /// The compressed rows, when the weight is held sparse.
+    pub fn sparse(&self) -> Option<&SparseMatrix> {
+        match &self.store {
+            Store::Sparse(s) => Some(s),
+            Store::Dense(_) => None,
+        }
+    }
+
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.store {
+            Store::Dense(w) => w.dims()[1],
+            Store::Sparse(s) => s.cols(),
+        }
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.store {
+            Store::Dense(w) => w.dims()[0],
+            Store::Sparse(s) => s.rows(),
+        }
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.in_features() * self.out_features()
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.store {
+            Store::Dense(w) => w.device().clone(),
+            Store::Sparse(_) => Device::Cpu,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match &self.store {
+            Store::Dense(w) => w.dtype(),
+            Store::Sparse(_) => DType::F32,
+        }
+    }
+
+    /// Bytes the weight holds in memory (a shape-only placeholder holds none).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.store {
+            Store::Dense(w) if w.stride().contains(&0) => 0,
+            Store::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Store::Sparse(s) => s.bytes(),
+        }
+    }
+
+    /// Hold the weight in compressed rows when `mode` says it runs faster so (shape, sparsity,
+    /// CPU f32), freeing the dense tensor; `Off` (or a dense-enough weight) makes it dense again.
+    /// Returns whether it is sparse now.
+    pub fn compact(&mut self, mode: SparseMode) -> Result<bool> {
+        let (rows, cols) = (self.out_features(), self.in_features());
+        match &self.store {
+            Store::Dense(w) => {
+                if w.stride().contains(&0) || mode == SparseMode::Off {
+                    return Ok(false);
+                }
+                // Count the zeros in place first: a dense model never pays for a copy.
+                let Some(zeros) = zero_fraction(w)? else {
+                    return Ok(false);
+                };
+                if !mode.use_sparse(rows, cols, zeros, w.device(), w.dtype()) {
+                    return Ok(false);
+                }
+                let s = SparseMatrix::from_tensor(w)?;
+                if !mode.use_sparse(rows, cols, s.sparsity(), w.device(), w.dtype()) {
+                    return Ok(false);
+                }
+                self.store = Store::Sparse(Arc::new(s));
+                Ok(true)
+            }
+            Store::Sparse(s) => {
+                if mode.use_sparse(rows, cols, s.sparsity(), &Device::Cpu, DType::F32) {
+                    return Ok(true);
+                }
+                self.store = Store::Dense(s.to_tensor(&Device::Cpu, DType::F32)?);
+                Ok(false)
+            }
+        }
     }
 
     /// `x @ Wᵀ (+ b)` for an input of shape `[.., in_features]`.
@@ -97,16 +195,23 @@ impl PrunableLinear {
             dims[..dims.len() - 1].iter().product::<usize>(),
             dims[dims.len() - 1],
         );
-        let y = x.reshape((rows, cols))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, cols))?;
+        let y = match &self.store {
+            Store::Dense(w) => x2.matmul(&w.t()?)?,
+            Store::Sparse(s) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                SparseMatmul::apply(s, &x2)?
+            }
+            Store::Sparse(s) => {
+                let w = s.to_tensor(x.device(), x.dtype())?;
+                x2.matmul(&w.t()?)?
+            }
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let y = match &self.lora {
-            Some(l) => {
-                let x2 = x.reshape((rows, cols))?;
-                (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?
-            }
+            Some(l) => (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?,
             None => y,
         };
         let mut out = dims;
@@ -120,8 +225,9 @@ impl PrunableLinear {
     /// the mask is zero. The mask itself is not kept: pruned weights are exact zeros, so a pruned
     /// layer's mask is `weight != 0` (a byte per weight would add a quarter to an f32 model).
     pub fn set_mask(&mut self, mask: Tensor) -> Result<()> {
-        let keep = mask.to_dtype(self.weight.dtype())?;
-        self.weight = (&self.weight * keep)?;
+        let w = self.weight()?;
+        let keep = mask.to_dtype(w.dtype())?.to_device(w.device())?;
+        self.store = Store::Dense((&w * keep)?);
         Ok(())
     }
 
@@ -134,31 +240,68 @@ impl PrunableLinear {
 
     /// Replace the weight by one of the same shape (converted to this layer's dtype and device).
     pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
-        let weight = weight
-            .to_dtype(self.weight.dtype())?
-            .to_device(self.weight.device())?;
-        if weight.dims() != self.weight.dims() {
+        let weight = weight.to_dtype(self.dtype())?.to_device(&self.device())?;
+        if weight.dims() != [self.out_features(), self.in_features()] {
             candle_core::bail!(
-                "{}: new weight {:?} for a {:?} linear",
+                "{}: new weight {:?} for a [{}, {}] linear",
                 self.name,
                 weight.dims(),
-                self.weight.dims()
+                self.out_features(),
+                self.in_features()
             );
         }
-        self.weight = weight;
+        self.store = Store::Dense(weight);
+        Ok(())
+    }
+
+    /// Put a weight in place as it is (its own dtype and device): an offloaded block's weight
+    /// read from its file, or a block moved between devices.
+    pub fn put_weight(&mut self, weight: Tensor) {
+        self.store = Store::Dense(weight);
+    }
+
+    /// Move a dense weight to `dev` (a sparse weight stays in host memory, where it runs).
+    pub fn move_to(&mut self, dev: &Device) -> Result<()> {
+        if let Store::Dense(w) = &self.store {
+            self.store = Store::Dense(w.to_device(dev)?);
+        }
         Ok(())
     }
 
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
-        let zeros = self
-            .weight
+        let w = match &self.store {
+            Store::Sparse(s) => return Ok(s.sparsity()),
+            Store::Dense(w) => w,
+        };
+        let zeros = w
             .eq(0.0)?
             .to_dtype(DType::F32)?
             .sum_all()?
             .to_scalar::<f32>()? as f64;
-        Ok(zeros / self.weight.elem_count() as f64)
+        Ok(zeros / w.elem_count() as f64)
     }
+}
+
+/// Fraction of exact zeros of a contiguous f32 CPU tensor, read in place (`None` for any other).
+fn zero_fraction(w: &Tensor) -> Result<Option<f64>> {
+    use rayon::prelude::*;
+    if !w.device().is_cpu() || w.dtype() != DType::F32 || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let zeros: usize = data[a..b]
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().filter(|&&x| x == 0.0).count())
+        .sum();
+    Ok(Some(zeros as f64 / (b - a).max(1) as f64))
 }
 
 /// The Wanda input statistic of one linear (`scaler_row` of the reference code): after N
@@ -222,7 +365,7 @@ mod tests {
         );
         l.set_mask(Tensor::new(&[[1u8, 0, 1], [0, 1, 1]], &dev)?)?;
         assert_eq!(
-            l.weight.to_vec2::<f32>()?,
+            l.weight()?.to_vec2::<f32>()?,
             vec![vec![1., 0., 3.], vec![0., 5., 6.]]
         );
         assert!((l.sparsity()? - 2.0 / 6.0).abs() < 1e-12);

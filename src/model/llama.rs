@@ -13,6 +13,7 @@ use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::LlamaConfig;
 use super::linear::{LinearKind, Observer, PrunableLinear};
+use crate::sparse::SparseMode;
 
 /// Precomputed rope tables `[max_pos, head_dim/2]`.
 #[derive(Debug, Clone)]
@@ -126,11 +127,118 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
         .collect()
 }
 
-/// Keys and values of one block for the positions seen so far (`[b, kv_heads, T, head_dim]`).
+/// Keys and values of one block for the positions seen so far. Held in buffers
+/// `[b, kv_heads, capacity, head_dim]` whose first `len` positions are filled, grown by doubling:
+/// a decode step writes its one position in place instead of copying the whole cache.
 #[derive(Debug, Clone, Default)]
 pub struct KvEntry {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl KvEntry {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append `k`, `v` (`[b, kv_heads, t, head_dim]`).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (b, kv, t, hd) = k.dims4()?;
+        let cap = self.k.as_ref().map(|x| x.dims()[2]).unwrap_or(0);
+        if self.len + t > cap {
+            let new_cap = (self.len + t).max(2 * cap).max(64);
+            let len = self.len;
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, kv, new_cap, hd), k.dtype(), k.device())?;
+                if let (Some(o), true) = (old, len > 0) {
+                    buf.slice_set(&o.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        if let (Some(kb), Some(vb)) = (&self.k, &self.v) {
+            kb.slice_set(&k.contiguous()?, 2, self.len)?;
+            vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        }
+        self.len += t;
+        Ok(())
+    }
+
+    /// The filled part of the key and value buffers, `[b, kv_heads, len, head_dim]`.
+    fn filled(&self) -> Result<(Tensor, Tensor)> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => Ok((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?)),
+            _ => candle_core::bail!("the KV cache is empty"),
+        }
+    }
+}
+
+/// One query position against the cached keys and values, on host f32 slices: per head, scaled
+/// dot products, softmax, weighted sum of values (grouped-query heads share their KV head). The
+/// decode step's attention as one loop instead of a dozen small tensor ops (`repeat_kv`,
+/// contiguous copies, batched matmuls, softmax), which cost more than the arithmetic at batch 1.
+fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (Some(kt), Some(vt)) = (&e.k, &e.v) else {
+        candle_core::bail!("the KV cache is empty");
+    };
+    let (_, nkv, cap, hd) = kt.dims4()?;
+    let total = e.len;
+    let n_rep = nh / nkv;
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let (ks, kl) = kt.storage_and_layout();
+    let (vs, vl) = vt.storage_and_layout();
+    let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*ks, &*vs) else {
+        candle_core::bail!("decode attention runs on the CPU");
+    };
+    let (k, v) = (
+        &ks.as_slice::<f32>()?[kl.start_offset()..],
+        &vs.as_slice::<f32>()?[vl.start_offset()..],
+    );
+    let scale = scale as f32;
+    let head = |h: usize, out: &mut [f32]| {
+        let g = h / n_rep;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let kg = &k[g * cap * hd..];
+        let vg = &v[g * cap * hd..];
+        let mut s: Vec<f32> = (0..total)
+            .map(|j| {
+                let kj = &kg[j * hd..(j + 1) * hd];
+                qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
+            })
+            .collect();
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        out.iter_mut().for_each(|o| *o = 0.0);
+        for (j, &p) in s.iter().enumerate() {
+            let vj = &vg[j * hd..(j + 1) * hd];
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+        out.iter_mut().for_each(|o| *o /= sum);
+    };
+    let mut out = vec![0f32; nh * hd];
+    if total * nh * hd > 1 << 16 {
+        out.par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(h, o)| head(h, o));
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
+    }
+    Tensor::from_vec(out, (1, 1, nh * hd), &Device::Cpu)
 }
 
 /// One KV entry per block.
@@ -167,6 +275,16 @@ impl Block {
 
     pub fn linear_mut(&mut self, k: LinearKind) -> &mut PrunableLinear {
         &mut self.linears[k.index()]
+    }
+
+    /// Hold each linear in compressed rows or dense as `mode` says (see
+    /// [`PrunableLinear::compact`]); returns how many run sparse.
+    pub fn compact(&mut self, mode: SparseMode) -> Result<usize> {
+        let mut n = 0;
+        for l in self.linears.iter_mut() {
+            n += usize::from(l.compact(mode)?);
+        }
+        Ok(n)
     }
 }
 
@@ -238,6 +356,8 @@ pub struct Llama {
     /// With `--offload`: block linears stay in their file until [`Llama::block`] reads them, and
     /// pruned blocks are kept in host memory, so the device holds one block at a time.
     pub offload: Option<Offload>,
+    /// Whether pruned linears run in compressed rows (`--sparse`); see [`Llama::set_sparse`].
+    pub sparse: SparseMode,
     /// Run rms-norm, softmax and rope as composed tensor ops that backpropagate (candle's fused
     /// kernels have no backward pass), for LoRA training; slower, same values to rounding.
     differentiable: bool,
@@ -308,7 +428,11 @@ impl Llama {
                 } else {
                     None
                 };
-                Ok(PrunableLinear::new(name, w, b))
+                // A saved pruned checkpoint: held in compressed rows as it is read, so the
+                // model never holds a second dense copy (`--sparse off` makes it dense again).
+                let mut l = PrunableLinear::new(name, w, b);
+                l.compact(SparseMode::Auto)?;
+                Ok(l)
             };
             let linears = [
                 mk(LinearKind::Q)?,
@@ -344,6 +468,7 @@ impl Llama {
             device: device.clone(),
             dtype,
             offload,
+            sparse: SparseMode::Auto,
             differentiable: false,
         };
         m.check_shapes()?;
@@ -365,11 +490,11 @@ impl Llama {
             for k in LinearKind::ALL {
                 let l = b.linear(k);
                 let (o, i) = expect(k);
-                if l.weight.dims() != [o, i] {
+                if [l.out_features(), l.in_features()] != [o, i] {
                     color_eyre::eyre::bail!(
                         "tensor `{}.weight` has shape {:?}, the config implies [{o}, {i}]",
                         l.name,
-                        l.weight.dims()
+                        [l.out_features(), l.in_features()]
                     );
                 }
             }
@@ -383,6 +508,35 @@ impl Llama {
             );
         }
         Ok(())
+    }
+
+    /// Set how pruned linears run and convert the resident ones now: compressed rows where
+    /// `mode` says it is faster (dense weights freed), dense elsewhere.
+    pub fn set_sparse(&mut self, mode: SparseMode) -> Result<()> {
+        self.sparse = mode;
+        for b in self.blocks.iter_mut().filter(|b| b.resident) {
+            b.compact(mode)?;
+        }
+        Ok(())
+    }
+
+    /// How many prunable linears run in compressed rows.
+    pub fn sparse_linears(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.linears.iter())
+            .filter(|l| l.sparse().is_some())
+            .count()
+    }
+
+    /// Bytes held by the prunable linears' weights (dense or compressed rows; nothing for
+    /// blocks left in their file).
+    pub fn linear_bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.linears.iter())
+            .map(PrunableLinear::weight_bytes)
+            .sum()
     }
 
     /// Switch the forward between candle's fused kernels (inference) and composed ops that
@@ -412,12 +566,12 @@ impl Llama {
     pub fn block(&self, i: usize) -> Result<Cow<'_, Block>> {
         let b = &self.blocks[i];
         if b.resident {
-            if b.linears[0].weight.device().same_device(&self.device) {
+            if b.linears[0].device().same_device(&self.device) {
                 return Ok(Cow::Borrowed(b));
             }
             let mut out = b.clone();
             for l in out.linears.iter_mut() {
-                l.weight = l.weight.to_device(&self.device)?;
+                l.move_to(&self.device)?;
             }
             return Ok(Cow::Owned(out));
         }
@@ -427,10 +581,13 @@ impl Llama {
         let mut out = b.clone();
         for l in out.linears.iter_mut() {
             let name = format!("{}.weight", l.name);
-            l.weight = src
-                .0
-                .tensor(&name, &self.device, self.dtype)?
-                .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` disappeared")))?;
+            l.put_weight(
+                src.0
+                    .tensor(&name, &self.device, self.dtype)?
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!("tensor `{name}` disappeared"))
+                    })?,
+            );
         }
         out.resident = true;
         Ok(Cow::Owned(out))
@@ -439,9 +596,10 @@ impl Llama {
     /// Put back a block taken with [`Llama::block`] and changed (pruned). An offloaded model on
     /// a GPU keeps it in host memory, so the device still holds one block at a time.
     pub fn store_block(&mut self, i: usize, mut b: Block) -> Result<()> {
+        b.compact(self.sparse)?;
         if self.offload.is_some() && !self.device.is_cpu() {
             for l in b.linears.iter_mut() {
-                l.weight = l.weight.to_device(&Device::Cpu)?;
+                l.move_to(&Device::Cpu)?;
             }
         }
         b.resident = true;
@@ -474,7 +632,7 @@ impl Llama {
                 b.post_attention_layernorm.clone(),
             ));
             for l in &b.linears {
-                out.push((format!("{}.weight", l.name), host(&l.weight)?));
+                out.push((format!("{}.weight", l.name), host(&l.weight()?)?));
                 if let Some(bias) = &l.bias {
                     out.push((format!("{}.bias", l.name), bias.clone()));
                 }
@@ -482,7 +640,7 @@ impl Llama {
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.weight.clone()));
+            out.push(("lm_head.weight".to_string(), h.weight()?));
         }
         Ok(out)
     }
@@ -582,26 +740,28 @@ impl Llama {
             ),
         };
         let v = v.contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let one_step = t == 1
+            && b == 1
+            && matches!(at, At::Offset(_))
+            && !self.differentiable
+            && self.device.is_cpu()
+            && q.dtype() == DType::F32;
         let (k, v) = match cache {
             Some(e) => {
-                let k = match &e.k {
-                    Some(prev) => Tensor::cat(&[prev, &k], 2)?,
-                    None => k,
-                };
-                let v = match &e.v {
-                    Some(prev) => Tensor::cat(&[prev, &v], 2)?,
-                    None => v,
-                };
-                e.k = Some(k.clone());
-                e.v = Some(v.clone());
-                (k, v)
+                e.append(&k, &v)?;
+                if one_step {
+                    // KV-cached decode on the CPU: one fused loop over the cache.
+                    let y = decode_attention(&q, e, nh, scale)?;
+                    return self.block_tail(blk, x, &y, &mut see);
+                }
+                e.filled()?
             }
             None => (k, v),
         };
         let total = k.dims()[2];
         let k = repeat_kv(k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(v, nh / nkv)?.contiguous()?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let mut att = (q.matmul(&k.t()?)? * scale)?;
         match at {
             At::Offset(_) if t > 1 => {
@@ -613,6 +773,18 @@ impl Llama {
         }
         let att = self.softmax(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.block_tail(blk, x, &y, &mut see)
+    }
+
+    /// The rest of a block after attention: output projection and residual, then the MLP.
+    fn block_tail(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        y: &Tensor,
+        see: &mut dyn FnMut(LinearKind, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let y = y.clone();
         see(LinearKind::O, &y)?;
         let x = (x + blk.linear(LinearKind::O).forward(&y)?)?;
 
@@ -715,7 +887,7 @@ impl Llama {
         let (mut zeros, mut total) = (0f64, 0f64);
         for i in 0..self.blocks.len() {
             for l in &self.block(i)?.linears {
-                let n = l.weight.elem_count() as f64;
+                let n = l.elem_count() as f64;
                 zeros += l.sparsity()? * n;
                 total += n;
             }

@@ -23,6 +23,7 @@ pub use llama::{KvCache, Llama, WeightSource};
 pub use source::ModelSource;
 
 /// A model ready to run: weights, tokenizer, and where it came from.
+#[derive(Clone)]
 pub struct LoadedModel {
     pub llama: Llama,
     pub tokenizer: Tokenizer,

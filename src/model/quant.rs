@@ -135,12 +135,13 @@ pub fn quantize_linears(
         let mut blk = model.block(i)?.into_owned();
         for k in LinearKind::ALL {
             let l = blk.linear_mut(k);
-            let q = quantize_matrix(&l.weight, format)
+            let w = l.weight()?;
+            let q = quantize_matrix(&w, format)
                 .wrap_err_with(|| format!("quantizing {} to {}", l.name, format.name()))?;
             *s.types.entry(type_name(q.dtype()).into()).or_default() += 1;
             s.bytes += q.storage_size_in_bytes() as u64;
-            s.f16_bytes += 2 * l.weight.elem_count() as u64;
-            let before = crate::prune::stats::weights_f32(&l.weight)?;
+            s.f16_bytes += 2 * l.elem_count() as u64;
+            let before = crate::prune::stats::weights_f32(&w)?;
             let deq = q.dequantize(&Device::Cpu)?;
             let after = deq.flatten_all()?.to_vec1::<f32>()?;
             let (zeros, lost, e2, k2) = before

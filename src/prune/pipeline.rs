@@ -153,7 +153,7 @@ pub fn linear_numel(model: &Llama) -> Vec<[f64; 7]> {
     model
         .blocks
         .iter()
-        .map(|b| std::array::from_fn(|k| b.linears[k].weight.elem_count() as f64))
+        .map(|b| std::array::from_fn(|k| b.linears[k].elem_count() as f64))
         .collect()
 }
 
@@ -300,7 +300,7 @@ fn prune_linears(
                 Some((n, m)) => Target::NOfM { n, m },
                 None => Target::Ratio(s),
             };
-            let mut w64 = with_host_weights(&l.weight, times, |w, _| {
+            let mut w64 = with_host_weights(&l.weight()?, times, |w, _| {
                 w.iter().map(|&x| x as f64).collect::<Vec<f64>>()
             })?;
             let (w32, mask) = timed(&mut times.solve, || -> Result<_> {
@@ -315,7 +315,7 @@ fn prune_linears(
             })?;
             continue;
         }
-        let masked = with_host_weights(&l.weight, times, |w, times| {
+        let masked = with_host_weights(&l.weight()?, times, |w, times| {
             let mask = timed(&mut times.masks, || {
                 match p.metric {
                     Metric::Wanda => {
@@ -433,6 +433,8 @@ pub fn prune_faithful_timed(
             p,
             &mut t,
         )?;
+        // The pruned block feeds the next one in its sparse form (where that is faster).
+        timed(&mut t.apply, || blk.compact(model.sparse))?;
         if i + 1 < n {
             xs = timed(&mut t.forward, || {
                 xs.iter()
@@ -459,7 +461,7 @@ pub fn achieved(model: &Llama) -> Result<Vec<f64>> {
         .map(|i| {
             let (mut z, mut t) = (0f64, 0f64);
             for l in &model.block(i)?.linears {
-                let n = l.weight.elem_count() as f64;
+                let n = l.elem_count() as f64;
                 z += l.sparsity()? * n;
                 t += n;
             }

@@ -417,7 +417,7 @@ fn linear_scores(
     out: &mut Vec<f32>,
 ) -> Result<()> {
     let l = blk.linear(k);
-    with_host_weights(&l.weight, times, |w, _| {
+    with_host_weights(&l.weight()?, times, |w, _| {
         wanda_metric_into(w, l.in_features(), &inputs[k.index()].sq_norm, out)
     })
 }
@@ -496,7 +496,11 @@ fn block_alphas(blk: &Block) -> Result<[f64; 7]> {
     let mut out = [0f64; 7];
     for k in LinearKind::ALL {
         let l = blk.linear(k);
-        let e = eigenvalues(&weights_f32(&l.weight)?, l.out_features(), l.in_features())?;
+        let e = eigenvalues(
+            &weights_f32(&l.weight()?)?,
+            l.out_features(),
+            l.in_features(),
+        )?;
         out[k.index()] = alpha_hat(&e);
     }
     Ok(out)

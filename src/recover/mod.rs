@@ -250,11 +250,11 @@ impl Adapters {
     pub fn merge(&self, model: &mut Llama) -> Result<()> {
         for ad in &self.items {
             let l = model.blocks[ad.block].linear_mut(ad.kind);
-            let w = l.weight.to_dtype(DType::F32)?;
+            let w = l.weight()?.to_dtype(DType::F32)?;
             let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
             let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * self.scale())?;
             let merged = ((w + delta)? * keep)?;
-            l.weight = merged.to_dtype(l.weight.dtype())?;
+            l.set_weight(merged)?;
             l.lora = None;
         }
         Ok(())
@@ -451,10 +451,16 @@ mod tests {
         // Prune half of every linear by magnitude.
         for blk in &mut m.blocks {
             for l in blk.linears.iter_mut() {
-                let w = l.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let w = l
+                    .weight()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 let abs: Vec<f32> = w.iter().map(|x| x.abs()).collect();
                 let mask = crate::prune::mask::per_row(&abs, l.in_features(), 0.5);
-                let dims = l.weight.dims().to_vec();
+                let dims = vec![l.out_features(), l.in_features()];
                 l.set_mask(Tensor::from_vec(mask, dims, &Device::Cpu).unwrap())
                     .unwrap();
             }
@@ -466,7 +472,14 @@ mod tests {
         m.blocks
             .iter()
             .flat_map(|b| b.linears.iter())
-            .map(|l| l.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .map(|l| {
+                l.weight()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
             .collect()
     }
 

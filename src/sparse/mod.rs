@@ -1,0 +1,227 @@
+//! Sparse execution of pruned linears on the CPU: what pruning buys.
+//!
+//! A pruned linear's weight is stored in compressed rows ([`SparseMatrix`]: f32 values, u16
+//! column indices, u32 row offsets), 6 bytes per kept weight instead of 4 per weight, and
+//! multiplied without touching the zeros ([`kernels`]). Values stay in f32: the product equals
+//! the dense-with-zeros product up to summation order.
+//!
+//! Why compressed rows and not a bitmask with packed values: on AVX-512 cores measured here
+//! (AMD Zen 4) the expand-load (`vpexpandd`) a bitmask layout needs is slow, while gathers
+//! from the L1-resident input are not; `dlpx bench --sparse` measures both uses (decode and
+//! evaluation) against dense in one run. [`SparseMode`] decides per linear from the measured
+//! crossover (README, "Sparse execution").
+
+pub mod kernels;
+mod op;
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+pub use op::SparseMatmul;
+
+/// When pruned linears run in compressed rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseMode {
+    /// Where it is faster: a CPU f32 linear at least [`AUTO_MIN_SPARSITY`] sparse.
+    #[default]
+    Auto,
+    /// Every CPU f32 linear with any zero (for measuring; may be slower than dense).
+    On,
+    /// Never: every linear stays dense.
+    Off,
+}
+
+impl SparseMode {
+    pub const ALL: [SparseMode; 3] = [SparseMode::Auto, SparseMode::On, SparseMode::Off];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseMode::Auto => "auto",
+            SparseMode::On => "on",
+            SparseMode::Off => "off",
+        }
+    }
+
+    /// Whether a linear of this shape and sparsity, on this device and dtype, runs sparse.
+    pub fn use_sparse(
+        self,
+        rows: usize,
+        cols: usize,
+        sparsity: f64,
+        dev: &Device,
+        dtype: DType,
+    ) -> bool {
+        let able = dev.is_cpu() && dtype == DType::F32 && cols <= MAX_COLS && rows > 0;
+        match self {
+            SparseMode::Off => false,
+            SparseMode::On => able && sparsity > 0.0,
+            SparseMode::Auto => able && sparsity >= AUTO_MIN_SPARSITY,
+        }
+    }
+}
+
+/// The crossover of `--sparse auto`: below this fraction of zeros a linear stays dense. Measured
+/// with `dlpx bench --sparse` on the demo's linears (AMD Zen 4, 2 threads): compressed rows beat
+/// the dense AVX-512 GEMM/GEMV from about p 0.5 on (README, "Sparse execution"); 0.55 leaves a
+/// margin so `auto` is never slower than dense.
+pub const AUTO_MIN_SPARSITY: f64 = 0.55;
+
+/// Column indices are u16: wider matrices stay dense.
+pub const MAX_COLS: usize = u16::MAX as usize + 1;
+
+/// A `[rows, cols]` f32 matrix in compressed rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseMatrix {
+    rows: usize,
+    cols: usize,
+    row_ptr: Vec<u32>,
+    col_idx: Vec<u16>,
+    values: Vec<f32>,
+}
+
+impl SparseMatrix {
+    /// The non-zeros of a row-major `[rows, cols]` matrix (exact zeros are dropped).
+    pub fn from_dense(w: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if w.len() != rows * cols {
+            candle_core::bail!("sparse: {} values for a [{rows}, {cols}] matrix", w.len());
+        }
+        if cols > MAX_COLS {
+            candle_core::bail!("sparse: {cols} columns exceed the u16 column index");
+        }
+        if rows * cols > u32::MAX as usize {
+            candle_core::bail!("sparse: [{rows}, {cols}] exceeds the u32 row offsets");
+        }
+        // Rows in parallel, then concatenated in order: the result does not depend on threads.
+        let per_row: Vec<(Vec<u16>, Vec<f32>)> = w
+            .par_chunks(cols.max(1))
+            .map(|row| {
+                let mut c = Vec::new();
+                let mut v = Vec::new();
+                for (j, &x) in row.iter().enumerate() {
+                    if x != 0.0 {
+                        c.push(j as u16);
+                        v.push(x);
+                    }
+                }
+                (c, v)
+            })
+            .collect();
+        let nnz: usize = per_row.iter().map(|(c, _)| c.len()).sum();
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let mut col_idx = Vec::with_capacity(nnz);
+        let mut values = Vec::with_capacity(nnz);
+        row_ptr.push(0u32);
+        for (c, v) in per_row.into_iter().take(rows) {
+            col_idx.extend_from_slice(&c);
+            values.extend_from_slice(&v);
+            row_ptr.push(values.len() as u32);
+        }
+        // `par_chunks` of an empty slice yields no rows (cols == 0 or rows == 0).
+        while row_ptr.len() < rows + 1 {
+            row_ptr.push(values.len() as u32);
+        }
+        Ok(Self {
+            rows,
+            cols,
+            row_ptr,
+            col_idx,
+            values,
+        })
+    }
+
+    /// The non-zeros of a 2-D f32 CPU tensor.
+    pub fn from_tensor(w: &Tensor) -> Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        let w = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let data = w.flatten_all()?.to_vec1::<f32>()?;
+        Self::from_dense(&data, rows, cols)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Kept (non-zero) weights.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Fraction of zeros.
+    pub fn sparsity(&self) -> f64 {
+        match self.rows * self.cols {
+            0 => 0.0,
+            n => 1.0 - self.nnz() as f64 / n as f64,
+        }
+    }
+
+    /// Bytes held: values, column indices and row offsets.
+    pub fn bytes(&self) -> usize {
+        self.values.len() * 4 + self.col_idx.len() * 2 + self.row_ptr.len() * 4
+    }
+
+    pub fn csr(&self) -> kernels::Csr<'_> {
+        kernels::Csr {
+            rows: self.rows,
+            cols: self.cols,
+            row_ptr: &self.row_ptr,
+            col_idx: &self.col_idx,
+            values: &self.values,
+        }
+    }
+
+    /// The dense row-major values (zeros filled in).
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        w.par_chunks_mut(self.cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
+                for (&c, &v) in self.col_idx[a..b].iter().zip(&self.values[a..b]) {
+                    row[c as usize] = v;
+                }
+            });
+        w
+    }
+
+    /// The dense `[rows, cols]` tensor on `dev` in `dtype`.
+    pub fn to_tensor(&self, dev: &Device, dtype: DType) -> Result<Tensor> {
+        Tensor::from_vec(self.to_dense(), (self.rows, self.cols), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_counts() -> Result<()> {
+        let w = [0.0, 1.5, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 3.0];
+        let s = SparseMatrix::from_dense(&w, 3, 3)?;
+        assert_eq!(s.nnz(), 3);
+        assert_eq!(s.row_ptr, vec![0, 2, 2, 3]);
+        assert_eq!(s.col_idx, vec![1, 0, 2]);
+        assert_eq!(s.to_dense(), w.to_vec());
+        assert!((s.sparsity() - 6.0 / 9.0).abs() < 1e-12);
+        assert_eq!(s.bytes(), 3 * 4 + 3 * 2 + 4 * 4);
+        Ok(())
+    }
+
+    #[test]
+    fn auto_keeps_dense_below_the_crossover_and_off_the_cpu_f32() {
+        let cpu = Device::Cpu;
+        assert!(!SparseMode::Auto.use_sparse(64, 64, 0.3, &cpu, DType::F32));
+        assert!(SparseMode::Auto.use_sparse(64, 64, 0.7, &cpu, DType::F32));
+        assert!(!SparseMode::Auto.use_sparse(64, 64, 0.7, &cpu, DType::BF16));
+        assert!(!SparseMode::Off.use_sparse(64, 64, 0.9, &cpu, DType::F32));
+        assert!(SparseMode::On.use_sparse(64, 64, 0.1, &cpu, DType::F32));
+        assert!(!SparseMode::On.use_sparse(64, 64, 0.0, &cpu, DType::F32));
+        assert!(!SparseMode::On.use_sparse(64, MAX_COLS + 1, 0.9, &cpu, DType::F32));
+    }
+}

@@ -1,0 +1,56 @@
+//! The compressed-row product as a candle operation, so a sparse linear takes and returns
+//! ordinary tensors (no copy of the input: the kernel reads candle's CPU buffer in place).
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use super::{kernels, SparseMatrix};
+
+/// `x @ Wᵀ` for a contiguous f32 CPU input `[n, cols]`. Its backward (the gradient of the
+/// input, for LoRA training on a frozen sparse base) multiplies by the dense `W`.
+pub struct SparseMatmul(pub Arc<SparseMatrix>);
+
+impl SparseMatmul {
+    /// Apply to `x` `[n, cols]`.
+    pub fn apply(w: &Arc<SparseMatrix>, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(SparseMatmul(w.clone()))
+    }
+}
+
+impl CustomOp1 for SparseMatmul {
+    fn name(&self) -> &'static str {
+        "sparse-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let w = &self.0;
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("sparse-matmul: input is {:?}, not f32", storage.dtype());
+        };
+        let (n, cols) = layout.shape().dims2()?;
+        if cols != w.cols() {
+            candle_core::bail!(
+                "sparse-matmul: input has {cols} columns, the weight {}",
+                w.cols()
+            );
+        }
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("sparse-matmul: the input is not contiguous");
+        };
+        let x = &data[a..b];
+        let mut y = vec![0f32; n * w.rows()];
+        match n {
+            1 => kernels::gemv(w.csr(), x, &mut y),
+            _ => kernels::gemm(w.csr(), x, n, &mut y),
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, w.rows()))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // d(x Wᵀ)/dx = grad · W; the dense W lives only for this product.
+        let w = self.0.to_tensor(arg.device(), DType::F32)?;
+        Ok(Some(grad_res.matmul(&w)?))
+    }
+}
