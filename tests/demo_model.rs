@@ -104,21 +104,50 @@ fn greedy_generation_says_paris() {
     ]))
     .unwrap();
     assert!(j["text"].as_str().unwrap().starts_with(" Paris"), "{j}");
-    // Seeded sampling is reproducible.
-    let s = [
+    // Seeded sampling is reproducible, and uses its seed and its temperature.
+    let sample = |temperature: &str, seed: &str| {
+        ok(&[
+            "generate",
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            temperature,
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "12",
+        ])
+    };
+    let a = sample("0.8", "7");
+    assert!(a.starts_with("Once upon a time") && a.len() > 20, "{a}");
+    assert_eq!(a, sample("0.8", "7"), "same seed, same text");
+    let others = [sample("0.8", "8"), sample("0.8", "9")];
+    assert!(
+        others.iter().any(|o| *o != a),
+        "seeds 7, 8 and 9 drew the same text: the seed is ignored\n{a}"
+    );
+    // Near temperature 0 the distribution is one-hot: every seed gives the greedy text. If the
+    // temperature were ignored, the seeds would still draw different texts here.
+    let greedy = ok(&[
         "generate",
         "--prompt",
         "Once upon a time",
-        "--temperature",
-        "0.8",
-        "--top-p",
-        "0.9",
-        "--seed",
-        "7",
         "--max-new-tokens",
         "12",
-    ];
-    assert_eq!(ok(&s), ok(&s));
+    ]);
+    for seed in ["7", "8", "9"] {
+        assert_eq!(
+            sample("0.01", seed),
+            greedy,
+            "seed {seed} at temperature 0.01"
+        );
+    }
+    assert!(
+        [&a, &others[0], &others[1]].iter().any(|o| **o != greedy),
+        "temperature 0.8 never left the greedy text"
+    );
 }
 
 /// Dense perplexity on the demo protocol, then the same after an export round trip.
