@@ -73,8 +73,20 @@ fn compression_matches_compressed_tensors_byte_for_byte() {
     }
     assert_eq!(checked, 3 * 4 + 3 * 3);
     // Their files decompress to the dense inputs (−0.0 written as a dropped zero reads as +0.0).
-    for files in [bitmask, s24] {
-        for (k, t) in decompress(files).unwrap() {
+    for (files, prefix) in [(bitmask, "u."), (s24, "s24")] {
+        // Every dense input of the file comes back, none missing and none extra.
+        let out = decompress(files).unwrap();
+        let mut names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort();
+        let mut want_names: Vec<&str> = dense
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        want_names.sort();
+        assert_eq!(want_names.len(), 3, "{prefix}: fixture tensors");
+        assert_eq!(names, want_names, "{prefix}: decompressed tensors");
+        for (k, t) in out {
             let want = dense[&k]
                 .to_dtype(DType::F32)
                 .unwrap()

@@ -181,12 +181,18 @@ fn report_replay_and_saved_model() {
         serde_json::from_str(&std::fs::read_to_string(&rep2).unwrap()).unwrap();
     // The second run over the same model and data reads the statistics cache.
     assert_eq!(report2["timings"]["stats_cache_hit"], true);
-    for (a, b) in report["blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(report2["blocks"].as_array().unwrap())
-    {
+    let (blocks, blocks2) = (
+        report["blocks"].as_array().unwrap(),
+        report2["blocks"].as_array().unwrap(),
+    );
+    assert_eq!(blocks.len(), 30, "one entry per block of the demo model");
+    assert_eq!(blocks2.len(), blocks.len(), "the replay has every block");
+    // The replayed targets are the ratio file's, block by block (keep = 1 − sparsity).
+    for (b, k) in blocks.iter().zip(&keep) {
+        let t = b["target_sparsity"].as_f64().unwrap();
+        assert!((t - (1.0 - k)).abs() < 1e-12, "{t} vs keep {k}");
+    }
+    for (a, b) in blocks.iter().zip(blocks2) {
         assert_eq!(a["target_sparsity"], b["target_sparsity"]);
         assert_eq!(a["achieved_sparsity"], b["achieved_sparsity"]);
     }
