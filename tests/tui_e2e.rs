@@ -70,6 +70,20 @@ impl Drop for Tmux {
     }
 }
 
+/// The value shown beside a parameter's label (`range α`, `temperature τ`) in the parameters
+/// panel, and whether that field is the selected one (`▸`).
+fn field(screen: &str, label: &str) -> Option<(bool, String)> {
+    let line = screen.lines().find(|l| l.contains(label))?;
+    let i = line.find(label)?;
+    let selected = line[..i].ends_with("▸ ");
+    let value: String = line[i + label.len()..]
+        .split('│')
+        .next()?
+        .trim()
+        .to_string();
+    Some((selected, value))
+}
+
 /// The selected block's target sparsity from the sparsity chart's title.
 fn selected_target(screen: &str) -> String {
     let line = screen
@@ -96,7 +110,9 @@ fn explorer_end_to_end_in_a_terminal() {
 
     // α: one field down, three steps right → 0.180; the allocation numbers change on screen.
     t.keys(&["Down", "Right", "Right", "Right"]);
-    let s = t.wait("α = 0.180", 10, |s| s.contains("0.180"));
+    let s = t.wait("α = 0.180", 60, |s| {
+        field(s, "range α") == Some((true, "0.180".into()))
+    });
     let after_alpha = selected_target(&s);
     assert_ne!(
         before, after_alpha,
@@ -105,7 +121,10 @@ fn explorer_end_to_end_in_a_terminal() {
 
     // τ: one more field down, one step right → τ = 2.
     t.keys(&["Down", "Right"]);
-    let s = t.wait("τ = 2.000", 10, |s| s.contains("2.000"));
+    let s = t.wait("τ = 2.000", 60, |s| {
+        field(s, "temperature τ") == Some((true, "2.000".into()))
+    });
+    assert_eq!(field(&s, "range α"), Some((false, "0.180".into())), "{s}");
     let after_tau = selected_target(&s);
     assert_ne!(
         after_alpha, after_tau,
@@ -133,10 +152,14 @@ fn explorer_end_to_end_in_a_terminal() {
     assert!(number_rows[0].iter().any(|&b| b >= 28), "{s}");
     // v twice: OWL's allocation overlaid, its legend on the sparsity chart.
     t.keys(&["v", "v"]);
-    let s = t.wait("the OWL overlay", 10, |s| s.contains("◆ OWL"));
+    let s = t.wait("the OWL overlay", 60, |s| s.contains("◆ OWL"));
     assert!(s.matches('◆').count() > 10, "{s}");
-    t.keys(&["v", "v"]); // AlphaPruning, then none
-    t.wait("no overlay", 10, |s| !s.contains('◆'));
+    t.keys(&["v"]);
+    t.wait("the AlphaPruning overlay", 60, |s| {
+        s.contains("◆ Alpha") && !s.contains("◆ OWL")
+    });
+    t.keys(&["v"]);
+    t.wait("no overlay", 60, |s| !s.contains('◆'));
 
     // Apply (preview is the explorer's default mode) and wait for the pruned perplexity.
     t.keys(&["a"]);
@@ -155,12 +178,12 @@ fn explorer_end_to_end_in_a_terminal() {
         export.to_str().unwrap(),
     ]);
     t.keys(&["Enter"]);
-    t.wait("the export message", 10, |s| s.contains("exported to"));
+    t.wait("the export message", 60, |s| s.contains("exported to"));
     assert!(export.exists());
 
     // Quit: the terminal is given back and the process exits 0.
     t.keys(&["q"]);
-    let s = t.wait("exit", 20, |s| s.contains("EXIT="));
+    let s = t.wait("exit", 60, |s| s.contains("EXIT="));
     assert!(s.contains("EXIT=0"), "{s}");
 
     let exported: serde_json::Value =
@@ -194,12 +217,14 @@ fn explorer_end_to_end_in_a_terminal() {
     assert_eq!(blocks(&exported), blocks(&r));
     // The explorer applied preview masks; so did the replay (the mode is in the config).
     assert_eq!(r["params"]["mode"], "preview");
-    for (a, b) in exported["blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["blocks"].as_array().unwrap())
-    {
+    let (eb, rb) = (
+        exported["blocks"].as_array().unwrap(),
+        r["blocks"].as_array().unwrap(),
+    );
+    assert_eq!(eb.len(), 30, "one entry per block of the demo model");
+    assert_eq!(rb.len(), eb.len());
+    for (a, b) in eb.iter().zip(rb) {
+        assert!(a["achieved_sparsity"].is_number(), "{a}");
         assert_eq!(a["achieved_sparsity"], b["achieved_sparsity"]);
     }
 }
