@@ -123,13 +123,23 @@ mod tests {
             tokens_per_step: 100,
             started: Instant::now() - Duration::from_secs(4),
         };
-        // 200 tokens in ~4 s; 4 steps left at 2 s each.
+        // 200 tokens and 2 steps in t seconds; 4 steps left at t/2 each. The rates read the clock
+        // themselves, so t is bracketed by reading it just before and just after: exact bounds
+        // however loaded the machine is (no assumption on how long the calls take).
+        let lo = s.started.elapsed().as_secs_f64();
+        let (tps, per_s, eta) = (s.tokens_per_s(), s.per_s(), s.eta_s());
+        let hi = s.started.elapsed().as_secs_f64();
+        assert!(lo >= 4.0);
         assert!(
-            (s.tokens_per_s() - 50.0).abs() < 1.0,
-            "{}",
-            s.tokens_per_s()
+            200.0 / hi <= tps && tps <= 200.0 / lo,
+            "{tps} ∉ 200/[{lo}, {hi}]"
         );
-        assert!((s.eta_s() - 8.0).abs() < 0.2, "{}", s.eta_s());
+        assert!(
+            2.0 / hi <= per_s && per_s <= 2.0 / lo,
+            "{per_s} ∉ 2/[{lo}, {hi}]"
+        );
+        assert!(2.0 * lo <= eta && eta <= 2.0 * hi, "{eta} ∉ 2·[{lo}, {hi}]");
         assert_eq!(Step { done: 0, ..s }.eta_s(), 0.0);
+        assert_eq!(Step { done: 6, ..s }.eta_s(), 0.0, "nothing left");
     }
 }
