@@ -292,8 +292,8 @@ fn n_of_m_rows_alphapruning_and_stats_cache() {
         // already zero in the dense model (rare in the dequantized demo) and was kept.
         for (b, (blk, dense)) in pruned.blocks.iter().zip(&m.llama.blocks).enumerate() {
             for (l, d) in blk.linears.iter().zip(&dense.linears) {
-                let w = l.weight.to_vec2::<f32>().unwrap();
-                let wd = d.weight.to_vec2::<f32>().unwrap();
+                let w = l.weight().unwrap().to_vec2::<f32>().unwrap();
+                let wd = d.weight().unwrap().to_vec2::<f32>().unwrap();
                 for (r, (row, drow)) in w.iter().zip(&wd).enumerate() {
                     for (g, (grp, dgrp)) in row.chunks(mm).zip(drow.chunks(mm)).enumerate() {
                         let zeros = grp.iter().filter(|&&x| x == 0.0).count();

@@ -29,7 +29,7 @@ fn zero_pattern(dir: &Path) -> Vec<Vec<bool>> {
     m.llama
         .blocks
         .iter()
-        .flat_map(|b| LinearKind::ALL.map(|k| b.linear(k).weight.clone()))
+        .flat_map(|b| LinearKind::ALL.map(|k| b.linear(k).weight().unwrap()))
         .map(|w| {
             w.flatten_all()
                 .unwrap()

@@ -37,7 +37,7 @@ fn gguf_unpermutes_qk_and_builds_the_config() {
         LinearKind::V,
         LinearKind::Down,
     ] {
-        let got = &m.llama.blocks[1].linear(k).weight;
+        let got = &m.llama.blocks[1].linear(k).weight().unwrap();
         let want = &w[&format!("model.layers.1.{}.weight", k.hf_name())];
         assert_eq!(got.dims(), want.dims());
         assert_eq!(
