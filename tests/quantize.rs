@@ -26,7 +26,13 @@ fn prune(m: &mut LoadedModel) {
         for k in LinearKind::ALL {
             let l = blk.linear_mut(k);
             let cols = l.in_features();
-            let w = l.weight().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w = l
+                .weight()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let abs: Vec<f32> = w.iter().map(|x| x.abs()).collect();
             let mask = dlpx::prune::mask::per_row(&abs, cols, 0.7);
             let shape = l.weight().unwrap().dims().to_vec();
