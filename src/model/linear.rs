@@ -197,7 +197,10 @@ impl PrunableLinear {
         );
         let x2 = x.reshape((rows, cols))?;
         let y = match &self.store {
-            Store::Dense(w) => x2.matmul(&w.t()?)?,
+            Store::Dense(w) => match crate::sparse::dense_gemv(w, &x2)? {
+                Some(y) => y,
+                None => x2.matmul(&w.t()?)?,
+            },
             Store::Sparse(s) if x.device().is_cpu() && x.dtype() == DType::F32 => {
                 SparseMatmul::apply(s, &x2)?
             }

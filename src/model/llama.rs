@@ -827,9 +827,12 @@ impl Llama {
             Some(l) => l.forward(&h),
             None => {
                 let (b, t, d) = h.dims3()?;
-                h.reshape((b * t, d))?
-                    .matmul(&self.embed_tokens.t()?)?
-                    .reshape((b, t, self.config.vocab_size))
+                let h = h.reshape((b * t, d))?;
+                let y = match crate::sparse::dense_gemv(&self.embed_tokens, &h)? {
+                    Some(y) => y,
+                    None => h.matmul(&self.embed_tokens.t()?)?,
+                };
+                y.reshape((b, t, self.config.vocab_size))
             }
         }
     }

@@ -1,40 +1,53 @@
-//! The two products of a compressed-row matrix `W` (`[rows, cols]`, u16 column indices, f32
-//! values) with f32 inputs, each with an AVX-512 path chosen at run time and a portable one:
+//! The two products of a column-blocked compressed-row matrix `W` (`[rows, cols]`, see
+//! [`Blocked`]) with f32 inputs, each with an AVX-512 path chosen at run time and a portable one:
 //!
 //! - [`gemv`]: `y = W x` for one input (KV-cached decode). Memory-bound: the kernel moves
-//!   6 bytes per non-zero instead of 4 per weight, and gathers `x[col]` from the L1-resident input.
-//! - [`gemm`]: `Y = X Wᵀ` for many inputs (perplexity windows, scoring, calibration). Compute-bound:
-//!   each non-zero `w[r, c]` is broadcast once against a tile of [`TILE`] tokens stored
-//!   column-major (`xt[c][t]`), so the zeros cost nothing.
+//!   5 bytes per kept weight instead of 4 per weight, and gathers `x[col]` from the L1-resident
+//!   input, 16 lanes at a time.
+//! - [`gemm`]: `Y = X Wᵀ` for many inputs (perplexity windows, scoring, calibration).
+//!   Compute-bound: each kept `w[r, c]` is broadcast once against a tile of [`TILE`] tokens
+//!   stored column-major (`xt[c][t]`), so the zeros cost nothing. The loop runs block of
+//!   columns by block of columns, so the part of the tile it reads (64 columns × 64 tokens,
+//!   16 KiB) stays in L1.
 //!
-//! Every output element is summed by one thread in a fixed order (the non-zeros of its row, in
-//! column order), so the bits do not depend on the thread count.
+//! Every output element is summed by one thread in a fixed order (its row's kept weights, block
+//! by block, in column order), so the bits do not depend on the thread count.
 
 use rayon::prelude::*;
 
 /// Tokens per tile of [`gemm`]: four 16-lane AVX-512 registers per row.
 pub const TILE: usize = 64;
 
-/// Rows per parallel task in [`gemv`]; small matrices run on the calling thread.
+/// Columns per block: a kept weight's column is stored as a u8 offset in its block.
+pub const BLOCK: usize = 64;
+
+/// Rows per parallel task in [`gemv`].
 const GEMV_ROWS_PER_TASK: usize = 64;
-/// Below this many non-zeros a product is not worth a rayon dispatch.
+/// Below this many kept weights a product is not worth a rayon dispatch.
 const PARALLEL_MIN_NNZ: usize = 32 * 1024;
 
-/// A borrowed compressed-row matrix: row `r`'s non-zeros are `values[row_ptr[r]..row_ptr[r+1]]`
-/// at columns `cols[..]` (strictly increasing within a row).
+/// A borrowed column-blocked compressed-row matrix. Row `r` holds its kept weights at
+/// `values[row_ptr[r]..row_ptr[r + 1]]`, ordered by column; they fall into column blocks of
+/// [`BLOCK`], block `b` holding `counts[r * blocks + b]` of them, each with its column as a u8
+/// offset from `b * BLOCK` in `cols`. `cols` has 16 bytes of padding after the last entry, so
+/// 16 offsets can always be loaded at once.
 #[derive(Clone, Copy)]
-pub struct Csr<'a> {
+pub struct Blocked<'a> {
     pub rows: usize,
     pub cols: usize,
     pub row_ptr: &'a [u32],
-    pub col_idx: &'a [u16],
+    pub counts: &'a [u16],
+    pub col_off: &'a [u8],
     pub values: &'a [f32],
 }
 
-impl Csr<'_> {
-    fn row(&self, r: usize) -> (&[f32], &[u16]) {
-        let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
-        (&self.values[a..b], &self.col_idx[a..b])
+impl Blocked<'_> {
+    pub fn blocks(&self) -> usize {
+        self.cols.div_ceil(BLOCK)
+    }
+
+    fn nnz(&self) -> usize {
+        self.values.len()
     }
 }
 
@@ -70,63 +83,94 @@ fn isa() -> Isa {
 }
 
 /// `y[r] = Σ_k W[r, k] x[k]` (`x.len() == cols`, `y.len() == rows`).
-pub fn gemv(w: Csr<'_>, x: &[f32], y: &mut [f32]) {
+pub fn gemv(w: Blocked<'_>, x: &[f32], y: &mut [f32]) {
     gemv_with(isa(), w, x, y)
 }
 
 /// [`gemv`] with a given instruction set (tests compare the two paths).
-pub fn gemv_with(isa: Isa, w: Csr<'_>, x: &[f32], y: &mut [f32]) {
+pub fn gemv_with(isa: Isa, w: Blocked<'_>, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), w.cols, "gemv: input length");
     assert_eq!(y.len(), w.rows, "gemv: output length");
     let rows_into = |r0: usize, out: &mut [f32]| {
         for (j, o) in out.iter_mut().enumerate() {
-            let (v, c) = w.row(r0 + j);
-            *o = row_dot(isa, v, c, x);
+            *o = row_dot(isa, &w, r0 + j, x);
         }
     };
-    if w.values.len() < PARALLEL_MIN_NNZ {
+    if w.nnz() < PARALLEL_MIN_NNZ {
         rows_into(0, y);
     } else {
-        y.par_chunks_mut(GEMV_ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(i, out)| rows_into(i * GEMV_ROWS_PER_TASK, out));
+        chunks_on_pool(y, GEMV_ROWS_PER_TASK, &rows_into);
     }
 }
 
-fn row_dot(isa: Isa, v: &[f32], c: &[u16], x: &[f32]) -> f32 {
+/// Fill `y` chunk by chunk (`f(first_row, chunk)`) on the spinning pool: a decode step's
+/// products are too short for rayon's wake-ups.
+fn chunks_on_pool(y: &mut [f32], chunk: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = y.len();
+    let base = SyncPtr(y.as_mut_ptr());
+    let tasks = n.div_ceil(chunk);
+    super::pool::global().run(tasks, &|i| {
+        let (a, b) = (i * chunk, ((i + 1) * chunk).min(n));
+        // SAFETY: task `i` alone covers `[a, b)`, disjoint from every other task's range and
+        // inside `y`, which outlives `run` (it returns after every task finished).
+        let out = unsafe { std::slice::from_raw_parts_mut(base.get().add(a), b - a) };
+        f(a, out);
+    });
+}
+
+/// A raw output pointer shared by the pool's tasks, each writing its own disjoint range.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: tasks only write disjoint ranges through it (see `chunks_on_pool`).
+unsafe impl Sync for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn row_dot(isa: Isa, w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after the runtime check for
-        // avx512f (or by tests on a CPU that passed the same check); every column index is
-        // `< cols == x.len()` by construction of the matrix (checked in `SparseMatrix::new`).
-        Isa::Avx512 => unsafe { avx512::row_dot(v, c, x) },
-        _ => row_dot_portable(v, c, x),
+        // avx512f; the matrix invariants (checked by `SparseMatrix::from_dense`) keep every
+        // column `< cols == x.len()` and the offsets padded by 16 bytes.
+        Isa::Avx512 => unsafe { avx512::row_dot(w, r, x) },
+        _ => row_dot_portable(w, r, x),
     }
 }
 
-/// The plain definition with eight partial sums (a fixed order, vectorisable gathers aside).
-fn row_dot_portable(v: &[f32], c: &[u16], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut vc = v.chunks_exact(8);
-    let mut cc = c.chunks_exact(8);
-    for (vs, cs) in (&mut vc).zip(&mut cc) {
-        for l in 0..8 {
-            acc[l] += vs[l] * x[cs[l] as usize];
+/// The plain definition, sixteen partial sums (the AVX-512 lanes' order, without fused
+/// multiply-adds).
+fn row_dot_portable(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
+    let nb = w.blocks();
+    let mut k = w.row_ptr[r] as usize;
+    let mut acc = [0f32; 16];
+    for b in 0..nb {
+        let n = w.counts[r * nb + b] as usize;
+        let xb = &x[b * BLOCK..];
+        for (i, (&v, &c)) in w.values[k..k + n]
+            .iter()
+            .zip(&w.col_off[k..k + n])
+            .enumerate()
+        {
+            acc[i % 16] += v * xb[c as usize];
         }
+        k += n;
     }
-    for (l, (&vv, &cv)) in vc.remainder().iter().zip(cc.remainder()).enumerate() {
-        acc[l] += vv * x[cv as usize];
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    acc.iter().sum()
 }
 
 /// `y[t, r] = Σ_k X[t, k] W[r, k]` for `n` inputs (`x.len() == n·cols`, `y.len() == n·rows`).
-pub fn gemm(w: Csr<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+pub fn gemm(w: Blocked<'_>, x: &[f32], n: usize, y: &mut [f32]) {
     gemm_with(isa(), w, x, n, y)
 }
 
 /// [`gemm`] with a given instruction set.
-pub fn gemm_with(isa: Isa, w: Csr<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+pub fn gemm_with(isa: Isa, w: Blocked<'_>, x: &[f32], n: usize, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols, "gemm: input length");
     assert_eq!(y.len(), n * w.rows, "gemm: output length");
     if n == 0 || w.rows == 0 {
@@ -134,81 +178,104 @@ pub fn gemm_with(isa: Isa, w: Csr<'_>, x: &[f32], n: usize, y: &mut [f32]) {
     }
     let tiles = n.div_ceil(TILE);
     let threads = rayon::current_num_threads();
-    if tiles >= threads || w.values.len() < PARALLEL_MIN_NNZ {
+    let serial = w.nnz() < PARALLEL_MIN_NNZ;
+    if tiles >= threads || serial {
         // Enough tiles for every thread: one task per tile, which writes its own rows of `y`.
         let work = |(ti, out): (usize, &mut [f32])| {
             let t0 = ti * TILE;
             let nt = out.len() / w.rows;
             let xt = transpose_tile(&x[t0 * w.cols..(t0 + nt) * w.cols], w.cols);
-            let mut acc = [0f32; TILE];
-            for r in 0..w.rows {
-                let (v, c) = w.row(r);
-                row_tile(isa, v, c, &xt, &mut acc);
-                for t in 0..nt {
-                    out[t * w.rows + r] = acc[t];
-                }
-            }
+            let mut acc = vec![0f32; w.rows * TILE];
+            rows_tile(isa, &w, 0..w.rows, &xt, &mut acc);
+            scatter_tile(&acc, nt, w.rows, out);
         };
-        if w.values.len() < PARALLEL_MIN_NNZ {
-            y.chunks_mut(TILE * w.rows).enumerate().for_each(work);
-        } else {
-            y.par_chunks_mut(TILE * w.rows).enumerate().for_each(work);
+        match serial {
+            true => y.chunks_mut(TILE * w.rows).enumerate().for_each(work),
+            false => y.par_chunks_mut(TILE * w.rows).enumerate().for_each(work),
         }
         return;
     }
-    // Few tokens (a short prompt): split the rows instead, tile by tile. Each task fills the
-    // tile's outputs of its rows in a row-major scratch, copied into `y` afterwards.
+    // Few tokens (a short prompt): split the rows instead, tile by tile.
     let rows_per_task = w.rows.div_ceil(threads * 4).max(16);
     for ti in 0..tiles {
         let t0 = ti * TILE;
         let nt = (n - t0).min(TILE);
         let xt = transpose_tile(&x[t0 * w.cols..(t0 + nt) * w.cols], w.cols);
-        let mut scratch = vec![0f32; w.rows * TILE];
-        scratch
-            .par_chunks_mut(rows_per_task * TILE)
+        let mut acc = vec![0f32; w.rows * TILE];
+        acc.par_chunks_mut(rows_per_task * TILE)
             .enumerate()
             .for_each(|(i, out)| {
                 let r0 = i * rows_per_task;
-                for (j, acc) in out.chunks_exact_mut(TILE).enumerate() {
-                    let (v, c) = w.row(r0 + j);
-                    let acc: &mut [f32; TILE] = acc.try_into().expect("TILE-sized chunk");
-                    row_tile(isa, v, c, &xt, acc);
-                }
+                rows_tile(isa, &w, r0..r0 + out.len() / TILE, &xt, out);
             });
+        scatter_tile(&acc, nt, w.rows, &mut y[t0 * w.rows..(t0 + nt) * w.rows]);
+    }
+}
+
+/// `out[t * rows + r] = acc[r * TILE + t]` for the tile's `nt` tokens, in 16 × 16 squares.
+fn scatter_tile(acc: &[f32], nt: usize, rows: usize, out: &mut [f32]) {
+    for r0 in (0..rows).step_by(16) {
+        let r1 = (r0 + 16).min(rows);
         for t in 0..nt {
-            let dst = &mut y[(t0 + t) * w.rows..(t0 + t + 1) * w.rows];
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = scratch[r * TILE + t];
+            let dst = &mut out[t * rows + r0..t * rows + r1];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = acc[(r0 + j) * TILE + t];
             }
         }
     }
 }
 
-/// `x` (`[nt, cols]`, `nt ≤ TILE`) as `xt[c * TILE + t]`, zero-padded to a full tile.
+/// `x` (`[nt, cols]`, `nt ≤ TILE`) as `xt[c * TILE + t]`, zero-padded to a full tile. In
+/// squares of 16 × 16 so reads and writes both stay within a few cache lines.
 fn transpose_tile(x: &[f32], cols: usize) -> Vec<f32> {
+    let nt = x.len() / cols.max(1);
     let mut xt = vec![0f32; cols * TILE];
-    for (t, row) in x.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            xt[c * TILE + t] = v;
+    for t0 in (0..nt).step_by(16) {
+        let t1 = (t0 + 16).min(nt);
+        for c0 in (0..cols).step_by(16) {
+            let c1 = (c0 + 16).min(cols);
+            for t in t0..t1 {
+                let row = &x[t * cols..(t + 1) * cols];
+                for c in c0..c1 {
+                    xt[c * TILE + t] = row[c];
+                }
+            }
         }
     }
     xt
 }
 
-fn row_tile(isa: Isa, v: &[f32], c: &[u16], xt: &[f32], acc: &mut [f32; TILE]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `row_dot`: avx512f was detected at run time, and every column index is
-        // `< cols`, so `c * TILE + TILE ≤ xt.len()` (xt is `cols * TILE` long).
-        Isa::Avx512 => unsafe { avx512::row_tile(v, c, xt, acc) },
-        _ => row_tile_portable(v, c, xt, acc),
+/// Rows `rows` of one tile: `acc[(r - rows.start) * TILE + t] = Σ_c W[r, c] xt[c][t]`, column
+/// block by column block (each row's cursor advancing through its kept weights).
+fn rows_tile(isa: Isa, w: &Blocked<'_>, rows: std::ops::Range<usize>, xt: &[f32], acc: &mut [f32]) {
+    let nb = w.blocks();
+    // `acc` arrives zeroed (freshly allocated).
+    let mut cursor: Vec<usize> = rows.clone().map(|r| w.row_ptr[r] as usize).collect();
+    for b in 0..nb {
+        let xb = &xt[b * BLOCK * TILE..];
+        for (j, r) in rows.clone().enumerate() {
+            let n = w.counts[r * nb + b] as usize;
+            let k = cursor[j];
+            let out: &mut [f32; TILE] = (&mut acc[j * TILE..(j + 1) * TILE])
+                .try_into()
+                .expect("TILE-sized chunk");
+            let (v, c) = (&w.values[k..k + n], &w.col_off[k..k + n]);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: avx512f was detected at run time; each offset is `< BLOCK` and
+                // `b * BLOCK + offset < cols`, so the 64 floats read at
+                // `(b * BLOCK + offset) * TILE` lie inside `xt` (`cols * TILE` long).
+                Isa::Avx512 => unsafe { avx512::block_tile(v, c, xb, out) },
+                _ => block_tile_portable(v, c, xb, out),
+            }
+            cursor[j] = k + n;
+        }
     }
 }
 
-fn row_tile_portable(v: &[f32], c: &[u16], xt: &[f32], acc: &mut [f32; TILE]) {
-    *acc = [0f32; TILE];
+fn block_tile_portable(v: &[f32], c: &[u8], xb: &[f32], acc: &mut [f32; TILE]) {
     for (&w, &col) in v.iter().zip(c) {
-        let src = &xt[col as usize * TILE..(col as usize + 1) * TILE];
+        let src = &xb[col as usize * TILE..(col as usize + 1) * TILE];
         for (a, &s) in acc.iter_mut().zip(src) {
             *a += w * s;
         }
@@ -217,76 +284,164 @@ fn row_tile_portable(v: &[f32], c: &[u16], xt: &[f32], acc: &mut [f32; TILE]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::TILE;
+    use super::{Blocked, BLOCK, TILE};
     use std::arch::x86_64::*;
 
-    /// `Σ v[k] x[c[k]]` with 16-lane gathers and two accumulators.
+    /// Row `r` of `w` against `x`: 16-lane gathers of `x[b·BLOCK + offset]`, block by block.
     ///
     /// # Safety
-    /// The CPU supports avx512f, `v.len() == c.len()`, and every `c[k] < x.len()`.
+    /// The CPU supports avx512f; `w` satisfies the [`Blocked`] invariants (columns `< cols ==
+    /// x.len()`, `col_off` padded by 16 bytes).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_dot(v: &[f32], c: &[u16], x: &[f32]) -> f32 {
-        debug_assert_eq!(v.len(), c.len());
-        let n = v.len();
-        let (vp, cp, xp) = (v.as_ptr(), c.as_ptr(), x.as_ptr());
+    pub unsafe fn row_dot(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
+        let nb = w.blocks();
+        let mut k = w.row_ptr[r] as usize;
+        let (vp, cp) = (w.values.as_ptr(), w.col_off.as_ptr());
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
-        let mut k = 0;
-        // SAFETY (whole function): loads read `v[k..k+16]`/`c[k..k+16]` only while `k + 16 ≤ n`;
-        // gathers read `x[c[k]]`, in bounds by the caller's contract.
-        while k + 32 <= n {
-            let i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(cp.add(k) as *const __m256i));
-            let i1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(cp.add(k + 16) as *const __m256i));
-            let g0 = _mm512_i32gather_ps::<4>(i0, xp);
-            let g1 = _mm512_i32gather_ps::<4>(i1, xp);
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k + 16)), g1, acc1);
-            k += 32;
-        }
-        if k + 16 <= n {
-            let i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(cp.add(k) as *const __m256i));
-            let g0 = _mm512_i32gather_ps::<4>(i0, xp);
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, acc0);
-            k += 16;
-        }
-        if k < n {
-            // The tail: copy its indices into a zeroed buffer, then gather and load under a mask.
-            let rem = n - k;
-            let mut idx = [0u16; 16];
-            idx[..rem].copy_from_slice(&c[k..]);
-            let m: __mmask16 = ((1u32 << rem) - 1) as __mmask16;
-            let i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(idx.as_ptr() as *const __m256i));
-            let g0 = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i0, xp);
-            acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k)), g0, acc1);
+        for b in 0..nb {
+            let n = *w.counts.get_unchecked(r * nb + b) as usize;
+            let xb = x.as_ptr().add(b * BLOCK);
+            let end = k + n;
+            // SAFETY (loops): offsets are read 16 at a time from `k < end ≤ col_off.len() - 16`
+            // (the padding); gathers only touch lanes under the mask, whose columns are < cols.
+            while k + 32 <= end {
+                let i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
+                let i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + 16) as *const __m128i));
+                let g0 = _mm512_i32gather_ps::<4>(i0, xb);
+                let g1 = _mm512_i32gather_ps::<4>(i1, xb);
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k + 16)), g1, acc1);
+                k += 32;
+            }
+            if k + 16 <= end {
+                let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
+                let g = _mm512_i32gather_ps::<4>(i, xb);
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g, acc0);
+                k += 16;
+            }
+            if k < end {
+                let m: __mmask16 = ((1u32 << (end - k)) - 1) as __mmask16;
+                let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
+                let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
+                acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k)), g, acc1);
+                k = end;
+            }
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
 
-    /// `acc[t] = Σ v[k] xt[c[k] * TILE + t]` for the `TILE` tokens of a tile, four registers.
+    /// `acc[t] += Σ v[k] xb[c[k] * TILE + t]` for the `TILE` tokens of a tile, one
+    /// accumulator register per 16 tokens.
     ///
     /// # Safety
-    /// The CPU supports avx512f, `v.len() == c.len()`, and `(c[k] + 1) * TILE ≤ xt.len()`.
+    /// The CPU supports avx512f, `v.len() == c.len()`, and `(c[k] + 1) * TILE ≤ xb.len()`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_tile(v: &[f32], c: &[u16], xt: &[f32], acc: &mut [f32; TILE]) {
-        let mut a0 = _mm512_setzero_ps();
-        let mut a1 = _mm512_setzero_ps();
-        let mut a2 = _mm512_setzero_ps();
-        let mut a3 = _mm512_setzero_ps();
-        let xp = xt.as_ptr();
+    pub unsafe fn block_tile(v: &[f32], c: &[u8], xb: &[f32], acc: &mut [f32; TILE]) {
+        const R: usize = TILE / 16;
+        let o = acc.as_mut_ptr();
+        let mut a = [_mm512_setzero_ps(); R];
+        for (l, a_l) in a.iter_mut().enumerate() {
+            // SAFETY: `acc` holds TILE = 16 · R floats.
+            *a_l = _mm512_loadu_ps(o.add(16 * l));
+        }
+        let xp = xb.as_ptr();
         for (&w, &col) in v.iter().zip(c) {
             let b = _mm512_set1_ps(w);
-            // SAFETY: `col * TILE + 64 ≤ xt.len()` by the caller's contract.
+            // SAFETY: `col * TILE + TILE ≤ xb.len()` by the caller's contract.
             let p = xp.add(col as usize * TILE);
-            a0 = _mm512_fmadd_ps(b, _mm512_loadu_ps(p), a0);
-            a1 = _mm512_fmadd_ps(b, _mm512_loadu_ps(p.add(16)), a1);
-            a2 = _mm512_fmadd_ps(b, _mm512_loadu_ps(p.add(32)), a2);
-            a3 = _mm512_fmadd_ps(b, _mm512_loadu_ps(p.add(48)), a3);
+            for (l, a_l) in a.iter_mut().enumerate() {
+                *a_l = _mm512_fmadd_ps(b, _mm512_loadu_ps(p.add(16 * l)), *a_l);
+            }
         }
-        let o = acc.as_mut_ptr();
-        // SAFETY: `acc` holds TILE = 64 floats.
-        _mm512_storeu_ps(o, a0);
-        _mm512_storeu_ps(o.add(16), a1);
-        _mm512_storeu_ps(o.add(32), a2);
-        _mm512_storeu_ps(o.add(48), a3);
+        for (l, a_l) in a.iter().enumerate() {
+            _mm512_storeu_ps(o.add(16 * l), *a_l);
+        }
+    }
+}
+
+/// `y[r] = Σ_c W[r, c] x[c]` for a dense row-major `W` (`[rows, cols]`): the batch-1 product of
+/// dense linears and of the LM head. One pass over `W` at memory speed, rows split over the
+/// threads in fixed chunks (each row summed by one thread, so the bits do not depend on the
+/// thread count). A general matmul routine packs its operands first, which at batch 1 costs
+/// more than the product.
+pub fn dense_gemv(w: &[f32], cols: usize, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), cols, "dense gemv: input length");
+    assert_eq!(w.len(), y.len() * cols, "dense gemv: weight length");
+    let isa = isa();
+    let rows_into = |r0: usize, out: &mut [f32]| {
+        for (j, o) in out.iter_mut().enumerate() {
+            let row = &w[(r0 + j) * cols..(r0 + j + 1) * cols];
+            *o = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: avx512f was detected at run time; `row` and `x` have `cols` elements.
+                Isa::Avx512 => unsafe { avx512_dense::dot(row, x) },
+                _ => dot_portable(row, x),
+            };
+        }
+    };
+    if w.len() < 64 * 1024 {
+        rows_into(0, y);
+    } else {
+        chunks_on_pool(y, GEMV_ROWS_PER_TASK, &rows_into);
+    }
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut ac = a.chunks_exact(16);
+    let mut bc = b.chunks_exact(16);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ac.remainder().iter().zip(bc.remainder()).enumerate() {
+        acc[l] += x * y;
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_dense {
+    use std::arch::x86_64::*;
+
+    /// `Σ a[i] b[i]` with four 16-lane accumulators.
+    ///
+    /// # Safety
+    /// The CPU supports avx512f and `a.len() == b.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (loops): every load reads `[i, i + 16)` with `i + 16 ≤ n`, or is masked.
+        while i + 64 <= n {
+            for (l, a_l) in acc.iter_mut().enumerate() {
+                let o = i + 16 * l;
+                *a_l =
+                    _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(o)), _mm512_loadu_ps(bp.add(o)), *a_l);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(ap.add(i)),
+                _mm512_loadu_ps(bp.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as __mmask16;
+            acc[1] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, ap.add(i)),
+                _mm512_maskz_loadu_ps(m, bp.add(i)),
+                acc[1],
+            );
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
     }
 }

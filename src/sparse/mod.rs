@@ -1,8 +1,9 @@
 //! Sparse execution of pruned linears on the CPU: what pruning buys.
 //!
-//! A pruned linear's weight is stored in compressed rows ([`SparseMatrix`]: f32 values, u16
-//! column indices, u32 row offsets), 6 bytes per kept weight instead of 4 per weight, and
-//! multiplied without touching the zeros ([`kernels`]). Values stay in f32: the product equals
+//! A pruned linear's weight is stored in column-blocked compressed rows ([`SparseMatrix`]: f32
+//! values, u8 column offsets in blocks of 64 columns), 5 bytes per kept weight instead of 4
+//! per weight (0.375× dense at 70 % zeros), and multiplied without touching the zeros
+//! ([`kernels`]). Values stay in f32: the product equals
 //! the dense-with-zeros product up to summation order.
 //!
 //! Why compressed rows and not a bitmask with packed values: on AVX-512 cores measured here
@@ -13,11 +14,12 @@
 
 pub mod kernels;
 mod op;
+pub mod pool;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-pub use op::SparseMatmul;
+pub use op::{dense_gemv, SparseMatmul};
 
 /// When pruned linears run in compressed rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -52,7 +54,7 @@ impl SparseMode {
         dev: &Device,
         dtype: DType,
     ) -> bool {
-        let able = dev.is_cpu() && dtype == DType::F32 && cols <= MAX_COLS && rows > 0;
+        let able = dev.is_cpu() && dtype == DType::F32 && rows > 0 && cols > 0;
         match self {
             SparseMode::Off => false,
             SparseMode::On => able && sparsity > 0.0,
@@ -67,18 +69,22 @@ impl SparseMode {
 /// margin so `auto` is never slower than dense.
 pub const AUTO_MIN_SPARSITY: f64 = 0.55;
 
-/// Column indices are u16: wider matrices stay dense.
-pub const MAX_COLS: usize = u16::MAX as usize + 1;
-
-/// A `[rows, cols]` f32 matrix in compressed rows.
+/// A `[rows, cols]` f32 matrix in column-blocked compressed rows ([`kernels::Blocked`]): per
+/// kept weight its f32 value and a u8 column offset in its block of 64 columns (5 bytes), per
+/// row and block a u16 count, per row a u32 offset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparseMatrix {
     rows: usize,
     cols: usize,
     row_ptr: Vec<u32>,
-    col_idx: Vec<u16>,
+    counts: Vec<u16>,
+    /// Padded with 16 zero bytes (the kernels load 16 offsets at a time).
+    col_off: Vec<u8>,
     values: Vec<f32>,
 }
+
+/// Bytes of zero padding after the last column offset.
+const PAD: usize = 16;
 
 impl SparseMatrix {
     /// The non-zeros of a row-major `[rows, cols]` matrix (exact zeros are dropped).
@@ -86,46 +92,46 @@ impl SparseMatrix {
         if w.len() != rows * cols {
             candle_core::bail!("sparse: {} values for a [{rows}, {cols}] matrix", w.len());
         }
-        if cols > MAX_COLS {
-            candle_core::bail!("sparse: {cols} columns exceed the u16 column index");
-        }
-        if rows * cols > u32::MAX as usize {
+        if rows * cols >= u32::MAX as usize {
             candle_core::bail!("sparse: [{rows}, {cols}] exceeds the u32 row offsets");
         }
+        let nb = cols.div_ceil(kernels::BLOCK);
         // Rows in parallel, then concatenated in order: the result does not depend on threads.
-        let per_row: Vec<(Vec<u16>, Vec<f32>)> = w
-            .par_chunks(cols.max(1))
-            .map(|row| {
-                let mut c = Vec::new();
-                let mut v = Vec::new();
+        let per_row: Vec<(Vec<u16>, Vec<u8>, Vec<f32>)> = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let row = &w[r * cols..(r + 1) * cols];
+                let mut counts = vec![0u16; nb];
+                let (mut c, mut v) = (Vec::new(), Vec::new());
                 for (j, &x) in row.iter().enumerate() {
                     if x != 0.0 {
-                        c.push(j as u16);
+                        counts[j / kernels::BLOCK] += 1;
+                        c.push((j % kernels::BLOCK) as u8);
                         v.push(x);
                     }
                 }
-                (c, v)
+                (counts, c, v)
             })
             .collect();
-        let nnz: usize = per_row.iter().map(|(c, _)| c.len()).sum();
+        let nnz: usize = per_row.iter().map(|r| r.2.len()).sum();
         let mut row_ptr = Vec::with_capacity(rows + 1);
-        let mut col_idx = Vec::with_capacity(nnz);
+        let mut counts = Vec::with_capacity(rows * nb);
+        let mut col_off = Vec::with_capacity(nnz + PAD);
         let mut values = Vec::with_capacity(nnz);
         row_ptr.push(0u32);
-        for (c, v) in per_row.into_iter().take(rows) {
-            col_idx.extend_from_slice(&c);
+        for (n, c, v) in per_row {
+            counts.extend_from_slice(&n);
+            col_off.extend_from_slice(&c);
             values.extend_from_slice(&v);
             row_ptr.push(values.len() as u32);
         }
-        // `par_chunks` of an empty slice yields no rows (cols == 0 or rows == 0).
-        while row_ptr.len() < rows + 1 {
-            row_ptr.push(values.len() as u32);
-        }
+        col_off.extend_from_slice(&[0u8; PAD]);
         Ok(Self {
             rows,
             cols,
             row_ptr,
-            col_idx,
+            counts,
+            col_off,
             values,
         })
     }
@@ -159,17 +165,18 @@ impl SparseMatrix {
         }
     }
 
-    /// Bytes held: values, column indices and row offsets.
+    /// Bytes held: values, column offsets, per-block counts and row offsets.
     pub fn bytes(&self) -> usize {
-        self.values.len() * 4 + self.col_idx.len() * 2 + self.row_ptr.len() * 4
+        self.values.len() * 4 + self.col_off.len() + self.counts.len() * 2 + self.row_ptr.len() * 4
     }
 
-    pub fn csr(&self) -> kernels::Csr<'_> {
-        kernels::Csr {
+    pub fn blocked(&self) -> kernels::Blocked<'_> {
+        kernels::Blocked {
             rows: self.rows,
             cols: self.cols,
             row_ptr: &self.row_ptr,
-            col_idx: &self.col_idx,
+            counts: &self.counts,
+            col_off: &self.col_off,
             values: &self.values,
         }
     }
@@ -177,12 +184,17 @@ impl SparseMatrix {
     /// The dense row-major values (zeros filled in).
     pub fn to_dense(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.rows * self.cols];
+        let nb = self.cols.div_ceil(kernels::BLOCK);
         w.par_chunks_mut(self.cols.max(1))
             .enumerate()
             .for_each(|(r, row)| {
-                let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
-                for (&c, &v) in self.col_idx[a..b].iter().zip(&self.values[a..b]) {
-                    row[c as usize] = v;
+                let mut k = self.row_ptr[r] as usize;
+                for b in 0..nb {
+                    let n = self.counts[r * nb + b] as usize;
+                    for (&c, &v) in self.col_off[k..k + n].iter().zip(&self.values[k..k + n]) {
+                        row[b * kernels::BLOCK + c as usize] = v;
+                    }
+                    k += n;
                 }
             });
         w
@@ -205,11 +217,25 @@ mod tests {
         let w = [0.0, 1.5, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 3.0];
         let s = SparseMatrix::from_dense(&w, 3, 3)?;
         assert_eq!(s.nnz(), 3);
-        assert_eq!(s.row_ptr, vec![0, 2, 2, 3]);
-        assert_eq!(s.col_idx, vec![1, 0, 2]);
+        assert_eq!(s.row_ptr, vec![0, 1, 2, 3]);
+        assert_eq!(s.counts, vec![1, 1, 1]);
+        assert_eq!(&s.col_off[..3], &[1, 0, 2]);
         assert_eq!(s.to_dense(), w.to_vec());
         assert!((s.sparsity() - 6.0 / 9.0).abs() < 1e-12);
-        assert_eq!(s.bytes(), 3 * 4 + 3 * 2 + 4 * 4);
+        assert_eq!(s.bytes(), 3 * 4 + (3 + 16) + 3 * 2 + 4 * 4);
+        // Later column blocks: column c is offset c % BLOCK of block c / BLOCK.
+        let bl = kernels::BLOCK;
+        let mut w = vec![0f32; 2 * 600];
+        w[300] = 1.0;
+        w[600 + 599] = 2.0;
+        let s = SparseMatrix::from_dense(&w, 2, 600)?;
+        let nb = 600usize.div_ceil(bl);
+        let mut counts = vec![0u16; 2 * nb];
+        counts[300 / bl] = 1;
+        counts[nb + 599 / bl] = 1;
+        assert_eq!(s.counts, counts);
+        assert_eq!(&s.col_off[..2], &[(300 % bl) as u8, (599 % bl) as u8]);
+        assert_eq!(s.to_dense(), w);
         Ok(())
     }
 
@@ -222,6 +248,5 @@ mod tests {
         assert!(!SparseMode::Off.use_sparse(64, 64, 0.9, &cpu, DType::F32));
         assert!(SparseMode::On.use_sparse(64, 64, 0.1, &cpu, DType::F32));
         assert!(!SparseMode::On.use_sparse(64, 64, 0.0, &cpu, DType::F32));
-        assert!(!SparseMode::On.use_sparse(64, MAX_COLS + 1, 0.9, &cpu, DType::F32));
     }
 }

@@ -42,8 +42,8 @@ impl CustomOp1 for SparseMatmul {
         let x = &data[a..b];
         let mut y = vec![0f32; n * w.rows()];
         match n {
-            1 => kernels::gemv(w.csr(), x, &mut y),
-            _ => kernels::gemm(w.csr(), x, n, &mut y),
+            1 => kernels::gemv(w.blocked(), x, &mut y),
+            _ => kernels::gemm(w.blocked(), x, n, &mut y),
         }
         Ok((CpuStorage::F32(y), Shape::from((n, w.rows()))))
     }
@@ -53,4 +53,43 @@ impl CustomOp1 for SparseMatmul {
         let w = self.0.to_tensor(arg.device(), DType::F32)?;
         Ok(Some(grad_res.matmul(&w)?))
     }
+}
+
+/// `x @ Wᵀ` for one input row (`x`: `[1, cols]`) and a dense contiguous f32 CPU weight, with
+/// [`kernels::dense_gemv`]; `None` where that does not apply (another device or dtype, a
+/// strided weight, an input that carries gradients), and the caller uses the general matmul.
+pub fn dense_gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, cols) = w.dims2()?;
+    let applies = x.dims() == [1, cols]
+        && w.device().is_cpu()
+        && x.device().is_cpu()
+        && w.dtype() == DType::F32
+        && x.dtype() == DType::F32
+        && w.is_contiguous()
+        && !x.track_op()
+        && !w.track_op();
+    if !applies {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (ws, wl) = w.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (candle_core::Storage::Cpu(ws), candle_core::Storage::Cpu(xs)) = (&*ws, &*xs) else {
+        return Ok(None);
+    };
+    let (Some((wa, wb)), Some((xa, xb))) = (wl.contiguous_offsets(), xl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let (wv, xv) = (
+        &ws.as_slice::<f32>()?[wa..wb],
+        &xs.as_slice::<f32>()?[xa..xb],
+    );
+    let mut y = vec![0f32; rows];
+    kernels::dense_gemv(wv, cols, xv, &mut y);
+    Ok(Some(Tensor::from_vec(
+        y,
+        (1, rows),
+        &candle_core::Device::Cpu,
+    )?))
 }
