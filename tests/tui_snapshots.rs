@@ -797,3 +797,180 @@ fn quantized_and_recovered_entries_show_in_the_history() {
         "{line}"
     );
 }
+
+/// The linears of the demo model pruned at p 0.7 under `--sparse auto` (fixed figures).
+fn footprint(mode: dlpx::sparse::SparseMode) -> dlpx::app::Footprint {
+    let on = mode != dlpx::sparse::SparseMode::Off;
+    dlpx::app::Footprint {
+        mode,
+        sparse_linears: if on { 210 } else { 0 },
+        linears: 210,
+        bytes: if on { 163_470_080 } else { 425_066_496 },
+        dense_bytes: 425_066_496,
+    }
+}
+
+/// The compare view after an apply whose dense rows came from the cache: each finished row
+/// shows its real token count and the decode speed the worker measured (for a cached dense row,
+/// when it was generated), and the history pane the pruned linears' bytes against the dense.
+fn compared_with_speeds() -> State {
+    let mut s = calibrated();
+    s.act(Action::Apply);
+    let target = s.plan.as_ref().unwrap().block.clone();
+    s.on_msg(Msg::Applied {
+        id: 1,
+        achieved: target.iter().map(|t| t - 0.0007).collect(),
+        seconds: 2.5,
+    });
+    s.on_msg(Msg::Footprint {
+        id: 1,
+        footprint: footprint(dlpx::sparse::SparseMode::Auto),
+    });
+    s.on_msg(Msg::PrunedPpl {
+        id: 1,
+        ppl: 355.03,
+        window_nll: vec![],
+    });
+    let rows = [
+        (" Paris, the capital and largest city of France.", 40, 61.37),
+        (" 100 degrees Celsius at sea level.", 12, 58.9),
+    ];
+    for (i, (dense, tokens, rate)) in rows.into_iter().enumerate() {
+        // The dense continuation from the cache: one piece, then its stored figures.
+        s.on_msg(Msg::GenStart {
+            pruned: false,
+            prompt: i,
+        });
+        s.on_msg(Msg::Token {
+            pruned: false,
+            prompt: i,
+            text: dense.into(),
+        });
+        s.on_msg(Msg::GenDone {
+            pruned: false,
+            prompt: i,
+            tokens,
+            tokens_per_s: rate,
+        });
+        s.on_msg(Msg::GenStart {
+            pruned: true,
+            prompt: i,
+        });
+        for w in [" a", " city", ",", " the", " the"] {
+            s.on_msg(Msg::Token {
+                pruned: true,
+                prompt: i,
+                text: w.into(),
+            });
+        }
+        s.on_msg(Msg::GenDone {
+            pruned: true,
+            prompt: i,
+            tokens,
+            tokens_per_s: rate * 1.73,
+        });
+    }
+    s.on_msg(Msg::Idle);
+    s.act(Action::ToggleCompare);
+    s
+}
+
+#[test]
+fn compare_rows_show_real_counts_and_speeds_and_the_linears_footprint() {
+    let s = compared_with_speeds();
+    // The cached dense row: its real count and rate, not "dense 1 tok".
+    let p = &s.prompts[0];
+    assert_eq!((p.dense_tokens, p.dense_tok_s), (40, Some(61.37)));
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    let row = frame
+        .lines()
+        .find(|l| l.contains("The capital of France is"))
+        .unwrap();
+    assert!(
+        row.contains("dense 40 tok · 61 tok/s  │  pruned 40 tok · 106 tok/s"),
+        "{row}"
+    );
+    let row = frame
+        .lines()
+        .find(|l| l.contains("Water boils at"))
+        .unwrap();
+    assert!(
+        row.contains("dense 12 tok · 59 tok/s  │  pruned 12 tok · 102 tok/s"),
+        "{row}"
+    );
+    assert!(
+        frame.contains("linears #1 163 MB (0.38×) · dense 425 MB · sparse auto (210 of 210, X)"),
+        "{frame}"
+    );
+    check("compare_speeds", &s);
+
+    // A generation that starts again forgets the finished figures until it finishes.
+    let mut s = s;
+    s.on_msg(Msg::GenStart {
+        pruned: true,
+        prompt: 0,
+    });
+    assert_eq!(
+        (s.prompts[0].pruned_tokens, s.prompts[0].pruned_tok_s),
+        (0, None)
+    );
+
+    // The charts' side panel: how the applied model's linears run, and their bytes.
+    s.act(Action::ToggleCompare);
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    for want in [
+        "sparse exec. (X)       auto, 210/210",
+        "linears #1              163 MB 0.38×",
+        "linears dense                 425 MB",
+    ] {
+        assert!(frame.contains(want), "`{want}`:\n{frame}");
+    }
+    let narrow = render_to_string(&s, &Theme::mono(), 80, 24);
+    assert!(narrow.contains("sparse exec. (X)      auto"), "{narrow}");
+}
+
+/// X switches the applied model between sparse (auto) and dense execution: a job for the
+/// worker, the state showing the requested mode until the worker's footprint confirms it.
+#[test]
+fn sparse_toggle_sends_jobs_once_a_model_is_applied() {
+    use dlpx::sparse::SparseMode;
+    let mut s = calibrated();
+    assert!(s.act(Action::ToggleSparse).is_empty(), "nothing applied");
+    assert!(s.status.0.contains("apply first (a)"), "{:?}", s.status);
+    let mut s = compared_with_speeds();
+    assert_eq!(s.sparse, Some(SparseMode::Auto));
+    for want in [SparseMode::Off, SparseMode::Auto] {
+        let fx = s.act(Action::ToggleSparse);
+        assert!(
+            matches!(fx.as_slice(), [Effect::Job(Job::Sparse { mode })] if *mode == want),
+            "{fx:?}"
+        );
+        assert_eq!(s.sparse, Some(want));
+        s.on_msg(Msg::Footprint {
+            id: 1,
+            footprint: footprint(want),
+        });
+        s.on_msg(Msg::Idle);
+        assert_eq!(s.history[0].footprint, Some(footprint(want)));
+    }
+    // Started with --sparse on, X turns it off.
+    s.on_msg(Msg::Footprint {
+        id: 1,
+        footprint: footprint(SparseMode::On),
+    });
+    let fx = s.act(Action::ToggleSparse);
+    assert!(
+        matches!(
+            fx.as_slice(),
+            [Effect::Job(Job::Sparse {
+                mode: SparseMode::Off
+            })]
+        ),
+        "{fx:?}"
+    );
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(
+        frame.contains("X sparse"),
+        "the footer names the key:\n{frame}"
+    );
+}

@@ -130,3 +130,181 @@ fn panics_in_loading_and_in_jobs_reach_the_screen_and_the_explorer_quits() {
         .expect("the worker thread did not end after the explorer dropped its queue");
     assert!(after.is_empty(), "messages after quitting: {after:?}");
 }
+
+/// Shift+X, the sparse-execution toggle.
+fn shift_x(s: &mut State) -> Vec<Effect> {
+    s.on_key(KeyEvent::new(KeyCode::Char('X'), KeyModifiers::SHIFT))
+}
+
+/// Start the real session on the demo model and run it until the start-up work is done.
+fn demo_session(
+    spec: &dlpx::worker::Spec,
+) -> (
+    dlpx::worker::Handle,
+    UnboundedReceiver<Msg>,
+    State,
+    Vec<String>,
+) {
+    let (tx, mut rx) = unbounded_channel();
+    let handle = spawn(dlpx::worker::ExplorerSession::new(spec.clone()), tx).unwrap();
+    let mut state = State::new(explorer_defaults(), spec.prompts.clone());
+    let seen = until_idle(&mut rx, &mut state);
+    assert!(state.cal.is_some(), "{:?} {seen:?}", state.status);
+    (handle, rx, state, seen)
+}
+
+/// The real session on the demo model: each finished generation carries its token count and
+/// decode speed to the state; a dense continuation restored from the cache carries the count
+/// and speed measured when it was generated (a cache entry of the older, text-only shape is
+/// generated again); an apply reports the pruned linears' bytes against the dense ones; X
+/// switches the held model between sparse (auto) and dense execution.
+#[test]
+fn demo_session_reports_speeds_cached_rows_and_the_sparse_toggle() {
+    use dlpx::experiment::{DataSpec, Setup};
+    use dlpx::sparse::SparseMode;
+    // A fresh cache for the dense results; the demo model from the usual one.
+    let demo = dlpx::assets::cache_dir().unwrap().join("demo");
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(&demo).unwrap();
+    std::os::unix::fs::symlink(&demo, cache.path().join("demo")).unwrap();
+    std::env::set_var("DLPX_CACHE", cache.path());
+    let spec = dlpx::worker::Spec {
+        setup: Setup {
+            source: dlpx::model::ModelSource::Demo,
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
+            place: dlpx::model::Placement::Resident,
+            sparse: SparseMode::Auto,
+            data: DataSpec {
+                calib_samples: 8,
+                eval_windows: 2,
+                ..DataSpec::default()
+            },
+            stats_cache: true,
+            dense_cache: true,
+            metric: dlpx::prune::mask::Metric::Wanda,
+            keeps_pruned_copy: true,
+        },
+        owl_m: 5.0,
+        max_new_tokens: 12,
+        prompts: vec!["The capital of France is".into()],
+        zeroshot: dlpx::worker::ZeroShotSpec {
+            tasks: vec![],
+            source: dlpx::zeroshot::TaskSource::Demo,
+            limit: None,
+        },
+    };
+
+    // First session: the dense continuation is generated (the cache is empty).
+    let (handle, mut rx, mut state, seen) = demo_session(&spec);
+    let generated = state.prompts[0].clone();
+    assert!(
+        seen.iter().filter(|m| m.starts_with("Token")).count() > 1,
+        "streamed piece by piece: {seen:?}"
+    );
+    assert!((2..=12).contains(&generated.dense_tokens), "{generated:?}");
+    let dense_rate = generated.dense_tok_s.expect("the dense decode speed");
+    assert!(dense_rate > 0.0);
+
+    // X before an apply: a hint, no job.
+    assert!(shift_x(&mut state).is_empty());
+    assert!(state.status.0.contains("apply first"), "{:?}", state.status);
+
+    // Apply (preview, p 0.7): the pruned linears run sparse under auto, at most 0.40× dense.
+    let fx = key(&mut state, 'a');
+    let [Effect::Job(job)] = fx.as_slice() else {
+        panic!("{fx:?}")
+    };
+    handle.jobs.send(job.clone()).unwrap();
+    until_idle(&mut rx, &mut state);
+    let fp = state.history[0]
+        .footprint
+        .expect("the footprint after apply");
+    assert_eq!(fp.mode, SparseMode::Auto);
+    assert_eq!(fp.linears, 7 * 30);
+    assert_eq!(fp.sparse_linears, fp.linears, "{fp:?}");
+    assert!(fp.ratio() <= 0.40, "{fp:?}");
+    assert_eq!(state.sparse, Some(SparseMode::Auto));
+    let p = &state.prompts[0];
+    assert!(p.pruned_tokens >= 1 && p.pruned_tok_s.is_some(), "{p:?}");
+
+    // X: dense execution, the same bytes as the dense model; X again: sparse again.
+    for (want, sparse) in [(SparseMode::Off, 0), (SparseMode::Auto, fp.linears)] {
+        let fx = shift_x(&mut state);
+        let [Effect::Job(job)] = fx.as_slice() else {
+            panic!("{fx:?}")
+        };
+        assert!(
+            matches!(job, Job::Sparse { mode } if *mode == want),
+            "{job:?}"
+        );
+        handle.jobs.send(job.clone()).unwrap();
+        until_idle(&mut rx, &mut state);
+        let now = state.history[0].footprint.unwrap();
+        assert_eq!((now.mode, now.sparse_linears), (want, sparse), "{now:?}");
+        if want == SparseMode::Off {
+            assert_eq!(now.bytes, now.dense_bytes);
+        } else {
+            assert_eq!(now.bytes, fp.bytes);
+        }
+        // The next generation runs that way and reports its speed.
+        handle
+            .jobs
+            .send(Job::Generate {
+                prompts: spec.prompts.clone(),
+            })
+            .unwrap();
+        until_idle(&mut rx, &mut state);
+        assert!(state.prompts[0].pruned_tok_s.is_some());
+    }
+    drop(handle);
+
+    // Second session: the dense row from the cache, whole, with the count and speed measured
+    // when it was generated (not "1 tok" without a rate).
+    let (handle, _rx, mut state, seen) = demo_session(&spec);
+    let cached = &state.prompts[0];
+    assert_eq!(cached.dense, generated.dense);
+    assert_eq!(
+        seen.iter().filter(|m| m.starts_with("Token")).count(),
+        1,
+        "one piece from the cache: {seen:?}"
+    );
+    assert_eq!(cached.dense_tokens, generated.dense_tokens);
+    let r = cached.dense_tok_s.unwrap();
+    assert!(
+        (r - dense_rate).abs() <= 1e-9 * dense_rate,
+        "{r} vs {dense_rate}"
+    );
+    state.view = dlpx::app::View::Compare;
+    let frame = dlpx::ui::render_to_string(&state, &dlpx::ui::theme::Theme::mono(), 200, 60);
+    let want = format!(
+        "dense {} tok · {:.0} tok/s",
+        generated.dense_tokens, dense_rate
+    );
+    assert!(frame.contains(&want), "{want}\n{frame}");
+    drop(handle);
+
+    // A cache entry of the older shape (the bare text) is generated again, then stored whole.
+    let dense_dir = cache.path().join("dense");
+    let entry = std::fs::read_dir(&dense_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            v.get("tokens_per_s").is_some()
+        })
+        .expect("the cached generation");
+    std::fs::write(&entry, serde_json::to_string(&generated.dense).unwrap()).unwrap();
+    let (handle, _rx, state, seen) = demo_session(&spec);
+    assert!(
+        seen.iter().filter(|m| m.starts_with("Token")).count() > 1,
+        "generated again: {seen:?}"
+    );
+    assert_eq!(state.prompts[0].dense, generated.dense);
+    assert_eq!(state.prompts[0].dense_tokens, generated.dense_tokens);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&entry).unwrap()).unwrap();
+    assert_eq!(v["tokens"], generated.dense_tokens);
+    drop(handle);
+}

@@ -30,6 +30,7 @@ pub enum Action {
     ZeroShot,
     Quantize,
     Recover,
+    ToggleSparse,
     ToggleSweep,
     CycleOverlay,
     AlphaAuto,
@@ -418,6 +419,14 @@ pub const BINDINGS: &[Binding] = &[
         Scope::Compare,
     ),
     b(
+        KeyCode::Char('X'),
+        S,
+        "X",
+        "sparse execution auto/off",
+        Action::ToggleSparse,
+        Scope::Any,
+    ),
+    b(
         KeyCode::Char('e'),
         N,
         "e",
@@ -522,6 +531,7 @@ const FOOTER_COMPARE: &[(Action, &str)] = &[
     (Action::Help, "help"),
     (Action::ZeroShot, "accuracy"),
     (Action::Quit, "quit"),
+    (Action::ToggleSparse, "sparse"),
 ];
 
 const FOOTER_SWEEP: &[(Action, &str)] = &[
@@ -597,7 +607,10 @@ mod tests {
             ]
         );
         let compare: Vec<String> = footer(Scope::Compare).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(compare, ["↑↓", "p", "n", "g", "a", "c", "e", "?", "z", "q"]);
+        assert_eq!(
+            compare,
+            ["↑↓", "p", "n", "g", "a", "c", "e", "?", "z", "q", "X"]
+        );
         // Every footer key dispatches the footer's action in its view.
         for (view, list) in [
             (Scope::Main, FOOTER_MAIN),
@@ -636,6 +649,17 @@ mod tests {
             Some(Action::ZeroShot)
         );
         assert_eq!(lookup(&k(KeyCode::Char('Z'), S), Scope::Main), None);
+        // X (sparse execution) everywhere; x stays the compare view's prompt removal.
+        for view in [Scope::Main, Scope::Compare, Scope::Sweep] {
+            assert_eq!(
+                lookup(&k(KeyCode::Char('X'), S), view),
+                Some(Action::ToggleSparse)
+            );
+        }
+        assert_eq!(
+            lookup(&k(KeyCode::Char('x'), N), Scope::Compare),
+            Some(Action::DeletePrompt)
+        );
         assert_eq!(
             lookup(&k(KeyCode::Right, N), Scope::Sweep),
             Some(Action::SweepNext)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 pub use crate::experiment::{Stage, Step, Summary};
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
+use crate::sparse::SparseMode;
 
 /// Messages from the worker thread.
 #[derive(Debug, Clone)]
@@ -78,6 +79,20 @@ pub enum Msg {
         prompt: usize,
         text: String,
     },
+    /// Prompt `prompt`'s continuation on one side is complete: its new tokens and decode speed
+    /// (for a dense continuation from the cache, as measured when it was generated).
+    GenDone {
+        pruned: bool,
+        prompt: usize,
+        tokens: usize,
+        tokens_per_s: f64,
+    },
+    /// What applied entry `id`'s pruned linears hold and how they run (after the apply and
+    /// after each change of its sparse execution, key X).
+    Footprint {
+        id: usize,
+        footprint: Footprint,
+    },
     Saved(PathBuf),
     /// A queued apply was replaced by a newer one before it ran.
     Superseded(usize),
@@ -85,6 +100,26 @@ pub enum Msg {
     Failed(String),
     /// The worker has nothing left to do.
     Idle,
+}
+
+/// The prunable linears of a pruned model against the dense model's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// How the pruned model's linears run.
+    pub mode: SparseMode,
+    /// Linears held in compressed rows, of `linears`.
+    pub sparse_linears: usize,
+    pub linears: usize,
+    /// Bytes of the linears' weights: the pruned model's, the dense model's.
+    pub bytes: u64,
+    pub dense_bytes: u64,
+}
+
+impl Footprint {
+    /// Pruned bytes over dense bytes.
+    pub fn ratio(&self) -> f64 {
+        self.bytes as f64 / (self.dense_bytes as f64).max(1.0)
+    }
 }
 
 /// Work for the worker thread.
@@ -138,5 +173,10 @@ pub enum Job {
         values: Vec<f64>,
         params: Box<PruneParams>,
         windows: usize,
+    },
+    /// Run the pruned model's linears sparse or dense (key X): the model the worker holds now
+    /// and those of later applies.
+    Sparse {
+        mode: SparseMode,
     },
 }

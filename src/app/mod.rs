@@ -7,7 +7,7 @@ pub mod keys;
 mod messages;
 pub mod params;
 
-pub use messages::{Job, Msg, Stage, Step, Summary};
+pub use messages::{Footprint, Job, Msg, Stage, Step, Summary};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct Applied {
     pub quantized: Vec<(crate::model::quant::QuantFormat, f64)>,
     /// Perplexity after LoRA recovery and the steps it ran (key F).
     pub recovered: Option<(f64, usize)>,
+    /// Its linears' bytes and how they run, as the worker last reported them.
+    pub footprint: Option<Footprint>,
     pub seconds: f64,
 }
 
@@ -49,11 +51,16 @@ pub struct PromptGen {
     pub prompt: String,
     pub dense: String,
     pub pruned: String,
-    /// Tokens streamed so far per side, and seconds from the side's start to its last token.
+    /// Tokens per side: pieces streamed so far, then the finished continuation's new tokens.
     pub dense_tokens: usize,
     pub pruned_tokens: usize,
+    /// Seconds from the side's start to its last streamed piece (the rate while it streams).
     pub dense_secs: Option<f64>,
     pub pruned_secs: Option<f64>,
+    /// The finished continuation's decode speed (KV-cached steps), measured by the worker;
+    /// for a dense continuation from the cache, when it was generated.
+    pub dense_tok_s: Option<f64>,
+    pub pruned_tok_s: Option<f64>,
     dense_started: Option<Instant>,
     pruned_started: Option<Instant>,
 }
@@ -257,6 +264,8 @@ pub struct State {
     pub draws: Option<(PruneParams, Vec<DrawResult>)>,
     /// What the importance chart shows (key i); all from the one calibration.
     pub importance: Importance,
+    /// How the applied model's linears run (key X), once the worker has reported it.
+    pub sparse: Option<crate::sparse::SparseMode>,
 }
 
 /// The importance chart's quantity.
@@ -317,6 +326,7 @@ impl State {
             overlay_plan: None,
             draws: None,
             importance: Importance::Statistic,
+            sparse: None,
         }
     }
 
@@ -576,6 +586,7 @@ impl State {
             Action::ZeroShot => return self.zeroshot_job(),
             Action::Quantize => return self.quantize_job(),
             Action::Recover => return self.recover_job(),
+            Action::ToggleSparse => return self.sparse_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
             Action::CalibDraws => {
                 if self.cal.is_none() || self.busy {
@@ -772,6 +783,7 @@ impl State {
             zeroshot: None,
             quantized: vec![],
             recovered: None,
+            footprint: None,
             seconds: 0.0,
         });
         self.busy = true;
@@ -899,6 +911,31 @@ impl State {
             id,
             steps: RECOVER_STEPS,
         })]
+    }
+
+    /// Switch the applied model's linears between sparse execution where it is faster (auto)
+    /// and dense (off); later applies keep the choice. The next generations and perplexities
+    /// run that way (g generates again).
+    fn sparse_job(&mut self) -> Vec<Effect> {
+        use crate::sparse::SparseMode;
+        let (Some(id), Some(cur)) = (self.held_entry(), self.sparse) else {
+            self.say(
+                "apply first (a): X switches the applied model's sparse execution",
+                Tone::Info,
+            );
+            return vec![];
+        };
+        let mode = match cur {
+            SparseMode::Off => SparseMode::Auto,
+            SparseMode::Auto | SparseMode::On => SparseMode::Off,
+        };
+        self.sparse = Some(mode);
+        self.busy = true;
+        self.say(
+            format!("#{id}: sparse execution {}…", mode.name()),
+            Tone::Info,
+        );
+        vec![Effect::Job(Job::Sparse { mode })]
     }
 
     /// Score the dense model (once) and the last applied configuration, if it has no score yet.
@@ -1179,11 +1216,13 @@ impl State {
                         p.pruned.clear();
                         p.pruned_tokens = 0;
                         p.pruned_secs = None;
+                        p.pruned_tok_s = None;
                         p.pruned_started = Some(Instant::now());
                     } else {
                         p.dense.clear();
                         p.dense_tokens = 0;
                         p.dense_secs = None;
+                        p.dense_tok_s = None;
                         p.dense_started = Some(Instant::now());
                     }
                 }
@@ -1204,6 +1243,29 @@ impl State {
                         p.dense_secs = p.dense_started.map(|t| t.elapsed().as_secs_f64());
                     }
                 }
+            }
+            Msg::GenDone {
+                pruned,
+                prompt,
+                tokens,
+                tokens_per_s,
+            } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    let rate = (tokens_per_s > 0.0).then_some(tokens_per_s);
+                    if pruned {
+                        p.pruned_tokens = tokens;
+                        p.pruned_tok_s = rate;
+                    } else {
+                        p.dense_tokens = tokens;
+                        p.dense_tok_s = rate;
+                    }
+                }
+            }
+            Msg::Footprint { id, footprint } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.footprint = Some(footprint);
+                }
+                self.sparse = Some(footprint.mode);
             }
             Msg::Superseded(id) => self.history.retain(|h| h.id != id),
             Msg::Saved(dir) => self.say(

@@ -190,6 +190,14 @@ enum DenseQuestion<'a> {
     },
 }
 
+/// A cached dense continuation: its text, new tokens and decode speed when it was generated.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct DenseGeneration {
+    text: String,
+    tokens: usize,
+    tokens_per_s: f64,
+}
+
 fn dtype_name(d: DType) -> String {
     format!("{d:?}").to_lowercase()
 }
@@ -749,7 +757,8 @@ impl Experiment {
         Ok((z, Some(lls), false))
     }
 
-    /// Greedy continuations of `prompts` by `m`, streamed to the observer piece by piece.
+    /// Greedy continuations of `prompts` by `m`, streamed to the observer piece by piece; each
+    /// one's token count and decode speed go to [`Observer::generation_done`].
     pub fn generate(
         &self,
         m: &LoadedModel,
@@ -757,28 +766,46 @@ impl Experiment {
         max_new_tokens: usize,
         obs: &mut dyn Observer,
     ) -> Result<Vec<String>> {
-        let params = GenParams {
-            max_new_tokens,
-            ..GenParams::default()
-        };
         let mut out = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
             self.generation_step(obs, i, prompts.len())?;
-            let mut stop = false;
-            let g = generate(m, p, &params, &mut |piece| {
-                stop = obs.token(i, piece).is_break();
-                !stop
-            })?;
-            if stop {
-                return Err(Cancelled.into());
-            }
-            out.push(g.text);
+            out.push(self.generate_one(m, p, i, max_new_tokens, obs)?.text);
         }
         Ok(out)
     }
 
+    /// One greedy continuation as prompt `i` (streamed, then reported done).
+    fn generate_one(
+        &self,
+        m: &LoadedModel,
+        prompt: &str,
+        i: usize,
+        max_new_tokens: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<DenseGeneration> {
+        let params = GenParams {
+            max_new_tokens,
+            ..GenParams::default()
+        };
+        let mut stop = false;
+        let g = generate(m, prompt, &params, &mut |piece| {
+            stop = obs.token(i, piece).is_break();
+            !stop
+        })?;
+        if stop {
+            return Err(Cancelled.into());
+        }
+        obs.generation_done(i, g.tokens.len(), g.tokens_per_s);
+        Ok(DenseGeneration {
+            text: g.text,
+            tokens: g.tokens.len(),
+            tokens_per_s: g.tokens_per_s,
+        })
+    }
+
     /// As [`Experiment::generate`] for the dense model, each prompt from the cache when it was
-    /// generated before with this model, dtype and device (and then sent to the observer whole).
+    /// generated before with this model, dtype and device (and then sent to the observer whole,
+    /// with the token count and decode speed measured when it was generated).
     pub fn dense_generations(
         &self,
         prompts: &[String],
@@ -791,32 +818,23 @@ impl Experiment {
                 prompt: p,
                 max_new_tokens,
             };
-            let text = match self.dense_cached::<String>(&q) {
-                Some(t) => {
-                    self.generation_step(obs, i, prompts.len())?;
-                    if obs.token(i, &t).is_break() {
+            self.generation_step(obs, i, prompts.len())?;
+            // A cache entry of the older shape (the bare text) does not parse: generated again.
+            let g = match self.dense_cached::<DenseGeneration>(&q) {
+                Some(g) => {
+                    if obs.token(i, &g.text).is_break() {
                         return Err(Cancelled.into());
                     }
-                    t
+                    obs.generation_done(i, g.tokens, g.tokens_per_s);
+                    g
                 }
                 None => {
-                    let t = self
-                        .generate(
-                            &self.model,
-                            std::slice::from_ref(p),
-                            max_new_tokens,
-                            &mut Renumber {
-                                inner: obs,
-                                prompt: i,
-                                total: prompts.len(),
-                            },
-                        )?
-                        .remove(0);
-                    self.dense_store(&q, &t, obs);
-                    t
+                    let g = self.generate_one(&self.model, p, i, max_new_tokens, obs)?;
+                    self.dense_store(&q, &g, obs);
+                    g
                 }
             };
-            out.push(text);
+            out.push(g.text);
         }
         Ok(out)
     }
@@ -877,30 +895,4 @@ fn prune_with(
         })?,
     }
     achieved(llama)
-}
-
-/// Passes a one-prompt generation through to the observer as prompt `prompt` of `total`.
-struct Renumber<'a> {
-    inner: &'a mut dyn Observer,
-    prompt: usize,
-    total: usize,
-}
-
-impl Observer for Renumber<'_> {
-    fn status(&mut self, msg: &str) {
-        self.inner.status(msg)
-    }
-    fn step(&mut self, step: Step) -> ControlFlow<()> {
-        self.inner.step(Step {
-            done: self.prompt,
-            total: self.total,
-            ..step
-        })
-    }
-    fn generation_started(&mut self, _prompt: usize) {
-        self.inner.generation_started(self.prompt)
-    }
-    fn token(&mut self, _prompt: usize, text: &str) -> ControlFlow<()> {
-        self.inner.token(self.prompt, text)
-    }
 }

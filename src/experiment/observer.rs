@@ -97,6 +97,10 @@ pub trait Observer {
     fn token(&mut self, _prompt: usize, _text: &str) -> ControlFlow<()> {
         ControlFlow::Continue(())
     }
+    /// Prompt `prompt`'s continuation is complete: `tokens` new tokens, decoded at
+    /// `tokens_per_s` (KV-cached steps after the first forward; 0 when none was timed). A
+    /// continuation from the cache reports the figures measured when it was generated.
+    fn generation_done(&mut self, _prompt: usize, _tokens: usize, _tokens_per_s: f64) {}
 }
 
 /// Observes nothing and never cancels (benchmarks, tests).

@@ -339,6 +339,31 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 t.dim
             }),
         ));
+        if let Some(fp) = &h.footprint {
+            let mode = fp.mode.name();
+            let full = format!("{mode}, {}/{}", fp.sparse_linears, fp.linears);
+            let k = "sparse exec. (X)";
+            let v = match k.chars().count() + full.chars().count() < w {
+                true => full,
+                false => mode.to_string(),
+            };
+            lines.push(kv(k, v, t.fg(t.text)));
+            let mb = |b: u64| b as f64 / 1e6;
+            let ratio = match fp.dense_bytes {
+                0 => String::new(),
+                _ => format!(" {:.2}×", fp.ratio()),
+            };
+            lines.push(kv(
+                &format!("linears #{}", h.id),
+                format!("{:.0} MB{ratio}", mb(fp.bytes)),
+                t.fg(t.text),
+            ));
+            lines.push(kv(
+                "linears dense",
+                format!("{:.0} MB", mb(fp.dense_bytes)),
+                t.fg(t.dim),
+            ));
+        }
     }
     if !s.params.alloc.overrides.is_empty() {
         let pins: Vec<String> = s
@@ -472,8 +497,11 @@ fn draw_generations(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         return;
     }
     let half = (inner.width.saturating_sub(1)) / 2;
-    let rate = |n: usize, secs: Option<f64>| match secs {
-        Some(x) if x > 0.0 && n > 1 => format!("{n} tok · {:.0} tok/s", n as f64 / x),
+    // The worker's decode speed once a continuation is finished (for a cached dense one, as
+    // measured when it was generated); while it streams, pieces over the seconds so far.
+    let rate = |n: usize, tok_s: Option<f64>, secs: Option<f64>| match (tok_s, secs) {
+        (Some(r), _) => format!("{n} tok · {r:.0} tok/s"),
+        (None, Some(x)) if x > 0.0 && n > 1 => format!("{n} tok · {:.0} tok/s", n as f64 / x),
         _ => format!("{n} tok"),
     };
     // Row heights: the header line plus the taller of the two texts (at most a third of the
@@ -512,8 +540,8 @@ fn draw_generations(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             "{}{}  ·  dense {}  │  pruned {}",
             if sel { "▸ " } else { "  " },
             p.prompt.replace('\n', " ⏎ "),
-            rate(p.dense_tokens, p.dense_secs),
-            rate(p.pruned_tokens, p.pruned_secs)
+            rate(p.dense_tokens, p.dense_tok_s, p.dense_secs),
+            rate(p.pruned_tokens, p.pruned_tok_s, p.pruned_secs)
         );
         f.render_widget(
             Paragraph::new(Line::styled(
@@ -591,6 +619,28 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ),
         t.fg(t.text),
     )];
+    if let Some((id, fp)) = s
+        .history
+        .iter()
+        .rev()
+        .find_map(|h| h.footprint.map(|f| (h.id, f)))
+    {
+        let ratio = match fp.dense_bytes {
+            0 => String::new(),
+            _ => format!(" ({:.2}×)", fp.ratio()),
+        };
+        lines.push(Line::styled(
+            format!(
+                "linears #{id} {:.0} MB{ratio} · dense {:.0} MB · sparse {} ({} of {}, X)",
+                fp.bytes as f64 / 1e6,
+                fp.dense_bytes as f64 / 1e6,
+                fp.mode.name(),
+                fp.sparse_linears,
+                fp.linears
+            ),
+            t.fg(t.dim),
+        ));
+    }
     // Each other entry's perplexity relative to the highlighted one, with the paired bootstrap
     // interval over the evaluation windows (`*`: beyond the windows' noise).
     let reference = s.current_applied().or(s.history.last());

@@ -10,13 +10,14 @@ use std::time::Instant;
 use color_eyre::eyre::{eyre, Result};
 
 use super::{Link, Session};
-use crate::app::{Job, Msg};
+use crate::app::{Footprint, Job, Msg};
 use crate::error::is_cancelled;
 use crate::experiment::sweep::{Axis, Grid, SweepParam};
 use crate::experiment::{Experiment, Observer, Setup, Stage, Step};
-use crate::model::LoadedModel;
+use crate::model::{Llama, LoadedModel};
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
+use crate::sparse::SparseMode;
 use crate::zeroshot::{Task, TaskSet, TaskSource};
 
 /// What the explorer was started on.
@@ -73,6 +74,15 @@ impl Observer for WorkerObserver<'_> {
         });
         self.flow()
     }
+
+    fn generation_done(&mut self, prompt: usize, tokens: usize, tokens_per_s: f64) {
+        self.link.send(Msg::GenDone {
+            pruned: self.pruned,
+            prompt,
+            tokens,
+            tokens_per_s,
+        });
+    }
 }
 
 impl WorkerObserver<'_> {
@@ -96,11 +106,14 @@ pub struct ExplorerSession {
     /// The zero-shot examples, read and tokenized by the first accuracy job.
     tasks: Option<TaskSet>,
     dense_zeroshot_done: bool,
+    /// How pruned models' linears run: `--sparse` until key X changes it.
+    sparse: SparseMode,
 }
 
 impl ExplorerSession {
     pub fn new(spec: Spec) -> Self {
         Self {
+            sparse: spec.setup.sparse,
             spec,
             x: None,
             cal: None,
@@ -196,6 +209,10 @@ impl Session for ExplorerSession {
                 let r = self.sweep(link, param, &values, &params, windows);
                 settle(link, Stage::PrunedEval, r);
             }
+            Job::Sparse { mode } => {
+                let r = self.set_sparse(link, mode);
+                settle(link, Stage::PrunedEval, r);
+            }
         }
     }
 }
@@ -271,10 +288,17 @@ impl ExplorerSession {
                 .ok_or_else(|| eyre!("calibration has to finish first"))?;
             let mut llama = x.model.llama.clone();
             let achieved = x.prune(&mut llama, cal, plan, params, &mut obs)?;
+            if llama.sparse != self.sparse {
+                llama.set_sparse(self.sparse)?;
+            }
             link.send(Msg::Applied {
                 id,
                 achieved,
                 seconds: started.elapsed().as_secs_f64(),
+            });
+            link.send(Msg::Footprint {
+                id,
+                footprint: footprint(&x.model.llama, &llama),
             });
             Ok(x.with_weights(llama))
         })();
@@ -319,6 +343,26 @@ impl ExplorerSession {
             self.dense_gens_done = true;
         }
         ok
+    }
+
+    /// Run the held pruned model's linears as `mode` says, and later applies' too.
+    fn set_sparse(&mut self, link: &Link, mode: SparseMode) -> Result<()> {
+        self.sparse = mode;
+        let (Some(x), Some(m), Some(id)) = (&self.x, &mut self.pruned, self.pruned_id) else {
+            return Ok(());
+        };
+        m.llama.set_sparse(mode)?;
+        let fp = footprint(&x.model.llama, &m.llama);
+        link.send(Msg::Footprint { id, footprint: fp });
+        link.send(Msg::Status(format!(
+            "#{id}: sparse execution {}, {} of {} linears sparse, {:.0} MB ({:.2}× dense); g generates again",
+            mode.name(),
+            fp.sparse_linears,
+            fp.linears,
+            fp.bytes as f64 / 1e6,
+            fp.ratio()
+        )));
+        Ok(())
     }
 
     /// Prune from `draws` disjoint calibration subsets (draw 0: the session's own statistics) and
@@ -513,5 +557,16 @@ impl ExplorerSession {
         crate::model::save_folder(m, &dir)?;
         link.send(Msg::Saved(dir));
         Ok(())
+    }
+}
+
+/// The pruned model's linears against the dense model's.
+fn footprint(dense: &Llama, pruned: &Llama) -> Footprint {
+    Footprint {
+        mode: pruned.sparse,
+        sparse_linears: pruned.sparse_linears(),
+        linears: pruned.blocks.iter().map(|b| b.linears.len()).sum(),
+        bytes: pruned.linear_bytes() as u64,
+        dense_bytes: dense.linear_bytes() as u64,
     }
 }
