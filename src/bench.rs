@@ -26,6 +26,9 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
         return job(ctx, a);
     }
     if let Some(shape) = &a.shape {
+        if !a.prune {
+            color_eyre::eyre::bail!("--shape times --prune or --sparse: add one of them");
+        }
         return crate::bench_shape::run(ctx, a, shape);
     }
     let seq_len = a.seq_len.unwrap_or(256);

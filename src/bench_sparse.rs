@@ -110,6 +110,9 @@ fn measure(
 }
 
 pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
+    if let Some(shape) = &a.shape {
+        return shape_run(ctx, a, shape);
+    }
     let mut setup = crate::bench::demo_setup(ctx, a, true, true)?;
     setup.data.eval_windows = a.sparse_eval_windows;
     setup.sparse = SparseMode::Off;
@@ -239,6 +242,124 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
         crate::sparse::AUTO_MIN_SPARSITY
     );
     Ok(())
+}
+
+/// The same comparison on a random-weight model of a real model's shapes (`--shape`), pruned
+/// by magnitude per row: decode steps from random ids (no tokenizer), evaluation windows of
+/// random ids.
+fn shape_run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
+    use crate::model::synthetic::{random_model, random_windows, Shape};
+    let shape = Shape::parse(shape)?;
+    let seq_len = a.seq_len.unwrap_or(256);
+    let windows = a.sparse_eval_windows.clamp(1, 8);
+    ctx.progress.status(&format!(
+        "building {} random blocks at {} shapes",
+        a.blocks, shape.label
+    ));
+    let mut dense = random_model(
+        &shape.config,
+        a.blocks,
+        a.shape_vocab,
+        0x5EED,
+        &Device::Cpu,
+        DType::F32,
+    )?;
+    dense.set_sparse(SparseMode::Off)?;
+    let ids = random_windows(windows, seq_len, a.shape_vocab, 17);
+    let base = shape_speed(&dense, &ids, a.decode_tokens)?;
+    let mut rows = Vec::new();
+    for p in [0.5, 0.7, 0.9] {
+        ctx.progress.status(&format!("p {p}: magnitude masks"));
+        let mut zeros = dense.clone();
+        for b in zeros.blocks.iter_mut() {
+            for l in b.linears.iter_mut() {
+                let (r, c) = (l.out_features(), l.in_features());
+                let w = l.weight()?.flatten_all()?.to_vec1::<f32>()?;
+                let abs: Vec<f32> = w.iter().map(|x| x.abs()).collect();
+                let keep = crate::prune::mask::per_row(&abs, c, p);
+                l.set_mask(Tensor::from_vec(keep, (r, c), &Device::Cpu)?)?;
+            }
+        }
+        ctx.progress.status(&format!("p {p}: dense with zeros"));
+        let z = shape_speed(&zeros, &ids, a.decode_tokens)?;
+        let mut sparse = zeros;
+        sparse.set_sparse(ctx.sparse)?;
+        ctx.progress.status(&format!("p {p}: sparse"));
+        let s = shape_speed(&sparse, &ids, a.decode_tokens)?;
+        rows.push((p, z, s));
+    }
+    let v = json!({
+        "shape": shape.label, "blocks": a.blocks, "vocab": a.shape_vocab,
+        "threads": rayon::current_num_threads(), "sparse_mode": ctx.sparse.name(),
+        "decode_steps": a.decode_tokens, "eval_tokens": windows * seq_len,
+        "dense": speed_json(&base),
+        "configs": rows.iter().map(|(p, z, s)| json!({
+            "p": p, "dense_with_zeros": speed_json(z), "sparse": speed_json(s),
+            "decode_ratio": s.decode_tok_s / z.decode_tok_s,
+            "eval_ratio": s.eval_tok_s / z.eval_tok_s,
+            "bytes_ratio": s.linear_bytes as f64 / z.linear_bytes as f64,
+        })).collect::<Vec<_>>(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "sparse execution at {} shapes ({} blocks, vocabulary {}, {} threads): {} decode steps, evaluation {} × {seq_len}",
+        shape.label,
+        a.blocks,
+        a.shape_vocab,
+        rayon::current_num_threads(),
+        a.decode_tokens,
+        windows
+    );
+    println!(
+        "dense: decode {:.2} tok/s · evaluation {:.0} tok/s · linears {:.0} MB",
+        base.decode_tok_s,
+        base.eval_tok_s,
+        base.linear_bytes as f64 / 1e6
+    );
+    for (p, z, s) in &rows {
+        println!(
+            "p {p:.1}: decode {:.2}→{:.2} tok/s ({:.2}×) · evaluation {:.0}→{:.0} tok/s ({:.2}×) · linears {:.0}→{:.0} MB ({:.2}×)",
+            z.decode_tok_s,
+            s.decode_tok_s,
+            s.decode_tok_s / z.decode_tok_s,
+            z.eval_tok_s,
+            s.eval_tok_s,
+            s.eval_tok_s / z.eval_tok_s,
+            z.linear_bytes as f64 / 1e6,
+            s.linear_bytes as f64 / 1e6,
+            s.linear_bytes as f64 / z.linear_bytes as f64
+        );
+    }
+    Ok(())
+}
+
+/// Decode (KV-cached steps from random ids, batch 1) and evaluation speed of a bare model.
+fn shape_speed(m: &Llama, windows: &[Vec<u32>], steps: usize) -> Result<Speed> {
+    let mut cache = crate::model::KvCache::new(m.blocks.len());
+    let mut id = windows[0][0];
+    let t = Instant::now();
+    for pos in 0..steps.max(1) {
+        let x = Tensor::new(&[[id]], &Device::Cpu)?;
+        let logits = m.forward_last(&x, pos, Some(&mut cache))?;
+        id = logits.argmax(1)?.to_vec1::<u32>()?[0];
+    }
+    let decode = steps.max(1) as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for w in windows {
+        let x = Tensor::new(w.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        m.forward(&x, 0, None)?;
+    }
+    let tokens: usize = windows.iter().map(|w| w.len()).sum();
+    Ok(Speed {
+        decode_tok_s: decode,
+        eval_tok_s: tokens as f64 / t.elapsed().as_secs_f64(),
+        ppl: f64::NAN,
+        linear_bytes: m.linear_bytes(),
+        sparse_linears: m.sparse_linears(),
+    })
 }
 
 fn speed_json(s: &Speed) -> serde_json::Value {

@@ -167,7 +167,16 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     if hit {
         obs.status("dense perplexity from the cache (--no-cache measures it again)");
     }
-    timings.eval_s += t.elapsed().as_secs_f64();
+    let dense_eval_s = t.elapsed().as_secs_f64();
+    timings.eval_s += dense_eval_s;
+    let eval_tokens = x.eval_tokens() as f64;
+    let tok_s = |secs: f64| eval_tokens / secs.max(1e-9);
+    // What the dense model costs to run, before its weights are pruned in place.
+    obs.status("timing dense decode");
+    let dense_speed = x.model_speed(
+        &x.model.llama,
+        (dense_ppl.is_some() && !hit).then(|| tok_s(dense_eval_s)),
+    )?;
     let dense_gens = x.dense_generations(&a.prompt, a.max_new_tokens, obs)?;
 
     // Zero-shot accuracy of the dense model, before the weights are pruned in place.
@@ -258,7 +267,20 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
 
     let t = Instant::now();
     let pruned_ppl = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
-    timings.eval_s += t.elapsed().as_secs_f64();
+    let pruned_eval_s = t.elapsed().as_secs_f64();
+    timings.eval_s += pruned_eval_s;
+    obs.status("timing pruned decode");
+    let speed = crate::report::SpeedReport {
+        sparse_mode: x.model.llama.sparse.name().to_string(),
+        sparse_linears: x.model.llama.sparse_linears(),
+        threads: rayon::current_num_threads(),
+        decode_new_tokens: crate::experiment::SPEED_NEW_TOKENS,
+        dense: dense_speed,
+        pruned: x.model_speed(
+            &x.model.llama,
+            pruned_ppl.is_some().then(|| tok_s(pruned_eval_s)),
+        )?,
+    };
     // Draw 0 first, as the report's own calibration.
     let calib_draws = match (calib_draws, &pruned_ppl) {
         (Some((mut ppl, mut blocks)), Some(p0)) => {
@@ -320,6 +342,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     );
 
     report.quantized = quantized;
+    report.speed = Some(speed);
     if let Some(path) = &a.report {
         report.save(path)?;
     }
@@ -366,6 +389,27 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// One line: decode and evaluation speed and the linears' bytes, dense → pruned.
+pub fn speed_line(s: &crate::report::SpeedReport) -> String {
+    let eval = match (s.dense.eval_tok_s, s.pruned.eval_tok_s) {
+        (Some(d), Some(p)) => format!(" · evaluation {d:.0} → {p:.0} tok/s ({:.2}×)", p / d),
+        (None, Some(p)) => format!(" · evaluation pruned {p:.0} tok/s (dense from the cache)"),
+        _ => String::new(),
+    };
+    format!(
+        "speed (--sparse {}, {} of the linears sparse, {} threads): decode {:.1} → {:.1} tok/s ({:.2}×){eval} · linears {:.0} → {:.0} MB ({:.2}×)",
+        s.sparse_mode,
+        s.sparse_linears,
+        s.threads,
+        s.dense.decode_tok_s,
+        s.pruned.decode_tok_s,
+        s.pruned.decode_tok_s / s.dense.decode_tok_s,
+        s.dense.linear_bytes as f64 / 1e6,
+        s.pruned.linear_bytes as f64 / 1e6,
+        s.pruned.linear_bytes as f64 / s.dense.linear_bytes as f64
+    )
 }
 
 fn print_table(r: &Report) {
@@ -462,6 +506,9 @@ fn print_table(r: &Report) {
     }
     if r.quantized.is_some() {
         print!("{}", crate::commands::stages_table(r));
+    }
+    if let Some(s) = &r.speed {
+        println!("{}", speed_line(s));
     }
     for g in &r.generations {
         println!(

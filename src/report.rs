@@ -12,7 +12,7 @@ use crate::prune::pipeline::PruneParams;
 
 /// 2: `ppl.dense_window_nll` / `ppl.pruned_window_nll`; 3: `zeroshot`; 4: `quantized`. Older
 /// files, without them, still load.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +42,39 @@ pub struct Report {
     /// LoRA recovery of the pruned model (schema 4; `dlpx recover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<RecoveredReport>,
+    /// What pruning buys: decode and evaluation speed and the linears' bytes, dense and
+    /// pruned, measured in the same run (schema 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<SpeedReport>,
     pub timings: Timings,
+}
+
+/// Speed and memory of the dense and the pruned model, measured in one run on one machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedReport {
+    /// `--sparse`: how the pruned linears ran (`auto`, `on`, `off`).
+    pub sparse_mode: String,
+    /// Pruned linears held in compressed rows (of 7 per block).
+    pub sparse_linears: usize,
+    /// Threads the kernels ran on.
+    pub threads: usize,
+    /// Greedy decode, batch 1, KV-cached: new tokens timed per model.
+    pub decode_new_tokens: usize,
+    pub dense: ModelSpeed,
+    pub pruned: ModelSpeed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpeed {
+    /// Decode tokens per second (after the prompt).
+    pub decode_tok_s: f64,
+    /// Evaluation tokens per second over the perplexity windows (`None`: the perplexity came
+    /// from the cache, so it was not timed).
+    pub eval_tok_s: Option<f64>,
+    /// Bytes held by the prunable linears' weights.
+    pub linear_bytes: u64,
 }
 
 /// The pruned model recovered with LoRA adapters (masks fixed).
@@ -279,9 +311,9 @@ impl Report {
         let v: serde_json::Value = serde_json::from_str(&text)
             .wrap_err_with(|| format!("config `{}` is not valid JSON", path.display()))?;
         match v.get("schema_version").and_then(|s| s.as_u64()) {
-            // 1: no per-window NLL; 2: no zero-shot accuracy; 3: no quantization. All read as
-            // the current version.
-            Some(1..=4) => {}
+            // 1: no per-window NLL; 2: no zero-shot accuracy; 3: no quantization; 4: no speed.
+            // All read as the current version.
+            Some(1..=5) => {}
             Some(x) => bail!(
                 "config `{}` has schema_version {x}; this dlpx reads version {SCHEMA_VERSION}: re-export it with this version",
                 path.display()

@@ -349,7 +349,7 @@ fn prune_quantize_reports_and_saves_what_it_measured() {
     assert!(stdout.contains("pruned + q8_0"), "{stdout}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 4);
+    assert_eq!(r["schema_version"], dlpx::report::SCHEMA_VERSION);
     let q = &r["quantized"];
     assert_eq!(q["quantization"]["format"], "q8_0");
     assert_eq!(q["quantization"]["zeros_lost"], 0);

@@ -11,6 +11,8 @@ mod alpha_search;
 pub mod observer;
 mod recover;
 mod report;
+mod speed;
+pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod sweep;
 
 use std::ops::ControlFlow;

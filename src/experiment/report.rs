@@ -74,6 +74,7 @@ pub fn build_report(
         zeroshot: m.zeroshot,
         quantized: None,
         recovered: None,
+        speed: None,
         calib_draws: m.calib_draws,
         alpha_search: m.alpha_search,
         timings: m.timings,
