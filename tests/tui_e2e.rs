@@ -1,7 +1,8 @@
 //! End to end: the real binary in a real terminal (tmux), on the demo model. Open, wait for
 //! calibration, change α and τ and see the allocation numbers change on screen, apply preview,
-//! see a pruned perplexity, export, quit (terminal restored, exit 0); then the exported JSON
-//! replays with `dlpx prune --config` to the same per-block sparsities.
+//! see a pruned perplexity, the compare view's speeds, switch sparse execution off and on (X),
+//! export, quit (terminal restored, exit 0); then the exported JSON replays with
+//! `dlpx prune --config` to the same per-block sparsities.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -167,6 +168,32 @@ fn explorer_end_to_end_in_a_terminal() {
         s.contains("pruned perplexity") && !s.contains("Esc cancels")
     });
     assert!(s.contains("#1 preview"), "{s}");
+
+    // The compare view: each finished row with its token count and decode speed on both sides
+    // (the dense one also when it came from the cache), and the applied model's linears.
+    t.keys(&["c"]);
+    let s = t.wait("the compare view", 60, |s| s.contains("linears #1"));
+    let row = s
+        .lines()
+        .find(|l| l.contains("The capital of France is"))
+        .unwrap_or_else(|| panic!("no first prompt row:\n{s}"));
+    let rates: Vec<&str> = row.split(" tok/s").collect();
+    assert_eq!(rates.len(), 3, "a rate on both sides: {row}");
+    assert!(
+        row.contains("dense ") && row.contains("│  pruned "),
+        "{row}"
+    );
+    assert!(!row.contains("dense 1 tok "), "{row}");
+    // X runs the applied model's linears dense, X again sparse where that is faster.
+    t.keys(&["X"]);
+    t.wait("dense execution", 120, |s| {
+        s.contains("sparse execution off, 0 of 210 linears sparse") && !s.contains("Esc cancels")
+    });
+    t.keys(&["X"]);
+    t.wait("sparse execution again", 120, |s| {
+        s.contains("sparse execution auto, ") && !s.contains("Esc cancels")
+    });
+    t.keys(&["c"]);
 
     // Export to an edited path.
     t.keys(&["e", "C-u"]);
