@@ -399,7 +399,8 @@ fn kernel_table(m: &Llama, ctx: &mut Ctx) -> Result<serde_json::Value> {
             for (n, reps, d_acc, s_acc) in [(1, 400, &mut dv, &mut sv), (256, 6, &mut dm, &mut sm)]
             {
                 let x = Tensor::ones((n, cols), DType::F32, &Device::Cpu)?;
-                let dense = || x.matmul(&wt.t().unwrap()).map(|_| ());
+                let wtt = wt.t()?;
+                let dense = || x.matmul(&wtt).map(|_| ());
                 let sparse = || crate::sparse::SparseMatmul::apply(&s, &x).map(|_| ());
                 *d_acc += time_median(reps, dense)?;
                 *s_acc += time_median(reps, sparse)?;

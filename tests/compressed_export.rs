@@ -76,7 +76,7 @@ fn compression_matches_compressed_tensors_byte_for_byte() {
     for (files, prefix) in [(bitmask, "u."), (s24, "s24")] {
         // Every dense input of the file comes back, none missing and none extra.
         let out = decompress(files).unwrap();
-        let mut names: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         let mut want_names: Vec<&str> = dense
             .keys()

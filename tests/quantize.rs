@@ -113,7 +113,7 @@ fn expected_type(format: QuantFormat, cols: usize) -> &'static str {
     match format {
         QuantFormat::Q8_0 => "q8_0",
         QuantFormat::Q4_0 => "q4_0",
-        QuantFormat::Q4K if cols % 256 == 0 => "q4_k",
+        QuantFormat::Q4K if cols.is_multiple_of(256) => "q4_k",
         QuantFormat::Q4K => "q5_0",
     }
 }

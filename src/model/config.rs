@@ -124,7 +124,7 @@ impl LlamaConfig {
             serde_json::from_value(raw).wrap_err("config.json is missing a required field")?;
         let _ = (&c.model_type, &c.architectures);
         if c.num_attention_heads == 0
-            || c.hidden_size % c.num_attention_heads != 0 && c.head_dim.is_none()
+            || !c.hidden_size.is_multiple_of(c.num_attention_heads) && c.head_dim.is_none()
         {
             bail!(
                 "config.json: hidden_size {} is not divisible by num_attention_heads {}",
@@ -156,7 +156,7 @@ impl LlamaConfig {
             _ => None,
         };
         let n_kv = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if n_kv == 0 || c.num_attention_heads % n_kv != 0 {
+        if n_kv == 0 || !c.num_attention_heads.is_multiple_of(n_kv) {
             bail!("config.json: num_attention_heads {} is not a multiple of num_key_value_heads {n_kv}", c.num_attention_heads);
         }
         let cfg = Self {
@@ -199,13 +199,16 @@ impl LlamaConfig {
                 bail!("{name} {v} is outside the plausible range {lo}..={hi}: the file is damaged or not a Llama-family model");
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!(
                 "head_dim {} is odd: rotary embeddings need an even head size",
                 self.head_dim
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,

@@ -56,11 +56,11 @@ impl QuantFormat {
             Self::Q4_0 => GgmlDType::Q4_0,
             Self::Q4K => GgmlDType::Q4K,
         };
-        if cols % t.block_size() == 0 {
+        if cols.is_multiple_of(t.block_size()) {
             return t;
         }
         match self {
-            Self::Q4K if cols % GgmlDType::Q5_0.block_size() == 0 => GgmlDType::Q5_0,
+            Self::Q4K if cols.is_multiple_of(GgmlDType::Q5_0.block_size()) => GgmlDType::Q5_0,
             _ => GgmlDType::F16,
         }
     }

@@ -139,7 +139,7 @@ pub fn n_of_m(metric: &[f32], cols: usize, n: usize, m: usize) -> Vec<u8> {
         return mask;
     }
     // Groups never straddle rows when cols % m == 0 (checked by the caller).
-    debug_assert!(cols % m == 0);
+    debug_assert!(cols.is_multiple_of(m));
     mask.par_chunks_mut(m)
         .zip(metric.par_chunks(m))
         .for_each_init(

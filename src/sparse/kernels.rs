@@ -256,9 +256,12 @@ fn rows_tile(isa: Isa, w: &Blocked<'_>, rows: std::ops::Range<usize>, xt: &[f32]
         for (j, r) in rows.clone().enumerate() {
             let n = w.counts[r * nb + b] as usize;
             let k = cursor[j];
-            let out: &mut [f32; TILE] = (&mut acc[j * TILE..(j + 1) * TILE])
-                .try_into()
-                .expect("TILE-sized chunk");
+            let Some(out) = acc
+                .get_mut(j * TILE..(j + 1) * TILE)
+                .and_then(|c| <&mut [f32; TILE]>::try_from(c).ok())
+            else {
+                continue;
+            };
             let (v, c) = (&w.values[k..k + n], &w.col_off[k..k + n]);
             match isa {
                 #[cfg(target_arch = "x86_64")]

@@ -51,14 +51,16 @@ impl SpinPool {
             sleeping: Mutex::new(Vec::new()),
             asleep: AtomicBool::new(false),
         });
-        let workers = threads.saturating_sub(1);
-        for i in 0..workers {
-            let s = shared.clone();
-            thread::Builder::new()
-                .name(format!("dlpx-spin-{i}"))
-                .spawn(move || worker(&s))
-                .expect("spawning a kernel thread");
-        }
+        // A thread the system refuses is one worker less (with none, jobs run on the caller).
+        let workers = (0..threads.saturating_sub(1))
+            .filter(|i| {
+                let s = shared.clone();
+                thread::Builder::new()
+                    .name(format!("dlpx-spin-{i}"))
+                    .spawn(move || worker(&s))
+                    .is_ok()
+            })
+            .count();
         Self {
             shared,
             workers,
@@ -90,7 +92,7 @@ impl SpinPool {
         // the new generation, or this sees it asleep and unparks it.
         s.generation.fetch_add(1, Ordering::SeqCst);
         if s.asleep.swap(false, Ordering::SeqCst) {
-            for t in s.sleeping.lock().expect("pool lock").drain(..) {
+            for t in lock(&s.sleeping).drain(..) {
                 t.unpark();
             }
         }
@@ -103,6 +105,12 @@ impl SpinPool {
         drop(unsafe { Box::from_raw(boxed) });
         drop(guard);
     }
+}
+
+/// The list of sleeping workers (a panic elsewhere cannot leave it half-written: pushes and
+/// drains are single calls, so a poisoned lock's contents are still whole).
+fn lock(m: &Mutex<Vec<Thread>>) -> std::sync::MutexGuard<'_, Vec<Thread>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn take_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
@@ -130,14 +138,15 @@ fn worker(s: &Shared) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && idle.elapsed() > SPIN {
+            if spins.is_multiple_of(64) {
+                // Let a runnable thread (rayon's, the explorer's) have this core meanwhile.
+                thread::yield_now();
+            }
+            if spins.is_multiple_of(64) && idle.elapsed() > SPIN {
                 // Sleep until the next job unparks us (re-checking the generation first, so a
                 // job posted meanwhile is not missed).
                 if !listed {
-                    s.sleeping
-                        .lock()
-                        .expect("pool lock")
-                        .push(thread::current());
+                    lock(&s.sleeping).push(thread::current());
                     listed = true;
                 }
                 s.asleep.store(true, Ordering::SeqCst);

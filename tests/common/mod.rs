@@ -258,7 +258,7 @@ pub fn write_shaped_safetensors(path: &Path, vocab: usize, blocks: usize) -> u64
         offset += bytes;
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
