@@ -20,7 +20,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
     if sparse {
-        return crate::bench_sparse::run(ctx, a);
+        let setup = demo_setup(ctx, a, true, true)?;
+        return crate::bench_sparse::run(ctx, a, setup);
     }
     if a.job {
         return job(ctx, a);
@@ -183,7 +184,7 @@ fn with_zeroshot(
 
 /// The demo protocol's setup (32 × 256 calibration, 64 × 256 evaluation windows, Wanda) for the
 /// benchmarked model; the dense results cache is always used.
-pub(crate) fn demo_setup(
+fn demo_setup(
     ctx: &Ctx,
     a: &BenchArgs,
     stats_cache: bool,

@@ -109,11 +109,11 @@ fn measure(
     ))
 }
 
-pub fn run(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
+/// `setup`: the demo protocol's (from `dlpx bench`), for the demo comparison.
+pub fn run(ctx: &mut Ctx, a: &BenchArgs, mut setup: crate::experiment::Setup) -> Result<()> {
     if let Some(shape) = &a.shape {
         return shape_run(ctx, a, shape);
     }
-    let mut setup = crate::bench::demo_setup(ctx, a, true, true)?;
     setup.data.eval_windows = a.sparse_eval_windows;
     setup.sparse = SparseMode::Off;
     let x = Experiment::open(&setup, &mut ctx.progress)?;
