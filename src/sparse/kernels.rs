@@ -31,14 +31,17 @@ const PARALLEL_MIN_NNZ: usize = 32 * 1024;
 /// [`BLOCK`], block `b` holding `counts[r * blocks + b]` of them, each with its column as a u8
 /// offset from `b * BLOCK` in `cols`. `cols` has 16 bytes of padding after the last entry, so
 /// 16 offsets can always be loaded at once.
+///
+/// Only [`super::SparseMatrix::blocked`] makes one (the fields are private to the crate), so the
+/// kernels' unchecked loads can rely on these invariants.
 #[derive(Clone, Copy)]
 pub struct Blocked<'a> {
-    pub rows: usize,
-    pub cols: usize,
-    pub row_ptr: &'a [u32],
-    pub counts: &'a [u16],
-    pub col_off: &'a [u8],
-    pub values: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_ptr: &'a [u32],
+    pub(crate) counts: &'a [u16],
+    pub(crate) col_off: &'a [u8],
+    pub(crate) values: &'a [f32],
 }
 
 impl Blocked<'_> {
@@ -143,8 +146,7 @@ fn row_dot(isa: Isa, w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
     }
 }
 
-/// The plain definition, sixteen partial sums (the AVX-512 lanes' order, without fused
-/// multiply-adds).
+/// The plain definition with sixteen partial sums (a fixed order; no fused multiply-adds).
 fn row_dot_portable(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
     let nb = w.blocks();
     let mut k = w.row_ptr[r] as usize;
