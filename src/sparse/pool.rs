@@ -6,8 +6,11 @@
 //! These workers spin for [`SPIN`] after each job before they sleep, so a decode step keeps
 //! them awake, and a long evaluation (which uses rayon) finds them asleep.
 //!
-//! Tasks are taken from a shared counter, and each task writes only its own outputs, so which
-//! thread runs a task never changes the bits.
+//! Tasks are claimed one at a time from a single atomic word that also names the job, and
+//! each task writes only its own outputs, so which thread runs a task never changes the bits.
+//! The caller waits only for tasks a worker has claimed, never for a worker to show up: on a
+//! loaded machine a worker that is not scheduled simply claims nothing, and the caller runs
+//! the job alone instead of stalling for a time slice per product.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,15 +22,31 @@ const SPIN: Duration = Duration::from_micros(500);
 
 type Job = dyn Fn(usize) + Sync;
 
+/// The claim word: `generation << 40 | tasks << 20 | next`. One compare-and-swap claims task
+/// `next` of exactly this job, so a worker that looked at an older job can never claim in a
+/// newer one with a stale task count.
+const FIELD: u64 = 20;
+const MASK: u64 = (1 << FIELD) - 1;
+/// Jobs with more tasks than the claim word holds run on the caller.
+const MAX_TASKS: usize = MASK as usize;
+
+fn generation(s: u64) -> u64 {
+    s >> (2 * FIELD)
+}
+fn tasks_of(s: u64) -> usize {
+    ((s >> FIELD) & MASK) as usize
+}
+fn next_of(s: u64) -> usize {
+    (s & MASK) as usize
+}
+
 struct Shared {
-    /// Bumped for every job; workers wait for it to change.
-    generation: AtomicU64,
-    /// The current job (a `*const &Job`, valid while `pending > 0`).
+    /// See [`FIELD`]: which job is current, how many tasks it has, the next unclaimed one.
+    state: AtomicU64,
+    /// The current job (a `*const &Job`), valid while any of its tasks is unfinished.
     job: AtomicPtr<&'static Job>,
-    tasks: AtomicUsize,
-    next: AtomicUsize,
-    /// Workers still inside the current job.
-    pending: AtomicUsize,
+    /// Tasks of the current job that have finished.
+    done: AtomicUsize,
     /// Parked workers to unpark on the next job.
     sleeping: Mutex<Vec<Thread>>,
     asleep: AtomicBool,
@@ -43,11 +62,9 @@ pub struct SpinPool {
 impl SpinPool {
     fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            tasks: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             sleeping: Mutex::new(Vec::new()),
             asleep: AtomicBool::new(false),
         });
@@ -70,38 +87,46 @@ impl SpinPool {
 
     /// Run `f(0..tasks)` on the calling thread and the workers; returns when all are done.
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        let guard = match (self.workers, self.busy.try_lock()) {
-            (0, _) | (_, Err(_)) => {
+        let guard = match (self.workers, tasks, self.busy.try_lock()) {
+            (0, _, _) | (_, 0..=1, _) | (_, _, Err(_)) => {
                 (0..tasks).for_each(f);
                 return;
             }
-            (_, Ok(g)) => g,
+            _ if tasks > MAX_TASKS => {
+                (0..tasks).for_each(f);
+                return;
+            }
+            (_, _, Ok(g)) => g,
         };
         let s = &*self.shared;
-        // SAFETY: the job pointer is published for this call only: the workers read it after
-        // seeing the new generation and finish with it before `pending` reaches zero, which
-        // this function waits for before returning, so the borrow of `f` outlives every use.
+        // SAFETY: the job pointer is published for this call only: a thread reads it only
+        // after claiming one of its tasks, and this function returns only after every task
+        // has finished, so the borrow of `f` outlives every use.
         let f_static: &'static Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(f) };
         let boxed: *mut &'static Job = Box::into_raw(Box::new(f_static));
-        s.job.store(boxed, Ordering::Release);
-        s.tasks.store(tasks, Ordering::Release);
-        s.next.store(0, Ordering::Release);
-        s.pending.store(self.workers, Ordering::Release);
-        // SeqCst with the worker's `asleep` store and `generation` load: either the worker sees
-        // the new generation, or this sees it asleep and unparks it.
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.job.store(boxed, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        // Every task of the previous job was claimed and finished, so no claim is in flight
+        // and a plain store may replace the word. SeqCst with the worker's `asleep` store and
+        // `state` load: either the worker sees the new job, or this sees it asleep.
+        let g = generation(s.state.load(Ordering::Relaxed)).wrapping_add(1);
+        s.state.store(
+            (g << (2 * FIELD)) | ((tasks as u64) << FIELD),
+            Ordering::SeqCst,
+        );
         if s.asleep.swap(false, Ordering::SeqCst) {
             for t in lock(&s.sleeping).drain(..) {
                 t.unpark();
             }
         }
-        take_tasks(s, f);
-        while s.pending.load(Ordering::Acquire) > 0 {
+        claim_tasks(s, g & (u64::MAX >> (2 * FIELD)));
+        while s.done.load(Ordering::Acquire) < tasks {
             std::hint::spin_loop();
         }
-        s.job.store(std::ptr::null_mut(), Ordering::Release);
-        // SAFETY: made by `Box::into_raw` above; no worker uses it any more (pending == 0).
+        s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: made by `Box::into_raw` above; every task finished and no further task can
+        // be claimed (`next == tasks`), so nobody reads the pointer any more.
         drop(unsafe { Box::from_raw(boxed) });
         drop(guard);
     }
@@ -113,14 +138,27 @@ fn lock(m: &Mutex<Vec<Thread>>) -> std::sync::MutexGuard<'_, Vec<Thread>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn take_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
-    let n = s.tasks.load(Ordering::Acquire);
+/// Claim and run tasks of job `gen` until none is left (or a newer job replaced it).
+fn claim_tasks(s: &Shared, gen: u64) {
+    let mut cur = s.state.load(Ordering::Acquire);
     loop {
-        let i = s.next.fetch_add(1, Ordering::AcqRel);
-        if i >= n {
-            break;
+        if generation(cur) != gen || next_of(cur) >= tasks_of(cur) {
+            return;
         }
-        f(i);
+        match s
+            .state
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                // SAFETY: task `next_of(cur)` of this job is claimed and unfinished, so the
+                // caller of `run` is still waiting and the job pointer it published is valid.
+                let f: &Job = unsafe { *s.job.load(Ordering::Acquire) };
+                f(next_of(cur));
+                s.done.fetch_add(1, Ordering::Release);
+                cur = s.state.load(Ordering::Acquire);
+            }
+            Err(now) => cur = now,
+        }
     }
 }
 
@@ -133,24 +171,22 @@ fn worker(s: &Shared) {
         // the next job).
         let mut listed = false;
         let g = loop {
-            let g = s.generation.load(Ordering::SeqCst);
+            let g = generation(s.state.load(Ordering::SeqCst));
             if g != seen {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) {
-                // Let a runnable thread (rayon's, the explorer's) have this core meanwhile.
-                thread::yield_now();
-            }
+            // No `yield_now` here: on a busy core it hands the core away until the next
+            // scheduler tick (milliseconds), far longer than the gap between two products.
             if spins.is_multiple_of(64) && idle.elapsed() > SPIN {
-                // Sleep until the next job unparks us (re-checking the generation first, so a
-                // job posted meanwhile is not missed).
+                // Sleep until the next job unparks us (re-checking the job first, so one
+                // posted meanwhile is not missed).
                 if !listed {
                     lock(&s.sleeping).push(thread::current());
                     listed = true;
                 }
                 s.asleep.store(true, Ordering::SeqCst);
-                if s.generation.load(Ordering::SeqCst) == seen {
+                if generation(s.state.load(Ordering::SeqCst)) == seen {
                     thread::park_timeout(Duration::from_millis(100));
                 }
                 idle = Instant::now();
@@ -158,14 +194,7 @@ fn worker(s: &Shared) {
             std::hint::spin_loop();
         };
         seen = g;
-        let job = s.job.load(Ordering::Acquire);
-        if !job.is_null() {
-            // SAFETY: a non-null job is valid until `pending` drops to zero, which needs this
-            // worker's decrement below.
-            let f: &Job = unsafe { *job };
-            take_tasks(s, f);
-        }
-        s.pending.fetch_sub(1, Ordering::AcqRel);
+        claim_tasks(s, g);
     }
 }
 
@@ -196,5 +225,23 @@ mod tests {
             sum.fetch_add(i, Ordering::Relaxed);
         });
         assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
+
+    #[test]
+    fn back_to_back_jobs_never_lose_or_repeat_a_task() {
+        // Thousands of short jobs: a worker still looking at an old job must never claim a
+        // task of a newer one twice or out of range.
+        let pool = SpinPool::new(4);
+        for j in 0..3000usize {
+            let tasks = 2 + j % 37;
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "job {j}"
+            );
+        }
     }
 }
