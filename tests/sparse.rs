@@ -147,6 +147,11 @@ fn edge_cases_all_zero_dense_and_two_of_four() {
     // Several column blocks (the last one partial), many tokens (tile-parallel and row-parallel paths).
     check(40, 1100, 2 * TILE + 3, 0.7, 1, 4);
     check(300, 512, 3, 0.7, 2, 5);
+    // Thousands of sparse blocks and one full row: the matrix–vector kernel runs a fixed
+    // number of gathers per block (sized for all but one block in a thousand), and the full
+    // row's blocks take its slower loop.
+    check(3000, 64, 2, 0.8, 2, 6);
+    check(1500, 130, 2, 0.6, 2, 7);
 }
 
 /// Big enough for the parallel paths; the result must not depend on the thread count.

@@ -29,8 +29,8 @@ const PARALLEL_MIN_NNZ: usize = 32 * 1024;
 /// A borrowed column-blocked compressed-row matrix. Row `r` holds its kept weights at
 /// `values[row_ptr[r]..row_ptr[r + 1]]`, ordered by column; they fall into column blocks of
 /// [`BLOCK`], block `b` holding `counts[r * blocks + b]` of them, each with its column as a u8
-/// offset from `b * BLOCK` in `cols`. `cols` has 16 bytes of padding after the last entry, so
-/// 16 offsets can always be loaded at once.
+/// offset from `b * BLOCK` in `cols`. `cols` has [`BLOCK`] bytes of padding after the last
+/// entry, so a whole block of offsets can always be loaded at once.
 ///
 /// Only [`super::SparseMatrix::blocked`] makes one (the fields are private to the crate), so the
 /// kernels' unchecked loads can rely on these invariants.
@@ -42,6 +42,9 @@ pub struct Blocked<'a> {
     pub(crate) counts: &'a [u16],
     pub(crate) col_off: &'a [u8],
     pub(crate) values: &'a [f32],
+    /// 16-lane gathers per block that [`gemv`] runs without branching on the block's count
+    /// (1..=4; blocks holding more take a loop).
+    pub(crate) gathers: u8,
 }
 
 impl Blocked<'_> {
@@ -140,8 +143,15 @@ fn row_dot(isa: Isa, w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after the runtime check for
         // avx512f; the matrix invariants (checked by `SparseMatrix::from_dense`) keep every
-        // column `< cols == x.len()` and the offsets padded by 16 bytes.
-        Isa::Avx512 => unsafe { avx512::row_dot(w, r, x) },
+        // column `< cols == x.len()` and the offsets padded by a block.
+        Isa::Avx512 => unsafe {
+            match w.gathers {
+                1 => avx512::row_dot::<1>(w, r, x),
+                2 => avx512::row_dot::<2>(w, r, x),
+                3 => avx512::row_dot::<3>(w, r, x),
+                _ => avx512::row_dot::<4>(w, r, x),
+            }
+        },
         _ => row_dot_portable(w, r, x),
     }
 }
@@ -292,48 +302,67 @@ mod avx512 {
     use super::{Blocked, BLOCK, TILE};
     use std::arch::x86_64::*;
 
-    /// Row `r` of `w` against `x`: 16-lane gathers of `x[b·BLOCK + offset]`, block by block.
+    /// Row `r` of `w` against `x`: `G` masked 16-lane gathers of `x[b·BLOCK + offset]` per
+    /// block, whatever the block's count (lanes past it are masked off), so the loop has no
+    /// branch that follows the data; a block holding more than `16·G` weights (rare, see
+    /// `gathers_for`) takes a loop for the rest. Lane `l` of gather `g` always sums into
+    /// accumulator `g`, so the order of the sums is fixed by the matrix.
     ///
     /// # Safety
     /// The CPU supports avx512f; `w` satisfies the [`Blocked`] invariants (columns `< cols ==
-    /// x.len()`, `col_off` padded by 16 bytes).
+    /// x.len()`, `col_off` padded by `BLOCK` bytes); `1 ≤ G ≤ 4`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_dot(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
+    pub unsafe fn row_dot<const G: usize>(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
         let nb = w.blocks();
         let mut k = w.row_ptr[r] as usize;
         let (vp, cp) = (w.values.as_ptr(), w.col_off.as_ptr());
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); G];
         for b in 0..nb {
             let n = *w.counts.get_unchecked(r * nb + b) as usize;
             let xb = x.as_ptr().add(b * BLOCK);
-            let end = k + n;
-            // SAFETY (loops): offsets are read 16 at a time from `k < end ≤ col_off.len() - 16`
-            // (the padding); gathers only touch lanes under the mask, whose columns are < cols.
-            while k + 32 <= end {
-                let i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
-                let i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + 16) as *const __m128i));
-                let g0 = _mm512_i32gather_ps::<4>(i0, xb);
-                let g1 = _mm512_i32gather_ps::<4>(i1, xb);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k + 16)), g1, acc1);
-                k += 32;
+            // The gathers keep the load ports busy, and the hardware prefetcher alone then
+            // falls behind on the value stream: ask for it ~2 KiB ahead (a hint; no fault).
+            _mm_prefetch::<_MM_HINT_T0>(vp.add(k + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(vp.add(k + PREFETCH + 16) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(cp.add(k + 4 * PREFETCH) as *const i8);
+            // SAFETY (both branches): offsets are read 16 at a time from `k + 16g < k + BLOCK`
+            // with `k ≤ nnz`, inside the padding; values are read only under the mask (masked
+            // lanes never fault); gathers only touch lanes under the mask, whose columns are
+            // < cols.
+            if n <= 16 * G {
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let m = lanes(n as i32 - 16 * g as i32);
+                    let i =
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + 16 * g) as *const __m128i));
+                    let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
+                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k + 16 * g)), x, *a);
+                }
+            } else {
+                for (g, j) in (0..n).step_by(16).enumerate() {
+                    let m = lanes((n - j) as i32);
+                    let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + j) as *const __m128i));
+                    let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
+                    let a = &mut acc[g % G];
+                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k + j)), x, *a);
+                }
             }
-            if k + 16 <= end {
-                let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
-                let g = _mm512_i32gather_ps::<4>(i, xb);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g, acc0);
-                k += 16;
-            }
-            if k < end {
-                let m: __mmask16 = ((1u32 << (end - k)) - 1) as __mmask16;
-                let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k) as *const __m128i));
-                let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
-                acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k)), g, acc1);
-                k = end;
-            }
+            k += n;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        let mut sum = acc[0];
+        for a in &acc[1..] {
+            sum = _mm512_add_ps(sum, *a);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
+    /// Distance of the value prefetch, in entries.
+    const PREFETCH: usize = 512;
+
+    /// The mask of the first `n` lanes (none for `n ≤ 0`, all for `n ≥ 16`), without a branch.
+    #[inline(always)]
+    fn lanes(n: i32) -> __mmask16 {
+        let n = n.clamp(0, 16) as u32;
+        ((1u32 << n) - 1) as __mmask16
     }
 
     /// `acc[t] += Σ v[k] xb[c[k] * TILE + t]` for the `TILE` tokens of a tile, one
