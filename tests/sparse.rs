@@ -2,7 +2,9 @@
 //! product with zeros (up to summation order) on awkward shapes, both instruction-set paths, any
 //! thread count bit for bit; a pruned random model gives the same logits sparse and dense.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::rel_diff;
 use dlpx::model::synthetic::{random_model, random_windows};
 use dlpx::model::LlamaConfig;
 use dlpx::rng::SplitMix64;
@@ -251,18 +253,4 @@ fn pruned_model_runs_the_same_sparse_and_dense() {
             );
         }
     }
-}
-
-fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    assert!(!a.is_empty());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum();
-    let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (num / den).sqrt()
 }

@@ -4,7 +4,9 @@
 //! prompts; the kernels give the same bits on 1 and 4 threads on every real pruned linear; the
 //! pruned linears hold at most 0.40× the dense bytes.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::rel_diff;
 use dlpx::data::{windows, DemoSplit, TextSource};
 use dlpx::eval::generate::{generate, GenParams};
 use dlpx::eval::perplexity::perplexity;
@@ -17,20 +19,6 @@ use dlpx::sparse::SparseMode;
 fn protocol_windows(m: &LoadedModel, split: DemoSplit, n: usize) -> Vec<Vec<u32>> {
     let text = TextSource::Demo(split).load(&mut |_| {}).unwrap();
     windows(&m.encode(&text).unwrap(), 256, n, "demo").unwrap()
-}
-
-fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    assert!(!a.is_empty());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum();
-    let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (num / den).sqrt()
 }
 
 #[test]
