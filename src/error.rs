@@ -85,6 +85,51 @@ pub enum Param {
     Metric,
     Mode,
     Pins,
+    Allocation,
+}
+
+/// The other settings engine errors name: of the data, the machine, generation, zero-shot
+/// scoring and recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    CalibSamples,
+    SeqLen,
+    Offload,
+    Dtype,
+    Temperature,
+    TopP,
+    MaxNewTokens,
+    Tasks,
+    TaskLimit,
+    LoraRank,
+    LoraBatch,
+    LoraEvalEvery,
+    LoraSteps,
+    LoraLr,
+    LoraAlpha,
+}
+
+impl Setting {
+    /// How the explorer names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Setting::CalibSamples => "calibration windows",
+            Setting::SeqLen => "window length",
+            Setting::Offload => "offload",
+            Setting::Dtype => "dtype",
+            Setting::Temperature => "temperature",
+            Setting::TopP => "top-p",
+            Setting::MaxNewTokens => "new tokens",
+            Setting::Tasks => "tasks",
+            Setting::TaskLimit => "task limit",
+            Setting::LoraRank => "LoRA rank",
+            Setting::LoraBatch => "LoRA batch",
+            Setting::LoraEvalEvery => "LoRA evaluation interval",
+            Setting::LoraSteps => "LoRA steps",
+            Setting::LoraLr => "LoRA learning rate",
+            Setting::LoraAlpha => "LoRA alpha",
+        }
+    }
 }
 
 impl Param {
@@ -102,6 +147,7 @@ impl Param {
             Param::Metric => "metric",
             Param::Mode => "mode",
             Param::Pins => "pin",
+            Param::Allocation => "allocation",
         }
     }
 }
@@ -135,6 +181,66 @@ impl fmt::Display for InvalidParam {
 }
 
 impl std::error::Error for InvalidParam {}
+
+/// An error whose text names [`Setting`]s: the explorer shows them by label, the command line by
+/// flag ([`SettingError::render`]). Build it with [`said!`](crate::said).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingError(pub Vec<Part>);
+
+/// A piece of a [`SettingError`]'s text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Name(Setting),
+}
+
+impl From<&str> for Part {
+    fn from(s: &str) -> Self {
+        Part::Text(s.to_string())
+    }
+}
+
+impl From<String> for Part {
+    fn from(s: String) -> Self {
+        Part::Text(s)
+    }
+}
+
+impl From<Setting> for Part {
+    fn from(p: Setting) -> Self {
+        Part::Name(p)
+    }
+}
+
+impl SettingError {
+    /// The message with settings named by `name` (labels here, flags on the command line).
+    pub fn render(&self, name: impl Fn(Setting) -> &'static str) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Name(p) => name(*p),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(Setting::label))
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+/// A [`SettingError`] from text pieces and [`Setting`]s, in order:
+/// `said!("use ", Setting::Offload, " or a smaller model")`.
+#[macro_export]
+macro_rules! said {
+    ($($part:expr),+ $(,)?) => {
+        $crate::error::SettingError(vec![$($crate::error::Part::from($part)),+])
+    };
+}
 
 /// The error for a parameter whose value is wrong.
 pub fn invalid(param: Param, problem: impl Into<String>) -> color_eyre::Report {
@@ -179,5 +285,8 @@ mod tests {
             _ => "--mode",
         };
         assert_eq!(e.render(flag), "--metric sparsegpt needs --mode faithful");
+        let e = crate::said!("use ", Setting::Offload, " or less");
+        assert_eq!(e.to_string(), "use offload or less");
+        assert_eq!(e.render(|_| "--offload"), "use --offload or less");
     }
 }

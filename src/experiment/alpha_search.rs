@@ -5,8 +5,6 @@
 //! windows, so the evaluation data cannot leak into the choice.
 
 use color_eyre::eyre::{bail, Result, WrapErr};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use super::{dataset, Experiment, Observer};
 use crate::data::source_windows;
@@ -14,32 +12,13 @@ use crate::eval::perplexity::perplexity;
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::{plan, prune_preview, Mode, PruneParams};
 use crate::prune::stats::Calibration;
-use crate::report::DataSet;
+use crate::report::{AlphaSearch, AlphaTrial, DataSet};
 
 /// Grid step and largest α tried.
 const STEP: f64 = 0.025;
 const MAX_ALPHA: f64 = 0.3;
 /// Seed offset of the held-out sample for document sources (far from the calibration draws').
 const HOLDOUT_SEED_OFFSET: u64 = 1_000_003;
-
-/// One α tried and its held-out perplexity.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AlphaTrial {
-    pub alpha: f64,
-    pub ppl: f64,
-}
-
-/// The search: where the held-out windows come from, every α tried, and the choice.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AlphaSearch {
-    /// The held-out calibration windows (never the evaluation data).
-    pub heldout: DataSet,
-    pub trace: Vec<AlphaTrial>,
-    /// The α with the lowest held-out perplexity (the smallest on a tie).
-    pub chosen: f64,
-}
 
 /// The α grid: 0, 0.025, … up to 0.3, keeping those valid at the other parameters.
 pub fn alpha_grid(base: &PruneParams, blocks: usize) -> Vec<f64> {

@@ -22,7 +22,8 @@ use candle_core::{DType, Device};
 use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Serialize;
 
-pub use alpha_search::{alpha_grid, AlphaSearch, AlphaTrial};
+pub use crate::report::{AlphaSearch, AlphaTrial};
+pub use alpha_search::alpha_grid;
 pub use observer::{Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
 

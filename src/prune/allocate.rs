@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Upper bound of any block's sparsity under the `budget` policy.
 pub const MAX_SPARSITY: f64 = 0.99;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Allocation {
     Uniform,
@@ -23,9 +21,7 @@ pub enum Allocation {
 }
 
 /// What happens when a block's sparsity leaves [0, 1) (README, "Pruning": `budget` or `paper`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClampPolicy {
     /// Clamp to [0, 0.99], then shift the unclamped blocks so the weighted mean is p again.

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::select::kth_smallest;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// |W|, compared over the whole matrix.
@@ -17,7 +15,6 @@ pub enum Metric {
     Wanda,
     /// OBS with the layer Hessian: prunes per 128-column block and updates the kept weights
     /// (faithful mode only).
-    #[value(name = "sparsegpt")]
     #[serde(rename = "sparsegpt")]
     SparseGpt,
 }

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
+use crate::cli::commands::Ctx;
 use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
-use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::export::compressed::Format;
 use crate::model::ModelSource;
@@ -45,10 +45,10 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
         d.seed = v;
     }
     if let Some(v) = a.metric {
-        p.metric = v;
+        p.metric = v.into();
     }
     if let Some(v) = a.allocation {
-        p.alloc.allocation = v;
+        p.alloc.allocation = v.into();
     }
     if let Some(v) = a.sparsity {
         p.alloc.sparsity = v;
@@ -60,13 +60,13 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
         p.alloc.tau = v.is_finite().then_some(v);
     }
     if let Some(v) = a.statistic {
-        p.statistic = v;
+        p.statistic = v.into();
     }
     if let Some(v) = a.clamp {
-        p.alloc.clamp = v;
+        p.alloc.clamp = v.into();
     }
     if let Some(v) = a.granularity {
-        p.granularity = v;
+        p.granularity = v.into();
     }
     if let Some(v) = a.owl_m {
         p.owl_m = v;
@@ -81,7 +81,7 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
         p.pattern = v;
     }
     if let Some(v) = a.mode {
-        p.mode = v;
+        p.mode = v.into();
     }
     if !a.pins.is_empty() {
         p.alloc.overrides = a.pins.clone();
@@ -307,7 +307,8 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     // Quantized on a copy: the pruned weights themselves are what --save writes (GGUF quantizes
     // them again, with the same function, so the file holds the measured values).
     let t = Instant::now();
-    let quantized = match a.quantize {
+    let quantize = a.quantize.map(Into::into);
+    let quantized = match quantize {
         Some(f) => Some(x.measure_quantized(&x.model.llama, f, task_set.as_ref(), obs)?),
         None => None,
     };
@@ -360,12 +361,12 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         obs.status(&format!("saving the pruned model to {}", dir.display()));
         match compressed {
             None if a.format == SaveFormat::Gguf => {
-                let s = crate::export::gguf::save_gguf(&x.model, dir, a.quantize)?;
+                let s = crate::export::gguf::save_gguf(&x.model, dir, quantize)?;
                 obs.status(&format!(
                     "GGUF: {} tensors, {:.1} MB, linears in {}",
                     s.tensors,
                     s.bytes as f64 / 1e6,
-                    a.quantize.map(|f| f.name()).unwrap_or("f32")
+                    quantize.map(|f| f.name()).unwrap_or("f32")
                 ));
             }
             None => crate::model::save_folder(&x.model, dir)?,
@@ -501,11 +502,11 @@ fn print_table(r: &Report) {
     if let Some(z) = &r.zeroshot {
         print!(
             "{}",
-            crate::commands::zeroshot_table(&z.dense, z.pruned.as_ref())
+            crate::cli::commands::zeroshot_table(&z.dense, z.pruned.as_ref())
         );
     }
     if r.quantized.is_some() {
-        print!("{}", crate::commands::stages_table(r));
+        print!("{}", crate::cli::commands::stages_table(r));
     }
     if let Some(s) = &r.speed {
         println!("{}", speed_line(s));

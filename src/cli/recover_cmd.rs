@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result};
 
+use crate::cli::commands::Ctx;
 use crate::cli::RecoverArgs;
-use crate::commands::Ctx;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::model::{ModelSource, Placement};
 use crate::prune::allocate::Allocation;
@@ -109,7 +109,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     };
     timings.zeroshot_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let quantized = match a.quantize {
+    let quantized = match a.quantize.map(Into::into) {
         Some(f) => Some(x.measure_quantized(&x.model.llama, f, task_set.as_ref(), obs)?),
         None => None,
     };
@@ -198,7 +198,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     if a.json {
         println!("{}", report.to_json()?);
     } else {
-        print!("{}", crate::commands::stages_table(&report));
+        print!("{}", crate::cli::commands::stages_table(&report));
     }
     Ok(())
 }

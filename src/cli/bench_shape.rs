@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result};
 
+use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::commands::Ctx;
 use crate::model::synthetic::{random_model, random_windows, Shape};
 use crate::model::Placement;
 use crate::prune::pipeline::{
@@ -70,7 +70,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
     let build_s = t.elapsed().as_secs_f64();
     let windows = random_windows(a.calib_samples, seq_len, a.shape_vocab, 17);
     let params = PruneParams {
-        metric: a.metric,
+        metric: a.metric.into(),
         mode: Mode::Faithful,
         ..PruneParams::default()
     };
@@ -148,7 +148,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         "vocab": a.shape_vocab,
         "calib_windows": a.calib_samples,
         "seq_len": seq_len,
-        "metric": a.metric,
+        "metric": crate::prune::mask::Metric::from(a.metric),
         "block_linear_params": shape.config.block_linear_params(),
         "build_s": build_s,
         "allocate_s": allocate_s,
@@ -176,7 +176,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         shape.config.block_linear_params(),
         a.shape_vocab,
         a.calib_samples,
-        a.metric,
+        crate::prune::mask::Metric::from(a.metric),
         crate::device::describe(&ctx.device)
     );
     println!(

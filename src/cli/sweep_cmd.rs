@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
+use super::values::AllocationArg;
+use crate::cli::commands::Ctx;
 use crate::cli::SweepArgs;
-use crate::commands::Ctx;
 use crate::eval::compare::paired_bootstrap;
 use crate::experiment::sweep::{alloc_name, Axis, Grid, Shard, SweepRow};
 use crate::experiment::{Experiment, Setup};
@@ -105,12 +106,14 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         .allocation
         .split(',')
         .map(|s| {
-            <Allocation as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
-                eyre!(
-                    "--allocation: `{}` is not one of uniform, owl, dlp, alpha",
-                    s.trim()
-                )
-            })
+            <AllocationArg as clap::ValueEnum>::from_str(s.trim(), true)
+                .map(Allocation::from)
+                .map_err(|_| {
+                    eyre!(
+                        "--allocation: `{}` is not one of uniform, owl, dlp, alpha",
+                        s.trim()
+                    )
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let axes = a
@@ -124,8 +127,8 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         Some(p) => Report::load(p)?.params,
         None => PruneParams::default(),
     };
-    base.mode = a.mode;
-    base.metric = a.metric;
+    base.mode = a.mode.into();
+    base.metric = a.metric.into();
     let points = grid.points();
     for p in &points {
         p.params(&base)
@@ -145,7 +148,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,
-        metric: a.metric,
+        metric: a.metric.into(),
         keeps_pruned_copy: true,
     };
     let obs = &mut ctx.progress;

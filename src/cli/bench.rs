@@ -7,8 +7,8 @@ use std::time::Instant;
 use candle_core::Tensor;
 use color_eyre::eyre::Result;
 
+use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::commands::Ctx;
 use crate::data::{DemoSplit, TextSource};
 use crate::experiment::{DataSpec, Experiment, Setup, Silent, Stage};
 use crate::model::{LoadedModel, ModelSource};
@@ -21,7 +21,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
     if sparse {
         let setup = demo_setup(ctx, a, true, true)?;
-        return crate::bench_sparse::run(ctx, a, setup);
+        return crate::cli::bench_sparse::run(ctx, a, setup);
     }
     if a.job {
         return job(ctx, a);
@@ -30,7 +30,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
         if !a.prune {
             color_eyre::eyre::bail!("--shape times --prune or --sparse: add one of them");
         }
-        return crate::bench_shape::run(ctx, a, shape);
+        return crate::cli::bench_shape::run(ctx, a, shape);
     }
     let seq_len = a.seq_len.unwrap_or(256);
     let m = ctx.load_model(&a.model)?;

@@ -218,7 +218,7 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
         ctx.dtype.size_in_bytes(),
         a.calib_samples,
         a.seq_len,
-        a.metric,
+        crate::prune::mask::Metric::from(a.metric),
         ctx.place == Placement::Offload,
     );
     if a.json {
@@ -231,7 +231,7 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
             ctx.dtype,
             a.calib_samples,
             a.seq_len,
-            a.metric
+            crate::prune::mask::Metric::from(a.metric)
         );
         println!("{}", e.describe());
         if let Some(avail) = crate::prune::memory::available_bytes() {
