@@ -49,45 +49,6 @@ impl fmt::Display for ProgramMissing {
 
 impl std::error::Error for ProgramMissing {}
 
-/// A pruning parameter the engine cannot run with. It names the parameter as the explorer
-/// shows it; the CLI names the flag instead ([`InvalidParam::render`] with the flag names).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvalidParam {
-    pub param: Param,
-    pub problem: Problem,
-}
-
-/// What is wrong with a parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Problem {
-    /// Its value: "must be ≥ 0 (got -1)".
-    Value(String),
-    /// A value of it (`subject`, may be empty) needs another parameter set to `value`.
-    Needs {
-        subject: &'static str,
-        other: Param,
-        value: &'static str,
-        why: &'static str,
-    },
-}
-
-/// The pruning parameters a user sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Param {
-    Sparsity,
-    Alpha,
-    Tau,
-    OwlLambda,
-    AlphaEps,
-    OwlM,
-    Pattern,
-    Granularity,
-    Metric,
-    Mode,
-    Pins,
-    Allocation,
-}
-
 /// The other settings engine errors name: of the data, the machine, generation, zero-shot
 /// scoring and recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,56 +92,6 @@ impl Setting {
         }
     }
 }
-
-impl Param {
-    /// The name the explorer's parameter panel uses.
-    pub fn label(self) -> &'static str {
-        match self {
-            Param::Sparsity => "sparsity",
-            Param::Alpha => "range α",
-            Param::Tau => "temperature τ",
-            Param::OwlLambda => "OWL λ",
-            Param::AlphaEps => "Alpha ε",
-            Param::OwlM => "OWL M",
-            Param::Pattern => "pattern",
-            Param::Granularity => "granularity",
-            Param::Metric => "metric",
-            Param::Mode => "mode",
-            Param::Pins => "pin",
-            Param::Allocation => "allocation",
-        }
-    }
-}
-
-impl InvalidParam {
-    /// The message with parameters named by `name` (labels here, flags on the command line).
-    pub fn render(&self, name: impl Fn(Param) -> &'static str) -> String {
-        match &self.problem {
-            Problem::Value(v) => format!("{} {v}", name(self.param)),
-            Problem::Needs {
-                subject,
-                other,
-                value,
-                why,
-            } => {
-                let sp = if subject.is_empty() { "" } else { " " };
-                format!(
-                    "{}{sp}{subject} needs {} {value}{why}",
-                    name(self.param),
-                    name(*other)
-                )
-            }
-        }
-    }
-}
-
-impl fmt::Display for InvalidParam {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(Param::label))
-    }
-}
-
-impl std::error::Error for InvalidParam {}
 
 /// An error whose text names [`Setting`]s: the explorer shows them by label, the command line by
 /// flag ([`SettingError::render`]). Build it with [`said!`](crate::said).
@@ -242,15 +153,6 @@ macro_rules! said {
     };
 }
 
-/// The error for a parameter whose value is wrong.
-pub fn invalid(param: Param, problem: impl Into<String>) -> color_eyre::Report {
-    InvalidParam {
-        param,
-        problem: Problem::Value(problem.into()),
-    }
-    .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,22 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn parameter_errors_name_the_parameter_or_the_flag() {
-        let e = InvalidParam {
-            param: Param::Metric,
-            problem: Problem::Needs {
-                subject: "sparsegpt",
-                other: Param::Mode,
-                value: "faithful",
-                why: "",
-            },
-        };
-        assert_eq!(e.to_string(), "metric sparsegpt needs mode faithful");
-        let flag = |p: Param| match p {
-            Param::Metric => "--metric",
-            _ => "--mode",
-        };
-        assert_eq!(e.render(flag), "--metric sparsegpt needs --mode faithful");
+    fn setting_errors_name_the_label_or_the_flag() {
         let e = crate::said!("use ", Setting::Offload, " or less");
         assert_eq!(e.to_string(), "use offload or less");
         assert_eq!(e.render(|_| "--offload"), "use --offload or less");

@@ -16,13 +16,12 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use std::time::Instant;
 
-use crate::experiment::sweep::SweepParam;
 use crate::prune::allocate::MAX_SPARSITY;
+use crate::prune::params::Param;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
 use crate::zeroshot::ZeroShot;
 use keys::Action;
-use params::Field;
 
 /// One applied configuration (the history in the compare view).
 #[derive(Debug, Clone)]
@@ -115,7 +114,7 @@ impl View {
 /// they were when the sweep started.
 #[derive(Debug, Clone)]
 pub struct SweepView {
-    pub param: SweepParam,
+    pub param: Param,
     pub base: PruneParams,
     pub values: Vec<f64>,
     /// Perplexity per value, as the points finish.
@@ -152,7 +151,7 @@ impl SweepView {
 /// What a text entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputPurpose {
-    Value(Field),
+    Value(Param),
     ExportPath,
     RecipePath,
     OpenPath,
@@ -227,7 +226,7 @@ pub struct State {
     pub cache_hit: bool,
     pub params: PruneParams,
     pub plan: Option<Plan>,
-    pub field: Field,
+    pub field: Param,
     pub block: usize,
     pub view: View,
     pub overlay: Option<Overlay>,
@@ -288,7 +287,7 @@ impl State {
             cache_hit: false,
             params,
             plan: None,
-            field: Field::Sparsity,
+            field: Param::Sparsity,
             block: 0,
             view: View::Main,
             overlay: None,
@@ -493,14 +492,12 @@ impl State {
     }
 
     pub fn act(&mut self, a: Action) -> Vec<Effect> {
-        let n_fields = Field::ALL.len();
-        let fi = Field::ALL
-            .iter()
-            .position(|f| *f == self.field)
-            .unwrap_or(0);
+        let panel: Vec<Param> = Param::panel().collect();
+        let n_fields = panel.len();
+        let fi = panel.iter().position(|f| *f == self.field).unwrap_or(0);
         match a {
-            Action::FieldNext => self.field = Field::ALL[(fi + 1) % n_fields],
-            Action::FieldPrev => self.field = Field::ALL[(fi + n_fields - 1) % n_fields],
+            Action::FieldNext => self.field = panel[(fi + 1) % n_fields],
+            Action::FieldPrev => self.field = panel[(fi + n_fields - 1) % n_fields],
             Action::Inc | Action::Dec | Action::IncCoarse | Action::DecCoarse => {
                 let dir = if matches!(a, Action::Inc | Action::IncCoarse) {
                     1
@@ -512,10 +509,10 @@ impl State {
                 self.set_params(c);
             }
             Action::TypeValue => {
-                if self.field.is_numeric() {
+                if self.field.number().is_some() {
                     let cur = match (self.field, self.params.alloc.tau) {
-                        (Field::Tau, None) => "inf".to_string(),
-                        _ => self.field.value(&self.params),
+                        (Param::Tau, None) => "inf".to_string(),
+                        _ => self.field.show(&self.params),
                     };
                     self.input(InputPurpose::Value(self.field), cur);
                 } else {
@@ -611,13 +608,12 @@ impl State {
                 }
             }
             Action::AlphaAuto => {
-                use crate::prune::allocate::Allocation;
                 if self.cal.is_none() || self.busy {
                     self.say(
                         "wait for calibration and the running job (Esc cancels it)",
                         Tone::Error,
                     );
-                } else if self.params.alloc.allocation != Allocation::Dlp {
+                } else if !Param::Alpha.applies_to(self.params.alloc.allocation) {
                     self.say(
                         "A chooses DLP's range α: switch the allocation to DLP",
                         Tone::Error,
@@ -698,7 +694,7 @@ impl State {
                     return self.apply();
                 }
                 self.say(
-                    format!("{} = {v} from the sweep; a applies it", param.name()),
+                    format!("{} = {v} from the sweep; a applies it", param.sweep_name()),
                     Tone::Good,
                 );
             }
@@ -810,10 +806,10 @@ impl State {
         }
         // The focused parameter when it is p or α; else α for DLP (its own knob), p otherwise.
         let param = match self.field {
-            Field::Sparsity => SweepParam::Sparsity,
-            Field::Alpha => SweepParam::Alpha,
-            _ if self.params.alloc.allocation == Allocation::Dlp => SweepParam::Alpha,
-            _ => SweepParam::Sparsity,
+            Param::Sparsity => Param::Sparsity,
+            Param::Alpha => Param::Alpha,
+            _ if self.params.alloc.allocation == Allocation::Dlp => Param::Alpha,
+            _ => Param::Sparsity,
         };
         self.view = View::Sweep;
         let fresh = self
@@ -831,7 +827,7 @@ impl State {
             return vec![];
         }
         let values: Vec<f64> = match param {
-            SweepParam::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
+            Param::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
             _ => (0..13).map(|i| (25 * i) as f64 / 1000.0).collect(),
         };
         let mut base = self.params.clone();
@@ -855,7 +851,7 @@ impl State {
         self.say(
             format!(
                 "sweeping {} in preview on {} evaluation windows… (Esc cancels, finished points stay)",
-                param.name(),
+                param.sweep_name(),
                 self.sweep_windows
             ),
             Tone::Info,
@@ -1119,7 +1115,7 @@ impl State {
                 self.set_params(c);
                 let values: Vec<f64> = search.trace.iter().map(|t| t.alpha).collect();
                 self.sweep = Some(SweepView {
-                    param: SweepParam::Alpha,
+                    param: Param::Alpha,
                     base: self.params.clone(),
                     sel: values.iter().position(|v| *v == search.chosen).unwrap_or(0),
                     ppl: search.trace.iter().map(|t| Some(t.ppl)).collect(),
@@ -1307,7 +1303,7 @@ mod tests {
         assert!(matches!(s.overlay, Some(Overlay::Input { .. })));
         // Replace the text with an invalid sparsity: refused, state unchanged.
         s.overlay = Some(Overlay::Input {
-            purpose: InputPurpose::Value(Field::Sparsity),
+            purpose: InputPurpose::Value(Param::Sparsity),
             text: "1.3".into(),
             fresh: false,
         });
@@ -1324,7 +1320,7 @@ mod tests {
     #[test]
     fn typed_entry_replaces_the_shown_value() {
         let mut s = State::new(PruneParams::default(), vec!["x".into()]);
-        s.field = Field::Tau;
+        s.field = Param::Tau;
         press(&mut s, KeyCode::Enter); // shows "inf"
         assert!(
             matches!(&s.overlay, Some(Overlay::Input { text, fresh: true, .. }) if text == "inf")
@@ -1335,7 +1331,7 @@ mod tests {
         press(&mut s, KeyCode::Enter);
         assert_eq!(s.params.alloc.tau, Some(0.3), "{:?}", s.status);
         // Backspace on the shown value clears it; an arrow keeps it for editing.
-        s.field = Field::Sparsity;
+        s.field = Param::Sparsity;
         press(&mut s, KeyCode::Enter);
         press(&mut s, KeyCode::Backspace);
         assert!(matches!(&s.overlay, Some(Overlay::Input { text, .. }) if text.is_empty()));

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use super::values::{
-    AllocationArg, ClampArg, GranularityArg, MetricArg, ModeArg, QuantArg, StatisticArg,
+    AllocationParser, ClampArg, GranularityArg, MetricArg, ModeArg, QuantArg, StatisticArg,
 };
 
 #[derive(Parser, Debug)]
@@ -440,8 +440,8 @@ pub struct PruneArgs {
     #[arg(long, value_enum)]
     pub metric: Option<MetricArg>,
     /// Layer-wise allocation.
-    #[arg(long, value_enum)]
-    pub allocation: Option<AllocationArg>,
+    #[arg(long, value_parser = AllocationParser)]
+    pub allocation: Option<crate::prune::allocate::Allocation>,
     /// Global target sparsity p in [0, 1) over the 7·L linears.
     #[arg(long, allow_hyphen_values = true)]
     pub sparsity: Option<f64>,
@@ -700,25 +700,6 @@ pub struct EstimateArgs {
     pub json: bool,
 }
 
-/// The command-line flag that sets a parameter.
-pub fn flag(p: crate::error::Param) -> &'static str {
-    use crate::error::Param;
-    match p {
-        Param::Sparsity => "--sparsity",
-        Param::Alpha => "--alpha",
-        Param::Tau => "--tau",
-        Param::OwlLambda => "--owl-lambda",
-        Param::AlphaEps => "--alpha-eps",
-        Param::OwlM => "--owl-m",
-        Param::Pattern => "--pattern",
-        Param::Granularity => "--granularity",
-        Param::Metric => "--metric",
-        Param::Mode => "--mode",
-        Param::Pins => "--pin",
-        Param::Allocation => "--allocation",
-    }
-}
-
 /// The command-line flag of a setting.
 pub fn setting_flag(s: crate::error::Setting) -> &'static str {
     use crate::error::Setting as Param;
@@ -743,9 +724,10 @@ pub fn setting_flag(s: crate::error::Setting) -> &'static str {
 
 /// An error as the command line says it: settings named by their flags.
 pub fn flag_message(e: &(dyn std::error::Error + 'static)) -> String {
-    use crate::error::{InvalidParam, SettingError};
+    use crate::error::SettingError;
+    use crate::prune::params::InvalidParam;
     if let Some(p) = e.downcast_ref::<InvalidParam>() {
-        return p.render(flag);
+        return p.render(|p| format!("--{}", p.flag()));
     }
     if let Some(s) = e.downcast_ref::<SettingError>() {
         return s.render(setting_flag);

@@ -10,8 +10,8 @@ use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::export::compressed::Format;
 use crate::model::ModelSource;
-use crate::prune::allocate::Allocation;
 use crate::prune::mask::Pattern;
+use crate::prune::params::Param;
 use crate::prune::pipeline::{plan, PruneParams};
 use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
 
@@ -44,20 +44,28 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
     if let Some(v) = a.seed {
         d.seed = v;
     }
+    // The numbers through the parameter table's setters.
+    let alpha = match a.alpha {
+        Some(AlphaArg::Value(v)) => Some(v),
+        _ => None,
+    };
+    for (param, v) in [
+        (Param::Sparsity, a.sparsity),
+        (Param::Alpha, alpha),
+        (Param::Tau, a.tau),
+        (Param::OwlM, a.owl_m),
+        (Param::OwlLambda, a.owl_lambda),
+        (Param::AlphaEps, a.alpha_eps),
+    ] {
+        if let Some(v) = v {
+            param.set(&mut p, v);
+        }
+    }
     if let Some(v) = a.metric {
         p.metric = v.into();
     }
     if let Some(v) = a.allocation {
-        p.alloc.allocation = v.into();
-    }
-    if let Some(v) = a.sparsity {
-        p.alloc.sparsity = v;
-    }
-    if let Some(AlphaArg::Value(v)) = a.alpha {
-        p.alloc.alpha = v;
-    }
-    if let Some(v) = a.tau {
-        p.alloc.tau = v.is_finite().then_some(v);
+        p.alloc.allocation = v;
     }
     if let Some(v) = a.statistic {
         p.statistic = v.into();
@@ -67,15 +75,6 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
     }
     if let Some(v) = a.granularity {
         p.granularity = v.into();
-    }
-    if let Some(v) = a.owl_m {
-        p.owl_m = v;
-    }
-    if let Some(v) = a.owl_lambda {
-        p.alloc.owl_lambda = v;
-    }
-    if let Some(v) = a.alpha_eps {
-        p.alloc.alpha_eps = v;
     }
     if let Some(v) = a.pattern {
         p.pattern = v;
@@ -95,7 +94,7 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
 
 pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     let (mut params, data, base) = resolve(a)?;
-    if a.alpha == Some(AlphaArg::Auto) && params.alloc.allocation != Allocation::Dlp {
+    if a.alpha == Some(AlphaArg::Auto) && !Param::Alpha.applies_to(params.alloc.allocation) {
         bail!("--alpha auto searches DLP's range α: use it with --allocation dlp (the default)");
     }
     if let Some(dir) = &a.save {
@@ -196,7 +195,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
     timings.zeroshot_s += t.elapsed().as_secs_f64();
 
     // The spectra cost an eigenvalue problem per linear: only AlphaPruning needs them.
-    let spectra = params.alloc.allocation == Allocation::Alpha;
+    let spectra = params.alloc.allocation.needs_spectra();
     let t = Instant::now();
     let (cal, hit) = x.calibrate(params.owl_m, spectra, obs)?;
     timings.calibrate_s = t.elapsed().as_secs_f64();

@@ -10,7 +10,6 @@ use crate::cli::commands::Ctx;
 use crate::cli::RecoverArgs;
 use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
 use crate::model::{ModelSource, Placement};
-use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::plan;
 use crate::recover::{Adapters, LoraParams};
 use crate::report::{RecoveredReport, Report, Timings, ZeroShotPair};
@@ -87,7 +86,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     };
     timings.zeroshot_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let spectra = params.alloc.allocation == Allocation::Alpha;
+    let spectra = params.alloc.allocation.needs_spectra();
     let (cal, hit) = x.calibrate(params.owl_m, spectra, obs)?;
     timings.calibrate_s = t.elapsed().as_secs_f64();
     timings.stats_cache_hit = hit;

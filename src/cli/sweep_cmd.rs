@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
-use super::values::AllocationArg;
 use crate::cli::commands::Ctx;
 use crate::cli::SweepArgs;
 use crate::eval::compare::paired_bootstrap;
-use crate::experiment::sweep::{alloc_name, Axis, Grid, Shard, SweepRow};
+use crate::experiment::sweep::{Axis, Grid, Shard, SweepRow};
 use crate::experiment::{Experiment, Setup};
 use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
@@ -53,7 +52,7 @@ fn axes_of(grid: &Grid) -> Vec<(String, Vec<Option<f64>>)> {
         .iter()
         .map(|a| {
             (
-                a.param.name().to_string(),
+                a.param.sweep_name().to_string(),
                 a.values
                     .iter()
                     .map(|v| v.is_finite().then_some(*v))
@@ -106,14 +105,13 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         .allocation
         .split(',')
         .map(|s| {
-            <AllocationArg as clap::ValueEnum>::from_str(s.trim(), true)
-                .map(Allocation::from)
-                .map_err(|_| {
-                    eyre!(
-                        "--allocation: `{}` is not one of uniform, owl, dlp, alpha",
-                        s.trim()
-                    )
-                })
+            Allocation::from_name(s).ok_or_else(|| {
+                eyre!(
+                    "--allocation: `{}` is not one of {}",
+                    s.trim(),
+                    Allocation::names()
+                )
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let axes = a
@@ -206,7 +204,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         todo.len(),
         jsonl.display()
     ));
-    let spectra = grid.allocations.contains(&Allocation::Alpha);
+    let spectra = grid.allocations.iter().any(|a| a.needs_spectra());
     let (cal, _) = x.calibrate(base.owl_m, spectra, obs)?;
     let (dense, _) = x.dense_perplexity(obs)?;
     let started = std::time::Instant::now();
@@ -275,7 +273,7 @@ fn write_csv(path: &Path, names: &[String], rows: &[SweepRow]) -> Result<()> {
         s.push_str(&format!(
             "{},{},{vals}{},{},{},{:.3}\n",
             r.index,
-            alloc_name(r.allocation),
+            r.allocation.name(),
             r.target_sparsity,
             r.achieved_sparsity,
             r.ppl.map(|p| p.to_string()).unwrap_or_default(),
@@ -352,7 +350,7 @@ fn show(
     head.push_str("  achieved        ppl  vs best (95 % paired bootstrap over windows)");
     println!("{head}");
     for r in rows {
-        let mut line = format!("{:>5}  {:<9}", r.index, alloc_name(r.allocation));
+        let mut line = format!("{:>5}  {:<9}", r.index, r.allocation.name());
         for (_, v) in &r.values {
             line.push_str(&match v {
                 Some(v) => format!(" {v:>10.4}"),
@@ -412,7 +410,7 @@ fn chart(header: &Header, rows: &[SweepRow], w: u16, h: u16) -> Option<String> {
         let (Some(ppl), Some(Some(x))) = (r.ppl, r.values.get(x_axis).map(|v| v.1)) else {
             continue;
         };
-        let mut name = alloc_name(r.allocation).to_string();
+        let mut name = r.allocation.name().to_string();
         for (i, (n, v)) in r.values.iter().enumerate() {
             if i != x_axis {
                 name.push_str(&format!(

@@ -3,6 +3,8 @@
 //! text of `--help`.
 
 use crate::model::quant::QuantFormat;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+
 use crate::prune::allocate::{Allocation, ClampPolicy};
 use crate::prune::mask::Metric;
 use crate::prune::pipeline::{Granularity, Mode};
@@ -67,17 +69,6 @@ cli_values! {
 }
 
 cli_values! {
-    /// `--allocation`: the layer-wise allocation.
-    AllocationArg => Allocation {
-        Uniform,
-        Owl,
-        Dlp,
-        /// AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights.
-        Alpha,
-    }
-}
-
-cli_values! {
     /// `--clamp`: what happens when a block's sparsity leaves [0, 1).
     ClampArg => ClampPolicy {
         /// Clamp to [0, 0.99], then shift the unclamped blocks so the weighted mean is p again.
@@ -118,5 +109,35 @@ cli_values! {
         /// (faithful mode only).
         #[value(name = "sparsegpt")]
         SparseGpt,
+    }
+}
+
+/// `--allocation`: the names of [`Allocation::ALL`], so a new allocation needs no change here.
+#[derive(Clone, Copy, Debug)]
+pub struct AllocationParser;
+
+impl TypedValueParser for AllocationParser {
+    type Value = Allocation;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Allocation, clap::Error> {
+        let names = PossibleValuesParser::new(Allocation::ALL.map(Allocation::name));
+        let name = names.parse_ref(cmd, arg, value)?;
+        Allocation::from_name(&name)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidValue))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(Allocation::ALL.into_iter().map(|a| {
+            let v = PossibleValue::new(a.name());
+            match a.about() {
+                "" => v,
+                about => v.help(about),
+            }
+        })))
     }
 }

@@ -9,7 +9,7 @@ use color_eyre::eyre::{bail, Result, WrapErr};
 use super::{dataset, Experiment, Observer};
 use crate::data::source_windows;
 use crate::eval::perplexity::perplexity;
-use crate::prune::allocate::Allocation;
+use crate::prune::params::{InvalidParam, Param, Problem};
 use crate::prune::pipeline::{plan, prune_preview, Mode, PruneParams};
 use crate::prune::stats::Calibration;
 use crate::report::{AlphaSearch, AlphaTrial, DataSet};
@@ -75,8 +75,17 @@ impl Experiment {
         heldout_set: DataSet,
         obs: &mut dyn Observer,
     ) -> Result<AlphaSearch> {
-        if base.alloc.allocation != Allocation::Dlp {
-            bail!("--alpha auto searches DLP's range α: use it with --allocation dlp");
+        if !Param::Alpha.applies_to(base.alloc.allocation) {
+            return Err(InvalidParam {
+                param: Param::Alpha,
+                problem: Problem::Needs {
+                    subject: "auto",
+                    other: Param::Allocation,
+                    value: "dlp",
+                    why: " (the search is over DLP's range α)",
+                },
+            }
+            .into());
         }
         let grid = alpha_grid(base, self.model.llama.blocks.len());
         if grid.is_empty() {

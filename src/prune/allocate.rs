@@ -3,7 +3,7 @@
 //! AlphaPruning (Lu et al., 2024) as their papers define them; the temperature τ, the clamp policy
 //! and pins are dlpx's additions (README, "Pruning").
 
-use crate::error::{invalid, Param};
+use super::params::{invalid, Param};
 use color_eyre::eyre::Result;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,75 @@ pub enum Allocation {
     Alpha,
 }
 
+impl Allocation {
+    /// Every allocation, in the order the explorer cycles through them.
+    pub const ALL: [Allocation; 4] = [
+        Allocation::Uniform,
+        Allocation::Owl,
+        Allocation::Dlp,
+        Allocation::Alpha,
+    ];
+
+    /// The name the command line, the sweep files and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "uniform",
+            Allocation::Owl => "owl",
+            Allocation::Dlp => "dlp",
+            Allocation::Alpha => "alpha",
+        }
+    }
+
+    /// How the explorer shows it (parameter panel, overlay).
+    pub fn label(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "uniform",
+            Allocation::Owl => "OWL",
+            Allocation::Dlp => "DLP",
+            Allocation::Alpha => "AlphaPruning",
+        }
+    }
+
+    /// Its short name in the explorer's history.
+    pub fn short(self) -> &'static str {
+        match self {
+            Allocation::Alpha => "Alpha",
+            a => a.label(),
+        }
+    }
+
+    /// One line on what it does (the command line's help).
+    pub fn about(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "",
+            Allocation::Owl => "",
+            Allocation::Dlp => "",
+            Allocation::Alpha => {
+                "AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights"
+            }
+        }
+    }
+
+    /// Whether it reads the weights' spectra (α̂), an eigenvalue problem per linear at
+    /// calibration: only AlphaPruning.
+    pub fn needs_spectra(self) -> bool {
+        self == Allocation::Alpha
+    }
+
+    /// The allocation named `s` ([`Allocation::name`], any case).
+    pub fn from_name(s: &str) -> Option<Allocation> {
+        let s = s.trim();
+        Allocation::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The names, comma-separated (for messages).
+    pub fn names() -> String {
+        Allocation::ALL.map(Allocation::name).join(", ")
+    }
+}
+
 /// What happens when a block's sparsity leaves [0, 1) (README, "Pruning": `budget` or `paper`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +97,10 @@ pub enum ClampPolicy {
     Budget,
     /// The reference code: sparsity ≤ 0 becomes 0.01, no upper bound.
     Paper,
+}
+
+impl ClampPolicy {
+    pub const ALL: [ClampPolicy; 2] = [ClampPolicy::Budget, ClampPolicy::Paper];
 }
 
 /// Everything the allocation depends on besides the statistics.

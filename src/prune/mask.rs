@@ -19,6 +19,10 @@ pub enum Metric {
     SparseGpt,
 }
 
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::Magnitude, Metric::Wanda, Metric::SparseGpt];
+}
+
 /// Sparsity pattern: unstructured, or N of every M consecutive input weights per row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", tag = "kind")]
@@ -30,6 +34,15 @@ pub enum Pattern {
         n: usize,
         m: usize,
     },
+}
+
+impl Pattern {
+    /// The patterns the explorer cycles through.
+    pub const CHOICES: [Pattern; 3] = [
+        Pattern::Unstructured,
+        Pattern::NOfM { n: 2, m: 4 },
+        Pattern::NOfM { n: 4, m: 8 },
+    ];
 }
 
 impl std::fmt::Display for Pattern {

@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
 use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric_into, Metric, Pattern};
+use super::params::{invalid, InvalidParam, Param, Problem};
 use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
     block_scores, embed_windows, observe_block_timed, with_host_weights, BlockProgress,
     Calibration, Statistic,
 };
 use super::timing::{timed, StageTimes};
-use crate::error::{invalid, InvalidParam, Param, Problem};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
@@ -165,7 +165,7 @@ pub fn plan_for(numel: &[[f64; 7]], cal: &Calibration, p: &PruneParams) -> Resul
     if cal.blocks.len() != n {
         bail!("statistics for {} of {n} blocks", cal.blocks.len());
     }
-    if p.alloc.allocation == Allocation::Alpha && cal.esd.len() != n {
+    if p.alloc.allocation.needs_spectra() && cal.esd.len() != n {
         return Err(invalid(
             Param::Allocation,
             "alpha needs the spectra (α̂) of the weights, which this calibration skipped: \

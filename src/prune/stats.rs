@@ -35,6 +35,17 @@ pub enum Statistic {
     Var,
 }
 
+impl Statistic {
+    pub const ALL: [Statistic; 6] = [
+        Statistic::Median,
+        Statistic::Mean,
+        Statistic::Sum,
+        Statistic::Max,
+        Statistic::Std,
+        Statistic::Var,
+    ];
+}
+
 /// Summary of a set of Wanda scores (one linear, or one block's 7 linears concatenated).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct ScoreStats {

@@ -11,9 +11,8 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 
 use crate::app::keys::{help_rows, Scope};
-use crate::app::params::Field;
 use crate::app::{Overlay, Stage, State, Tone, View};
-use crate::prune::allocate::Allocation;
+use crate::prune::params::Param;
 use bars::Bars;
 use theme::Theme;
 
@@ -228,15 +227,7 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         label.push_str(&format!(" · ◆ applied #{id}"));
     }
     if let Some(a) = s.overlay_alloc {
-        label.push_str(&format!(
-            " · ◆ {}",
-            match a {
-                Allocation::Uniform => "uniform",
-                Allocation::Owl => "OWL",
-                Allocation::Dlp => "DLP",
-                Allocation::Alpha => "AlphaPruning",
-            }
-        ));
+        label.push_str(&format!(" · ◆ {}", a.label()));
     }
     if let Some(d) = s.draw_spread() {
         let widest = d
@@ -289,16 +280,9 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     f.render_widget(b, area);
     let w = inner.width as usize;
     let mut lines: Vec<Line> = Vec::new();
-    for field in Field::ALL {
-        let relevant = match field {
-            Field::Alpha | Field::Tau | Field::Statistic => {
-                s.params.alloc.allocation == Allocation::Dlp
-            }
-            Field::OwlLambda => s.params.alloc.allocation == Allocation::Owl,
-            Field::AlphaEps => s.params.alloc.allocation == Allocation::Alpha,
-            _ => true,
-        };
-        let v = field.value(&s.params);
+    for field in Param::panel() {
+        let relevant = field.applies_to(s.params.alloc.allocation);
+        let v = field.show(&s.params);
         let focus = field == s.field;
         let label = format!("{}{}", if focus { "▸ " } else { "  " }, field.label());
         let pad = w
@@ -823,7 +807,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .block(block(
             format!(
                 " sweep {} · preview on {} {} windows · {done}/{} ",
-                sw.param.name(),
+                sw.param.sweep_name(),
                 sw.windows,
                 if sw.heldout {
                     "held-out calibration"
@@ -836,7 +820,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ))
         .x_axis(
             Axis::default()
-                .title(format!("{} (│ now)", sw.param.name()))
+                .title(format!("{} (│ now)", sw.param.sweep_name()))
                 .style(t.fg(t.dim))
                 .bounds([x0, x1])
                 .labels(vec![
