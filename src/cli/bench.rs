@@ -11,7 +11,7 @@ use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
 use crate::data::{DemoSplit, TextSource};
 use crate::experiment::{DataSpec, Experiment, Setup, Silent, Stage};
-use crate::model::{LoadedModel, ModelSource};
+use crate::model::LoadedModel;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -191,16 +191,9 @@ fn demo_setup(
     keeps_pruned_copy: bool,
 ) -> Result<Setup> {
     Ok(Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data: DataSpec::default(),
         stats_cache,
-        dense_cache: true,
-        metric: crate::prune::mask::Metric::Wanda,
         keeps_pruned_copy,
+        ..ctx.setup(&a.model, DataSpec::default())?
     })
 }
 

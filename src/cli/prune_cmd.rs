@@ -1,19 +1,16 @@
 //! `dlpx prune`: the headless pruning pipeline. Flags and a replayed config become an
-//! experiment's setup and parameters; the experiment does the work; this prints it.
-
-use std::time::Instant;
+//! experiment's setup and a run spec; the experiment runs it; this writes and prints it.
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 
 use crate::cli::commands::Ctx;
 use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
-use crate::experiment::{build_report, DataSpec, Experiment, Measured, Setup, Stage};
+use crate::experiment::{DataSpec, Experiment, Observer, RunSpec, Setup, TaskSpec};
 use crate::export::compressed::Format;
-use crate::model::ModelSource;
 use crate::prune::mask::Pattern;
 use crate::prune::params::Param;
-use crate::prune::pipeline::{plan, PruneParams};
-use crate::report::{GenerationPair, Report, Timings, ZeroShotPair};
+use crate::prune::pipeline::{Plan, PruneParams};
+use crate::report::Report;
 
 /// Merge a replayed config (if any) with the flags; flags win.
 fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
@@ -93,47 +90,44 @@ fn resolve(a: &PruneArgs) -> Result<(PruneParams, DataSpec, Option<Report>)> {
 }
 
 pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
-    let (mut params, data, base) = resolve(a)?;
+    let (params, data, base) = resolve(a)?;
     if a.alpha == Some(AlphaArg::Auto) && !Param::Alpha.applies_to(params.alloc.allocation) {
         bail!("--alpha auto searches DLP's range α: use it with --allocation dlp (the default)");
     }
-    if let Some(dir) = &a.save {
-        match a.format {
-            SaveFormat::Gguf => crate::export::gguf::check_target(dir)?,
-            _ => crate::model::ensure_free_dir(dir)?,
-        }
-    }
-    let compressed = match (a.format, params.pattern) {
-        (SaveFormat::Dense | SaveFormat::Gguf, _) => None,
-        (SaveFormat::Compressed, Pattern::Unstructured) => Some(Format::SparseBitmask),
-        (SaveFormat::Compressed, Pattern::NOfM { m: 4, .. }) => Some(Format::Sparse24Bitmask),
-        (SaveFormat::Compressed, p) => bail!(
-            "--format compressed writes unstructured or 2:4 sparsity (compressed-tensors has no \
-             format for {p}); use --format dense"
-        ),
-    };
-    if a.recipe_out.is_some() {
-        crate::export::recipe::check_expressible(&params, None).wrap_err("--recipe-out")?;
-    }
-    for f in [&a.report, &a.ratios_out, &a.recipe_out]
-        .into_iter()
-        .flatten()
-    {
-        crate::assets::ensure_parent_dir(f)?;
-    }
+    let compressed = check_outputs(a, &params)?;
     let setup = Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,
         metric: params.metric,
-        keeps_pruned_copy: false,
+        ..ctx.setup(&a.model, data)?
     };
-    // Checked before any work: a misspelt task should not cost a calibration.
+    let spec = run_spec(a, params, &setup)?;
+    let obs = &mut ctx.progress;
+    let mut x = Experiment::open(&setup, obs)?;
+    let run = x.run(spec, obs)?;
+    if let Some(b) = &base {
+        let same = b.blocks.len() == run.plan.block.len()
+            && b.blocks
+                .iter()
+                .zip(&run.plan.block)
+                .all(|(x, y)| x.target_sparsity.to_bits() == y.to_bits());
+        if !same {
+            obs.status("warning: the replayed config's per-block sparsities differ from this run's (different model or data?)");
+        }
+    }
+    let report = run.report;
+    write_outputs(a, &report, &x, compressed, obs)?;
+    if a.json {
+        println!("{}", report.to_json()?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// The run's options from the flags, checked before any work (a misspelt task should not cost
+/// a calibration).
+fn run_spec(a: &PruneArgs, params: PruneParams, setup: &Setup) -> Result<RunSpec<'static>> {
     let tasks = a
         .tasks
         .as_deref()
@@ -153,196 +147,64 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
             "--task-limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
         );
     }
-    let obs = &mut ctx.progress;
-    let mut x = Experiment::open(&setup, obs)?;
-    params.validate(x.model.llama.blocks.len())?;
-    let mut timings = Timings {
-        load_s: x.load_s,
-        ..Timings::default()
+    let check_recipe: fn(&PruneParams, &Plan) -> Result<()> = |p, pl| {
+        crate::export::recipe::check_expressible(p, pl.n_of_m.as_deref()).wrap_err("--recipe-out")
     };
+    Ok(RunSpec {
+        alpha_auto: (a.alpha == Some(AlphaArg::Auto)).then_some(a.alpha_holdout),
+        calib_draws: a.calib_draws,
+        tasks: tasks.map(|tasks| TaskSpec {
+            tasks,
+            source: crate::zeroshot::TaskSource::parse(&a.task.source),
+            limit: a.task.limit,
+        }),
+        quantize: a.quantize.map(Into::into),
+        prompts: a.prompt.clone(),
+        max_new_tokens: a.max_new_tokens,
+        speed: true,
+        // Before pruning: an allocation the recipe cannot state costs no work.
+        check_plan: a.recipe_out.is_some().then_some(check_recipe),
+        ..RunSpec::new(params)
+    })
+}
 
-    let t = Instant::now();
-    let (dense_ppl, hit) = x.dense_perplexity(obs)?;
-    if hit {
-        obs.status("dense perplexity from the cache (--no-cache measures it again)");
+/// Check every output path and format before any work; the compressed format `--save` writes.
+fn check_outputs(a: &PruneArgs, params: &PruneParams) -> Result<Option<Format>> {
+    if let Some(dir) = &a.save {
+        match a.format {
+            SaveFormat::Gguf => crate::export::gguf::check_target(dir)?,
+            _ => crate::model::ensure_free_dir(dir)?,
+        }
     }
-    let dense_eval_s = t.elapsed().as_secs_f64();
-    timings.eval_s += dense_eval_s;
-    let eval_tokens = x.eval_tokens() as f64;
-    let tok_s = |secs: f64| eval_tokens / secs.max(1e-9);
-    // What the dense model costs to run, before its weights are pruned in place.
-    obs.status("timing dense decode");
-    let dense_speed = x.model_speed(
-        &x.model.llama,
-        (dense_ppl.is_some() && !hit).then(|| tok_s(dense_eval_s)),
-    )?;
-    let dense_gens = x.dense_generations(&a.prompt, a.max_new_tokens, obs)?;
-
-    // Zero-shot accuracy of the dense model, before the weights are pruned in place.
-    let t = Instant::now();
-    let zeroshot = match &tasks {
-        Some(tasks) => {
-            let source = crate::zeroshot::TaskSource::parse(&a.task.source);
-            let set = x.task_set(tasks, &source, a.task.limit, obs)?;
-            let (dense, _, hit) = x.dense_zeroshot(&set, false, obs)?;
-            if hit {
-                obs.status("dense zero-shot scores from the cache (--no-cache scores again)");
-            }
-            Some((set, dense))
-        }
-        None => None,
-    };
-    timings.zeroshot_s += t.elapsed().as_secs_f64();
-
-    // The spectra cost an eigenvalue problem per linear: only AlphaPruning needs them.
-    let spectra = params.alloc.allocation.needs_spectra();
-    let t = Instant::now();
-    let (cal, hit) = x.calibrate(params.owl_m, spectra, obs)?;
-    timings.calibrate_s = t.elapsed().as_secs_f64();
-    timings.stats_cache_hit = hit;
-    if hit {
-        obs.status("calibration statistics from the cache (--no-stats-cache recomputes them)");
-    }
-
-    let alpha_search = match a.alpha {
-        Some(AlphaArg::Auto) => {
-            let (heldout, set) = x.heldout_windows(a.alpha_holdout, obs)?;
-            let search = x.search_alpha(&cal, &params, &heldout, set, obs)?;
-            params.alloc.alpha = search.chosen;
-            obs.status(&format!(
-                "--alpha auto: α = {} (lowest perplexity on {} held-out calibration windows)",
-                search.chosen,
-                heldout.len()
-            ));
-            Some(search)
-        }
-        _ => None,
-    };
-    let pl = plan(&x.model.llama, &cal, &params)?;
-    timings.allocate_us = pl.allocate_us;
-    // Calibration draws 1..K on copies (the dense weights stay for the next draw); then draw 0,
-    // the run's own calibration, prunes the model in place below.
-    let calib_draws = match a.calib_draws {
-        1 => None,
-        k => {
-            let (mut ppl, mut blocks) = (Vec::new(), Vec::new());
-            for d in 1..k {
-                obs.status(&format!("calibration draw {}/{k}", d + 1));
-                x.use_calibration_draw(d, obs)?;
-                let (cal, _) = x.calibrate(params.owl_m, spectra, obs)?;
-                let pl = plan(&x.model.llama, &cal, &params)?;
-                let mut llama = x.model.llama.clone();
-                x.prune(&mut llama, &cal, &pl, &params, obs)?;
-                let p = x
-                    .perplexity(&llama, Stage::PrunedEval, obs)?
-                    .ok_or_else(|| color_eyre::eyre::eyre!("no evaluation data"))?;
-                ppl.push(p.ppl);
-                blocks.push(pl.block.clone());
-            }
-            x.use_calibration_draw(0, obs)?;
-            Some((ppl, blocks))
-        }
+    let compressed = match (a.format, params.pattern) {
+        (SaveFormat::Dense | SaveFormat::Gguf, _) => None,
+        (SaveFormat::Compressed, Pattern::Unstructured) => Some(Format::SparseBitmask),
+        (SaveFormat::Compressed, Pattern::NOfM { m: 4, .. }) => Some(Format::Sparse24Bitmask),
+        (SaveFormat::Compressed, p) => bail!(
+            "--format compressed writes unstructured or 2:4 sparsity (compressed-tensors has no \
+             format for {p}); use --format dense"
+        ),
     };
     if a.recipe_out.is_some() {
-        // Before pruning: an allocation the recipe cannot state costs no work.
-        crate::export::recipe::check_expressible(&params, pl.n_of_m.as_deref())
-            .wrap_err("--recipe-out")?;
+        crate::export::recipe::check_expressible(params, None).wrap_err("--recipe-out")?;
     }
-    if let Some(b) = &base {
-        let same = b.blocks.len() == pl.block.len()
-            && b.blocks
-                .iter()
-                .zip(&pl.block)
-                .all(|(x, y)| x.target_sparsity.to_bits() == y.to_bits());
-        if !same {
-            obs.status("warning: the replayed config's per-block sparsities differ from this run's (different model or data?)");
-        }
+    for f in [&a.report, &a.ratios_out, &a.recipe_out]
+        .into_iter()
+        .flatten()
+    {
+        crate::assets::ensure_parent_dir(f)?;
     }
+    Ok(compressed)
+}
 
-    // A one-shot run prunes the loaded weights in place: no second copy.
-    let t = Instant::now();
-    let got = x.prune_in_place(&cal, &pl, &params, obs)?;
-    timings.prune_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let pruned_ppl = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
-    let pruned_eval_s = t.elapsed().as_secs_f64();
-    timings.eval_s += pruned_eval_s;
-    obs.status("timing pruned decode");
-    let speed = crate::report::SpeedReport {
-        sparse_mode: x.model.llama.sparse.name().to_string(),
-        sparse_linears: x.model.llama.sparse_linears(),
-        threads: rayon::current_num_threads(),
-        decode_new_tokens: crate::experiment::SPEED_NEW_TOKENS,
-        dense: dense_speed,
-        pruned: x.model_speed(
-            &x.model.llama,
-            pruned_ppl.is_some().then(|| tok_s(pruned_eval_s)),
-        )?,
-    };
-    // Draw 0 first, as the report's own calibration.
-    let calib_draws = match (calib_draws, &pruned_ppl) {
-        (Some((mut ppl, mut blocks)), Some(p0)) => {
-            ppl.insert(0, p0.ppl);
-            blocks.insert(0, pl.block.clone());
-            Some(crate::report::CalibDraws::new(ppl, blocks))
-        }
-        _ => None,
-    };
-    let pruned_gens = x.generate(&x.model, &a.prompt, a.max_new_tokens, obs)?;
-    let t = Instant::now();
-    let (zeroshot, task_set) = match zeroshot {
-        Some((set, dense)) => {
-            let pair = ZeroShotPair {
-                dense,
-                pruned: Some(x.zeroshot(&x.model.llama, &set, obs)?),
-            };
-            (Some(pair), Some(set))
-        }
-        None => (None, None),
-    };
-    timings.zeroshot_s += t.elapsed().as_secs_f64();
-
-    // Quantized on a copy: the pruned weights themselves are what --save writes (GGUF quantizes
-    // them again, with the same function, so the file holds the measured values).
-    let t = Instant::now();
-    let quantize = a.quantize.map(Into::into);
-    let quantized = match quantize {
-        Some(f) => Some(x.measure_quantized(&x.model.llama, f, task_set.as_ref(), obs)?),
-        None => None,
-    };
-    timings.quantize_s = t.elapsed().as_secs_f64();
-
-    let mut report = build_report(
-        &x.summary,
-        &params,
-        &cal,
-        &pl,
-        Measured {
-            achieved: Some(got),
-            dense_ppl: dense_ppl.as_ref().map(|p| p.ppl),
-            pruned_ppl: pruned_ppl.as_ref().map(|p| p.ppl),
-            dense_window_nll: dense_ppl.map(|p| p.window_nll),
-            pruned_window_nll: pruned_ppl.map(|p| p.window_nll),
-            generations: a
-                .prompt
-                .iter()
-                .zip(dense_gens.into_iter().zip(pruned_gens))
-                .map(|(p, (dense, pruned))| GenerationPair {
-                    prompt: p.clone(),
-                    dense,
-                    pruned,
-                })
-                .collect(),
-            zeroshot,
-            calib_draws,
-            alpha_search,
-            timings,
-        },
-    );
-
-    report.quantized = quantized;
-    report.speed = Some(speed);
+/// Write the report, the ratios, the recipe and the pruned model where the flags ask.
+fn write_outputs(
+    a: &PruneArgs,
+    report: &Report,
+    x: &Experiment,
+    compressed: Option<Format>,
+    obs: &mut dyn Observer,
+) -> Result<()> {
     if let Some(path) = &a.report {
         report.save(path)?;
     }
@@ -353,40 +215,38 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
         )?;
     }
     if let Some(path) = &a.recipe_out {
-        let yaml = crate::export::recipe::llm_compressor_recipe(&report)?;
+        let yaml = crate::export::recipe::llm_compressor_recipe(report)?;
         crate::assets::write_atomic(path, yaml.as_bytes())?;
     }
-    if let Some(dir) = &a.save {
-        obs.status(&format!("saving the pruned model to {}", dir.display()));
-        match compressed {
-            None if a.format == SaveFormat::Gguf => {
-                let s = crate::export::gguf::save_gguf(&x.model, dir, quantize)?;
-                obs.status(&format!(
-                    "GGUF: {} tensors, {:.1} MB, linears in {}",
-                    s.tensors,
-                    s.bytes as f64 / 1e6,
-                    quantize.map(|f| f.name()).unwrap_or("f32")
-                ));
-            }
-            None => crate::model::save_folder(&x.model, dir)?,
-            Some(format) => {
-                let s = crate::export::save_compressed(&x.model, dir, format)?;
-                obs.status(&format!(
-                    "{}: {} linears compressed, {} left dense; {:.1} MB of tensor data, {:.0} % of the dense export's {:.1} MB",
-                    format.name(),
-                    s.compressed,
-                    s.dense,
-                    s.bytes as f64 / 1e6,
-                    100.0 * s.bytes as f64 / s.dense_bytes as f64,
-                    s.dense_bytes as f64 / 1e6
-                ));
-            }
+    let Some(dir) = &a.save else {
+        return Ok(());
+    };
+    obs.status(&format!("saving the pruned model to {}", dir.display()));
+    let quantize = a.quantize.map(Into::into);
+    match compressed {
+        None if a.format == SaveFormat::Gguf => {
+            // GGUF quantizes the pruned weights again, with the function the run measured.
+            let s = crate::export::gguf::save_gguf(&x.model, dir, quantize)?;
+            obs.status(&format!(
+                "GGUF: {} tensors, {:.1} MB, linears in {}",
+                s.tensors,
+                s.bytes as f64 / 1e6,
+                quantize.map(|f| f.name()).unwrap_or("f32")
+            ));
         }
-    }
-    if a.json {
-        println!("{}", report.to_json()?);
-    } else {
-        print_table(&report);
+        None => crate::model::save_folder(&x.model, dir)?,
+        Some(format) => {
+            let s = crate::export::save_compressed(&x.model, dir, format)?;
+            obs.status(&format!(
+                "{}: {} linears compressed, {} left dense; {:.1} MB of tensor data, {:.0} % of the dense export's {:.1} MB",
+                format.name(),
+                s.compressed,
+                s.dense,
+                s.bytes as f64 / 1e6,
+                100.0 * s.bytes as f64 / s.dense_bytes as f64,
+                s.dense_bytes as f64 / 1e6
+            ));
+        }
     }
     Ok(())
 }

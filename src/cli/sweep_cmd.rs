@@ -17,7 +17,6 @@ use crate::cli::SweepArgs;
 use crate::eval::compare::paired_bootstrap;
 use crate::experiment::sweep::{Axis, Grid, Shard, SweepRow};
 use crate::experiment::{Experiment, Setup};
-use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::PruneParams;
 use crate::report::{DataInfo, ModelInfo, Report};
@@ -138,16 +137,11 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
     let (jsonl, csv) = paths(&a.out, shard);
 
     let setup = Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,
         metric: a.metric.into(),
         keeps_pruned_copy: true,
+        ..ctx.setup(&a.model, data)?
     };
     let obs = &mut ctx.progress;
     let x = Experiment::open(&setup, obs)?;

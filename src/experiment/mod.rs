@@ -11,6 +11,7 @@ mod alpha_search;
 pub mod observer;
 mod recover;
 mod report;
+mod run;
 mod speed;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod sweep;
@@ -26,6 +27,7 @@ pub use crate::report::{AlphaSearch, AlphaTrial};
 pub use alpha_search::alpha_grid;
 pub use observer::{Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
+pub use run::{RecoverSpec, Recovered, Run, RunSpec, TaskSpec};
 
 use crate::data::{source_windows, DemoSplit, TextSource};
 use crate::error::Cancelled;
