@@ -369,29 +369,23 @@ fn with_tui_latency(
 /// The whole demo job as `dlpx prune --no-stats-cache` runs it, in this process: wall time from
 /// the start of loading and the peak resident memory (VmHWM, Linux).
 fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
-    use crate::prune::pipeline::{plan, PruneParams};
     let started = Instant::now();
     let setup = demo_setup(ctx, a, false, false)?;
     let obs = &mut ctx.progress;
     let mut x = Experiment::open(&setup, obs)?;
-    let t = Instant::now();
-    let (dense, dense_cached) = x.dense_perplexity(obs)?;
-    let dense_s = t.elapsed().as_secs_f64();
-    let params = PruneParams::default();
-    let (cal, _) = x.calibrate(params.owl_m, false, obs)?;
-    let pl = plan(&x.model.llama, &cal, &params)?;
-    x.prune_in_place(&cal, &pl, &params, obs)?;
-    let pruned = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
+    let spec = crate::experiment::RunSpec::new(crate::prune::pipeline::PruneParams::default());
+    let run = x.run(spec, obs)?;
     let wall_s = started.elapsed().as_secs_f64();
+    let (dense_cached, dense_s) = (run.dense_from_cache, run.dense_eval_s);
     let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
     let v = serde_json::json!({
         "job": "demo, Wanda, DLP median, p 0.7, faithful, 32×256 calibration, 64×256 evaluation",
         "wall_s": wall_s,
         "peak_rss_mib": peak_mib,
-        "dense_ppl": dense.map(|p| p.ppl),
+        "dense_ppl": run.report.ppl.dense,
         "dense_from_cache": dense_cached,
         "dense_eval_s": dense_s,
-        "pruned_ppl": pruned.map(|p| p.ppl),
+        "pruned_ppl": run.report.ppl.pruned,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -13,6 +13,7 @@ mod recover;
 mod report;
 mod run;
 mod speed;
+pub mod stages;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod sweep;
 

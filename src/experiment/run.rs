@@ -102,11 +102,16 @@ pub struct Run {
     /// The per-block sparsities of the allocation that was applied.
     pub plan: Plan,
     pub recovered: Option<Recovered>,
+    /// Seconds of the dense perplexity, and whether it came from the dense cache.
+    pub dense_eval_s: f64,
+    pub dense_from_cache: bool,
 }
 
 /// The dense model's measurements, before its weights are pruned in place.
 struct Dense {
     ppl: Option<crate::eval::perplexity::Perplexity>,
+    eval_s: f64,
+    from_cache: bool,
     speed: Option<ModelSpeed>,
     generations: Vec<String>,
     zeroshot: Option<(TaskSet, ZeroShot)>,
@@ -212,7 +217,8 @@ impl Experiment {
                 pruned,
             })
             .collect();
-        let dense_ppl = dense.ppl;
+        let (dense_ppl, dense_eval_s, dense_from_cache) =
+            (dense.ppl, dense.eval_s, dense.from_cache);
         let mut report = build_report(
             &self.summary,
             &params,
@@ -242,6 +248,8 @@ impl Experiment {
             report,
             plan: pl,
             recovered,
+            dense_eval_s,
+            dense_from_cache,
         })
     }
 
@@ -286,6 +294,8 @@ impl Experiment {
         timings.zeroshot_s += since(t);
         Ok(Dense {
             ppl,
+            eval_s,
+            from_cache: hit,
             speed,
             generations,
             zeroshot,
