@@ -13,6 +13,7 @@ use ratatui::Frame;
 use crate::app::keys::{help_rows, Scope};
 use crate::app::{Overlay, Stage, State, Tone, View};
 use crate::prune::params::Param;
+use crate::prune::pipeline::Plan;
 use bars::Bars;
 use theme::Theme;
 
@@ -386,72 +387,79 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     // Tall panels: the per-block table around the selected block, then the history.
     let avail = (inner.height as usize).saturating_sub(lines.len());
     if let (Some(plan), true) = (&s.plan, avail >= 8) {
-        // The history's header stays even while it is empty (it says how to fill it).
-        let hist_rows = match s.history.len() {
-            n if avail >= 16 => n.clamp(1, 6) + 2,
-            _ => 0,
-        };
-        let rows = avail - hist_rows - 2;
-        let n = plan.block.len();
-        let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
-        let applied = s.current_applied().and_then(|a| a.achieved.as_ref());
-        lines.push(Line::raw(""));
-        lines.push(Line::styled(
-            format!("{:>3} {:>7} {:>6} {:>6}", "blk", "score", "target", "ach."),
-            t.fg(t.accent).add_modifier(Modifier::BOLD),
-        ));
-        let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
-        for i in first..n.min(first + rows) {
-            let score = s
-                .block_stats
-                .get(i)
-                .map(|b| format!("{:>7.4}", b.get(s.params.statistic)))
-                .unwrap_or_else(|| format!("{:>7}", "…"));
-            let ach = applied
-                .and_then(|a| a.get(i))
-                .map(|v| format!("{v:>6.3}"))
-                .unwrap_or_else(|| format!("{:>6}", "—"));
-            let pin = if pinned.contains(&i) { " p" } else { "" };
-            lines.push(Line::styled(
-                format!("{i:>3} {score} {:>6.3} {ach}{pin}", plan.block[i]),
-                if i == s.block {
-                    t.highlight()
-                } else {
-                    t.fg(t.text)
-                },
-            ));
-        }
-        if hist_rows > 0 {
-            lines.push(Line::raw(""));
-            lines.push(Line::styled(
-                "history      ppl   zs",
-                t.fg(t.accent).add_modifier(Modifier::BOLD),
-            ));
-            if s.history.is_empty() {
-                lines.push(Line::styled("none yet: a applies", t.fg(t.dim)));
-            }
-            for h in s.history.iter().rev().take(hist_rows - 2) {
-                lines.push(Line::styled(
-                    format!(
-                        "#{:<3} {:<5} {:>8} {}",
-                        h.id,
-                        format!("{:?}", h.params.mode)
-                            .to_lowercase()
-                            .chars()
-                            .take(5)
-                            .collect::<String>(),
-                        h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
-                        h.zeroshot
-                            .as_ref()
-                            .map(|z| format!("{:.3}", z.mean_acc))
-                            .unwrap_or_default()
-                    ),
-                    t.fg(t.text),
-                ));
-            }
-        }
+        lines.extend(block_table(s, t, plan, avail));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+/// The panel's per-block table around the selected block, then the history, in `avail` rows.
+fn block_table(s: &State, t: &Theme, plan: &Plan, avail: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    // The history's header stays even while it is empty (it says how to fill it).
+    let hist_rows = match s.history.len() {
+        n if avail >= 16 => n.clamp(1, 6) + 2,
+        _ => 0,
+    };
+    let rows = avail - hist_rows - 2;
+    let n = plan.block.len();
+    let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
+    let applied = s.current_applied().and_then(|a| a.achieved.as_ref());
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        format!("{:>3} {:>7} {:>6} {:>6}", "blk", "score", "target", "ach."),
+        t.fg(t.accent).add_modifier(Modifier::BOLD),
+    ));
+    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+    for i in first..n.min(first + rows) {
+        let score = s
+            .block_stats
+            .get(i)
+            .map(|b| format!("{:>7.4}", b.get(s.params.statistic)))
+            .unwrap_or_else(|| format!("{:>7}", "…"));
+        let ach = applied
+            .and_then(|a| a.get(i))
+            .map(|v| format!("{v:>6.3}"))
+            .unwrap_or_else(|| format!("{:>6}", "—"));
+        let pin = if pinned.contains(&i) { " p" } else { "" };
+        lines.push(Line::styled(
+            format!("{i:>3} {score} {:>6.3} {ach}{pin}", plan.block[i]),
+            if i == s.block {
+                t.highlight()
+            } else {
+                t.fg(t.text)
+            },
+        ));
+    }
+    if hist_rows > 0 {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(
+            "history      ppl   zs",
+            t.fg(t.accent).add_modifier(Modifier::BOLD),
+        ));
+        if s.history.is_empty() {
+            lines.push(Line::styled("none yet: a applies", t.fg(t.dim)));
+        }
+        for h in s.history.iter().rev().take(hist_rows - 2) {
+            lines.push(Line::styled(
+                format!(
+                    "#{:<3} {:<5} {:>8} {}",
+                    h.id,
+                    format!("{:?}", h.params.mode)
+                        .to_lowercase()
+                        .chars()
+                        .take(5)
+                        .collect::<String>(),
+                    h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+                    h.zeroshot
+                        .as_ref()
+                        .map(|z| format!("{:.3}", z.mean_acc))
+                        .unwrap_or_default()
+                ),
+                t.fg(t.text),
+            ));
+        }
+    }
+    lines
 }
 
 /// Wrapped lines of `text` in `width` columns (chars), for sizing rows.
@@ -701,7 +709,11 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         }
         None => blocks,
     };
-    // Requested vs achieved per block for the last applied configuration, around the selection.
+    draw_block_targets(f, s, t, blocks);
+}
+
+/// Requested vs achieved per block for the last applied configuration, around the selection.
+fn draw_block_targets(f: &mut Frame, s: &State, t: &Theme, blocks: Rect) {
     let b = block(" block  requested  achieved ", t);
     let inner = b.inner(blocks);
     f.render_widget(b, blocks);
