@@ -49,100 +49,108 @@ impl fmt::Display for ProgramMissing {
 
 impl std::error::Error for ProgramMissing {}
 
-/// A pruning parameter the engine cannot run with. It names the parameter as the explorer
-/// shows it; the CLI names the flag instead ([`InvalidParam::render`] with the flag names).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvalidParam {
-    pub param: Param,
-    pub problem: Problem,
-}
-
-/// What is wrong with a parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Problem {
-    /// Its value: "must be ≥ 0 (got -1)".
-    Value(String),
-    /// A value of it (`subject`, may be empty) needs another parameter set to `value`.
-    Needs {
-        subject: &'static str,
-        other: Param,
-        value: &'static str,
-        why: &'static str,
-    },
-}
-
-/// The pruning parameters a user sets.
+/// The other settings engine errors name: of the data, the machine, generation, zero-shot
+/// scoring and recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Param {
-    Sparsity,
-    Alpha,
-    Tau,
-    OwlLambda,
-    AlphaEps,
-    OwlM,
-    Pattern,
-    Granularity,
-    Metric,
-    Mode,
-    Pins,
+pub enum Setting {
+    CalibSamples,
+    SeqLen,
+    Offload,
+    Dtype,
+    Temperature,
+    TopP,
+    MaxNewTokens,
+    Tasks,
+    TaskLimit,
+    LoraRank,
+    LoraBatch,
+    LoraEvalEvery,
+    LoraSteps,
+    LoraLr,
+    LoraAlpha,
 }
 
-impl Param {
-    /// The name the explorer's parameter panel uses.
+impl Setting {
+    /// How the explorer names it.
     pub fn label(self) -> &'static str {
         match self {
-            Param::Sparsity => "sparsity",
-            Param::Alpha => "range α",
-            Param::Tau => "temperature τ",
-            Param::OwlLambda => "OWL λ",
-            Param::AlphaEps => "Alpha ε",
-            Param::OwlM => "OWL M",
-            Param::Pattern => "pattern",
-            Param::Granularity => "granularity",
-            Param::Metric => "metric",
-            Param::Mode => "mode",
-            Param::Pins => "pin",
+            Setting::CalibSamples => "calibration windows",
+            Setting::SeqLen => "window length",
+            Setting::Offload => "offload",
+            Setting::Dtype => "dtype",
+            Setting::Temperature => "temperature",
+            Setting::TopP => "top-p",
+            Setting::MaxNewTokens => "new tokens",
+            Setting::Tasks => "tasks",
+            Setting::TaskLimit => "task limit",
+            Setting::LoraRank => "LoRA rank",
+            Setting::LoraBatch => "LoRA batch",
+            Setting::LoraEvalEvery => "LoRA evaluation interval",
+            Setting::LoraSteps => "LoRA steps",
+            Setting::LoraLr => "LoRA learning rate",
+            Setting::LoraAlpha => "LoRA alpha",
         }
     }
 }
 
-impl InvalidParam {
-    /// The message with parameters named by `name` (labels here, flags on the command line).
-    pub fn render(&self, name: impl Fn(Param) -> &'static str) -> String {
-        match &self.problem {
-            Problem::Value(v) => format!("{} {v}", name(self.param)),
-            Problem::Needs {
-                subject,
-                other,
-                value,
-                why,
-            } => {
-                let sp = if subject.is_empty() { "" } else { " " };
-                format!(
-                    "{}{sp}{subject} needs {} {value}{why}",
-                    name(self.param),
-                    name(*other)
-                )
-            }
-        }
+/// An error whose text names [`Setting`]s: the explorer shows them by label, the command line by
+/// flag ([`SettingError::render`]). Build it with [`said!`](crate::said).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingError(pub Vec<Part>);
+
+/// A piece of a [`SettingError`]'s text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Name(Setting),
+}
+
+impl From<&str> for Part {
+    fn from(s: &str) -> Self {
+        Part::Text(s.to_string())
     }
 }
 
-impl fmt::Display for InvalidParam {
+impl From<String> for Part {
+    fn from(s: String) -> Self {
+        Part::Text(s)
+    }
+}
+
+impl From<Setting> for Part {
+    fn from(p: Setting) -> Self {
+        Part::Name(p)
+    }
+}
+
+impl SettingError {
+    /// The message with settings named by `name` (labels here, flags on the command line).
+    pub fn render(&self, name: impl Fn(Setting) -> &'static str) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.as_str(),
+                Part::Name(p) => name(*p),
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(Param::label))
+        f.write_str(&self.render(Setting::label))
     }
 }
 
-impl std::error::Error for InvalidParam {}
+impl std::error::Error for SettingError {}
 
-/// The error for a parameter whose value is wrong.
-pub fn invalid(param: Param, problem: impl Into<String>) -> color_eyre::Report {
-    InvalidParam {
-        param,
-        problem: Problem::Value(problem.into()),
-    }
-    .into()
+/// A [`SettingError`] from text pieces and [`Setting`]s, in order:
+/// `said!("use ", Setting::Offload, " or a smaller model")`.
+#[macro_export]
+macro_rules! said {
+    ($($part:expr),+ $(,)?) => {
+        $crate::error::SettingError(vec![$($crate::error::Part::from($part)),+])
+    };
 }
 
 #[cfg(test)]
@@ -163,21 +171,9 @@ mod tests {
     }
 
     #[test]
-    fn parameter_errors_name_the_parameter_or_the_flag() {
-        let e = InvalidParam {
-            param: Param::Metric,
-            problem: Problem::Needs {
-                subject: "sparsegpt",
-                other: Param::Mode,
-                value: "faithful",
-                why: "",
-            },
-        };
-        assert_eq!(e.to_string(), "metric sparsegpt needs mode faithful");
-        let flag = |p: Param| match p {
-            Param::Metric => "--metric",
-            _ => "--mode",
-        };
-        assert_eq!(e.render(flag), "--metric sparsegpt needs --mode faithful");
+    fn setting_errors_name_the_label_or_the_flag() {
+        let e = crate::said!("use ", Setting::Offload, " or less");
+        assert_eq!(e.to_string(), "use offload or less");
+        assert_eq!(e.render(|_| "--offload"), "use --offload or less");
     }
 }

@@ -5,19 +5,16 @@
 //! - `model` (load GGUF / safetensors / Hub, run blocks) and `data` (texts, windows);
 //! - `prune`, `eval` — the engine: statistics, allocation, masks, perplexity, generation;
 //! - `experiment` — one orchestration: open model + data, calibrate, prune, measure, report;
-//! - front ends, each only its own I/O: `prune_cmd`/`commands` (CLI), `bench`, and the explorer:
-//!   `worker` (messages over the experiment) → `app` (state) → `ui` (pure drawing), run by `tui`.
+//! - front ends, each only its own I/O: `cli` (the commands, the benchmarks, and the terminal loop
+//!   of the explorer), over the explorer's `worker` (messages over the experiment) → `app`
+//!   (state) → `ui` (pure drawing).
 
 // A panic in the worker or the terminal loop is a bug: errors are returned, not unwrapped.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
 pub mod assets;
-pub mod bench;
-pub mod bench_shape;
-pub mod bench_sparse;
 pub mod cli;
-pub mod commands;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -27,14 +24,10 @@ pub mod export;
 pub mod model;
 pub mod progress;
 pub mod prune;
-pub mod prune_cmd;
 pub mod recover;
-pub mod recover_cmd;
 pub mod report;
 pub mod rng;
 pub mod sparse;
-pub mod sweep_cmd;
-pub mod tui;
 pub mod ui;
 pub mod worker;
 pub mod zeroshot;

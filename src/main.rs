@@ -1,8 +1,8 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use dlpx::cli::commands::{self, Ctx};
 use dlpx::cli::{Cli, Command};
-use dlpx::commands::{self, Ctx};
 
 fn run(cli: Cli) -> color_eyre::Result<()> {
     let mut ctx = Ctx::new(&cli.global)?;
@@ -12,19 +12,19 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::ExportModel(a)) => commands::export_model(&mut ctx, &a),
         Some(Command::Demo(a)) => commands::demo(&mut ctx, &a),
         Some(Command::FetchDemo) => commands::fetch_demo(&mut ctx),
-        Some(Command::Bench(a)) => dlpx::bench::run(&mut ctx, &a, cli.global.sparse.is_some()),
-        Some(Command::Prune(a)) => dlpx::prune_cmd::run(&mut ctx, &a),
+        Some(Command::Bench(a)) => dlpx::cli::bench::run(&mut ctx, &a, cli.global.sparse.is_some()),
+        Some(Command::Prune(a)) => dlpx::cli::prune_cmd::run(&mut ctx, &a),
         Some(Command::Estimate(a)) => commands::estimate(&ctx, &a),
         Some(Command::Tokenize(a)) => commands::tokenize(&mut ctx, &a),
         Some(Command::Compare(a)) => commands::compare(&a),
         Some(Command::Zeroshot(a)) => commands::zeroshot(&mut ctx, &a),
-        Some(Command::Sweep(a)) => dlpx::sweep_cmd::run(&mut ctx, &a),
-        Some(Command::Recover(a)) => dlpx::recover_cmd::run(&mut ctx, &a),
+        Some(Command::Sweep(a)) => dlpx::cli::sweep_cmd::run(&mut ctx, &a),
+        Some(Command::Recover(a)) => dlpx::cli::recover_cmd::run(&mut ctx, &a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())
         }
-        None => dlpx::tui::start(&cli.global, &cli.tui),
+        None => dlpx::cli::tui::start(&cli.global, &cli.tui),
     }
 }
 
@@ -52,13 +52,7 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli) {
         // One readable message: the error and its causes on one line, no backtrace.
-        let chain: Vec<String> = e
-            .chain()
-            .map(|c| match c.downcast_ref::<dlpx::error::InvalidParam>() {
-                Some(p) => dlpx::cli::flag_message(p),
-                None => c.to_string(),
-            })
-            .collect();
+        let chain: Vec<String> = e.chain().map(dlpx::cli::flag_message).collect();
         eprintln!("error: {}", chain.join(": "));
         std::process::exit(1);
     }

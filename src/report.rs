@@ -29,7 +29,7 @@ pub struct Report {
     pub generations: Vec<GenerationPair>,
     /// How `--alpha auto` chose α (held-out calibration windows, every α tried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alpha_search: Option<crate::experiment::AlphaSearch>,
+    pub alpha_search: Option<AlphaSearch>,
     /// Calibration sensitivity (`--calib-draws`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calib_draws: Option<CalibDraws>,
@@ -47,6 +47,25 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<SpeedReport>,
     pub timings: Timings,
+}
+
+/// One α tried and its held-out perplexity.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlphaTrial {
+    pub alpha: f64,
+    pub ppl: f64,
+}
+
+/// The search: where the held-out windows come from, every α tried, and the choice.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlphaSearch {
+    /// The held-out calibration windows (never the evaluation data).
+    pub heldout: DataSet,
+    pub trace: Vec<AlphaTrial>,
+    /// The α with the lowest held-out perplexity (the smallest on a tie).
+    pub chosen: f64,
 }
 
 /// Speed and memory of the dense and the pruned model, measured in one run on one machine.

@@ -349,7 +349,7 @@ fn n_of_m_rows_alphapruning_and_stats_cache() {
     let mut bare = cal.clone();
     bare.esd.clear();
     let e = plan(&m.llama, &bare, &p).unwrap_err().to_string();
-    assert!(e.contains("--allocation alpha"), "{e}");
+    assert!(e.contains("allocation alpha"), "{e}");
     cache::store(&key, &bare).unwrap();
     let (filled, hit) = cache::calibrate_cached(
         &m,

@@ -490,7 +490,7 @@ fn zero_shot_job_and_its_table() {
 
 #[test]
 fn sweep_view_points_arrive_and_the_best_is_used() {
-    use dlpx::experiment::sweep::SweepParam;
+    use dlpx::prune::params::Param;
     let mut s = calibrated();
     s.act(Action::FieldNext); // focus α
     let jobs = s.act(Action::ToggleSweep);
@@ -501,7 +501,7 @@ fn sweep_view_points_arrive_and_the_best_is_used() {
             windows,
             params,
         })] => {
-            assert_eq!(*param, SweepParam::Alpha);
+            assert_eq!(*param, Param::Alpha);
             assert_eq!(values.len(), 13);
             assert_eq!(values[4], 0.1);
             assert_eq!(*windows, 16);

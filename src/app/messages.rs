@@ -169,7 +169,7 @@ pub enum Job {
     /// Preview-mode perplexity of `params` with `param` set to each of `values`, on the first
     /// `windows` evaluation windows (the sweep view).
     Sweep {
-        param: crate::experiment::sweep::SweepParam,
+        param: crate::prune::params::Param,
         values: Vec<f64>,
         params: Box<PruneParams>,
         windows: usize,

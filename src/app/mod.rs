@@ -16,13 +16,12 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use std::time::Instant;
 
-use crate::experiment::sweep::SweepParam;
 use crate::prune::allocate::MAX_SPARSITY;
+use crate::prune::params::Param;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
 use crate::zeroshot::ZeroShot;
 use keys::Action;
-use params::Field;
 
 /// One applied configuration (the history in the compare view).
 #[derive(Debug, Clone)]
@@ -115,7 +114,7 @@ impl View {
 /// they were when the sweep started.
 #[derive(Debug, Clone)]
 pub struct SweepView {
-    pub param: SweepParam,
+    pub param: Param,
     pub base: PruneParams,
     pub values: Vec<f64>,
     /// Perplexity per value, as the points finish.
@@ -152,7 +151,7 @@ impl SweepView {
 /// What a text entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputPurpose {
-    Value(Field),
+    Value(Param),
     ExportPath,
     RecipePath,
     OpenPath,
@@ -227,7 +226,7 @@ pub struct State {
     pub cache_hit: bool,
     pub params: PruneParams,
     pub plan: Option<Plan>,
-    pub field: Field,
+    pub field: Param,
     pub block: usize,
     pub view: View,
     pub overlay: Option<Overlay>,
@@ -288,7 +287,7 @@ impl State {
             cache_hit: false,
             params,
             plan: None,
-            field: Field::Sparsity,
+            field: Param::Sparsity,
             block: 0,
             view: View::Main,
             overlay: None,
@@ -493,14 +492,12 @@ impl State {
     }
 
     pub fn act(&mut self, a: Action) -> Vec<Effect> {
-        let n_fields = Field::ALL.len();
-        let fi = Field::ALL
-            .iter()
-            .position(|f| *f == self.field)
-            .unwrap_or(0);
+        let panel: Vec<Param> = Param::panel().collect();
+        let n_fields = panel.len();
+        let fi = panel.iter().position(|f| *f == self.field).unwrap_or(0);
         match a {
-            Action::FieldNext => self.field = Field::ALL[(fi + 1) % n_fields],
-            Action::FieldPrev => self.field = Field::ALL[(fi + n_fields - 1) % n_fields],
+            Action::FieldNext => self.field = panel[(fi + 1) % n_fields],
+            Action::FieldPrev => self.field = panel[(fi + n_fields - 1) % n_fields],
             Action::Inc | Action::Dec | Action::IncCoarse | Action::DecCoarse => {
                 let dir = if matches!(a, Action::Inc | Action::IncCoarse) {
                     1
@@ -512,10 +509,10 @@ impl State {
                 self.set_params(c);
             }
             Action::TypeValue => {
-                if self.field.is_numeric() {
+                if self.field.number().is_some() {
                     let cur = match (self.field, self.params.alloc.tau) {
-                        (Field::Tau, None) => "inf".to_string(),
-                        _ => self.field.value(&self.params),
+                        (Param::Tau, None) => "inf".to_string(),
+                        _ => self.field.show(&self.params),
                     };
                     self.input(InputPurpose::Value(self.field), cur);
                 } else {
@@ -527,34 +524,8 @@ impl State {
                 self.block = (self.block + 1).min(self.n_blocks().saturating_sub(1))
             }
             Action::BlockPrev => self.block = self.block.saturating_sub(1),
-            Action::PinUp | Action::PinDown => {
-                let Some(plan) = &self.plan else {
-                    self.say(
-                        "calibration has to finish before blocks can be pinned",
-                        Tone::Error,
-                    );
-                    return vec![];
-                };
-                let cur = plan.block.get(self.block).copied().unwrap_or(0.0);
-                let d = if a == Action::PinUp { 0.01 } else { -0.01 };
-                let v = ((cur + d) * 100.0).round() / 100.0;
-                let mut c = self.params.clone();
-                c.alloc.overrides.retain(|o| o.0 != self.block);
-                c.alloc
-                    .overrides
-                    .push((self.block, v.clamp(0.0, MAX_SPARSITY)));
-                c.alloc.overrides.sort_by_key(|o| o.0);
-                self.set_params(c);
-            }
-            Action::Unpin => {
-                let mut c = self.params.clone();
-                c.alloc.overrides.retain(|o| o.0 != self.block);
-                self.set_params(c);
-            }
-            Action::UnpinAll => {
-                let mut c = self.params.clone();
-                c.alloc.overrides.clear();
-                self.set_params(c);
+            Action::PinUp | Action::PinDown | Action::Unpin | Action::UnpinAll => {
+                return self.act_pins(a)
             }
             Action::Apply => return self.apply(),
             Action::ToggleCompare => {
@@ -588,51 +559,8 @@ impl State {
             Action::Recover => return self.recover_job(),
             Action::ToggleSparse => return self.sparse_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
-            Action::CalibDraws => {
-                if self.cal.is_none() || self.busy {
-                    self.say(
-                        "wait for calibration and the running job (Esc cancels it)",
-                        Tone::Error,
-                    );
-                } else {
-                    self.busy = true;
-                    self.draws = Some((self.params.clone(), Vec::new()));
-                    let mode = format!("{:?}", self.params.mode).to_lowercase();
-                    self.say(
-                        format!(
-                            "pruning ({mode}) from 4 disjoint calibration draws… (Esc cancels)"
-                        ),
-                        Tone::Info,
-                    );
-                    return vec![Effect::Job(Job::CalibDraws {
-                        params: Box::new(self.params.clone()),
-                        draws: 4,
-                    })];
-                }
-            }
-            Action::AlphaAuto => {
-                use crate::prune::allocate::Allocation;
-                if self.cal.is_none() || self.busy {
-                    self.say(
-                        "wait for calibration and the running job (Esc cancels it)",
-                        Tone::Error,
-                    );
-                } else if self.params.alloc.allocation != Allocation::Dlp {
-                    self.say(
-                        "A chooses DLP's range α: switch the allocation to DLP",
-                        Tone::Error,
-                    );
-                } else {
-                    self.busy = true;
-                    self.say(
-                        "choosing α on 16 held-out calibration windows (never the evaluation data)…",
-                        Tone::Info,
-                    );
-                    return vec![Effect::Job(Job::AlphaAuto {
-                        params: Box::new(self.params.clone()),
-                    })];
-                }
-            }
+            Action::CalibDraws => return self.calib_draws_job(),
+            Action::AlphaAuto => return self.alpha_auto_job(),
             Action::CycleImportance => {
                 self.importance = match self.importance {
                     Importance::Statistic => Importance::OwlRatio,
@@ -640,67 +568,9 @@ impl State {
                     Importance::AlphaHat => Importance::Statistic,
                 };
             }
-            Action::CycleOverlay => {
-                use crate::prune::allocate::Allocation;
-                // None → uniform → OWL → AlphaPruning → the last applied entry (if any) → none,
-                // skipping the allocation shown.
-                let order = [
-                    None,
-                    Some(Allocation::Uniform),
-                    Some(Allocation::Owl),
-                    Some(Allocation::Alpha),
-                ];
-                let entry = self
-                    .history
-                    .iter()
-                    .rev()
-                    .find(|h| h.achieved.is_some())
-                    .map(|h| h.id);
-                if self.overlay_entry.take().is_none() {
-                    let mut i = order
-                        .iter()
-                        .position(|o| *o == self.overlay_alloc)
-                        .unwrap_or(0);
-                    loop {
-                        i = (i + 1) % order.len();
-                        if order[i] != Some(self.params.alloc.allocation) {
-                            break;
-                        }
-                    }
-                    // Wrapping past the last allocation shows the applied entry first.
-                    if order[i].is_none() && self.overlay_alloc.is_some() {
-                        self.overlay_entry = entry;
-                    }
-                    self.overlay_alloc = order[i];
-                }
-                self.replan();
-            }
-            Action::SweepPrev | Action::SweepNext => {
-                if let Some(sw) = &mut self.sweep {
-                    let n = sw.values.len();
-                    sw.sel = match a {
-                        Action::SweepNext => (sw.sel + 1).min(n.saturating_sub(1)),
-                        _ => sw.sel.saturating_sub(1),
-                    };
-                }
-            }
-            Action::SweepJump | Action::SweepRecheck => {
-                let Some(sw) = &self.sweep else { return vec![] };
-                let (param, v) = (sw.param, sw.values[sw.sel]);
-                let mut c = self.params.clone();
-                param.set(&mut c, v);
-                if a == Action::SweepRecheck {
-                    c.mode = crate::prune::pipeline::Mode::Faithful;
-                }
-                self.set_params(c);
-                self.view = View::Main;
-                if a == Action::SweepRecheck {
-                    return self.apply();
-                }
-                self.say(
-                    format!("{} = {v} from the sweep; a applies it", param.name()),
-                    Tone::Good,
-                );
+            Action::CycleOverlay => self.cycle_overlay(),
+            Action::SweepPrev | Action::SweepNext | Action::SweepJump | Action::SweepRecheck => {
+                return self.act_sweep(a)
             }
             Action::Export => {
                 let t = self.export_path.clone();
@@ -749,6 +619,165 @@ impl State {
                 } else {
                     return vec![Effect::Quit];
                 }
+            }
+        }
+        vec![]
+    }
+
+    /// Prune from four disjoint calibration draws (key D).
+    fn calib_draws_job(&mut self) -> Vec<Effect> {
+        if self.cal.is_none() || self.busy {
+            self.say(
+                "wait for calibration and the running job (Esc cancels it)",
+                Tone::Error,
+            );
+        } else {
+            self.busy = true;
+            self.draws = Some((self.params.clone(), Vec::new()));
+            let mode = format!("{:?}", self.params.mode).to_lowercase();
+            self.say(
+                format!("pruning ({mode}) from 4 disjoint calibration draws… (Esc cancels)"),
+                Tone::Info,
+            );
+            return vec![Effect::Job(Job::CalibDraws {
+                params: Box::new(self.params.clone()),
+                draws: 4,
+            })];
+        }
+
+        vec![]
+    }
+
+    /// Choose DLP's α on held-out calibration windows (key A).
+    fn alpha_auto_job(&mut self) -> Vec<Effect> {
+        if self.cal.is_none() || self.busy {
+            self.say(
+                "wait for calibration and the running job (Esc cancels it)",
+                Tone::Error,
+            );
+        } else if !Param::Alpha.applies_to(self.params.alloc.allocation) {
+            self.say(
+                "A chooses DLP's range α: switch the allocation to DLP",
+                Tone::Error,
+            );
+        } else {
+            self.busy = true;
+            self.say(
+                "choosing α on 16 held-out calibration windows (never the evaluation data)…",
+                Tone::Info,
+            );
+            return vec![Effect::Job(Job::AlphaAuto {
+                params: Box::new(self.params.clone()),
+            })];
+        }
+
+        vec![]
+    }
+
+    /// The next comparison overlay on the sparsity chart (key o).
+    fn cycle_overlay(&mut self) {
+        use crate::prune::allocate::Allocation;
+        // None → each baseline allocation (all but DLP, in `Allocation::ALL`'s order) → the last
+        // applied entry (if any) → none, skipping the allocation shown.
+        let order: Vec<Option<Allocation>> = std::iter::once(None)
+            .chain(
+                Allocation::ALL
+                    .into_iter()
+                    .filter(|a| *a != Allocation::Dlp)
+                    .map(Some),
+            )
+            .collect();
+        let entry = self
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.achieved.is_some())
+            .map(|h| h.id);
+        if self.overlay_entry.take().is_none() {
+            let mut i = order
+                .iter()
+                .position(|o| *o == self.overlay_alloc)
+                .unwrap_or(0);
+            loop {
+                i = (i + 1) % order.len();
+                if order[i] != Some(self.params.alloc.allocation) {
+                    break;
+                }
+            }
+            // Wrapping past the last allocation shows the applied entry first.
+            if order[i].is_none() && self.overlay_alloc.is_some() {
+                self.overlay_entry = entry;
+            }
+            self.overlay_alloc = order[i];
+        }
+        self.replan();
+    }
+
+    /// The sweep view's keys: move along the points, use one, or re-check it faithfully.
+    fn act_sweep(&mut self, a: Action) -> Vec<Effect> {
+        match a {
+            Action::SweepPrev | Action::SweepNext => {
+                if let Some(sw) = &mut self.sweep {
+                    let n = sw.values.len();
+                    sw.sel = match a {
+                        Action::SweepNext => (sw.sel + 1).min(n.saturating_sub(1)),
+                        _ => sw.sel.saturating_sub(1),
+                    };
+                }
+            }
+            _ => {
+                let Some(sw) = &self.sweep else { return vec![] };
+                let (param, v) = (sw.param, sw.values[sw.sel]);
+                let mut c = self.params.clone();
+                param.set(&mut c, v);
+                if a == Action::SweepRecheck {
+                    c.mode = crate::prune::pipeline::Mode::Faithful;
+                }
+                self.set_params(c);
+                self.view = View::Main;
+                if a == Action::SweepRecheck {
+                    return self.apply();
+                }
+                self.say(
+                    format!("{} = {v} from the sweep; a applies it", param.sweep_name()),
+                    Tone::Good,
+                );
+            }
+        }
+        vec![]
+    }
+
+    /// Pin the selected block's sparsity up or down, unpin it, or unpin all.
+    fn act_pins(&mut self, a: Action) -> Vec<Effect> {
+        match a {
+            Action::PinUp | Action::PinDown => {
+                let Some(plan) = &self.plan else {
+                    self.say(
+                        "calibration has to finish before blocks can be pinned",
+                        Tone::Error,
+                    );
+                    return vec![];
+                };
+                let cur = plan.block.get(self.block).copied().unwrap_or(0.0);
+                let d = if a == Action::PinUp { 0.01 } else { -0.01 };
+                let v = ((cur + d) * 100.0).round() / 100.0;
+                let mut c = self.params.clone();
+                c.alloc.overrides.retain(|o| o.0 != self.block);
+                c.alloc
+                    .overrides
+                    .push((self.block, v.clamp(0.0, MAX_SPARSITY)));
+                c.alloc.overrides.sort_by_key(|o| o.0);
+                self.set_params(c);
+            }
+            Action::Unpin => {
+                let mut c = self.params.clone();
+                c.alloc.overrides.retain(|o| o.0 != self.block);
+                self.set_params(c);
+            }
+            _ => {
+                let mut c = self.params.clone();
+                c.alloc.overrides.clear();
+                self.set_params(c);
             }
         }
         vec![]
@@ -810,10 +839,10 @@ impl State {
         }
         // The focused parameter when it is p or α; else α for DLP (its own knob), p otherwise.
         let param = match self.field {
-            Field::Sparsity => SweepParam::Sparsity,
-            Field::Alpha => SweepParam::Alpha,
-            _ if self.params.alloc.allocation == Allocation::Dlp => SweepParam::Alpha,
-            _ => SweepParam::Sparsity,
+            Param::Sparsity => Param::Sparsity,
+            Param::Alpha => Param::Alpha,
+            _ if self.params.alloc.allocation == Allocation::Dlp => Param::Alpha,
+            _ => Param::Sparsity,
         };
         self.view = View::Sweep;
         let fresh = self
@@ -831,7 +860,7 @@ impl State {
             return vec![];
         }
         let values: Vec<f64> = match param {
-            SweepParam::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
+            Param::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
             _ => (0..13).map(|i| (25 * i) as f64 / 1000.0).collect(),
         };
         let mut base = self.params.clone();
@@ -855,7 +884,7 @@ impl State {
         self.say(
             format!(
                 "sweeping {} in preview on {} evaluation windows… (Esc cancels, finished points stay)",
-                param.name(),
+                param.sweep_name(),
                 self.sweep_windows
             ),
             Tone::Info,
@@ -1034,10 +1063,158 @@ impl State {
         vec![]
     }
 
+    /// A streamed generation's start, tokens and end.
+    fn on_generation_msg(&mut self, m: Msg) {
+        match m {
+            Msg::GenStart { pruned, prompt } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    if pruned {
+                        p.pruned.clear();
+                        p.pruned_tokens = 0;
+                        p.pruned_secs = None;
+                        p.pruned_tok_s = None;
+                        p.pruned_started = Some(Instant::now());
+                    } else {
+                        p.dense.clear();
+                        p.dense_tokens = 0;
+                        p.dense_secs = None;
+                        p.dense_tok_s = None;
+                        p.dense_started = Some(Instant::now());
+                    }
+                }
+            }
+            Msg::Token {
+                pruned,
+                prompt,
+                text,
+            } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    if pruned {
+                        p.pruned.push_str(&text);
+                        p.pruned_tokens += 1;
+                        p.pruned_secs = p.pruned_started.map(|t| t.elapsed().as_secs_f64());
+                    } else {
+                        p.dense.push_str(&text);
+                        p.dense_tokens += 1;
+                        p.dense_secs = p.dense_started.map(|t| t.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            Msg::GenDone {
+                pruned,
+                prompt,
+                tokens,
+                tokens_per_s,
+            } => {
+                if let Some(p) = self.prompts.get_mut(prompt) {
+                    let rate = (tokens_per_s > 0.0).then_some(tokens_per_s);
+                    if pruned {
+                        p.pruned_tokens = tokens;
+                        p.pruned_tok_s = rate;
+                    } else {
+                        p.dense_tokens = tokens;
+                        p.dense_tok_s = rate;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A finished job's result: α chosen, a quantized or recovered entry, zero-shot scores.
+    fn on_job_result(&mut self, m: Msg) {
+        match m {
+            Msg::AlphaSearched(search) => {
+                let mut c = self.params.clone();
+                c.alloc.alpha = search.chosen;
+                self.set_params(c);
+                let values: Vec<f64> = search.trace.iter().map(|t| t.alpha).collect();
+                self.sweep = Some(SweepView {
+                    param: Param::Alpha,
+                    base: self.params.clone(),
+                    sel: values.iter().position(|v| *v == search.chosen).unwrap_or(0),
+                    ppl: search.trace.iter().map(|t| Some(t.ppl)).collect(),
+                    values,
+                    windows: search.heldout.windows,
+                    heldout: true,
+                });
+                self.view = View::Sweep;
+                self.say(
+                    format!(
+                        "α = {} chosen on {} held-out calibration windows; a applies it",
+                        search.chosen, search.heldout.windows
+                    ),
+                    Tone::Good,
+                );
+            }
+            Msg::Quantized { id, format, ppl } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.quantized.retain(|q| q.0 != format);
+                    h.quantized.push((format, ppl));
+                    let pruned = h
+                        .ppl
+                        .map(|p| format!(" ({:+.1} % vs pruned)", 100.0 * (ppl / p - 1.0)));
+                    self.say(
+                        format!(
+                            "#{id} + {}: perplexity {ppl:.2}{}",
+                            format.name(),
+                            pruned.unwrap_or_default()
+                        ),
+                        Tone::Info,
+                    );
+                }
+            }
+            Msg::Recovered {
+                id,
+                ppl,
+                steps_run,
+                best_step,
+            } => {
+                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                    h.recovered = Some((ppl, steps_run));
+                    self.say(
+                    format!("#{id} + LoRA: perplexity {ppl:.2} after {steps_run} steps (best held-out at step {best_step})"),
+                    Tone::Info,
+                );
+                }
+            }
+            Msg::ZeroShot { id, z } => {
+                let msg = match id {
+                    None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
+                    Some(id) => format!(
+                        "#{id}: zero-shot mean acc {:.4} (dense {})",
+                        z.mean_acc,
+                        self.dense_zeroshot
+                            .as_ref()
+                            .map(|d| format!("{:.4}", d.mean_acc))
+                            .unwrap_or("…".into())
+                    ),
+                };
+                match id {
+                    None => self.dense_zeroshot = Some(*z),
+                    Some(id) => {
+                        if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
+                            h.zeroshot = Some(*z);
+                        }
+                    }
+                }
+                self.say(msg, Tone::Good);
+            }
+            _ => {}
+        }
+    }
+
     /// Handle a worker message.
     pub fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Status(s) => self.say(s, Tone::Info),
+            m @ (Msg::AlphaSearched(_)
+            | Msg::Quantized { .. }
+            | Msg::Recovered { .. }
+            | Msg::ZeroShot { .. }) => self.on_job_result(m),
+            m @ (Msg::GenStart { .. } | Msg::Token { .. } | Msg::GenDone { .. }) => {
+                self.on_generation_msg(m)
+            }
             Msg::Progress(step) => {
                 self.job = Some(JobView {
                     stage: step.stage,
@@ -1113,29 +1290,6 @@ impl State {
                     );
                 }
             }
-            Msg::AlphaSearched(search) => {
-                let mut c = self.params.clone();
-                c.alloc.alpha = search.chosen;
-                self.set_params(c);
-                let values: Vec<f64> = search.trace.iter().map(|t| t.alpha).collect();
-                self.sweep = Some(SweepView {
-                    param: SweepParam::Alpha,
-                    base: self.params.clone(),
-                    sel: values.iter().position(|v| *v == search.chosen).unwrap_or(0),
-                    ppl: search.trace.iter().map(|t| Some(t.ppl)).collect(),
-                    values,
-                    windows: search.heldout.windows,
-                    heldout: true,
-                });
-                self.view = View::Sweep;
-                self.say(
-                    format!(
-                        "α = {} chosen on {} held-out calibration windows; a applies it",
-                        search.chosen, search.heldout.windows
-                    ),
-                    Tone::Good,
-                );
-            }
             Msg::SweepPoint { value, ppl } => {
                 if let Some(sw) = &mut self.sweep {
                     if let Some(i) = sw.values.iter().position(|v| *v == value) {
@@ -1145,59 +1299,6 @@ impl State {
                         sw.sel = b;
                     }
                 }
-            }
-            Msg::Quantized { id, format, ppl } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.quantized.retain(|q| q.0 != format);
-                    h.quantized.push((format, ppl));
-                    let pruned = h
-                        .ppl
-                        .map(|p| format!(" ({:+.1} % vs pruned)", 100.0 * (ppl / p - 1.0)));
-                    self.say(
-                        format!(
-                            "#{id} + {}: perplexity {ppl:.2}{}",
-                            format.name(),
-                            pruned.unwrap_or_default()
-                        ),
-                        Tone::Info,
-                    );
-                }
-            }
-            Msg::Recovered {
-                id,
-                ppl,
-                steps_run,
-                best_step,
-            } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.recovered = Some((ppl, steps_run));
-                    self.say(
-                        format!("#{id} + LoRA: perplexity {ppl:.2} after {steps_run} steps (best held-out at step {best_step})"),
-                        Tone::Info,
-                    );
-                }
-            }
-            Msg::ZeroShot { id, z } => {
-                let msg = match id {
-                    None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
-                    Some(id) => format!(
-                        "#{id}: zero-shot mean acc {:.4} (dense {})",
-                        z.mean_acc,
-                        self.dense_zeroshot
-                            .as_ref()
-                            .map(|d| format!("{:.4}", d.mean_acc))
-                            .unwrap_or("…".into())
-                    ),
-                };
-                match id {
-                    None => self.dense_zeroshot = Some(*z),
-                    Some(id) => {
-                        if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                            h.zeroshot = Some(*z);
-                        }
-                    }
-                }
-                self.say(msg, Tone::Good);
             }
             Msg::PrunedPpl {
                 id,
@@ -1209,57 +1310,6 @@ impl State {
                     h.window_nll = Some(window_nll);
                 }
                 self.say(format!("#{id}: pruned perplexity {ppl:.2}"), Tone::Good);
-            }
-            Msg::GenStart { pruned, prompt } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    if pruned {
-                        p.pruned.clear();
-                        p.pruned_tokens = 0;
-                        p.pruned_secs = None;
-                        p.pruned_tok_s = None;
-                        p.pruned_started = Some(Instant::now());
-                    } else {
-                        p.dense.clear();
-                        p.dense_tokens = 0;
-                        p.dense_secs = None;
-                        p.dense_tok_s = None;
-                        p.dense_started = Some(Instant::now());
-                    }
-                }
-            }
-            Msg::Token {
-                pruned,
-                prompt,
-                text,
-            } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    if pruned {
-                        p.pruned.push_str(&text);
-                        p.pruned_tokens += 1;
-                        p.pruned_secs = p.pruned_started.map(|t| t.elapsed().as_secs_f64());
-                    } else {
-                        p.dense.push_str(&text);
-                        p.dense_tokens += 1;
-                        p.dense_secs = p.dense_started.map(|t| t.elapsed().as_secs_f64());
-                    }
-                }
-            }
-            Msg::GenDone {
-                pruned,
-                prompt,
-                tokens,
-                tokens_per_s,
-            } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    let rate = (tokens_per_s > 0.0).then_some(tokens_per_s);
-                    if pruned {
-                        p.pruned_tokens = tokens;
-                        p.pruned_tok_s = rate;
-                    } else {
-                        p.dense_tokens = tokens;
-                        p.dense_tok_s = rate;
-                    }
-                }
             }
             Msg::Footprint { id, footprint } => {
                 if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
@@ -1307,7 +1357,7 @@ mod tests {
         assert!(matches!(s.overlay, Some(Overlay::Input { .. })));
         // Replace the text with an invalid sparsity: refused, state unchanged.
         s.overlay = Some(Overlay::Input {
-            purpose: InputPurpose::Value(Field::Sparsity),
+            purpose: InputPurpose::Value(Param::Sparsity),
             text: "1.3".into(),
             fresh: false,
         });
@@ -1324,7 +1374,7 @@ mod tests {
     #[test]
     fn typed_entry_replaces_the_shown_value() {
         let mut s = State::new(PruneParams::default(), vec!["x".into()]);
-        s.field = Field::Tau;
+        s.field = Param::Tau;
         press(&mut s, KeyCode::Enter); // shows "inf"
         assert!(
             matches!(&s.overlay, Some(Overlay::Input { text, fresh: true, .. }) if text == "inf")
@@ -1335,7 +1385,7 @@ mod tests {
         press(&mut s, KeyCode::Enter);
         assert_eq!(s.params.alloc.tau, Some(0.3), "{:?}", s.status);
         // Backspace on the shown value clears it; an arrow keeps it for editing.
-        s.field = Field::Sparsity;
+        s.field = Param::Sparsity;
         press(&mut s, KeyCode::Enter);
         press(&mut s, KeyCode::Backspace);
         assert!(matches!(&s.overlay, Some(Overlay::Input { text, .. }) if text.is_empty()));

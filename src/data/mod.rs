@@ -32,7 +32,7 @@ pub enum TextSource {
 }
 
 impl TextSource {
-    /// Parse a `--data`/`--calib`/`--eval` argument: `demo` or a file path.
+    /// Parse a data, calibration or evaluation argument: `demo` or a file path.
     pub fn parse(arg: &str, demo: DemoSplit) -> Result<Self> {
         match arg {
             "demo" => return Ok(Self::Demo(demo)),

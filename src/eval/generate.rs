@@ -7,6 +7,7 @@ use color_eyre::eyre::{bail, eyre, Result};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::error::Setting;
 use crate::model::{KvCache, LoadedModel};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,13 +33,18 @@ impl Default for GenParams {
 impl GenParams {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!(
-                "--temperature must be ≥ 0 (got {}); 0 means greedy",
-                self.temperature
-            );
+            return Err(crate::said!(
+                Setting::Temperature,
+                format!(" must be ≥ 0 (got {}); 0 means greedy", self.temperature)
+            )
+            .into());
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1] (got {})", self.top_p);
+            return Err(crate::said!(
+                Setting::TopP,
+                format!(" must be in (0, 1] (got {})", self.top_p)
+            )
+            .into());
         }
         Ok(())
     }
@@ -138,10 +144,15 @@ pub fn generate(
     }
     let model = &m.llama;
     if prompt_ids.len() + params.max_new_tokens > model.rope.max_positions() {
-        bail!(
-            "prompt plus --max-new-tokens exceeds the model's {} positions",
-            model.rope.max_positions()
-        );
+        return Err(crate::said!(
+            "prompt plus ",
+            Setting::MaxNewTokens,
+            format!(
+                " exceeds the model's {} positions",
+                model.rope.max_positions()
+            )
+        )
+        .into());
     }
     let eos = m.eos_ids();
     let mut sampler = LogitsProcessor::from_sampling(params.seed, params.sampling());

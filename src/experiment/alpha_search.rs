@@ -5,41 +5,20 @@
 //! windows, so the evaluation data cannot leak into the choice.
 
 use color_eyre::eyre::{bail, Result, WrapErr};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use super::{dataset, Experiment, Observer};
 use crate::data::source_windows;
 use crate::eval::perplexity::perplexity;
-use crate::prune::allocate::Allocation;
+use crate::prune::params::{InvalidParam, Param, Problem};
 use crate::prune::pipeline::{plan, prune_preview, Mode, PruneParams};
 use crate::prune::stats::Calibration;
-use crate::report::DataSet;
+use crate::report::{AlphaSearch, AlphaTrial, DataSet};
 
 /// Grid step and largest α tried.
 const STEP: f64 = 0.025;
 const MAX_ALPHA: f64 = 0.3;
 /// Seed offset of the held-out sample for document sources (far from the calibration draws').
 const HOLDOUT_SEED_OFFSET: u64 = 1_000_003;
-
-/// One α tried and its held-out perplexity.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AlphaTrial {
-    pub alpha: f64,
-    pub ppl: f64,
-}
-
-/// The search: where the held-out windows come from, every α tried, and the choice.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AlphaSearch {
-    /// The held-out calibration windows (never the evaluation data).
-    pub heldout: DataSet,
-    pub trace: Vec<AlphaTrial>,
-    /// The α with the lowest held-out perplexity (the smallest on a tie).
-    pub chosen: f64,
-}
 
 /// The α grid: 0, 0.025, … up to 0.3, keeping those valid at the other parameters.
 pub fn alpha_grid(base: &PruneParams, blocks: usize) -> Vec<f64> {
@@ -96,8 +75,17 @@ impl Experiment {
         heldout_set: DataSet,
         obs: &mut dyn Observer,
     ) -> Result<AlphaSearch> {
-        if base.alloc.allocation != Allocation::Dlp {
-            bail!("--alpha auto searches DLP's range α: use it with --allocation dlp");
+        if !Param::Alpha.applies_to(base.alloc.allocation) {
+            return Err(InvalidParam {
+                param: Param::Alpha,
+                problem: Problem::Needs {
+                    subject: "auto",
+                    other: Param::Allocation,
+                    value: "dlp",
+                    why: " (the search is over DLP's range α)",
+                },
+            }
+            .into());
         }
         let grid = alpha_grid(base, self.model.llama.blocks.len());
         if grid.is_empty() {

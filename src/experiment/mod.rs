@@ -11,7 +11,9 @@ mod alpha_search;
 pub mod observer;
 mod recover;
 mod report;
+mod run;
 mod speed;
+pub mod stages;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod sweep;
 
@@ -22,12 +24,14 @@ use candle_core::{DType, Device};
 use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Serialize;
 
-pub use alpha_search::{alpha_grid, AlphaSearch, AlphaTrial};
+pub use crate::report::{AlphaSearch, AlphaTrial};
+pub use alpha_search::alpha_grid;
 pub use observer::{Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
+pub use run::{RecoverSpec, Recovered, Run, RunSpec, TaskSpec};
 
 use crate::data::{source_windows, DemoSplit, TextSource};
-use crate::error::Cancelled;
+use crate::error::{Cancelled, Setting};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::model::quant::{quantize_linears, QuantFormat, QuantSummary};
@@ -686,9 +690,11 @@ impl Experiment {
         obs: &mut dyn Observer,
     ) -> Result<TaskSet> {
         if limit == Some(0) {
-            bail!(
-                "--limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
-            );
+            return Err(crate::said!(
+                Setting::TaskLimit,
+                " 0 leaves no example to score; give at least 1 (or leave it out for all)"
+            )
+            .into());
         }
         let rows = crate::zeroshot::load_tasks(tasks, source, &mut |m| obs.status(m))?;
         obs.status("tokenizing the zero-shot examples");

@@ -10,79 +10,31 @@ use serde::{Deserialize, Serialize};
 
 use super::{Experiment, Observer, Stage};
 use crate::prune::allocate::Allocation;
+use crate::prune::params::Param;
 use crate::prune::pipeline::{plan, PruneParams};
 use crate::prune::stats::Calibration;
 
-/// A parameter a sweep can vary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SweepParam {
-    Sparsity,
-    Alpha,
-    Tau,
-    OwlLambda,
-    AlphaEps,
+/// The name of a sweep axis in messages and files.
+fn axis(p: Param) -> &'static str {
+    p.sweep_name()
 }
 
-impl SweepParam {
-    pub const ALL: [SweepParam; 5] = [
-        SweepParam::Sparsity,
-        SweepParam::Alpha,
-        SweepParam::Tau,
-        SweepParam::OwlLambda,
-        SweepParam::AlphaEps,
-    ];
-
-    /// This parameter's value in `p` (τ = ∞ when unset).
-    pub fn get(self, p: &PruneParams) -> f64 {
-        let a = &p.alloc;
-        match self {
-            SweepParam::Sparsity => a.sparsity,
-            SweepParam::Alpha => a.alpha,
-            SweepParam::Tau => a.tau.unwrap_or(f64::INFINITY),
-            SweepParam::OwlLambda => a.owl_lambda,
-            SweepParam::AlphaEps => a.alpha_eps,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SweepParam::Sparsity => "sparsity",
-            SweepParam::Alpha => "alpha",
-            SweepParam::Tau => "tau",
-            SweepParam::OwlLambda => "owl_lambda",
-            SweepParam::AlphaEps => "alpha_eps",
-        }
-    }
-
-    fn parse(s: &str) -> Result<SweepParam> {
-        let s = s.trim().replace('-', "_");
-        match SweepParam::ALL.into_iter().find(|p| p.name() == s) {
-            Some(p) => Ok(p),
-            None => bail!(
-                "unknown sweep parameter `{s}`; sweepable: {}",
-                SweepParam::ALL.map(SweepParam::name).join(", ")
-            ),
-        }
-    }
-
-    /// Set this parameter of `p` to `v` (τ = ∞ is the paper's linear map).
-    pub fn set(self, p: &mut PruneParams, v: f64) {
-        let a = &mut p.alloc;
-        match self {
-            SweepParam::Sparsity => a.sparsity = v,
-            SweepParam::Alpha => a.alpha = v,
-            SweepParam::Tau => a.tau = v.is_finite().then_some(v),
-            SweepParam::OwlLambda => a.owl_lambda = v,
-            SweepParam::AlphaEps => a.alpha_eps = v,
-        }
+/// The sweep parameter named `s` (`-` and `_` alike).
+fn parse_param(s: &str) -> Result<Param> {
+    match Param::by_sweep_name(s) {
+        Some(p) => Ok(p),
+        None => bail!(
+            "unknown sweep parameter `{}`; sweepable: {}",
+            s.trim().replace('-', "_"),
+            Param::sweepable().map(axis).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
 /// One swept axis: a parameter and its values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Axis {
-    pub param: SweepParam,
+    pub param: Param,
     pub values: Vec<f64>,
 }
 
@@ -96,33 +48,33 @@ impl Axis {
         let Some((name, values)) = spec.split_once('=') else {
             bail!("--param `{spec}`: write name=start:stop:step or name=v1,v2 (e.g. alpha=0:0.3:0.05)");
         };
-        let param = SweepParam::parse(name)?;
+        let param = parse_param(name)?;
         let num = |s: &str| -> Result<f64> {
             let s = s.trim();
             match s {
                 "inf" | "∞" => Ok(f64::INFINITY),
                 _ => s.parse::<f64>().map_err(|_| {
-                    color_eyre::eyre::eyre!("--param {}: `{s}` is not a number", param.name())
+                    color_eyre::eyre::eyre!("--param {}: `{s}` is not a number", axis(param))
                 }),
             }
         };
         let values = if values.contains(':') {
             let parts: Vec<&str> = values.split(':').collect();
             let [a, b, step] = parts.as_slice() else {
-                bail!("--param {}: a range is start:stop:step", param.name());
+                bail!("--param {}: a range is start:stop:step", axis(param));
             };
             let (a, b, step) = (num(a)?, num(b)?, num(step)?);
             if !(step > 0.0 && step.is_finite() && a.is_finite() && b.is_finite() && b >= a) {
                 bail!(
                     "--param {}: the range {a}:{b}:{step} needs start ≤ stop and a step > 0",
-                    param.name()
+                    axis(param)
                 );
             }
             let n = ((b - a) / step + 1e-9).floor() as usize + 1;
             if n > MAX_AXIS_POINTS {
                 bail!(
                     "--param {}: {n} points; at most {MAX_AXIS_POINTS} per axis",
-                    param.name()
+                    axis(param)
                 );
             }
             // Each value from the start (no accumulated rounding), rounded to 12 digits so
@@ -134,7 +86,7 @@ impl Axis {
             values.split(',').map(num).collect::<Result<Vec<_>>>()?
         };
         if values.is_empty() {
-            bail!("--param {}: no values", param.name());
+            bail!("--param {}: no values", axis(param));
         }
         Ok(Axis { param, values })
     }
@@ -152,15 +104,15 @@ pub struct Grid {
 pub struct Point {
     pub index: usize,
     pub allocation: Allocation,
-    pub values: Vec<(SweepParam, f64)>,
+    pub values: Vec<(Param, f64)>,
 }
 
 impl Point {
     /// A name that identifies the point across runs (resume, merge).
     pub fn key(&self) -> String {
-        let mut k = format!("allocation={}", alloc_name(self.allocation));
+        let mut k = format!("allocation={}", self.allocation.name());
         for (p, v) in &self.values {
-            k.push_str(&format!(" {}={}", p.name(), fmt_value(*v)));
+            k.push_str(&format!(" {}={}", axis(*p), fmt_value(*v)));
         }
         k
     }
@@ -175,15 +127,6 @@ impl Point {
     }
 }
 
-pub fn alloc_name(a: Allocation) -> &'static str {
-    match a {
-        Allocation::Uniform => "uniform",
-        Allocation::Owl => "owl",
-        Allocation::Dlp => "dlp",
-        Allocation::Alpha => "alpha",
-    }
-}
-
 fn fmt_value(v: f64) -> String {
     if v.is_infinite() {
         "inf".into()
@@ -195,11 +138,11 @@ fn fmt_value(v: f64) -> String {
 impl Grid {
     pub fn new(allocations: Vec<Allocation>, axes: Vec<Axis>) -> Result<Grid> {
         if allocations.is_empty() {
-            bail!("--allocation: name at least one (uniform, owl, dlp, alpha)");
+            bail!("--allocation: name at least one ({})", Allocation::names());
         }
         for (i, a) in axes.iter().enumerate() {
             if axes[..i].iter().any(|b| b.param == a.param) {
-                bail!("--param {} is given twice", a.param.name());
+                bail!("--param {} is given twice", axis(a.param));
             }
         }
         Ok(Grid { allocations, axes })
@@ -222,7 +165,7 @@ impl Grid {
             for j in 0..per_alloc {
                 // Mixed-radix digits of j, the last axis the fastest.
                 let mut rest = j;
-                let mut values = vec![(SweepParam::Sparsity, 0.0); self.axes.len()];
+                let mut values = vec![(Param::Sparsity, 0.0); self.axes.len()];
                 for (k, a) in self.axes.iter().enumerate().rev() {
                     values[k] = (a.param, a.values[rest % a.values.len()]);
                     rest /= a.values.len();
@@ -303,7 +246,7 @@ impl Experiment {
             values: point
                 .values
                 .iter()
-                .map(|(p, v)| (p.name().to_string(), v.is_finite().then_some(*v)))
+                .map(|(p, v)| (axis(*p).to_string(), v.is_finite().then_some(*v)))
                 .collect(),
             target_sparsity: super::weighted_mean(&pl.block, &self.summary.numel),
             achieved_sparsity: super::weighted_mean(&achieved, &self.summary.numel),
@@ -330,7 +273,7 @@ mod tests {
         );
         assert_eq!(
             Axis::parse("owl-lambda=0.1").unwrap().param,
-            SweepParam::OwlLambda
+            Param::OwlLambda
         );
         for bad in [
             "alpha",

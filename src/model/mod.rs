@@ -148,6 +148,11 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .to_vec())
 }
 
+/// A matrix's weights as f32 row-major.
+pub fn weights_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 fn folder_fingerprint(dir: &Path) -> Result<String> {
     let mut parts = vec![std::fs::read(dir.join("config.json")).unwrap_or_default()];
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -220,7 +225,7 @@ pub enum Placement {
     /// Every weight is read into memory on the compute device.
     #[default]
     Resident,
-    /// `--offload`: block linears stay in their file (memory-mapped safetensors, or the GGUF
+    /// Offloaded: block linears stay in their file (memory-mapped safetensors, or the GGUF
     /// file) and are read one block at a time.
     Offload,
 }
@@ -395,7 +400,7 @@ pub fn load_folder(
     let files = safetensors_files(dir)?;
     status(&format!("mapping {} safetensors file(s)", files.len()));
     // SAFETY: a memory map is only sound while nobody truncates or rewrites the file: the map
-    // lives as long as the model (with --offload, blocks are read from it on every pass), and a
+    // lives as long as the model (offloaded, blocks are read from it on every pass), and a
     // file shortened under it makes the next read fault with SIGBUS. dlpx itself never writes
     // to a source folder (exports go to a new folder); the user must not replace the files
     // while dlpx runs, as documented on `load_folder`.

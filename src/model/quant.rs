@@ -1,5 +1,5 @@
 //! GGUF block quantization of a pruned model's linears, with candle's quantized types: the weights
-//! a llama.cpp user runs after `--quantize`, dequantized back so dlpx measures exactly those
+//! a llama.cpp user runs after quantizing, dequantized back so dlpx measures exactly those
 //! values. The DLP paper (ICML 2025) states that DLP combines with quantization; this measures by
 //! how much (README "Quantize after pruning").
 //!
@@ -20,21 +20,16 @@ use serde::{Deserialize, Serialize};
 use super::{LinearKind, Llama};
 
 /// A GGUF block format for the pruned linears.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum QuantFormat {
     /// 8-bit, blocks of 32 with one f16 scale (8.5 bits per weight).
-    #[value(name = "q8_0")]
     #[serde(rename = "q8_0")]
     Q8_0,
     /// 4-bit, blocks of 32 with one f16 scale (4.5 bits per weight).
-    #[value(name = "q4_0")]
     #[serde(rename = "q4_0")]
     Q4_0,
     /// 4-bit k-quant, super-blocks of 256 with 6-bit scales and minimums (4.5 bits per weight);
     /// rows not a multiple of 256 fall back to q5_0, as llama.cpp's quantizer does.
-    #[value(name = "q4_k")]
     #[serde(rename = "q4_k")]
     Q4K,
 }
@@ -141,7 +136,7 @@ pub fn quantize_linears(
             *s.types.entry(type_name(q.dtype()).into()).or_default() += 1;
             s.bytes += q.storage_size_in_bytes() as u64;
             s.f16_bytes += 2 * l.elem_count() as u64;
-            let before = crate::prune::stats::weights_f32(&w)?;
+            let before = super::weights_f32(&w)?;
             let deq = q.dequantize(&Device::Cpu)?;
             let after = deq.flatten_all()?.to_vec1::<f32>()?;
             let (zeros, lost, e2, k2) = before

@@ -18,7 +18,7 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Interpret a `--model` argument. Existing paths win; otherwise something that looks like a
+    /// Interpret a model argument. Existing paths win; otherwise something that looks like a
     /// path (ends with .gguf, starts with `.`/`/`/`~`) is reported as missing, and anything of the
     /// form `owner/name[@revision]` is a Hub id.
     pub fn parse(arg: Option<&str>, revision: Option<&str>) -> Result<Self> {

@@ -1,6 +1,6 @@
 //! Random-weight models at the shapes of public checkpoints, built in memory (nothing is
 //! downloaded or written), so the pruning stages can be timed at 7B shapes on any machine
-//! (`dlpx bench --prune --shape`, README "Benchmarks"). The weights are uniform with the standard
+//! (the pruning benchmark on a named shape, README "Benchmarks"). The weights are uniform with the standard
 //! deviation of a freshly initialised Llama (0.02); the vocabulary is reduced, since only the
 //! blocks are timed.
 

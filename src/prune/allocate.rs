@@ -3,16 +3,14 @@
 //! AlphaPruning (Lu et al., 2024) as their papers define them; the temperature τ, the clamp policy
 //! and pins are dlpx's additions (README, "Pruning").
 
-use crate::error::{invalid, Param};
+use super::params::{invalid, Param};
 use color_eyre::eyre::Result;
 use serde::{Deserialize, Serialize};
 
 /// Upper bound of any block's sparsity under the `budget` policy.
 pub const MAX_SPARSITY: f64 = 0.99;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Allocation {
     Uniform,
@@ -22,16 +20,87 @@ pub enum Allocation {
     Alpha,
 }
 
+impl Allocation {
+    /// Every allocation, in the order the explorer cycles through them.
+    pub const ALL: [Allocation; 4] = [
+        Allocation::Uniform,
+        Allocation::Owl,
+        Allocation::Dlp,
+        Allocation::Alpha,
+    ];
+
+    /// The name the command line, the sweep files and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "uniform",
+            Allocation::Owl => "owl",
+            Allocation::Dlp => "dlp",
+            Allocation::Alpha => "alpha",
+        }
+    }
+
+    /// How the explorer shows it (parameter panel, overlay).
+    pub fn label(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "uniform",
+            Allocation::Owl => "OWL",
+            Allocation::Dlp => "DLP",
+            Allocation::Alpha => "AlphaPruning",
+        }
+    }
+
+    /// Its short name in the explorer's history.
+    pub fn short(self) -> &'static str {
+        match self {
+            Allocation::Alpha => "Alpha",
+            a => a.label(),
+        }
+    }
+
+    /// One line on what it does (the command line's help).
+    pub fn about(self) -> &'static str {
+        match self {
+            Allocation::Uniform => "",
+            Allocation::Owl => "",
+            Allocation::Dlp => "",
+            Allocation::Alpha => {
+                "AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights"
+            }
+        }
+    }
+
+    /// Whether it reads the weights' spectra (α̂), an eigenvalue problem per linear at
+    /// calibration: only AlphaPruning.
+    pub fn needs_spectra(self) -> bool {
+        self == Allocation::Alpha
+    }
+
+    /// The allocation named `s` ([`Allocation::name`], any case).
+    pub fn from_name(s: &str) -> Option<Allocation> {
+        let s = s.trim();
+        Allocation::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The names, comma-separated (for messages).
+    pub fn names() -> String {
+        Allocation::ALL.map(Allocation::name).join(", ")
+    }
+}
+
 /// What happens when a block's sparsity leaves [0, 1) (README, "Pruning": `budget` or `paper`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClampPolicy {
     /// Clamp to [0, 0.99], then shift the unclamped blocks so the weighted mean is p again.
     Budget,
     /// The reference code: sparsity ≤ 0 becomes 0.01, no upper bound.
     Paper,
+}
+
+impl ClampPolicy {
+    pub const ALL: [ClampPolicy; 2] = [ClampPolicy::Budget, ClampPolicy::Paper];
 }
 
 /// Everything the allocation depends on besides the statistics.

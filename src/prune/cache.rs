@@ -60,7 +60,7 @@ pub fn store(key: &StatsKey, cal: &Calibration) -> Result<()> {
 }
 
 /// The dense pass through the cache: returns the statistics and whether they came from disk.
-/// With `key = None` the cache is bypassed (`--no-stats-cache`). A failed write only warns.
+/// With `key = None` the cache is bypassed (the user asked for fresh statistics). A failed write only warns.
 pub fn calibrate_cached(
     m: &LoadedModel,
     windows: &[Vec<u32>],

@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::select::kth_smallest;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// |W|, compared over the whole matrix.
@@ -17,9 +15,12 @@ pub enum Metric {
     Wanda,
     /// OBS with the layer Hessian: prunes per 128-column block and updates the kept weights
     /// (faithful mode only).
-    #[value(name = "sparsegpt")]
     #[serde(rename = "sparsegpt")]
     SparseGpt,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::Magnitude, Metric::Wanda, Metric::SparseGpt];
 }
 
 /// Sparsity pattern: unstructured, or N of every M consecutive input weights per row.
@@ -33,6 +34,15 @@ pub enum Pattern {
         n: usize,
         m: usize,
     },
+}
+
+impl Pattern {
+    /// The patterns the explorer cycles through.
+    pub const CHOICES: [Pattern; 3] = [
+        Pattern::Unstructured,
+        Pattern::NOfM { n: 2, m: 4 },
+        Pattern::NOfM { n: 4, m: 8 },
+    ];
 }
 
 impl std::fmt::Display for Pattern {

@@ -2,18 +2,19 @@
 //! what dlpx holds at its peak, so a run that cannot fit is refused before any work with the
 //! option that would make it fit.
 
-use color_eyre::eyre::{bail, Result};
+use color_eyre::eyre::Result;
 
+use crate::error::{Part, Setting, SettingError};
 use crate::model::LlamaConfig;
 use crate::prune::mask::Metric;
 
 /// Bytes per part, each at its peak.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Estimate {
-    /// Weights held in memory, in the compute dtype: all of them, or with `--offload` the
+    /// Weights held in memory, in the compute dtype: all of them, or when offloaded the
     /// embeddings, norms and head plus the one block being worked on.
     pub weights: u64,
-    /// With `--offload`: the block weights left in their file (memory-mapped, read one block at
+    /// Offloaded: the block weights left in their file (memory-mapped, read one block at
     /// a time; the OS may keep their pages cached, but they are not needed at once). 0 without.
     pub offloaded: u64,
     /// Calibration activations: the block inputs and outputs of every window (compute dtype),
@@ -98,7 +99,7 @@ impl Estimate {
         let offloaded = match self.offloaded {
             0 => String::new(),
             b => format!(
-                " (+{:.2} GiB of blocks left in the file, --offload)",
+                " (+{:.2} GiB of blocks left in the file, offloaded)",
                 gib(b)
             ),
         };
@@ -124,29 +125,43 @@ impl Estimate {
             return Ok(());
         }
         let rest = self.total - self.activations;
-        let mut hint = String::new();
+        let mut hint = None;
         if rest < avail && self.activations > 0 {
             // Activations scale linearly with the number of windows.
             let per = self.activations / nsamples.max(1) as u64;
             let fit = ((avail - rest) / per.max(1)) as usize;
             if fit >= 1 {
-                hint = format!("use --calib-samples {fit} or fewer, or a shorter --seq-len");
+                hint = Some(crate::said!(
+                    "use ",
+                    Setting::CalibSamples,
+                    format!(" {fit} or fewer, or a shorter "),
+                    Setting::SeqLen
+                ));
             }
         }
-        if hint.is_empty() && self.offloaded == 0 {
-            hint = "the weights alone do not fit: use --offload (one block in memory at a time), \
-                    --dtype bf16 (half the memory) or a machine with more memory"
-                .into();
-        }
-        if hint.is_empty() {
-            hint = "even one block at a time does not fit: use --dtype bf16 (half the memory) or a machine with more memory".into();
-        }
-        bail!(
-            "this run needs about {:.1} GiB but {:.1} GiB are available ({}); {hint}",
+        let hint = match hint {
+            Some(h) => h,
+            None if self.offloaded == 0 => crate::said!(
+                "the weights alone do not fit: use ",
+                Setting::Offload,
+                " (one block in memory at a time), ",
+                Setting::Dtype,
+                " bf16 (half the memory) or a machine with more memory"
+            ),
+            None => crate::said!(
+                "even one block at a time does not fit: use ",
+                Setting::Dtype,
+                " bf16 (half the memory) or a machine with more memory"
+            ),
+        };
+        let mut parts = vec![Part::Text(format!(
+            "this run needs about {:.1} GiB but {:.1} GiB are available ({}); ",
             gib(self.total),
             gib(avail),
             self.describe()
-        )
+        ))];
+        parts.extend(hint.0);
+        Err(SettingError(parts).into())
     }
 }
 
@@ -179,8 +194,20 @@ mod tests {
         .unwrap();
         let e = Estimate::new(&c, 4, 128, 256, Metric::Wanda, false);
         let avail = e.total - e.activations / 2;
-        let msg = format!("{}", e.check(Some(avail), 128).unwrap_err());
-        assert!(msg.contains("--calib-samples 64 or fewer"), "{msg}");
+        let err = e.check(Some(avail), 128).unwrap_err();
+        let said = err
+            .downcast_ref::<SettingError>()
+            .expect("a typed setting error");
+        let flag = |p: Setting| match p {
+            Setting::CalibSamples => "CALIB",
+            _ => "OTHER",
+        };
+        let msg = said.render(flag);
+        assert!(msg.contains("use CALIB 64 or fewer"), "{msg}");
+        assert!(
+            err.to_string().contains("calibration windows 64 or fewer"),
+            "{err}"
+        );
         assert!(e.check(Some(e.total), 128).is_ok());
         assert!(e.check(None, 128).is_ok());
     }

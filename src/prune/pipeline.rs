@@ -11,19 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
 use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric_into, Metric, Pattern};
+use super::params::{invalid, InvalidParam, Param, Problem};
 use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
     block_scores, embed_windows, observe_block_timed, with_host_weights, BlockProgress,
     Calibration, Statistic,
 };
 use super::timing::{timed, StageTimes};
-use crate::error::{invalid, InvalidParam, Param, Problem};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The paper: masks of block l from the outputs of the pruned blocks 0..l-1.
@@ -32,9 +30,7 @@ pub enum Mode {
     Preview,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     /// All 7 linears of a block share its sparsity (the paper).
@@ -169,11 +165,12 @@ pub fn plan_for(numel: &[[f64; 7]], cal: &Calibration, p: &PruneParams) -> Resul
     if cal.blocks.len() != n {
         bail!("statistics for {} of {n} blocks", cal.blocks.len());
     }
-    if p.alloc.allocation == Allocation::Alpha && cal.esd.len() != n {
-        bail!(
-            "AlphaPruning needs the spectra (α̂) of the weights, which this calibration skipped; \
-             calibrate again with --allocation alpha"
-        );
+    if p.alloc.allocation.needs_spectra() && cal.esd.len() != n {
+        return Err(invalid(
+            Param::Allocation,
+            "alpha needs the spectra (α̂) of the weights, which this calibration skipped: \
+             calibrate again with it",
+        ));
     }
     let started = Instant::now();
     let alloc = p.effective_alloc();
@@ -357,7 +354,7 @@ fn prune_linears(
 
 /// The per-weight stages of block `i` alone, on a copy of its (dense) weights: the block
 /// statistic from `cal`'s input statistics, then the masks of the planned sparsities. For timing
-/// them on different thread pools (`dlpx bench --prune --shape`).
+/// them on different thread pools (the pruning benchmark on a named shape).
 pub fn per_weight_stages(
     model: &Llama,
     i: usize,

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use color_eyre::eyre::{bail, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -17,13 +17,11 @@ use super::select::{bucket_of, bucket_values, key_histogram};
 use super::sparsegpt::Hessian;
 use super::timing::{timed, StageTimes};
 use crate::model::llama::Block;
-use crate::model::{InputStats, LinearKind, Llama};
+use crate::model::{weights_f32, InputStats, LinearKind, Llama};
 
 /// The block statistic F (the DLP paper uses the median of the block's Wanda scores; the others
 /// are dlpx's variants, README "Pruning").
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Statistic {
     /// Lower median (rank (n−1)/2), by selection.
@@ -35,6 +33,17 @@ pub enum Statistic {
     Std,
     /// Unbiased variance.
     Var,
+}
+
+impl Statistic {
+    pub const ALL: [Statistic; 6] = [
+        Statistic::Median,
+        Statistic::Mean,
+        Statistic::Sum,
+        Statistic::Max,
+        Statistic::Std,
+        Statistic::Var,
+    ];
 }
 
 /// Summary of a set of Wanda scores (one linear, or one block's 7 linears concatenated).
@@ -383,11 +392,6 @@ pub fn observe_block_timed(
     })
 }
 
-/// A matrix's weights as f32 row-major.
-pub fn weights_f32(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// Run `f` on a matrix's weights as f32 row-major: borrowed in place when the tensor is a
 /// contiguous f32 tensor in host memory, otherwise copied (another dtype, or on a GPU), the copy's
 /// seconds added to `times.to_host`.
@@ -601,7 +605,7 @@ mod tests {
     #[test]
     fn block_scores_stream_equals_the_concatenation() -> Result<()> {
         use crate::model::PrunableLinear;
-        use candle_core::Device;
+        use candle_core::{DType, Device};
         let dev = Device::Cpu;
         // q, k, v, o, gate, up, down of a toy block (hidden 8, kv 4, ffn 12).
         let shapes = [(8, 8), (4, 8), (4, 8), (8, 8), (12, 8), (12, 8), (8, 12)];

@@ -1,4 +1,4 @@
-//! Seconds per stage of the block-by-block passes, so `dlpx bench --prune --shape` can say where a
+//! Seconds per stage of the block-by-block passes, so the pruning benchmark can say where a
 //! block's time goes (README "Benchmarks"). The passes always fill one [`StageTimes`] per block;
 //! the cost is a clock read per stage per linear.
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 /// Where one block's time went, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct StageTimes {
-    /// Reading the block's weights (from the file, with `--offload`; nothing when resident).
+    /// Reading the block's weights (from the file when offloaded; nothing when resident).
     pub load: f64,
     /// Block forwards (the observers' time excluded).
     pub forward: f64,

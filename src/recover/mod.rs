@@ -18,6 +18,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Setting;
 use crate::model::linear::Lora;
 use crate::model::{LinearKind, Llama};
 use crate::rng::SplitMix64;
@@ -61,11 +62,29 @@ impl Default for LoraParams {
 impl LoraParams {
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 || self.batch == 0 || self.eval_every == 0 || self.steps == 0 {
-            bail!("LoRA: --rank, --batch, --eval-every and --steps must be at least 1");
+            return Err(crate::said!(
+                "LoRA: ",
+                Setting::LoraRank,
+                ", ",
+                Setting::LoraBatch,
+                ", ",
+                Setting::LoraEvalEvery,
+                " and ",
+                Setting::LoraSteps,
+                " must be at least 1"
+            )
+            .into());
         }
         let positive = |v: f64| v > 0.0 && v.is_finite();
         if !positive(self.lr) || !positive(self.alpha) {
-            bail!("LoRA: --lr and --alpha must be positive numbers");
+            return Err(crate::said!(
+                "LoRA: ",
+                Setting::LoraLr,
+                " and ",
+                Setting::LoraAlpha,
+                " must be positive numbers"
+            )
+            .into());
         }
         Ok(())
     }
@@ -91,7 +110,11 @@ impl Adapters {
     /// Fresh adapters for every block linear of `model` (f32, on its device).
     pub fn new(model: &Llama, rank: usize, alpha: f64, seed: u64) -> Result<Self> {
         if model.offload.is_some() {
-            bail!("LoRA recovery needs the model resident: drop --offload");
+            return Err(crate::said!(
+                "LoRA recovery needs the model resident: drop ",
+                Setting::Offload
+            )
+            .into());
         }
         let dev = &model.device;
         let mut rng = SplitMix64::new(seed);

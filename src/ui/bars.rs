@@ -177,48 +177,17 @@ impl Widget for Bars<'_> {
                     buf[(x0 + dx, y)].set_symbol("◆").set_fg(t.accent);
                 }
             }
-            let mark = if Some(i) == self.selected {
-                "▲"
-            } else if self.pinned.contains(&i) {
-                "p"
-            } else if Some(i) == self.active {
-                "•"
-            } else {
-                " "
-            };
-            buf[(x0, axis_y)]
-                .set_symbol(mark)
-                .set_fg(if Some(i) == self.selected {
-                    t.bar_selected
-                } else {
-                    t.pinned
-                });
+            let (mark, fg) = self.mark(i);
+            buf[(x0, axis_y)].set_symbol(mark).set_fg(fg);
         }
         if numbers {
-            let step = label_step(self.values.len(), cw);
-            let y = axis_y + 1;
-            let mut free_from = area.x; // labels never overlap
-            for (slot, i) in (first..self.values.len()).enumerate() {
-                let x0 = area.x + margin + slot as u16 * cw;
-                if x0 + bw > area.x + area.width {
-                    break;
-                }
-                if i % step != 0 && Some(i) != self.selected {
-                    continue;
-                }
-                let label = i.to_string();
-                let end = x0 + label.len() as u16;
-                if x0 < free_from || end > area.x + area.width {
-                    continue;
-                }
-                let fg = if Some(i) == self.selected {
-                    t.bar_selected
-                } else {
-                    t.dim
-                };
-                buf.set_string(x0, y, &label, ratatui::style::Style::default().fg(fg));
-                free_from = end + 1;
-            }
+            let cols = Columns {
+                first,
+                cw,
+                margin,
+                bw,
+            };
+            self.draw_numbers(buf, area, cols, axis_y + 1);
         }
         if scale {
             let put = |buf: &mut Buffer, row: u16, text: &str, fg| {
@@ -239,6 +208,71 @@ impl Widget for Bars<'_> {
             if let (Some(y), Some(text)) = (line_y, &line_label) {
                 put(buf, y, text, t.target);
             }
+        }
+    }
+}
+
+/// Where the bars stand: the first block shown, the column and bar widths and the left margin.
+#[derive(Clone, Copy)]
+struct Columns {
+    first: usize,
+    cw: u16,
+    margin: u16,
+    bw: u16,
+}
+
+impl Bars<'_> {
+    /// The mark under block `i` on the axis row, and its colour.
+    fn mark(&self, i: usize) -> (&'static str, ratatui::style::Color) {
+        let t = self.theme;
+        let mark = if Some(i) == self.selected {
+            "▲"
+        } else if self.pinned.contains(&i) {
+            "p"
+        } else if Some(i) == self.active {
+            "•"
+        } else {
+            " "
+        };
+        let fg = match Some(i) == self.selected {
+            true => t.bar_selected,
+            false => t.pinned,
+        };
+        (mark, fg)
+    }
+
+    /// Block numbers on row `y` under the bars (every `step`-th and the selected one; labels never
+    /// overlap).
+    fn draw_numbers(&self, buf: &mut Buffer, area: Rect, c: Columns, y: u16) {
+        let t = self.theme;
+        let Columns {
+            first,
+            cw,
+            margin,
+            bw,
+        } = c;
+        let step = label_step(self.values.len(), cw);
+        let mut free_from = area.x; // labels never overlap
+        for (slot, i) in (first..self.values.len()).enumerate() {
+            let x0 = area.x + margin + slot as u16 * cw;
+            if x0 + bw > area.x + area.width {
+                break;
+            }
+            if i % step != 0 && Some(i) != self.selected {
+                continue;
+            }
+            let label = i.to_string();
+            let end = x0 + label.len() as u16;
+            if x0 < free_from || end > area.x + area.width {
+                continue;
+            }
+            let fg = if Some(i) == self.selected {
+                t.bar_selected
+            } else {
+                t.dim
+            };
+            buf.set_string(x0, y, &label, ratatui::style::Style::default().fg(fg));
+            free_from = end + 1;
         }
     }
 }

@@ -11,9 +11,9 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use ratatui::Frame;
 
 use crate::app::keys::{help_rows, Scope};
-use crate::app::params::Field;
 use crate::app::{Overlay, Stage, State, Tone, View};
-use crate::prune::allocate::Allocation;
+use crate::prune::params::Param;
+use crate::prune::pipeline::Plan;
 use bars::Bars;
 use theme::Theme;
 
@@ -228,15 +228,7 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         label.push_str(&format!(" · ◆ applied #{id}"));
     }
     if let Some(a) = s.overlay_alloc {
-        label.push_str(&format!(
-            " · ◆ {}",
-            match a {
-                Allocation::Uniform => "uniform",
-                Allocation::Owl => "OWL",
-                Allocation::Dlp => "DLP",
-                Allocation::Alpha => "AlphaPruning",
-            }
-        ));
+        label.push_str(&format!(" · ◆ {}", a.label()));
     }
     if let Some(d) = s.draw_spread() {
         let widest = d
@@ -289,16 +281,9 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     f.render_widget(b, area);
     let w = inner.width as usize;
     let mut lines: Vec<Line> = Vec::new();
-    for field in Field::ALL {
-        let relevant = match field {
-            Field::Alpha | Field::Tau | Field::Statistic => {
-                s.params.alloc.allocation == Allocation::Dlp
-            }
-            Field::OwlLambda => s.params.alloc.allocation == Allocation::Owl,
-            Field::AlphaEps => s.params.alloc.allocation == Allocation::Alpha,
-            _ => true,
-        };
-        let v = field.value(&s.params);
+    for field in Param::panel() {
+        let relevant = field.applies_to(s.params.alloc.allocation);
+        let v = field.show(&s.params);
         let focus = field == s.field;
         let label = format!("{}{}", if focus { "▸ " } else { "  " }, field.label());
         let pad = w
@@ -402,72 +387,79 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     // Tall panels: the per-block table around the selected block, then the history.
     let avail = (inner.height as usize).saturating_sub(lines.len());
     if let (Some(plan), true) = (&s.plan, avail >= 8) {
-        // The history's header stays even while it is empty (it says how to fill it).
-        let hist_rows = match s.history.len() {
-            n if avail >= 16 => n.clamp(1, 6) + 2,
-            _ => 0,
-        };
-        let rows = avail - hist_rows - 2;
-        let n = plan.block.len();
-        let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
-        let applied = s.current_applied().and_then(|a| a.achieved.as_ref());
-        lines.push(Line::raw(""));
-        lines.push(Line::styled(
-            format!("{:>3} {:>7} {:>6} {:>6}", "blk", "score", "target", "ach."),
-            t.fg(t.accent).add_modifier(Modifier::BOLD),
-        ));
-        let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
-        for i in first..n.min(first + rows) {
-            let score = s
-                .block_stats
-                .get(i)
-                .map(|b| format!("{:>7.4}", b.get(s.params.statistic)))
-                .unwrap_or_else(|| format!("{:>7}", "…"));
-            let ach = applied
-                .and_then(|a| a.get(i))
-                .map(|v| format!("{v:>6.3}"))
-                .unwrap_or_else(|| format!("{:>6}", "—"));
-            let pin = if pinned.contains(&i) { " p" } else { "" };
-            lines.push(Line::styled(
-                format!("{i:>3} {score} {:>6.3} {ach}{pin}", plan.block[i]),
-                if i == s.block {
-                    t.highlight()
-                } else {
-                    t.fg(t.text)
-                },
-            ));
-        }
-        if hist_rows > 0 {
-            lines.push(Line::raw(""));
-            lines.push(Line::styled(
-                "history      ppl   zs",
-                t.fg(t.accent).add_modifier(Modifier::BOLD),
-            ));
-            if s.history.is_empty() {
-                lines.push(Line::styled("none yet: a applies", t.fg(t.dim)));
-            }
-            for h in s.history.iter().rev().take(hist_rows - 2) {
-                lines.push(Line::styled(
-                    format!(
-                        "#{:<3} {:<5} {:>8} {}",
-                        h.id,
-                        format!("{:?}", h.params.mode)
-                            .to_lowercase()
-                            .chars()
-                            .take(5)
-                            .collect::<String>(),
-                        h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
-                        h.zeroshot
-                            .as_ref()
-                            .map(|z| format!("{:.3}", z.mean_acc))
-                            .unwrap_or_default()
-                    ),
-                    t.fg(t.text),
-                ));
-            }
-        }
+        lines.extend(block_table(s, t, plan, avail));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+/// The panel's per-block table around the selected block, then the history, in `avail` rows.
+fn block_table(s: &State, t: &Theme, plan: &Plan, avail: usize) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    // The history's header stays even while it is empty (it says how to fill it).
+    let hist_rows = match s.history.len() {
+        n if avail >= 16 => n.clamp(1, 6) + 2,
+        _ => 0,
+    };
+    let rows = avail - hist_rows - 2;
+    let n = plan.block.len();
+    let first = s.block.saturating_sub(rows / 2).min(n.saturating_sub(rows));
+    let applied = s.current_applied().and_then(|a| a.achieved.as_ref());
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        format!("{:>3} {:>7} {:>6} {:>6}", "blk", "score", "target", "ach."),
+        t.fg(t.accent).add_modifier(Modifier::BOLD),
+    ));
+    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+    for i in first..n.min(first + rows) {
+        let score = s
+            .block_stats
+            .get(i)
+            .map(|b| format!("{:>7.4}", b.get(s.params.statistic)))
+            .unwrap_or_else(|| format!("{:>7}", "…"));
+        let ach = applied
+            .and_then(|a| a.get(i))
+            .map(|v| format!("{v:>6.3}"))
+            .unwrap_or_else(|| format!("{:>6}", "—"));
+        let pin = if pinned.contains(&i) { " p" } else { "" };
+        lines.push(Line::styled(
+            format!("{i:>3} {score} {:>6.3} {ach}{pin}", plan.block[i]),
+            if i == s.block {
+                t.highlight()
+            } else {
+                t.fg(t.text)
+            },
+        ));
+    }
+    if hist_rows > 0 {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(
+            "history      ppl   zs",
+            t.fg(t.accent).add_modifier(Modifier::BOLD),
+        ));
+        if s.history.is_empty() {
+            lines.push(Line::styled("none yet: a applies", t.fg(t.dim)));
+        }
+        for h in s.history.iter().rev().take(hist_rows - 2) {
+            lines.push(Line::styled(
+                format!(
+                    "#{:<3} {:<5} {:>8} {}",
+                    h.id,
+                    format!("{:?}", h.params.mode)
+                        .to_lowercase()
+                        .chars()
+                        .take(5)
+                        .collect::<String>(),
+                    h.ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
+                    h.zeroshot
+                        .as_ref()
+                        .map(|z| format!("{:.3}", z.mean_acc))
+                        .unwrap_or_default()
+                ),
+                t.fg(t.text),
+            ));
+        }
+    }
+    lines
 }
 
 /// Wrapped lines of `text` in `width` columns (chars), for sizing rows.
@@ -717,7 +709,11 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         }
         None => blocks,
     };
-    // Requested vs achieved per block for the last applied configuration, around the selection.
+    draw_block_targets(f, s, t, blocks);
+}
+
+/// Requested vs achieved per block for the last applied configuration, around the selection.
+fn draw_block_targets(f: &mut Frame, s: &State, t: &Theme, blocks: Rect) {
     let b = block(" block  requested  achieved ", t);
     let inner = b.inner(blocks);
     f.render_widget(b, blocks);
@@ -823,7 +819,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .block(block(
             format!(
                 " sweep {} · preview on {} {} windows · {done}/{} ",
-                sw.param.name(),
+                sw.param.sweep_name(),
                 sw.windows,
                 if sw.heldout {
                     "held-out calibration"
@@ -836,7 +832,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ))
         .x_axis(
             Axis::default()
-                .title(format!("{} (│ now)", sw.param.name()))
+                .title(format!("{} (│ now)", sw.param.sweep_name()))
                 .style(t.fg(t.dim))
                 .bounds([x0, x1])
                 .labels(vec![

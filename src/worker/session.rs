@@ -12,9 +12,10 @@ use color_eyre::eyre::{eyre, Result};
 use super::{Link, Session};
 use crate::app::{Footprint, Job, Msg};
 use crate::error::is_cancelled;
-use crate::experiment::sweep::{Axis, Grid, SweepParam};
+use crate::experiment::sweep::{Axis, Grid};
 use crate::experiment::{Experiment, Observer, Setup, Stage, Step};
 use crate::model::{Llama, LoadedModel};
+use crate::prune::params::Param;
 use crate::prune::pipeline::{Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
 use crate::sparse::SparseMode;
@@ -415,7 +416,7 @@ impl ExplorerSession {
     fn sweep(
         &self,
         link: &Link,
-        param: SweepParam,
+        param: Param,
         values: &[f64],
         params: &PruneParams,
         windows: usize,

@@ -17,12 +17,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::error::Setting;
 use crate::model::llama::Llama;
 pub use data::{load_tasks, TaskRows, TaskSource};
 use score::{encode_pair, loglikelihoods, EncodedDoc, Work};
 pub use tasks::{Doc, Task};
 
-/// Parse `--tasks`: comma-separated names, or `all`.
+/// Parse a task list: comma-separated names, or `all`.
 pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
     if s.trim() == "all" {
         return Ok(Task::ALL.to_vec());
@@ -39,7 +40,14 @@ pub fn parse_tasks(s: &str) -> Result<Vec<Task>> {
         }
     }
     if out.is_empty() {
-        bail!("no task named; use e.g. --tasks hellaswag,arc_easy or --tasks all");
+        return Err(crate::said!(
+            "no task named; use e.g. ",
+            Setting::Tasks,
+            " hellaswag,arc_easy or ",
+            Setting::Tasks,
+            " all"
+        )
+        .into());
     }
     Ok(out)
 }
@@ -59,7 +67,7 @@ pub struct TaskSet {
     pub tasks: Vec<PreparedTask>,
     /// Where the examples came from ("demo", "hub", a folder).
     pub source: String,
-    /// At most this many examples per task (the first ones, as the harness's `--limit`).
+    /// At most this many examples per task (the first ones, as the harness's limit).
     pub limit: Option<usize>,
     /// The harness's maximum length: longer requests are left-truncated to it.
     pub max_len: usize,
@@ -75,9 +83,11 @@ impl TaskSet {
         max_len: usize,
     ) -> Result<TaskSet> {
         if limit == Some(0) {
-            bail!(
-                "--limit 0 leaves no example to score; give at least 1 (or leave it out for all)"
-            );
+            return Err(crate::said!(
+                Setting::TaskLimit,
+                " 0 leaves no example to score; give at least 1 (or leave it out for all)"
+            )
+            .into());
         }
         let mut tasks = Vec::with_capacity(rows.len());
         for r in rows {
@@ -278,7 +288,7 @@ pub fn evaluate(
     ))
 }
 
-/// One line per request, as the harness's `--log_samples` keeps them: what was scored and its
+/// One line per request, as the harness's sample log keeps them: what was scored and its
 /// log-likelihood (JSON lines).
 pub fn samples_jsonl(set: &TaskSet, lls: &LogLikelihoods) -> Result<String> {
     let mut out = String::new();

@@ -11,7 +11,7 @@ use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, Model
 use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
-use crate::experiment::{Stage, Step};
+use crate::experiment::{DataSpec, Setup, Stage, Step};
 use crate::model::{self, LoadedModel, ModelSource, Placement};
 use crate::progress::Progress;
 use crate::sparse::SparseMode;
@@ -37,6 +37,24 @@ impl Ctx {
             },
             sparse: g.sparse.unwrap_or_default(),
             progress: Progress::new(g.quiet),
+        })
+    }
+
+    /// The one setup of an experiment on this machine: `model` on the device, dtype, placement
+    /// and sparse mode of the flags, with both caches on, the memory estimate planned for Wanda,
+    /// and no pruned copy (each command overrides what it needs).
+    pub fn setup(&self, model: &ModelArgs, data: DataSpec) -> Result<Setup> {
+        Ok(Setup {
+            source: ModelSource::parse(model.model.as_deref(), model.revision.as_deref())?,
+            device: self.device.clone(),
+            dtype: self.dtype,
+            place: self.place,
+            sparse: self.sparse,
+            data,
+            stats_cache: true,
+            dense_cache: true,
+            metric: crate::prune::mask::Metric::Wanda,
+            keeps_pruned_copy: false,
         })
     }
 
@@ -218,7 +236,7 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
         ctx.dtype.size_in_bytes(),
         a.calib_samples,
         a.seq_len,
-        a.metric,
+        crate::prune::mask::Metric::from(a.metric),
         ctx.place == Placement::Offload,
     );
     if a.json {
@@ -231,7 +249,7 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
             ctx.dtype,
             a.calib_samples,
             a.seq_len,
-            a.metric
+            crate::prune::mask::Metric::from(a.metric)
         );
         println!("{}", e.describe());
         if let Some(avail) = crate::prune::memory::available_bytes() {
@@ -378,16 +396,9 @@ pub fn zeroshot(ctx: &mut Ctx, a: &crate::cli::ZeroshotArgs) -> Result<()> {
     }
     let source = TaskSource::parse(&a.source);
     let setup = Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data: DataSpec::default(),
         stats_cache: false,
         dense_cache: !a.no_cache,
-        metric: crate::prune::mask::Metric::Wanda,
-        keeps_pruned_copy: false,
+        ..ctx.setup(&a.model, DataSpec::default())?
     };
     let obs = &mut ctx.progress;
     let x = Experiment::open_for_scoring(&setup, obs)?;

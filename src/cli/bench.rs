@@ -7,11 +7,11 @@ use std::time::Instant;
 use candle_core::Tensor;
 use color_eyre::eyre::Result;
 
+use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::commands::Ctx;
 use crate::data::{DemoSplit, TextSource};
 use crate::experiment::{DataSpec, Experiment, Setup, Silent, Stage};
-use crate::model::{LoadedModel, ModelSource};
+use crate::model::LoadedModel;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -21,7 +21,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
     if sparse {
         let setup = demo_setup(ctx, a, true, true)?;
-        return crate::bench_sparse::run(ctx, a, setup);
+        return crate::cli::bench_sparse::run(ctx, a, setup);
     }
     if a.job {
         return job(ctx, a);
@@ -30,7 +30,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
         if !a.prune {
             color_eyre::eyre::bail!("--shape times --prune or --sparse: add one of them");
         }
-        return crate::bench_shape::run(ctx, a, shape);
+        return crate::cli::bench_shape::run(ctx, a, shape);
     }
     let seq_len = a.seq_len.unwrap_or(256);
     let m = ctx.load_model(&a.model)?;
@@ -191,16 +191,9 @@ fn demo_setup(
     keeps_pruned_copy: bool,
 ) -> Result<Setup> {
     Ok(Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data: DataSpec::default(),
         stats_cache,
-        dense_cache: true,
-        metric: crate::prune::mask::Metric::Wanda,
         keeps_pruned_copy,
+        ..ctx.setup(&a.model, DataSpec::default())?
     })
 }
 
@@ -376,29 +369,23 @@ fn with_tui_latency(
 /// The whole demo job as `dlpx prune --no-stats-cache` runs it, in this process: wall time from
 /// the start of loading and the peak resident memory (VmHWM, Linux).
 fn job(ctx: &mut Ctx, a: &BenchArgs) -> Result<()> {
-    use crate::prune::pipeline::{plan, PruneParams};
     let started = Instant::now();
     let setup = demo_setup(ctx, a, false, false)?;
     let obs = &mut ctx.progress;
     let mut x = Experiment::open(&setup, obs)?;
-    let t = Instant::now();
-    let (dense, dense_cached) = x.dense_perplexity(obs)?;
-    let dense_s = t.elapsed().as_secs_f64();
-    let params = PruneParams::default();
-    let (cal, _) = x.calibrate(params.owl_m, false, obs)?;
-    let pl = plan(&x.model.llama, &cal, &params)?;
-    x.prune_in_place(&cal, &pl, &params, obs)?;
-    let pruned = x.perplexity(&x.model.llama, Stage::PrunedEval, obs)?;
+    let spec = crate::experiment::RunSpec::new(crate::prune::pipeline::PruneParams::default());
+    let run = x.run(spec, obs)?;
     let wall_s = started.elapsed().as_secs_f64();
+    let (dense_cached, dense_s) = (run.dense_from_cache, run.dense_eval_s);
     let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
     let v = serde_json::json!({
         "job": "demo, Wanda, DLP median, p 0.7, faithful, 32×256 calibration, 64×256 evaluation",
         "wall_s": wall_s,
         "peak_rss_mib": peak_mib,
-        "dense_ppl": dense.map(|p| p.ppl),
+        "dense_ppl": run.report.ppl.dense,
         "dense_from_cache": dense_cached,
         "dense_eval_s": dense_s,
-        "pruned_ppl": pruned.map(|p| p.ppl),
+        "pruned_ppl": run.report.ppl.pruned,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::commands::Ctx;
 use crate::cli::SweepArgs;
-use crate::commands::Ctx;
 use crate::eval::compare::paired_bootstrap;
-use crate::experiment::sweep::{alloc_name, Axis, Grid, Shard, SweepRow};
+use crate::experiment::sweep::{Axis, Grid, Shard, SweepRow};
 use crate::experiment::{Experiment, Setup};
-use crate::model::ModelSource;
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::PruneParams;
 use crate::report::{DataInfo, ModelInfo, Report};
@@ -52,7 +51,7 @@ fn axes_of(grid: &Grid) -> Vec<(String, Vec<Option<f64>>)> {
         .iter()
         .map(|a| {
             (
-                a.param.name().to_string(),
+                a.param.sweep_name().to_string(),
                 a.values
                     .iter()
                     .map(|v| v.is_finite().then_some(*v))
@@ -105,10 +104,11 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         .allocation
         .split(',')
         .map(|s| {
-            <Allocation as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
+            Allocation::from_name(s).ok_or_else(|| {
                 eyre!(
-                    "--allocation: `{}` is not one of uniform, owl, dlp, alpha",
-                    s.trim()
+                    "--allocation: `{}` is not one of {}",
+                    s.trim(),
+                    Allocation::names()
                 )
             })
         })
@@ -124,8 +124,8 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         Some(p) => Report::load(p)?.params,
         None => PruneParams::default(),
     };
-    base.mode = a.mode;
-    base.metric = a.metric;
+    base.mode = a.mode.into();
+    base.metric = a.metric.into();
     let points = grid.points();
     for p in &points {
         p.params(&base)
@@ -137,16 +137,11 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
     let (jsonl, csv) = paths(&a.out, shard);
 
     let setup = Setup {
-        source: ModelSource::parse(a.model.model.as_deref(), a.model.revision.as_deref())?,
-        device: ctx.device.clone(),
-        dtype: ctx.dtype,
-        place: ctx.place,
-        sparse: ctx.sparse,
-        data,
         stats_cache: !(a.no_stats_cache || a.no_cache),
         dense_cache: !a.no_cache,
-        metric: a.metric,
+        metric: a.metric.into(),
         keeps_pruned_copy: true,
+        ..ctx.setup(&a.model, data)?
     };
     let obs = &mut ctx.progress;
     let x = Experiment::open(&setup, obs)?;
@@ -203,7 +198,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         todo.len(),
         jsonl.display()
     ));
-    let spectra = grid.allocations.contains(&Allocation::Alpha);
+    let spectra = grid.allocations.iter().any(|a| a.needs_spectra());
     let (cal, _) = x.calibrate(base.owl_m, spectra, obs)?;
     let (dense, _) = x.dense_perplexity(obs)?;
     let started = std::time::Instant::now();
@@ -272,7 +267,7 @@ fn write_csv(path: &Path, names: &[String], rows: &[SweepRow]) -> Result<()> {
         s.push_str(&format!(
             "{},{},{vals}{},{},{},{:.3}\n",
             r.index,
-            alloc_name(r.allocation),
+            r.allocation.name(),
             r.target_sparsity,
             r.achieved_sparsity,
             r.ppl.map(|p| p.to_string()).unwrap_or_default(),
@@ -349,7 +344,7 @@ fn show(
     head.push_str("  achieved        ppl  vs best (95 % paired bootstrap over windows)");
     println!("{head}");
     for r in rows {
-        let mut line = format!("{:>5}  {:<9}", r.index, alloc_name(r.allocation));
+        let mut line = format!("{:>5}  {:<9}", r.index, r.allocation.name());
         for (_, v) in &r.values {
             line.push_str(&match v {
                 Some(v) => format!(" {v:>10.4}"),
@@ -409,7 +404,7 @@ fn chart(header: &Header, rows: &[SweepRow], w: u16, h: u16) -> Option<String> {
         let (Some(ppl), Some(Some(x))) = (r.ppl, r.values.get(x_axis).map(|v| v.1)) else {
             continue;
         };
-        let mut name = alloc_name(r.allocation).to_string();
+        let mut name = r.allocation.name().to_string();
         for (i, (n, v)) in r.values.iter().enumerate() {
             if i != x_axis {
                 name.push_str(&format!(

@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use color_eyre::eyre::Result;
 use serde_json::json;
 
+use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::commands::Ctx;
 use crate::eval::generate::{generate, GenParams};
 use crate::experiment::{Experiment, Silent, Stage};
 use crate::model::{Llama, LoadedModel};

@@ -10,14 +10,12 @@ use std::time::Instant;
 
 use color_eyre::eyre::{bail, Result};
 
+use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::commands::Ctx;
+use crate::experiment::stages::time_protocol;
 use crate::model::synthetic::{random_model, random_windows, Shape};
 use crate::model::Placement;
-use crate::prune::pipeline::{
-    achieved, per_weight_stages, plan, prune_faithful_timed, Mode, PruneParams,
-};
-use crate::prune::stats::calibrate_timed;
+use crate::prune::pipeline::{Mode, PruneParams};
 use crate::prune::timing::StageTimes;
 
 /// The paper's calibration: 128 windows (of 2048 tokens).
@@ -70,58 +68,15 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
     let build_s = t.elapsed().as_secs_f64();
     let windows = random_windows(a.calib_samples, seq_len, a.shape_vocab, 17);
     let params = PruneParams {
-        metric: a.metric,
+        metric: a.metric.into(),
         mode: Mode::Faithful,
         ..PruneParams::default()
     };
 
-    let mut dense = Vec::new();
-    let cal = calibrate_timed(
-        &model,
-        &windows,
-        params.owl_m,
-        false,
-        &mut |bp| {
-            p.status(&format!("dense pass: block {}/{}", bp.block, bp.blocks));
-            true
-        },
-        &mut dense,
-    )?;
-    let t = Instant::now();
-    let pl = plan(&model, &cal, &params)?;
-    let allocate_s = t.elapsed().as_secs_f64();
-
-    // The per-weight stages of block 0 on one thread, then on all (the dense weights still).
-    p.status("per-weight stages of block 0 on one thread");
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()?
-        .install(|| per_weight_stages(&model, 0, &cal, &pl, &params))?;
-    p.status(&format!(
-        "per-weight stages of block 0 on {threads} threads"
-    ));
-    let all = per_weight_stages(&model, 0, &cal, &pl, &params)?;
-
-    let mut faithful = Vec::new();
-    prune_faithful_timed(
-        &mut model,
-        &windows,
-        &pl,
-        &params,
-        &mut |bp| {
-            p.status(&format!("faithful pass: block {}/{}", bp.block, bp.blocks));
-            true
-        },
-        &mut faithful,
-    )?;
-    let got = achieved(&model)?;
-    let sparsity_err = got
-        .iter()
-        .zip(&pl.block)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0f64, f64::max);
-
-    let (d, f) = (per_block(&dense), per_block(&faithful));
+    let pt = time_protocol(&mut model, &windows, &params, p)?;
+    let (allocate_s, sparsity_err) = (pt.allocate_s, pt.sparsity_err);
+    let (one, all) = (&pt.one_thread, &pt.all_threads);
+    let (d, f) = (per_block(&pt.dense), per_block(&pt.faithful));
     let block = d.plus(&f);
     let scale = PAPER_WINDOWS as f64 / a.calib_samples as f64;
     let paper = scale_tokens(&block, scale);
@@ -148,14 +103,14 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         "vocab": a.shape_vocab,
         "calib_windows": a.calib_samples,
         "seq_len": seq_len,
-        "metric": a.metric,
+        "metric": crate::prune::mask::Metric::from(a.metric),
         "block_linear_params": shape.config.block_linear_params(),
         "build_s": build_s,
         "allocate_s": allocate_s,
         "per_block": {"dense_pass": stage_json(&d), "faithful_pass": stage_json(&f), "both": stage_json(&block),
             "total_s": block.total(), "per_weight_s": block.per_weight(),
             "per_weight_share": block.per_weight() / block.total()},
-        "per_weight_block0": {"one_thread": stage_json(&one), "all_threads": stage_json(&all),
+        "per_weight_block0": {"one_thread": stage_json(one), "all_threads": stage_json(all),
             "speedup_block_statistic": speedup(one.block_statistic, all.block_statistic),
             "speedup_masks": speedup(one.masks, all.masks),
             "speedup_per_weight": speedup(one.per_weight(), all.per_weight())},
@@ -176,7 +131,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         shape.config.block_linear_params(),
         a.shape_vocab,
         a.calib_samples,
-        a.metric,
+        crate::prune::mask::Metric::from(a.metric),
         crate::device::describe(&ctx.device)
     );
     println!(

@@ -1,6 +1,10 @@
-//! Command-line interface (clap).
+//! The command-line arguments (clap).
 
 use clap::{Args, Parser, Subcommand};
+
+use super::values::{
+    AllocationParser, ClampArg, GranularityArg, MetricArg, ModeArg, QuantArg, StatisticArg,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -225,7 +229,7 @@ pub struct RecoverArgs {
     /// Also quantize the pruned model (without adapters) and measure it, so the table and the
     /// report hold dense → pruned → pruned+quantized → pruned+LoRA.
     #[arg(long, value_enum)]
-    pub quantize: Option<crate::model::quant::QuantFormat>,
+    pub quantize: Option<QuantArg>,
     /// Also measure zero-shot accuracy of every model in the table on these tasks (comma-separated, or `all`).
     #[arg(long)]
     pub tasks: Option<String>,
@@ -251,10 +255,10 @@ pub struct SweepArgs {
     pub allocation: String,
     /// preview: masks from the dense statistics, no forward pass but the evaluation (seconds per point); faithful: the paper's sequential pass per point.
     #[arg(long, value_enum, default_value = "preview")]
-    pub mode: crate::prune::pipeline::Mode,
+    pub mode: ModeArg,
     /// Per-weight metric.
     #[arg(long, value_enum, default_value = "wanda")]
-    pub metric: crate::prune::mask::Metric,
+    pub metric: MetricArg,
     /// Start from the parameters of a saved report/config (the swept ones, the allocation, mode and metric are set by the sweep).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -434,9 +438,9 @@ pub struct PruneArgs {
     pub seed: Option<u64>,
     /// Per-weight metric (sparsegpt needs --mode faithful).
     #[arg(long, value_enum)]
-    pub metric: Option<crate::prune::mask::Metric>,
+    pub metric: Option<MetricArg>,
     /// Layer-wise allocation.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = AllocationParser)]
     pub allocation: Option<crate::prune::allocate::Allocation>,
     /// Global target sparsity p in [0, 1) over the 7·L linears.
     #[arg(long, allow_hyphen_values = true)]
@@ -452,13 +456,13 @@ pub struct PruneArgs {
     pub tau: Option<f64>,
     /// DLP block statistic F.
     #[arg(long, value_enum)]
-    pub statistic: Option<crate::prune::stats::Statistic>,
+    pub statistic: Option<StatisticArg>,
     /// Clamp policy: budget (clamp to [0, 0.99] and re-balance to p) or paper (≤ 0 → 0.01).
     #[arg(long, value_enum)]
-    pub clamp: Option<crate::prune::allocate::ClampPolicy>,
+    pub clamp: Option<ClampArg>,
     /// Allocation unit for DLP: block (the paper) or linear.
     #[arg(long, value_enum)]
-    pub granularity: Option<crate::prune::pipeline::Granularity>,
+    pub granularity: Option<GranularityArg>,
     /// OWL outlier threshold M.
     #[arg(long, allow_hyphen_values = true)]
     pub owl_m: Option<f64>,
@@ -473,7 +477,7 @@ pub struct PruneArgs {
     pub pattern: Option<crate::prune::mask::Pattern>,
     /// faithful (the paper's sequential pass) or preview (masks from the dense statistics).
     #[arg(long, value_enum)]
-    pub mode: Option<crate::prune::pipeline::Mode>,
+    pub mode: Option<ModeArg>,
     /// Pin a block's sparsity, e.g. `--pin 3=0.5` (repeatable); the others re-solve under the budget.
     #[arg(long = "pin", value_parser = parse_pin)]
     pub pins: Vec<(usize, f64)>,
@@ -506,7 +510,7 @@ pub struct PruneArgs {
     /// pruned: q8_0, q4_0 or q4_k (rows not a multiple of 256 fall back to q5_0, as in
     /// llama.cpp). Only --format gguf saves the quantized weights.
     #[arg(long, value_enum)]
-    pub quantize: Option<crate::model::quant::QuantFormat>,
+    pub quantize: Option<QuantArg>,
     /// Write an llm-compressor recipe (YAML) that reproduces the allocation with its Wanda or
     /// SparseGPT modifier.
     #[arg(long)]
@@ -674,7 +678,7 @@ pub struct BenchArgs {
     pub shape_vocab: usize,
     /// Per-weight metric for --shape (sparsegpt adds the Hessians and the solve).
     #[arg(long, value_enum, default_value = "wanda")]
-    pub metric: crate::prune::mask::Metric,
+    pub metric: MetricArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -690,26 +694,43 @@ pub struct EstimateArgs {
     pub seq_len: usize,
     /// Per-weight metric (SparseGPT adds its Hessians).
     #[arg(long, value_enum, default_value = "wanda")]
-    pub metric: crate::prune::mask::Metric,
+    pub metric: MetricArg,
     /// Print the figures as JSON (bytes).
     #[arg(long)]
     pub json: bool,
 }
 
-/// A parameter error as the command line says it: with the flags that set the parameters.
-pub fn flag_message(e: &crate::error::InvalidParam) -> String {
-    use crate::error::Param;
-    e.render(|p| match p {
-        Param::Sparsity => "--sparsity",
-        Param::Alpha => "--alpha",
-        Param::Tau => "--tau",
-        Param::OwlLambda => "--owl-lambda",
-        Param::AlphaEps => "--alpha-eps",
-        Param::OwlM => "--owl-m",
-        Param::Pattern => "--pattern",
-        Param::Granularity => "--granularity",
-        Param::Metric => "--metric",
-        Param::Mode => "--mode",
-        Param::Pins => "--pin",
-    })
+/// The command-line flag of a setting.
+pub fn setting_flag(s: crate::error::Setting) -> &'static str {
+    use crate::error::Setting as Param;
+    match s {
+        Param::CalibSamples => "--calib-samples",
+        Param::SeqLen => "--seq-len",
+        Param::Offload => "--offload",
+        Param::Dtype => "--dtype",
+        Param::Temperature => "--temperature",
+        Param::TopP => "--top-p",
+        Param::MaxNewTokens => "--max-new-tokens",
+        Param::Tasks => "--tasks",
+        Param::TaskLimit => "--task-limit",
+        Param::LoraRank => "--rank",
+        Param::LoraBatch => "--batch",
+        Param::LoraEvalEvery => "--eval-every",
+        Param::LoraSteps => "--steps",
+        Param::LoraLr => "--lr",
+        Param::LoraAlpha => "--alpha",
+    }
+}
+
+/// An error as the command line says it: settings named by their flags.
+pub fn flag_message(e: &(dyn std::error::Error + 'static)) -> String {
+    use crate::error::SettingError;
+    use crate::prune::params::InvalidParam;
+    if let Some(p) = e.downcast_ref::<InvalidParam>() {
+        return p.render(|p| format!("--{}", p.flag()));
+    }
+    if let Some(s) = e.downcast_ref::<SettingError>() {
+        return s.render(setting_flag);
+    }
+    e.to_string()
 }
