@@ -332,7 +332,7 @@ pub trait WeightSource: Send + Sync {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
 }
 
-/// The weight source of an offloaded model (`--offload`).
+/// The weight source of an offloaded model (block weights read from their file on demand).
 #[derive(Clone)]
 pub struct Offload(pub Arc<dyn WeightSource>);
 
@@ -353,10 +353,10 @@ pub struct Llama {
     pub rope: Rope,
     pub device: Device,
     pub dtype: DType,
-    /// With `--offload`: block linears stay in their file until [`Llama::block`] reads them, and
+    /// Offloaded: block linears stay in their file until [`Llama::block`] reads them, and
     /// pruned blocks are kept in host memory, so the device holds one block at a time.
     pub offload: Option<Offload>,
-    /// Whether pruned linears run in compressed rows (`--sparse`); see [`Llama::set_sparse`].
+    /// Whether pruned linears run in compressed rows ([`SparseMode`]); see [`Llama::set_sparse`].
     pub sparse: SparseMode,
     /// Run rms-norm, softmax and rope as composed tensor ops that backpropagate (candle's fused
     /// kernels have no backward pass), for LoRA training; slower, same values to rounding.
@@ -429,7 +429,7 @@ impl Llama {
                     None
                 };
                 // A saved pruned checkpoint: held in compressed rows as it is read, so the
-                // model never holds a second dense copy (`--sparse off` makes it dense again).
+                // model never holds a second dense copy (`SparseMode::Off` makes it dense again).
                 let mut l = PrunableLinear::new(name, w, b);
                 l.compact(SparseMode::Auto)?;
                 Ok(l)

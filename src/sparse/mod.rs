@@ -8,8 +8,8 @@
 //!
 //! Why compressed rows and not a bitmask with packed values: on AVX-512 cores measured here
 //! (AMD Zen 4) the expand-load (`vpexpandd`) a bitmask layout needs is slow, while gathers
-//! from the L1-resident input are not; `dlpx bench --sparse` measures both uses (decode and
-//! evaluation) against dense in one run. [`SparseMode`] decides per linear from the measured
+//! from the L1-resident input are not; the sparse benchmark (README, "Sparse execution")
+//! measures both uses (decode and evaluation) against dense in one run. [`SparseMode`] decides per linear from the measured
 //! crossover (README, "Sparse execution").
 
 pub mod kernels;
@@ -63,8 +63,8 @@ impl SparseMode {
     }
 }
 
-/// The crossover of `--sparse auto`: below this fraction of zeros a linear stays dense. Measured
-/// with `dlpx bench --sparse` on the demo's linears (AMD Zen 4, 2 threads): compressed rows beat
+/// The crossover of [`SparseMode::Auto`]: below this fraction of zeros a linear stays dense. Measured
+/// with the sparse benchmark on the demo's linears (AMD Zen 4, 2 threads): compressed rows beat
 /// the dense AVX-512 GEMM/GEMV from about p 0.5 on (README, "Sparse execution"); 0.55 leaves a
 /// margin so `auto` is never slower than dense.
 pub const AUTO_MIN_SPARSITY: f64 = 0.55;
