@@ -298,6 +298,27 @@ pub struct TaskArgs {
     pub limit: Option<usize>,
 }
 
+impl TaskArgs {
+    /// The zero-shot part of a run from `--tasks` and these options (`dlpx prune`, `dlpx
+    /// recover`): checked before any work, so a misspelt task costs no calibration.
+    pub fn spec(
+        &self,
+        tasks: Option<&str>,
+    ) -> color_eyre::eyre::Result<Option<crate::experiment::TaskSpec>> {
+        let tasks = tasks.map(crate::zeroshot::parse_tasks).transpose()?;
+        if tasks.is_none() && (self.limit.is_some() || self.source != "demo") {
+            color_eyre::eyre::bail!(
+                "--task-limit and --task-source need --tasks (e.g. --tasks all)"
+            );
+        }
+        Ok(tasks.map(|tasks| crate::experiment::TaskSpec {
+            tasks,
+            source: crate::zeroshot::TaskSource::parse(&self.source),
+            limit: self.limit,
+        }))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ZeroshotArgs {
     #[command(flatten)]

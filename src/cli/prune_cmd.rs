@@ -5,7 +5,7 @@ use color_eyre::eyre::{bail, Result, WrapErr};
 
 use crate::cli::commands::Ctx;
 use crate::cli::{AlphaArg, PruneArgs, SaveFormat};
-use crate::experiment::{DataSpec, Experiment, Observer, RunSpec, Setup, TaskSpec};
+use crate::experiment::{DataSpec, Experiment, Observer, RunSpec, Setup};
 use crate::export::compressed::Format;
 use crate::prune::mask::Pattern;
 use crate::prune::params::Param;
@@ -128,14 +128,7 @@ pub fn run(ctx: &mut Ctx, a: &PruneArgs) -> Result<()> {
 /// The run's options from the flags, checked before any work (a misspelt task should not cost
 /// a calibration).
 fn run_spec(a: &PruneArgs, params: PruneParams, setup: &Setup) -> Result<RunSpec<'static>> {
-    let tasks = a
-        .tasks
-        .as_deref()
-        .map(crate::zeroshot::parse_tasks)
-        .transpose()?;
-    if tasks.is_none() && (a.task.limit.is_some() || a.task.source != "demo") {
-        bail!("--task-limit and --task-source need --tasks (e.g. --tasks all)");
-    }
+    let tasks = a.task.spec(a.tasks.as_deref())?;
     if a.calib_draws == 0 {
         bail!("--calib-draws must be at least 1 (1: no extra draws)");
     }
@@ -153,11 +146,7 @@ fn run_spec(a: &PruneArgs, params: PruneParams, setup: &Setup) -> Result<RunSpec
     Ok(RunSpec {
         alpha_auto: (a.alpha == Some(AlphaArg::Auto)).then_some(a.alpha_holdout),
         calib_draws: a.calib_draws,
-        tasks: tasks.map(|tasks| TaskSpec {
-            tasks,
-            source: crate::zeroshot::TaskSource::parse(&a.task.source),
-            limit: a.task.limit,
-        }),
+        tasks,
         quantize: a.quantize.map(Into::into),
         prompts: a.prompt.clone(),
         max_new_tokens: a.max_new_tokens,

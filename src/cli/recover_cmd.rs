@@ -7,7 +7,7 @@ use color_eyre::eyre::{bail, Result};
 
 use crate::cli::commands::Ctx;
 use crate::cli::RecoverArgs;
-use crate::experiment::{DataSpec, Experiment, RecoverSpec, Recovered, RunSpec, Setup, TaskSpec};
+use crate::experiment::{DataSpec, Experiment, RecoverSpec, Recovered, RunSpec, Setup};
 use crate::model::Placement;
 use crate::recover::{Adapters, LoraParams};
 use crate::report::Report;
@@ -27,14 +27,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     };
     // Everything that does not need the model is checked before any work.
     lora.validate()?;
-    let tasks = a
-        .tasks
-        .as_deref()
-        .map(crate::zeroshot::parse_tasks)
-        .transpose()?;
-    if tasks.is_none() && (a.task.limit.is_some() || a.task.source != "demo") {
-        bail!("--task-limit and --task-source need --tasks (e.g. --tasks all)");
-    }
+    let tasks = a.task.spec(a.tasks.as_deref())?;
     if a.holdout == 0 {
         bail!("--holdout must be at least 1 window (early stopping needs held-out text)");
     }
@@ -66,11 +59,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
         Box::new(move |ad: &Adapters| ad.save_peft(&out, &base_name))
     };
     let spec = RunSpec {
-        tasks: tasks.map(|tasks| TaskSpec {
-            tasks,
-            source: crate::zeroshot::TaskSource::parse(&a.task.source),
-            limit: a.task.limit,
-        }),
+        tasks,
         quantize: a.quantize.map(Into::into),
         recover: Some(RecoverSpec {
             data: a.data.clone(),
