@@ -1,9 +1,10 @@
-//! The two products of a column-blocked compressed-row matrix `W` (`[rows, cols]`, see
-//! [`Blocked`]) with f32 inputs, each with an AVX-512 path chosen at run time and a portable one:
+//! The two products of a bitmask compressed-row matrix `W` (`[rows, cols]`, see [`Blocked`])
+//! with f32 inputs, each with an AVX-512 path chosen at run time and a portable one:
 //!
 //! - [`gemv`]: `y = W x` for one input (KV-cached decode). Memory-bound: the kernel moves
-//!   5 bytes per kept weight instead of 4 per weight, and gathers `x[col]` from the L1-resident
-//!   input, 16 lanes at a time.
+//!   4 bytes per kept weight plus one bit per weight (0.33× dense at 70 % zeros). Per 16
+//!   columns it loads the next 16 packed values, spreads them to their columns with the
+//!   register form of `vexpandps` under the block's mask, and multiplies them with `x`.
 //! - [`gemm`]: `Y = X Wᵀ` for many inputs (perplexity windows, scoring, calibration).
 //!   Compute-bound: each kept `w[r, c]` is broadcast once against a tile of [`TILE`] tokens
 //!   stored column-major (`xt[c][t]`), so the zeros cost nothing. The loop runs block of
@@ -18,19 +19,22 @@ use rayon::prelude::*;
 /// Tokens per tile of [`gemm`]: four 16-lane AVX-512 registers per row.
 pub const TILE: usize = 64;
 
-/// Columns per block: a kept weight's column is stored as a u8 offset in its block.
+/// Columns per block: one u64 mask per row and block says which of its columns are kept.
 pub const BLOCK: usize = 64;
+
+/// Zero floats after the last kept value: the matrix–vector kernel loads 16 values at a time
+/// from any kept weight's position.
+pub const PAD: usize = 16;
 
 /// Rows per parallel task in [`gemv`].
 const GEMV_ROWS_PER_TASK: usize = 64;
 /// Below this many kept weights a product is not worth a rayon dispatch.
 const PARALLEL_MIN_NNZ: usize = 32 * 1024;
 
-/// A borrowed column-blocked compressed-row matrix. Row `r` holds its kept weights at
-/// `values[row_ptr[r]..row_ptr[r + 1]]`, ordered by column; they fall into column blocks of
-/// [`BLOCK`], block `b` holding `counts[r * blocks + b]` of them, each with its column as a u8
-/// offset from `b * BLOCK` in `cols`. `cols` has [`BLOCK`] bytes of padding after the last
-/// entry, so a whole block of offsets can always be loaded at once.
+/// A borrowed bitmask compressed-row matrix. Row `r` holds its kept weights at
+/// `values[row_ptr[r]..row_ptr[r + 1]]`, ordered by column; bit `j` of `masks[r * blocks + b]`
+/// is set when column `b * BLOCK + j` is kept (never for a column `≥ cols`). `values` has
+/// [`PAD`] zeros after the last kept weight.
 ///
 /// Only [`super::SparseMatrix::blocked`] makes one (the fields are private to the crate), so the
 /// kernels' unchecked loads can rely on these invariants.
@@ -39,12 +43,8 @@ pub struct Blocked<'a> {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) row_ptr: &'a [u32],
-    pub(crate) counts: &'a [u16],
-    pub(crate) col_off: &'a [u8],
+    pub(crate) masks: &'a [u64],
     pub(crate) values: &'a [f32],
-    /// 16-lane gathers per block that [`gemv`] runs without branching on the block's count
-    /// (1..=4; blocks holding more take a loop).
-    pub(crate) gathers: u8,
 }
 
 impl Blocked<'_> {
@@ -53,7 +53,12 @@ impl Blocked<'_> {
     }
 
     fn nnz(&self) -> usize {
-        self.values.len()
+        self.row_ptr.last().map_or(0, |&n| n as usize)
+    }
+
+    /// The mask of row `r`'s block `b`.
+    fn mask(&self, r: usize, b: usize) -> u64 {
+        self.masks[r * self.blocks() + b]
     }
 }
 
@@ -68,7 +73,9 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("popcnt")
+            {
                 return Isa::Avx512;
             }
         }
@@ -142,36 +149,26 @@ fn row_dot(isa: Isa, w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after the runtime check for
-        // avx512f; the matrix invariants (checked by `SparseMatrix::from_dense`) keep every
-        // column `< cols == x.len()` and the offsets padded by a block.
-        Isa::Avx512 => unsafe {
-            match w.gathers {
-                1 => avx512::row_dot::<1>(w, r, x),
-                2 => avx512::row_dot::<2>(w, r, x),
-                3 => avx512::row_dot::<3>(w, r, x),
-                _ => avx512::row_dot::<4>(w, r, x),
-            }
-        },
+        // avx512f and popcnt; the matrix invariants (established by `SparseMatrix`) keep every
+        // kept column `< cols == x.len()` and the values padded by `PAD` zeros.
+        Isa::Avx512 => unsafe { avx512::row_dot(w, r, x) },
         _ => row_dot_portable(w, r, x),
     }
 }
 
-/// The plain definition with sixteen partial sums (a fixed order; no fused multiply-adds).
+/// The plain definition with sixteen partial sums (column `c` sums into `c % 16`; a fixed
+/// order, no fused multiply-adds).
 fn row_dot_portable(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
-    let nb = w.blocks();
     let mut k = w.row_ptr[r] as usize;
     let mut acc = [0f32; 16];
-    for b in 0..nb {
-        let n = w.counts[r * nb + b] as usize;
-        let xb = &x[b * BLOCK..];
-        for (i, (&v, &c)) in w.values[k..k + n]
-            .iter()
-            .zip(&w.col_off[k..k + n])
-            .enumerate()
-        {
-            acc[i % 16] += v * xb[c as usize];
+    for b in 0..w.blocks() {
+        let mut m = w.mask(r, b);
+        while m != 0 {
+            let j = m.trailing_zeros() as usize;
+            m &= m - 1;
+            acc[j % 16] += w.values[k] * x[b * BLOCK + j];
+            k += 1;
         }
-        k += n;
     }
     acc.iter().sum()
 }
@@ -266,31 +263,34 @@ fn rows_tile(isa: Isa, w: &Blocked<'_>, rows: std::ops::Range<usize>, xt: &[f32]
     for b in 0..nb {
         let xb = &xt[b * BLOCK * TILE..];
         for (j, r) in rows.clone().enumerate() {
-            let n = w.counts[r * nb + b] as usize;
+            let m = w.mask(r, b);
             let k = cursor[j];
+            let n = m.count_ones() as usize;
             let Some(out) = acc
                 .get_mut(j * TILE..(j + 1) * TILE)
                 .and_then(|c| <&mut [f32; TILE]>::try_from(c).ok())
             else {
                 continue;
             };
-            let (v, c) = (&w.values[k..k + n], &w.col_off[k..k + n]);
+            let v = &w.values[k..k + n];
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: avx512f was detected at run time; each offset is `< BLOCK` and
-                // `b * BLOCK + offset < cols`, so the 64 floats read at
-                // `(b * BLOCK + offset) * TILE` lie inside `xt` (`cols * TILE` long).
-                Isa::Avx512 => unsafe { avx512::block_tile(v, c, xb, out) },
-                _ => block_tile_portable(v, c, xb, out),
+                // SAFETY: avx512f was detected at run time; `v` holds one value per set bit of
+                // `m`, and every set bit `j` has `b * BLOCK + j < cols`, so the 64 floats read
+                // at `j * TILE` of `xb` lie inside `xt` (`cols * TILE` long).
+                Isa::Avx512 => unsafe { avx512::block_tile(v, m, xb, out) },
+                _ => block_tile_portable(v, m, xb, out),
             }
             cursor[j] = k + n;
         }
     }
 }
 
-fn block_tile_portable(v: &[f32], c: &[u8], xb: &[f32], acc: &mut [f32; TILE]) {
-    for (&w, &col) in v.iter().zip(c) {
-        let src = &xb[col as usize * TILE..(col as usize + 1) * TILE];
+fn block_tile_portable(v: &[f32], mut m: u64, xb: &[f32], acc: &mut [f32; TILE]) {
+    for &w in v {
+        let col = m.trailing_zeros() as usize;
+        m &= m - 1;
+        let src = &xb[col * TILE..(col + 1) * TILE];
         for (a, &s) in acc.iter_mut().zip(src) {
             *a += w * s;
         }
@@ -302,76 +302,63 @@ mod avx512 {
     use super::{Blocked, BLOCK, TILE};
     use std::arch::x86_64::*;
 
-    /// Row `r` of `w` against `x`: `G` masked 16-lane gathers of `x[b·BLOCK + offset]` per
-    /// block, whatever the block's count (lanes past it are masked off), so the loop has no
-    /// branch that follows the data; a block holding more than `16·G` weights (rare, see
-    /// `gathers_for`) takes a loop for the rest. Lane `l` of gather `g` always sums into
-    /// accumulator `g`, so the order of the sums is fixed by the matrix.
+    /// Row `r` of `w` against `x`. Per block of 64 columns and its mask `m`: for each quarter
+    /// `q` (16 columns, mask bits `16q..16q + 16`), load the next 16 packed values, spread the
+    /// first `popcnt` of them to their lanes (`vexpandps` between registers; its load form is
+    /// microcoded and several times slower on Zen 4), and multiply by `x` loaded under the
+    /// same mask. The quarters' starting values come from popcounts of the mask's low bits, so
+    /// the four are independent and only one add per block carries over. Quarter `q` always
+    /// sums into accumulator `q`, so the order of the sums is fixed by the matrix.
     ///
     /// # Safety
-    /// The CPU supports avx512f; `w` satisfies the [`Blocked`] invariants (columns `< cols ==
-    /// x.len()`, `col_off` padded by `BLOCK` bytes); `1 ≤ G ≤ 4`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_dot<const G: usize>(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
+    /// The CPU supports avx512f and popcnt; `w` satisfies the [`Blocked`] invariants (kept
+    /// columns `< cols == x.len()`, `values` padded by `PAD` zeros).
+    #[target_feature(enable = "avx512f,popcnt")]
+    pub unsafe fn row_dot(w: &Blocked<'_>, r: usize, x: &[f32]) -> f32 {
         let nb = w.blocks();
-        let mut k = w.row_ptr[r] as usize;
-        let (vp, cp) = (w.values.as_ptr(), w.col_off.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); G];
+        let mut vp = w.values.as_ptr().add(w.row_ptr[r] as usize);
+        let mp = w.masks.as_ptr().add(r * nb);
+        let xp = x.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); 4];
         for b in 0..nb {
-            let n = *w.counts.get_unchecked(r * nb + b) as usize;
-            let xb = x.as_ptr().add(b * BLOCK);
-            // The gathers keep the load ports busy, and the hardware prefetcher alone then
-            // falls behind on the value stream: ask for it ~2 KiB ahead (a hint; no fault).
-            _mm_prefetch::<_MM_HINT_T0>(vp.add(k + PREFETCH) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(vp.add(k + PREFETCH + 16) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(cp.add(k + 4 * PREFETCH) as *const i8);
-            // SAFETY (both branches): offsets are read 16 at a time from `k + 16g < k + BLOCK`
-            // with `k ≤ nnz`, inside the padding; values are read only under the mask (masked
-            // lanes never fault); gathers only touch lanes under the mask, whose columns are
-            // < cols.
-            if n <= 16 * G {
-                for (g, a) in acc.iter_mut().enumerate() {
-                    let m = lanes(n as i32 - 16 * g as i32);
-                    let i =
-                        _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + 16 * g) as *const __m128i));
-                    let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
-                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k + 16 * g)), x, *a);
-                }
-            } else {
-                for (g, j) in (0..n).step_by(16).enumerate() {
-                    let m = lanes((n - j) as i32);
-                    let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(k + j) as *const __m128i));
-                    let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xb);
-                    let a = &mut acc[g % G];
-                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k + j)), x, *a);
-                }
+            let m = *mp.add(b);
+            // The value stream is the one the hardware prefetcher falls behind on: ask for it
+            // ~1 KiB ahead (a hint; it never faults).
+            _mm_prefetch::<_MM_HINT_T0>(vp.add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(vp.add(PREFETCH + 16) as *const i8);
+            let start = [
+                0,
+                (m & 0xffff).count_ones() as usize,
+                (m & 0xffff_ffff).count_ones() as usize,
+                (m & 0xffff_ffff_ffff).count_ones() as usize,
+            ];
+            let xb = xp.add(b * BLOCK);
+            for (q, a) in acc.iter_mut().enumerate() {
+                let k = (m >> (16 * q)) as __mmask16;
+                // SAFETY: `vp + start[q]` is at most the row's end, so its 16 floats lie
+                // within the values and their padding; `x` is read only under `k`, whose
+                // lanes are kept columns `< cols`.
+                let v = _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vp.add(start[q])));
+                let xv = _mm512_maskz_loadu_ps(k, xb.add(16 * q));
+                *a = _mm512_fmadd_ps(v, xv, *a);
             }
-            k += n;
+            vp = vp.add(m.count_ones() as usize);
         }
-        let mut sum = acc[0];
-        for a in &acc[1..] {
-            sum = _mm512_add_ps(sum, *a);
-        }
-        _mm512_reduce_add_ps(sum)
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
     }
 
-    /// Distance of the value prefetch, in entries.
-    const PREFETCH: usize = 512;
+    /// Distance of the value prefetch, in floats.
+    const PREFETCH: usize = 256;
 
-    /// The mask of the first `n` lanes (none for `n ≤ 0`, all for `n ≥ 16`), without a branch.
-    #[inline(always)]
-    fn lanes(n: i32) -> __mmask16 {
-        let n = n.clamp(0, 16) as u32;
-        ((1u32 << n) - 1) as __mmask16
-    }
-
-    /// `acc[t] += Σ v[k] xb[c[k] * TILE + t]` for the `TILE` tokens of a tile, one
-    /// accumulator register per 16 tokens.
+    /// `acc[t] += Σ v[k] xb[c_k * TILE + t]` for the `TILE` tokens of a tile, where `c_k` is
+    /// the `k`-th set bit of `m`; one accumulator register per 16 tokens.
     ///
     /// # Safety
-    /// The CPU supports avx512f, `v.len() == c.len()`, and `(c[k] + 1) * TILE ≤ xb.len()`.
+    /// The CPU supports avx512f, `v.len() == m.count_ones()`, and `(c + 1) * TILE ≤ xb.len()`
+    /// for every set bit `c` of `m`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn block_tile(v: &[f32], c: &[u8], xb: &[f32], acc: &mut [f32; TILE]) {
+    pub unsafe fn block_tile(v: &[f32], mut m: u64, xb: &[f32], acc: &mut [f32; TILE]) {
         const R: usize = TILE / 16;
         let o = acc.as_mut_ptr();
         let mut a = [_mm512_setzero_ps(); R];
@@ -380,10 +367,12 @@ mod avx512 {
             *a_l = _mm512_loadu_ps(o.add(16 * l));
         }
         let xp = xb.as_ptr();
-        for (&w, &col) in v.iter().zip(c) {
+        for &w in v {
+            let col = m.trailing_zeros() as usize;
+            m &= m - 1;
             let b = _mm512_set1_ps(w);
             // SAFETY: `col * TILE + TILE ≤ xb.len()` by the caller's contract.
-            let p = xp.add(col as usize * TILE);
+            let p = xp.add(col * TILE);
             for (l, a_l) in a.iter_mut().enumerate() {
                 *a_l = _mm512_fmadd_ps(b, _mm512_loadu_ps(p.add(16 * l)), *a_l);
             }

@@ -1,16 +1,18 @@
 //! Sparse execution of pruned linears on the CPU: what pruning buys.
 //!
-//! A pruned linear's weight is stored in column-blocked compressed rows ([`SparseMatrix`]: f32
-//! values, u8 column offsets in blocks of 64 columns), 5 bytes per kept weight instead of 4
-//! per weight (0.375× dense at 70 % zeros), and multiplied without touching the zeros
-//! ([`kernels`]). Values stay in f32: the product equals
-//! the dense-with-zeros product up to summation order.
+//! A pruned linear's weight is stored as bitmask compressed rows ([`SparseMatrix`]: f32 values
+//! packed row by row, one bit per weight saying which are kept), 4 bytes per kept weight plus
+//! one bit per weight instead of 4 bytes per weight (0.33× dense at 70 % zeros), and multiplied
+//! without touching the zeros ([`kernels`]). Values stay in f32: the product equals the
+//! dense-with-zeros product up to summation order.
 //!
-//! Why compressed rows and not a bitmask with packed values: on AVX-512 cores measured here
-//! (AMD Zen 4) the expand-load (`vpexpandd`) a bitmask layout needs is slow, while gathers
-//! from the L1-resident input are not; the sparse benchmark (README, "Sparse execution")
-//! measures both uses (decode and evaluation) against dense in one run. [`SparseMode`] decides per linear from the measured
-//! crossover (README, "Sparse execution").
+//! Why this layout: measured on the demo's linear shapes at p 0.7 (AMD Zen 4, 2 threads, in
+//! one probe), a dense GEMV took 21–25 ms per pass, compressed rows with u8 column offsets
+//! and 16-lane gathers from the L1-resident input 12.5 ms, and the bitmask with a 16-value
+//! load expanded between registers 9 ms (the expand's load form, `vexpandps zmm, m512`, took
+//! 17–19 ms: it is microcoded on Zen 4). The sparse benchmark (README, "Sparse execution")
+//! measures both uses (decode and evaluation) against dense in one run. [`SparseMode`] decides
+//! per linear from the measured crossover (README, "Sparse execution").
 
 pub mod kernels;
 mod op;
@@ -69,48 +71,17 @@ impl SparseMode {
 /// margin so `auto` is never slower than dense.
 pub const AUTO_MIN_SPARSITY: f64 = 0.55;
 
-/// A `[rows, cols]` f32 matrix in column-blocked compressed rows ([`kernels::Blocked`]): per
-/// kept weight its f32 value and a u8 column offset in its block of 64 columns (5 bytes), per
-/// row and block a u16 count, per row a u32 offset.
+/// A `[rows, cols]` f32 matrix in bitmask compressed rows ([`kernels::Blocked`]): per kept
+/// weight its f32 value, per row and block of 64 columns a u64 mask of the kept columns, per
+/// row a u32 offset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparseMatrix {
     rows: usize,
     cols: usize,
     row_ptr: Vec<u32>,
-    counts: Vec<u16>,
-    /// Padded with [`PAD`] zero bytes (the kernels load up to 64 offsets at a time).
-    col_off: Vec<u8>,
+    masks: Vec<u64>,
+    /// Followed by [`kernels::PAD`] zeros (the kernels load 16 values at a time).
     values: Vec<f32>,
-    /// 16-lane gathers the matrix–vector kernel runs per block without a branch (see
-    /// [`kernels::Blocked::gathers`]).
-    gathers: u8,
-}
-
-/// Bytes of zero padding after the last column offset: one whole block of offsets, so the
-/// kernels may load 64 offsets from any entry.
-const PAD: usize = kernels::BLOCK;
-
-/// How many 16-lane gathers per block the matrix–vector kernel runs branch-free: enough for
-/// all but about one block in a thousand (those take a slower loop). Blocks' counts vary with
-/// the data, so a loop whose trip count follows them mispredicts a branch or two per block,
-/// which cost more than the gathers themselves (measured on the demo at p 0.7: 64-column
-/// blocks hold 19 ± 4 kept weights).
-fn gathers_for(counts: &[u16]) -> u8 {
-    let mut hist = [0usize; kernels::BLOCK + 1];
-    for &c in counts {
-        hist[c as usize] += 1;
-    }
-    let allowed = counts.len() / 1000;
-    let mut above = 0;
-    // The smallest g such that at most `allowed` blocks hold more than 16·g weights.
-    for g in 1..=kernels::BLOCK / 16 {
-        above = hist[16 * g + 1..].iter().sum::<usize>();
-        if above <= allowed {
-            return g as u8;
-        }
-    }
-    debug_assert_eq!(above, 0);
-    (kernels::BLOCK / 16) as u8
 }
 
 impl SparseMatrix {
@@ -124,44 +95,38 @@ impl SparseMatrix {
         }
         let nb = cols.div_ceil(kernels::BLOCK);
         // Rows in parallel, then concatenated in order: the result does not depend on threads.
-        let per_row: Vec<(Vec<u16>, Vec<u8>, Vec<f32>)> = (0..rows)
+        let per_row: Vec<(Vec<u64>, Vec<f32>)> = (0..rows)
             .into_par_iter()
             .map(|r| {
                 let row = &w[r * cols..(r + 1) * cols];
-                let mut counts = vec![0u16; nb];
-                let (mut c, mut v) = (Vec::new(), Vec::new());
+                let mut masks = vec![0u64; nb];
+                let mut v = Vec::new();
                 for (j, &x) in row.iter().enumerate() {
                     if x != 0.0 {
-                        counts[j / kernels::BLOCK] += 1;
-                        c.push((j % kernels::BLOCK) as u8);
+                        masks[j / kernels::BLOCK] |= 1 << (j % kernels::BLOCK);
                         v.push(x);
                     }
                 }
-                (counts, c, v)
+                (masks, v)
             })
             .collect();
-        let nnz: usize = per_row.iter().map(|r| r.2.len()).sum();
+        let nnz: usize = per_row.iter().map(|r| r.1.len()).sum();
         let mut row_ptr = Vec::with_capacity(rows + 1);
-        let mut counts = Vec::with_capacity(rows * nb);
-        let mut col_off = Vec::with_capacity(nnz + PAD);
-        let mut values = Vec::with_capacity(nnz);
+        let mut masks = Vec::with_capacity(rows * nb);
+        let mut values = Vec::with_capacity(nnz + kernels::PAD);
         row_ptr.push(0u32);
-        for (n, c, v) in per_row {
-            counts.extend_from_slice(&n);
-            col_off.extend_from_slice(&c);
+        for (m, v) in per_row {
+            masks.extend_from_slice(&m);
             values.extend_from_slice(&v);
             row_ptr.push(values.len() as u32);
         }
-        col_off.extend_from_slice(&[0u8; PAD]);
-        let gathers = gathers_for(&counts);
+        values.extend_from_slice(&[0f32; kernels::PAD]);
         Ok(Self {
             rows,
             cols,
             row_ptr,
-            counts,
-            col_off,
+            masks,
             values,
-            gathers,
         })
     }
 
@@ -183,7 +148,7 @@ impl SparseMatrix {
 
     /// Kept (non-zero) weights.
     pub fn nnz(&self) -> usize {
-        self.values.len()
+        self.values.len() - kernels::PAD
     }
 
     /// Fraction of zeros.
@@ -194,9 +159,9 @@ impl SparseMatrix {
         }
     }
 
-    /// Bytes held: values, column offsets, per-block counts and row offsets.
+    /// Bytes held: values (with their padding), masks and row offsets.
     pub fn bytes(&self) -> usize {
-        self.values.len() * 4 + self.col_off.len() + self.counts.len() * 2 + self.row_ptr.len() * 4
+        self.values.len() * 4 + self.masks.len() * 8 + self.row_ptr.len() * 4
     }
 
     pub fn blocked(&self) -> kernels::Blocked<'_> {
@@ -204,10 +169,8 @@ impl SparseMatrix {
             rows: self.rows,
             cols: self.cols,
             row_ptr: &self.row_ptr,
-            counts: &self.counts,
-            col_off: &self.col_off,
+            masks: &self.masks,
             values: &self.values,
-            gathers: self.gathers,
         }
     }
 
@@ -220,11 +183,12 @@ impl SparseMatrix {
             .for_each(|(r, row)| {
                 let mut k = self.row_ptr[r] as usize;
                 for b in 0..nb {
-                    let n = self.counts[r * nb + b] as usize;
-                    for (&c, &v) in self.col_off[k..k + n].iter().zip(&self.values[k..k + n]) {
-                        row[b * kernels::BLOCK + c as usize] = v;
+                    let mut m = self.masks[r * nb + b];
+                    while m != 0 {
+                        row[b * kernels::BLOCK + m.trailing_zeros() as usize] = self.values[k];
+                        m &= m - 1;
+                        k += 1;
                     }
-                    k += n;
                 }
             });
         w
@@ -243,47 +207,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_counts() -> Result<()> {
+    fn round_trip_and_masks() -> Result<()> {
         let w = [0.0, 1.5, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 3.0];
         let s = SparseMatrix::from_dense(&w, 3, 3)?;
         assert_eq!(s.nnz(), 3);
         assert_eq!(s.row_ptr, vec![0, 1, 2, 3]);
-        assert_eq!(s.counts, vec![1, 1, 1]);
-        assert_eq!(&s.col_off[..3], &[1, 0, 2]);
+        assert_eq!(s.masks, vec![0b010, 0b001, 0b100]);
+        assert_eq!(&s.values[..3], &[1.5, -2.0, 3.0]);
         assert_eq!(s.to_dense(), w.to_vec());
         assert!((s.sparsity() - 6.0 / 9.0).abs() < 1e-12);
-        assert_eq!(s.bytes(), 3 * 4 + (3 + PAD) + 3 * 2 + 4 * 4);
-        assert_eq!(s.blocked().gathers, 1);
-        // Later column blocks: column c is offset c % BLOCK of block c / BLOCK.
+        assert_eq!(s.bytes(), (3 + kernels::PAD) * 4 + 3 * 8 + 4 * 4);
+        // Later column blocks: column c is bit c % BLOCK of block c / BLOCK.
         let bl = kernels::BLOCK;
         let mut w = vec![0f32; 2 * 600];
         w[300] = 1.0;
         w[600 + 599] = 2.0;
         let s = SparseMatrix::from_dense(&w, 2, 600)?;
         let nb = 600usize.div_ceil(bl);
-        let mut counts = vec![0u16; 2 * nb];
-        counts[300 / bl] = 1;
-        counts[nb + 599 / bl] = 1;
-        assert_eq!(s.counts, counts);
-        assert_eq!(&s.col_off[..2], &[(300 % bl) as u8, (599 % bl) as u8]);
+        let mut masks = vec![0u64; 2 * nb];
+        masks[300 / bl] = 1 << (300 % bl);
+        masks[nb + 599 / bl] = 1 << (599 % bl);
+        assert_eq!(s.masks, masks);
         assert_eq!(s.to_dense(), w);
         Ok(())
-    }
-
-    #[test]
-    fn gathers_cover_all_but_one_block_in_a_thousand() {
-        // 2000 blocks: at most 2 may exceed 16·g.
-        let mut counts = vec![10u16; 2000];
-        assert_eq!(gathers_for(&counts), 1);
-        counts[..2].iter_mut().for_each(|c| *c = 64);
-        assert_eq!(gathers_for(&counts), 1);
-        counts[2] = 17;
-        assert_eq!(gathers_for(&counts), 2);
-        counts[3..10].iter_mut().for_each(|c| *c = 40);
-        assert_eq!(gathers_for(&counts), 3);
-        // Few blocks: none may exceed.
-        assert_eq!(gathers_for(&[3, 33]), 3);
-        assert_eq!(gathers_for(&[]), 1);
     }
 
     #[test]
