@@ -186,7 +186,6 @@ impl KvEntry {
 /// decode step's attention as one loop instead of a dozen small tensor ops (`repeat_kv`,
 /// contiguous copies, batched matmuls, softmax), which cost more than the arithmetic at batch 1.
 fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Tensor> {
-    use rayon::prelude::*;
     let (Some(kt), Some(vt)) = (&e.k, &e.v) else {
         candle_core::bail!("the KV cache is empty");
     };
@@ -212,7 +211,7 @@ fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Te
         let mut s: Vec<f32> = (0..total)
             .map(|j| {
                 let kj = &kg[j * hd..(j + 1) * hd];
-                qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
+                crate::sparse::kernels::dot(qh, kj) * scale
             })
             .collect();
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -231,10 +230,10 @@ fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Te
         out.iter_mut().for_each(|o| *o /= sum);
     };
     let mut out = vec![0f32; nh * hd];
-    if total * nh * hd > 1 << 16 {
-        out.par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(h, o)| head(h, o));
+    if total * nh * hd > 1 << 14 {
+        // On the spinning pool that also runs the step's products: rayon's workers would
+        // have to be woken, and they compete with the spinning ones for the cores.
+        crate::sparse::pool::fill_chunks(&mut out, hd, &|i, o| head(i / hd, o));
     } else {
         out.chunks_mut(hd).enumerate().for_each(|(h, o)| head(h, o));
     }

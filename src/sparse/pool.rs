@@ -204,6 +204,35 @@ pub fn global() -> &'static SpinPool {
     POOL.get_or_init(|| SpinPool::new(rayon::current_num_threads()))
 }
 
+/// Fill `y` chunk by chunk (`f(first_index, chunk)`) on the spinning pool: a decode step's
+/// products and attention are too short for rayon's wake-ups.
+pub fn fill_chunks(y: &mut [f32], chunk: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n = y.len();
+    let base = SyncPtr(y.as_mut_ptr());
+    let tasks = n.div_ceil(chunk);
+    global().run(tasks, &|i| {
+        let (a, b) = (i * chunk, ((i + 1) * chunk).min(n));
+        // SAFETY: task `i` alone covers `[a, b)`, disjoint from every other task's range and
+        // inside `y`, which outlives `run` (it returns after every task finished).
+        let out = unsafe { std::slice::from_raw_parts_mut(base.get().add(a), b - a) };
+        f(a, out);
+    });
+}
+
+/// A raw output pointer shared by the pool's tasks, each writing its own disjoint range.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: tasks only write disjoint ranges through it (see `fill_chunks`).
+unsafe impl Sync for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
