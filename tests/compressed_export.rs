@@ -117,7 +117,7 @@ fn dlpx(args: &[&str]) -> String {
 
 /// The DLP-pruned demo (p 0.7, preview masks) saved dense and compressed: the compressed
 /// checkpoint is at most half the size, decompresses to exactly the dense pruned weights, and
-/// says what it is in config.json; the recipe names the per-layer sparsities of the report.
+/// says what it is in config.json, and dlpx loads it back sparse; the recipe names the per-layer sparsities of the report.
 #[test]
 fn demo_compressed_export_and_recipe() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,6 +186,32 @@ fn demo_compressed_export_and_recipe() {
     assert_eq!(sc["ignore"], serde_json::json!(["lm_head"]));
     let g = sc["global_sparsity"].as_f64().unwrap();
     assert!(g > 0.5 && g < 0.7, "{g}");
+
+    // dlpx reads its compressed checkpoint back straight into compressed rows: the same
+    // linears run sparse, holding the same bytes, and generate the same tokens as the dense
+    // folder with zeros (compacted on load); `--sparse off` makes them dense again.
+    let generate = |p: &str, mode: &str| -> serde_json::Value {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+            .args(["generate", "-q", "--json", "--max-new-tokens", "8"])
+            .args(["--prompt", "The history of the city", "--sparse", mode])
+            .args(["--model", &s(p)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (from_c, from_d) = (generate("compressed", "auto"), generate("dense", "auto"));
+    assert!(from_c["sparse_linears"].as_u64().unwrap() > 100, "{from_c}");
+    for k in ["sparse_linears", "linear_bytes", "tokens"] {
+        assert_eq!(from_c[k], from_d[k], "{k}");
+    }
+    let off = generate("compressed", "off");
+    assert_eq!(off["sparse_linears"], 0);
+    assert_eq!(off["tokens"], from_d["tokens"]);
+    assert!(
+        off["linear_bytes"].as_u64().unwrap() > 2 * from_c["linear_bytes"].as_u64().unwrap(),
+        "{off} vs {from_c}"
+    );
 
     // The recipe: WandaPruningModifier with the report's per-block targets, bit for bit.
     let report: serde_json::Value =

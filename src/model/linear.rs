@@ -90,6 +90,20 @@ impl PrunableLinear {
         }
     }
 
+    /// A linear held in compressed rows from the start (a sparse checkpoint read as it is).
+    pub fn from_sparse(
+        name: impl Into<String>,
+        weight: SparseMatrix,
+        bias: Option<Tensor>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            store: Store::Sparse(Arc::new(weight)),
+            bias,
+            lora: None,
+        }
+    }
+
     /// A shape-only weight for an offloaded block: one scalar broadcast to `[out, in]`, so
     /// shapes and parameter counts are known while the data stays in its file.
     pub fn placeholder(shape: Vec<usize>, dtype: DType) -> Result<Tensor> {

@@ -13,7 +13,7 @@ use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::LlamaConfig;
 use super::linear::{LinearKind, Observer, PrunableLinear};
-use crate::sparse::SparseMode;
+use crate::sparse::{SparseMatrix, SparseMode};
 
 /// Precomputed rope tables `[max_pos, head_dim/2]`.
 #[derive(Debug, Clone)]
@@ -329,6 +329,11 @@ pub trait WeightSource: Send + Sync {
     fn tensor(&self, name: &str, device: &Device, dtype: DType) -> Result<Option<Tensor>>;
     /// Its shape, from the file's header (no data is read).
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The weight with this name in compressed rows (f32), when the checkpoint stores it
+    /// sparse; `None` when it stores it dense (then [`WeightSource::tensor`] reads it).
+    fn sparse_weight(&self, _name: &str) -> Result<Option<SparseMatrix>> {
+        Ok(None)
+    }
 }
 
 /// The weight source of an offloaded model (block weights read from their file on demand).
@@ -374,7 +379,30 @@ impl Llama {
         dtype: DType,
         get: impl FnMut(&str) -> color_eyre::Result<Option<Tensor>>,
     ) -> color_eyre::Result<Self> {
-        Self::build(config, device, dtype, get, None)
+        Self::build(config, device, dtype, get, |_| Ok(None), None)
+    }
+
+    /// Build a resident model from a weight source. On the CPU in f32, a linear the source
+    /// holds sparse ([`WeightSource::sparse_weight`], e.g. a compressed-tensors checkpoint) is
+    /// read straight into compressed rows, without a dense copy.
+    pub fn from_source(
+        config: LlamaConfig,
+        device: &Device,
+        dtype: DType,
+        src: &dyn WeightSource,
+    ) -> color_eyre::Result<Self> {
+        let sparse_ok = device.is_cpu() && dtype == DType::F32;
+        Self::build(
+            config,
+            device,
+            dtype,
+            |n| Ok(src.tensor(n, device, dtype)?),
+            |n| match sparse_ok {
+                true => Ok(src.sparse_weight(n)?),
+                false => Ok(None),
+            },
+            None,
+        )
     }
 
     /// Build an offloaded model: embeddings, norms, biases and head are read now; the block
@@ -389,7 +417,14 @@ impl Llama {
         let get = move |n: &str| -> color_eyre::Result<Option<Tensor>> {
             Ok(src.tensor(n, device, dtype)?)
         };
-        Self::build(config, device, dtype, get, Some(Offload(source)))
+        Self::build(
+            config,
+            device,
+            dtype,
+            get,
+            |_| Ok(None),
+            Some(Offload(source)),
+        )
     }
 
     fn build(
@@ -397,6 +432,7 @@ impl Llama {
         device: &Device,
         dtype: DType,
         mut get: impl FnMut(&str) -> color_eyre::Result<Option<Tensor>>,
+        mut get_sparse: impl FnMut(&str) -> color_eyre::Result<Option<SparseMatrix>>,
         offload: Option<Offload>,
     ) -> color_eyre::Result<Self> {
         use color_eyre::eyre::eyre;
@@ -411,6 +447,12 @@ impl Llama {
             let mut mk = |k: LinearKind| -> color_eyre::Result<PrunableLinear> {
                 let name = format!("{p}.{}", k.hf_name());
                 let w_name = format!("{name}.weight");
+                let wants_bias = config.attention_bias
+                    && matches!(k, LinearKind::Q | LinearKind::K | LinearKind::V);
+                let bias_name = format!("{name}.bias");
+                let bias = |req: &mut dyn FnMut(&str) -> color_eyre::Result<Tensor>| {
+                    wants_bias.then(|| req(&bias_name)).transpose()
+                };
                 let w = match &offload {
                     Some(o) => {
                         let shape =
@@ -418,15 +460,18 @@ impl Llama {
                                 .ok_or_else(|| eyre!("the checkpoint has no tensor `{w_name}`"))?;
                         PrunableLinear::placeholder(shape, dtype)?
                     }
-                    None => req(&w_name)?,
+                    None => match get_sparse(&w_name)? {
+                        // A sparse checkpoint read straight into compressed rows.
+                        Some(sw) => {
+                            let b = bias(&mut req)?;
+                            let mut l = PrunableLinear::from_sparse(name, sw, b);
+                            l.compact(SparseMode::Auto)?;
+                            return Ok(l);
+                        }
+                        None => req(&w_name)?,
+                    },
                 };
-                let wants_bias = config.attention_bias
-                    && matches!(k, LinearKind::Q | LinearKind::K | LinearKind::V);
-                let b = if wants_bias {
-                    Some(req(&format!("{name}.bias"))?)
-                } else {
-                    None
-                };
+                let b = bias(&mut req)?;
                 // A saved pruned checkpoint: held in compressed rows as it is read, so the
                 // model never holds a second dense copy (`SparseMode::Off` makes it dense again).
                 let mut l = PrunableLinear::new(name, w, b);

@@ -17,6 +17,8 @@ use candle_core::{DType, Device, Tensor};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use tokenizers::Tokenizer;
 
+use crate::sparse::SparseMatrix;
+
 pub use config::LlamaConfig;
 pub use linear::{InputStats, LinearKind, PrunableLinear};
 pub use llama::{KvCache, Llama, WeightSource};
@@ -348,6 +350,39 @@ struct SafetensorsSource {
     names: HashSet<String>,
 }
 
+impl SafetensorsSource {
+    /// The parts of a compressed-tensors weight (`sparse-bitmask` or `sparse-24-bitmask`, as
+    /// `dlpx prune --save DIR --format compressed` writes them; README, "Export"): for
+    /// `<p>.weight`, the tensors `<p>.compressed` (kept values, row-major), `<p>.bitmask`
+    /// (packed rows) and `<p>.shape` (`[rows, cols]`), as compressed rows in f32.
+    fn compressed(&self, name: &str) -> candle_core::Result<Option<SparseMatrix>> {
+        let Some(p) = name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let part = |s: &str| format!("{p}.{s}");
+        if self.names.contains(name) || !self.names.contains(&part("compressed")) {
+            return Ok(None);
+        }
+        let cpu = &Device::Cpu;
+        let load = |s: &str| -> candle_core::Result<Tensor> {
+            match self.names.contains(&part(s)) {
+                true => self.st.load(&part(s), cpu)?.flatten_all(),
+                false => candle_core::bail!("compressed weight `{p}` has no `{}`", part(s)),
+            }
+        };
+        let shape = load("shape")?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+        let (rows, cols) = match shape[..] {
+            [r, c] if r >= 0 && c >= 0 => (r as usize, c as usize),
+            _ => candle_core::bail!("`{}` is {shape:?}, not [rows, cols]", part("shape")),
+        };
+        let bits = load("bitmask")?.to_vec1::<u8>()?;
+        let values = load("compressed")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        SparseMatrix::from_packed_bits(rows, cols, &bits, values)
+            .map(Some)
+            .map_err(|e| candle_core::Error::msg(format!("compressed weight `{p}`: {e}")))
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn tensor(
         &self,
@@ -356,16 +391,28 @@ impl WeightSource for SafetensorsSource {
         dtype: DType,
     ) -> candle_core::Result<Option<Tensor>> {
         if !self.names.contains(name) {
-            return Ok(None);
+            // A compressed weight wanted dense (a GPU, another dtype, an offloaded block).
+            return match self.compressed(name)? {
+                Some(s) => Ok(Some(s.to_tensor(device, dtype)?)),
+                None => Ok(None),
+            };
         }
         Ok(Some(self.st.load(name, device)?.to_dtype(dtype)?))
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         if !self.names.contains(name) {
-            return None;
+            // A compressed weight: its `<p>.shape` tensor says `[rows, cols]`.
+            let p = name.strip_suffix(".weight")?;
+            let shape = self.st.load(&format!("{p}.shape"), &Device::Cpu).ok()?;
+            let dims = shape.flatten_all().ok()?.to_vec1::<i64>().ok()?;
+            return dims.iter().map(|&d| usize::try_from(d).ok()).collect();
         }
         Some(self.st.get(name).ok()?.shape().to_vec())
+    }
+
+    fn sparse_weight(&self, name: &str) -> candle_core::Result<Option<SparseMatrix>> {
+        self.compressed(name)
     }
 }
 
@@ -409,9 +456,7 @@ pub fn load_folder(
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
     let src = SafetensorsSource { st, names };
     let llama = match place {
-        Placement::Resident => {
-            Llama::from_named(config, device, dtype, |n| Ok(src.tensor(n, device, dtype)?))?
-        }
+        Placement::Resident => Llama::from_source(config, device, dtype, &src)?,
         Placement::Offload => Llama::offloaded(config, device, dtype, std::sync::Arc::new(src))?,
     };
     Ok(LoadedModel {

@@ -130,6 +130,67 @@ impl SparseMatrix {
         })
     }
 
+    /// A matrix from a packed bitmask and its kept values, as compressed-tensors'
+    /// `sparse-bitmask` stores a weight: `bits` holds `⌈cols/8⌉` bytes per row, bit `j` (least
+    /// significant first) of byte `k` set when column `8k + j` is kept; `values` are the kept
+    /// weights in row-major order. The bits are checked (count, nothing past the last column),
+    /// since the kernels rely on them.
+    pub fn from_packed_bits(
+        rows: usize,
+        cols: usize,
+        bits: &[u8],
+        values: Vec<f32>,
+    ) -> Result<Self> {
+        let per_row = cols.div_ceil(8);
+        if bits.len() != rows * per_row {
+            candle_core::bail!(
+                "sparse: {} bitmask bytes for a [{rows}, {cols}] matrix ({} expected)",
+                bits.len(),
+                rows * per_row
+            );
+        }
+        if rows * cols >= u32::MAX as usize {
+            candle_core::bail!("sparse: [{rows}, {cols}] exceeds the u32 row offsets");
+        }
+        let nb = cols.div_ceil(kernels::BLOCK);
+        let tail = cols % kernels::BLOCK;
+        let mut masks = vec![0u64; rows * nb];
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        row_ptr.push(0u32);
+        let mut kept = 0usize;
+        for (r, row) in bits.chunks(per_row.max(1)).take(rows).enumerate() {
+            for (b, m) in masks[r * nb..(r + 1) * nb].iter_mut().enumerate() {
+                let src = &row[8 * b..(8 * b + 8).min(per_row)];
+                let mut word = [0u8; 8];
+                word[..src.len()].copy_from_slice(src);
+                *m = u64::from_le_bytes(word);
+                kept += m.count_ones() as usize;
+            }
+            if tail != 0 && masks[r * nb + nb - 1] >> tail != 0 {
+                candle_core::bail!("sparse: row {r} of the bitmask marks columns past {cols}");
+            }
+            row_ptr.push(kept as u32);
+        }
+        if rows > 0 && per_row == 0 {
+            row_ptr.resize(rows + 1, 0);
+        }
+        if values.len() != kept {
+            candle_core::bail!(
+                "sparse: {} values for {kept} set bits of the bitmask",
+                values.len()
+            );
+        }
+        let mut values = values;
+        values.extend_from_slice(&[0f32; kernels::PAD]);
+        Ok(Self {
+            rows,
+            cols,
+            row_ptr,
+            masks,
+            values,
+        })
+    }
+
     /// The non-zeros of a 2-D f32 CPU tensor.
     pub fn from_tensor(w: &Tensor) -> Result<Self> {
         let (rows, cols) = w.dims2()?;
@@ -229,6 +290,44 @@ mod tests {
         masks[nb + 599 / bl] = 1 << (599 % bl);
         assert_eq!(s.masks, masks);
         assert_eq!(s.to_dense(), w);
+        Ok(())
+    }
+
+    /// numpy's `packbits(axis=-1, bitorder="little")` of the nonzeros, written out by hand.
+    fn packed(w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+        let per_row = cols.div_ceil(8);
+        let mut out = vec![0u8; rows * per_row];
+        for r in 0..rows {
+            for c in 0..cols {
+                if w[r * cols + c] != 0.0 {
+                    out[r * per_row + c / 8] |= 1 << (c % 8);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_bits_give_the_same_matrix_as_the_dense_values() -> Result<()> {
+        for (rows, cols) in [(3, 1), (5, 7), (4, 64), (3, 130), (2, 576)] {
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| match (i * 7919) % 10 {
+                    0..=6 => 0.0,
+                    k => k as f32 - 0.5 * i as f32,
+                })
+                .collect();
+            let kept: Vec<f32> = w.iter().copied().filter(|&x| x != 0.0).collect();
+            let s = SparseMatrix::from_packed_bits(rows, cols, &packed(&w, rows, cols), kept)?;
+            assert_eq!(
+                s,
+                SparseMatrix::from_dense(&w, rows, cols)?,
+                "{rows}x{cols}"
+            );
+        }
+        // Wrong counts and bits past the last column are refused.
+        assert!(SparseMatrix::from_packed_bits(1, 7, &[0b11], vec![1.0]).is_err());
+        assert!(SparseMatrix::from_packed_bits(1, 7, &[0b1000_0001], vec![1.0, 2.0]).is_err());
+        assert!(SparseMatrix::from_packed_bits(2, 7, &[1], vec![1.0]).is_err());
         Ok(())
     }
 
