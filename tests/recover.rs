@@ -133,6 +133,14 @@ fn recover_writes_peft_adapters_a_report_and_a_merged_model_with_the_same_zeros(
     assert_eq!(cfg["r"], 8);
     assert_eq!(cfg["lora_alpha"], 16.0);
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    // The base is named as `from_pretrained` takes it (PEFT checks: a valid repo id or an
+    // existing path): with --merge and no unmerged --save, the model's own folder.
+    let base = cfg["base_model_name_or_path"].as_str().unwrap();
+    assert!(
+        std::path::Path::new(base).is_absolute() && std::path::Path::new(base).exists(),
+        "{base}"
+    );
+    assert_eq!(cfg["revision"], serde_json::Value::Null);
     let t =
         candle_core::safetensors::load(ad.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(t.len(), 2 * 7 * tiny.blocks);

@@ -48,15 +48,19 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     };
     let obs = &mut ctx.progress;
     let mut x = Experiment::open(&setup, obs)?;
-    // PEFT loads adapters onto their base model: the pruned folder when --save writes it.
-    let base_name = match (&a.save, a.merge) {
-        (Some(dir), false) => dir.display().to_string(),
-        _ => x.model.source.label(),
+    // PEFT loads adapters onto their base model: the pruned folder when --save writes it, else
+    // the source as `from_pretrained` takes it (a Hub id or a path; never a display name).
+    let (base_name, revision) = match (&a.save, a.merge) {
+        (Some(dir), false) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            (abs.display().to_string(), None)
+        }
+        _ => x.model.source.peft_base(&x.model.path),
     };
     let out = a.out.clone();
     let on_best = {
-        let base_name = base_name.clone();
-        Box::new(move |ad: &Adapters| ad.save_peft(&out, &base_name))
+        let (base_name, revision) = (base_name.clone(), revision.clone());
+        Box::new(move |ad: &Adapters| ad.save_peft(&out, &base_name, revision.as_deref()))
     };
     let spec = RunSpec {
         tasks,
@@ -77,7 +81,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
         bail!("the run recovered nothing");
     };
     // The best adapters are installed; written again in case none improved on the pruned model.
-    adapters.save_peft(&a.out, &base_name)?;
+    adapters.save_peft(&a.out, &base_name, revision.as_deref())?;
     if let Some(r) = &report.recovered {
         obs.status(&format!(
             "adapters (PEFT) in {}: best held-out loss at step {}",

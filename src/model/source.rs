@@ -69,6 +69,22 @@ impl ModelSource {
     }
 
     /// A short human label.
+    /// What PEFT's `adapter_config.json` names as the base model (`base_model_name_or_path`,
+    /// `revision`), in a form `from_pretrained` accepts: a Hub id (its revision apart), else
+    /// the absolute path of the file or folder the model was read from (`loaded`), never a
+    /// display name.
+    pub fn peft_base(&self, loaded: &Path) -> (String, Option<String>) {
+        match self {
+            Self::Hub { id, revision } => {
+                (id.clone(), (revision != "main").then(|| revision.clone()))
+            }
+            _ => {
+                let abs = std::path::absolute(loaded).unwrap_or_else(|_| loaded.to_path_buf());
+                (abs.display().to_string(), None)
+            }
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             Self::Demo => "demo (SmolLM2-135M-Instruct Q4_1 GGUF)".into(),
@@ -82,6 +98,30 @@ impl ModelSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peft_base_is_a_hub_id_or_an_absolute_path() {
+        let hub = ModelSource::Hub {
+            id: "HuggingFaceTB/SmolLM2-135M".into(),
+            revision: "abc".into(),
+        };
+        let dir = Path::new("/x/y");
+        assert_eq!(
+            hub.peft_base(dir),
+            ("HuggingFaceTB/SmolLM2-135M".into(), Some("abc".into()))
+        );
+        let main = ModelSource::Hub {
+            id: "a/b".into(),
+            revision: "main".into(),
+        };
+        assert_eq!(main.peft_base(dir), ("a/b".into(), None));
+        let (demo, rev) = ModelSource::Demo.peft_base(Path::new("cache/demo.gguf"));
+        assert!(
+            Path::new(&demo).is_absolute() && demo.ends_with("demo.gguf"),
+            "{demo}"
+        );
+        assert_eq!(rev, None);
+    }
 
     #[test]
     fn parses_sources() {

@@ -218,8 +218,9 @@ impl Adapters {
         Ok(out)
     }
 
-    /// PEFT's `adapter_config.json` for these adapters on `base_model`.
-    pub fn peft_config(&self, base_model: &str) -> serde_json::Value {
+    /// PEFT's `adapter_config.json` for these adapters on `base_model` (a Hub id at
+    /// `revision`, or a path).
+    pub fn peft_config(&self, base_model: &str, revision: Option<&str>) -> serde_json::Value {
         serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -241,14 +242,14 @@ impl Adapters {
             "alpha_pattern": {},
             "use_rslora": false,
             "use_dora": false,
-            "revision": null,
+            "revision": revision,
         })
     }
 
     /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
     /// missing); each file is replaced atomically, so an interrupted run leaves the previous
     /// checkpoint whole.
-    pub fn save_peft(&self, dir: &Path, base_model: &str) -> Result<()> {
+    pub fn save_peft(&self, dir: &Path, base_model: &str, revision: Option<&str>) -> Result<()> {
         std::fs::create_dir_all(dir)
             .wrap_err_with(|| format!("cannot create `{}`", dir.display()))?;
         let tensors: std::collections::HashMap<String, Tensor> =
@@ -263,7 +264,7 @@ impl Adapters {
             .map_err(|e| eyre!("cannot write the adapters in `{}`: {e}", dir.display()))?;
         crate::assets::write_atomic(
             &dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&self.peft_config(base_model))?.as_bytes(),
+            serde_json::to_string_pretty(&self.peft_config(base_model, revision))?.as_bytes(),
         )
     }
 
@@ -579,7 +580,7 @@ mod tests {
             find("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight").dims(),
             &[16, 4]
         );
-        let c = ad.peft_config("pruned");
+        let c = ad.peft_config("pruned", None);
         assert_eq!(c["r"], 4);
         assert_eq!(c["peft_type"], "LORA");
         assert_eq!(
@@ -595,7 +596,7 @@ mod tests {
             ])
         );
         let dir = tempfile::tempdir().unwrap();
-        ad.save_peft(dir.path(), "pruned").unwrap();
+        ad.save_peft(dir.path(), "pruned", None).unwrap();
         let back = candle_core::safetensors::load(
             dir.path().join("adapter_model.safetensors"),
             &Device::Cpu,
