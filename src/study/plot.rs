@@ -125,10 +125,8 @@ fn unique(mut names: Vec<String>) -> Vec<String> {
     for i in 0..names.len() {
         if names.iter().filter(|n| **n == names[i]).count() > 1 {
             let base = names[i].clone();
-            let mut k = 1;
-            for n in names.iter_mut().filter(|n| **n == base) {
+            for (k, n) in (1..).zip(names.iter_mut().filter(|n| **n == base)) {
                 *n = format!("{base} #{k}");
-                k += 1;
             }
         }
     }
