@@ -5,6 +5,7 @@
 //! - `model` (load GGUF / safetensors / Hub, run blocks) and `data` (texts, windows);
 //! - `prune`, `eval` — the engine: statistics, allocation, masks, perplexity, generation;
 //! - `experiment` — one orchestration: open model + data, calibrate, prune, measure, report;
+//! - `study` — tables and figures from reports and sweep files (pure, no model);
 //! - front ends, each only its own I/O: `cli` (the commands, the benchmarks, and the terminal loop
 //!   of the explorer), over the explorer's `worker` (messages over the experiment) → `app`
 //!   (state) → `ui` (pure drawing).
@@ -28,6 +29,7 @@ pub mod recover;
 pub mod report;
 pub mod rng;
 pub mod sparse;
+pub mod study;
 pub mod ui;
 pub mod worker;
 pub mod zeroshot;

@@ -20,6 +20,8 @@ fn run(cli: Cli) -> color_eyre::Result<()> {
         Some(Command::Zeroshot(a)) => commands::zeroshot(&mut ctx, &a),
         Some(Command::Sweep(a)) => dlpx::cli::sweep_cmd::run(&mut ctx, &a),
         Some(Command::Recover(a)) => dlpx::cli::recover_cmd::run(&mut ctx, &a),
+        Some(Command::Table(a)) => dlpx::cli::study_cmd::table(&a),
+        Some(Command::Plot(a)) => dlpx::cli::study_cmd::plot(&a),
         Some(Command::Schema) => {
             print!("{}", dlpx::report::json_schema()?);
             Ok(())

@@ -172,6 +172,10 @@ pub enum Command {
     Zeroshot(ZeroshotArgs),
     /// Recover a pruned model with LoRA: replay a `dlpx prune --report` config, train low-rank adapters on the calibration text with the masks fixed (pruned weights stay exactly zero), early-stopped on held-out windows; save them in PEFT's format and compare perplexity dense → pruned → pruned+LoRA.
     Recover(RecoverArgs),
+    /// One row per report in the DLP paper's table layout (model, allocation and its parameters, metric, p, dense and pruned perplexity, the seven zero-shot accuracies and their mean), as Markdown, LaTeX or CSV.
+    Table(TableArgs),
+    /// SVG figures from reports and sweep files: per-block allocation (with block importance), perplexity against a swept parameter, calibration-draw spread, zero-shot accuracy per task.
+    Plot(PlotArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -264,16 +268,19 @@ pub struct SweepArgs {
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub data: DataFlags,
-    /// Output prefix: PREFIX.jsonl (one line per finished point, appended as they finish) and PREFIX.csv. With --shard i/n the files are PREFIX.iofn.jsonl/.csv.
+    /// Output prefix: PREFIX.jsonl (one line per finished point, appended as they finish) and PREFIX.csv. With --shard i/n the files are PREFIX.iofn.jsonl/.csv. A folder (existing, or a name ending in /, then created) means FOLDER/dlpx-sweep.
     #[arg(long, default_value = "dlpx-sweep")]
     pub out: String,
-    /// Run every n-th point only (points whose index ≡ i mod n), for one process per GPU or machine; join the files with --merge.
+    /// Run every n-th point only (points whose index ≡ i mod n), for one process per GPU or machine; join the files with --merge. `auto`: the shard of a Slurm array task (SLURM_ARRAY_TASK_ID, _MIN/_MAX or _COUNT) or a Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX with --shards or DLPX_SHARDS).
     #[arg(long)]
     pub shard: Option<String>,
+    /// The number of shards for --shard auto in a Kubernetes Indexed Job (its `completions`); or set DLPX_SHARDS. Checked against the array size under Slurm.
+    #[arg(long, requires = "shard")]
+    pub shards: Option<usize>,
     /// Start over: replace PREFIX.jsonl instead of resuming from it.
     #[arg(long)]
     pub fresh: bool,
-    /// Join the JSON-lines files of a sharded sweep (no model is loaded) into PREFIX.jsonl/.csv and print the table.
+    /// Join the JSON-lines files of a sharded sweep (no model is loaded) into PREFIX.jsonl/.csv and print the table. A folder stands for every shard file in it (PREFIX.iofn.jsonl); shard files must make up the whole sweep (one split, every shard, each finished), else the missing ones are listed.
     #[arg(long, num_args = 1.., conflicts_with_all = ["shard", "fresh"])]
     pub merge: Vec<std::path::PathBuf>,
     /// Recompute the calibration statistics even when the cache has them.
@@ -754,4 +761,58 @@ pub fn flag_message(e: &(dyn std::error::Error + 'static)) -> String {
         return s.render(setting_flag);
     }
     e.to_string()
+}
+
+/// `dlpx table`'s output format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Markdown,
+    Latex,
+    Csv,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TableArgs {
+    /// Reports written by `dlpx prune --report` (or `e` in the explorer), one row each, in this order.
+    #[arg(required = true)]
+    pub reports: Vec<std::path::PathBuf>,
+    /// markdown (a GitHub table), latex (a booktabs tabular) or csv (unrounded numbers, accuracies as fractions).
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: TableFormat,
+}
+
+/// What `dlpx plot` draws.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotKind {
+    /// Per-block target and achieved sparsity of one or more reports (one series each), block importance below.
+    Allocation,
+    /// Perplexity (log scale) against the swept parameter of one sweep file (PREFIX.jsonl), one line per allocation, 95 % bootstrap intervals, the best point marked.
+    Sweep,
+    /// Per-block allocated sparsity over the calibration draws of one report (mean ± sd, each draw).
+    Draws,
+    /// Zero-shot accuracy per task of one report, dense and pruned, with standard errors.
+    Zeroshot,
+}
+
+/// `dlpx plot`'s colours.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaletteArg {
+    /// The explorer's dark theme.
+    Dark,
+    /// Black on white, colour-blind-safe colours.
+    Print,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// Reports (`dlpx prune --report`) or, for --kind sweep, one sweep file (PREFIX.jsonl).
+    #[arg(required = true)]
+    pub inputs: Vec<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value = "allocation")]
+    pub kind: PlotKind,
+    /// The SVG file to write.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    #[arg(long, value_enum, default_value = "dark")]
+    pub palette: PaletteArg,
 }

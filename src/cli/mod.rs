@@ -10,6 +10,7 @@ pub mod bench_sparse;
 pub mod commands;
 pub mod prune_cmd;
 pub mod recover_cmd;
+pub mod study_cmd;
 pub mod sweep_cmd;
 pub mod tui;
 pub mod values;

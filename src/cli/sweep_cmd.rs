@@ -10,41 +10,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
-use serde::{Deserialize, Serialize};
 
 use crate::cli::commands::Ctx;
 use crate::cli::SweepArgs;
 use crate::eval::compare::paired_bootstrap;
-use crate::experiment::sweep::{Axis, Grid, Shard, SweepRow};
+use crate::experiment::sweep::{
+    read_sweep as read_file, Axis, Grid, Shard, SweepHeader as Header, SweepLine as Line, SweepRow,
+    SWEEP_FORMAT,
+};
 use crate::experiment::{Experiment, Setup};
 use crate::prune::allocate::Allocation;
 use crate::prune::pipeline::PruneParams;
-use crate::report::{DataInfo, ModelInfo, Report};
-
-/// The first line of a sweep file: what every point depends on besides its own parameters.
-/// Resuming and merging refuse files whose header differs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Header {
-    dlpx_sweep: u32,
-    /// The model (source, file hash or Hub revision, shape, dtype).
-    model: ModelInfo,
-    data: DataInfo,
-    /// Parameters of every point before the grid's values are set.
-    base: PruneParams,
-    /// The grid: allocations and each axis as given.
-    allocations: Vec<Allocation>,
-    axes: Vec<(String, Vec<Option<f64>>)>,
-}
-
-const SWEEP_FORMAT: u32 = 1;
-
-/// A line of a sweep file: the header, or a measured point.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum Line {
-    Header(Box<Header>),
-    Row(Box<SweepRow>),
-}
+use crate::report::Report;
 
 fn axes_of(grid: &Grid) -> Vec<(String, Vec<Option<f64>>)> {
     grid.axes
@@ -61,38 +38,149 @@ fn axes_of(grid: &Grid) -> Vec<(String, Vec<Option<f64>>)> {
         .collect()
 }
 
-/// The header and rows of a sweep file; a truncated last line (a killed process) is dropped.
-fn read_file(path: &Path) -> Result<(Header, Vec<SweepRow>)> {
-    let text = std::fs::read_to_string(path)
-        .wrap_err_with(|| format!("cannot read `{}`", path.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut header = None;
-    let mut rows = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str::<Line>(l) {
-            Ok(Line::Header(h)) if i == 0 => header = Some(*h),
-            Ok(Line::Row(r)) if i > 0 => rows.push(*r),
-            Err(_) if i + 1 == lines.len() && i > 0 && !text.ends_with('\n') => {}
-            _ => bail!(
-                "`{}` line {}: not a dlpx sweep line (start over with --fresh or another --out)",
-                path.display(),
-                i + 1
-            ),
-        }
+/// `--out`: a prefix, or a folder (an existing one, or a name ending in `/`) for
+/// `FOLDER/dlpx-sweep.*`.
+fn prefix_of(out: &str) -> String {
+    if out.ends_with('/') || Path::new(out).is_dir() {
+        format!("{}/dlpx-sweep", out.trim_end_matches('/'))
+    } else {
+        out.to_string()
     }
-    let header = header.ok_or_else(|| eyre!("`{}` is not a dlpx sweep file", path.display()))?;
-    Ok((header, rows))
 }
 
-fn paths(prefix: &str, shard: Option<Shard>) -> (PathBuf, PathBuf) {
+fn paths(out: &str, shard: Option<Shard>) -> (PathBuf, PathBuf) {
+    let prefix = prefix_of(out);
     let stem = match shard {
         Some(s) => format!("{prefix}.{}of{}", s.index, s.count),
-        None => prefix.to_string(),
+        None => prefix,
     };
     (
         PathBuf::from(format!("{stem}.jsonl")),
         PathBuf::from(format!("{stem}.csv")),
     )
+}
+
+/// The prefix and shard of a shard file's name (`PREFIX.iofn.jsonl`).
+fn shard_of_name(path: &Path) -> Option<(String, Shard)> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".jsonl")?;
+    let (prefix, tag) = stem.rsplit_once('.')?;
+    let (i, n) = tag.split_once("of")?;
+    let (index, count) = (i.parse().ok()?, n.parse().ok()?);
+    (index < count && !prefix.is_empty()).then_some((prefix.to_string(), Shard { index, count }))
+}
+
+/// `--merge` inputs: files as given; a folder stands for every shard file in it.
+fn merge_inputs(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in given {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+            .wrap_err_with(|| format!("cannot list `{}`", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.is_file() && shard_of_name(f).is_some())
+            .collect();
+        if found.is_empty() {
+            bail!(
+                "--merge `{}`: no shard files (PREFIX.iofn.jsonl, as `dlpx sweep --shard` writes them) in it",
+                p.display()
+            );
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Shard files must make up one whole sweep: one prefix, one shard count, every shard there,
+/// each with all of its points and only its own. Lists every problem found.
+fn check_shards(header: &Header, files: &[(PathBuf, Vec<SweepRow>)]) -> Result<()> {
+    let named: Vec<(&Path, String, Shard, &[SweepRow])> = files
+        .iter()
+        .filter_map(|(p, r)| shard_of_name(p).map(|(pre, s)| (p.as_path(), pre, s, r.as_slice())))
+        .collect();
+    if named.len() != files.len() {
+        // Files named by hand: joined as they are.
+        return Ok(());
+    }
+    let mut prefixes: Vec<&str> = named.iter().map(|n| n.1.as_str()).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    if prefixes.len() > 1 {
+        bail!(
+            "--merge: shard files of {} sweeps ({}); merge one sweep's files at a time",
+            prefixes.len(),
+            prefixes
+                .iter()
+                .map(|p| format!("{p}.*"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut counts: Vec<usize> = named.iter().map(|n| n.2.count).collect();
+    counts.sort();
+    counts.dedup();
+    if counts.len() > 1 {
+        bail!(
+            "--merge: shards of different splits ({}); merge the files of one split",
+            counts
+                .iter()
+                .map(|c| format!("of {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let n = counts[0];
+    let prefix = prefixes[0];
+    let total = header.points();
+    let mut problems = Vec::new();
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !named.iter().any(|f| f.2.index == *i))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing shard{} {} (run {} with --shard i/{n} or as those array tasks)",
+            if missing.len() > 1 { "s" } else { "" },
+            missing
+                .iter()
+                .map(|i| format!("{i}/{n} ({prefix}.{i}of{n}.jsonl)"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if missing.len() > 1 { "them" } else { "it" }
+        ));
+    }
+    for (path, _, s, rows) in &named {
+        if let Some(r) = rows.iter().find(|r| r.index % n != s.index) {
+            problems.push(format!(
+                "`{}` holds point {} ({}), which is not shard {}/{n}'s",
+                path.display(),
+                r.index,
+                r.key,
+                s.index
+            ));
+            continue;
+        }
+        let owned = (0..total).filter(|k| k % n == s.index).count();
+        let mut keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() < owned {
+            problems.push(format!(
+                "shard {}/{n} (`{}`) has {} of its {owned} points: it has not finished (run it again: it resumes from its file)",
+                s.index,
+                path.display(),
+                keys.len()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("--merge: {}", problems.join("; "))
+    }
 }
 
 pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
@@ -119,7 +207,22 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         .map(|s| Axis::parse(s))
         .collect::<Result<Vec<_>>>()?;
     let grid = Grid::new(allocations, axes)?;
-    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let shard = match a.shard.as_deref().map(str::trim) {
+        Some("auto") => {
+            // The environment is read here, once; the resolution is a pure function of it.
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let auto = crate::experiment::scheduler::resolve(&env, a.shards)?;
+            ctx.progress.status(&auto.to_string());
+            Some(auto.shard)
+        }
+        Some(s) => {
+            if a.shards.is_some() {
+                bail!("--shards N is the shard count for --shard auto; with --shard i/n the count is n");
+            }
+            Some(Shard::parse(s)?)
+        }
+        None => None,
+    };
     let mut base = match &a.config {
         Some(p) => Report::load(p)?.params,
         None => PruneParams::default(),
@@ -135,6 +238,10 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
     let data = a.data.spec();
     data.sources()?;
     let (jsonl, csv) = paths(&a.out, shard);
+    if a.out.ends_with('/') {
+        // A folder named with its slash is made (a fresh shared folder on a cluster).
+        std::fs::create_dir_all(&a.out).wrap_err_with(|| format!("cannot create `{}`", a.out))?;
+    }
 
     let setup = Setup {
         stats_cache: !(a.no_stats_cache || a.no_cache),
@@ -279,29 +386,33 @@ fn write_csv(path: &Path, names: &[String], rows: &[SweepRow]) -> Result<()> {
 
 /// `--merge`: join shard files with equal headers.
 fn merge(a: &SweepArgs) -> Result<()> {
+    let inputs = merge_inputs(&a.merge)?;
     let mut header: Option<Header> = None;
     let mut rows: Vec<SweepRow> = Vec::new();
-    for f in &a.merge {
+    let mut files = Vec::new();
+    for f in &inputs {
         let (h, r) = read_file(f)?;
         match &header {
             None => header = Some(h),
             Some(first) if *first != h => bail!(
                 "`{}` is a sweep of another model, data, grid or base parameters than `{}`",
                 f.display(),
-                a.merge[0].display()
+                inputs[0].display()
             ),
             Some(_) => {}
         }
-        for row in r {
+        for row in &r {
             if !rows.iter().any(|x| x.key == row.key) {
-                rows.push(row);
+                rows.push(row.clone());
             }
         }
+        files.push((f.clone(), r));
     }
     let header = header.ok_or_else(|| eyre!("--merge needs at least one file"))?;
+    check_shards(&header, &files)?;
     rows.sort_by_key(|r| r.index);
     let (jsonl, csv) = paths(&a.out, None);
-    if a.merge.iter().any(|f| f == &jsonl) {
+    if inputs.iter().any(|f| f == &jsonl) {
         bail!(
             "--out `{}` would overwrite an input of --merge; choose another --out",
             a.out

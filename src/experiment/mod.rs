@@ -15,6 +15,7 @@ mod run;
 mod speed;
 pub mod stages;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
+pub mod scheduler;
 pub mod sweep;
 
 use std::ops::ControlFlow;

@@ -5,7 +5,9 @@
 //! The grid is pure data ([`Grid`]); [`Experiment::sweep_point`] measures one point. Files,
 //! resuming and sharding belong to the front end (`dlpx sweep`).
 
-use color_eyre::eyre::{bail, Result};
+use std::path::Path;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
 use super::{Experiment, Observer, Stage};
@@ -13,6 +15,7 @@ use crate::prune::allocate::Allocation;
 use crate::prune::params::Param;
 use crate::prune::pipeline::{plan, PruneParams};
 use crate::prune::stats::Calibration;
+use crate::report::{DataInfo, ModelInfo};
 
 /// The name of a sweep axis in messages and files.
 fn axis(p: Param) -> &'static str {
@@ -219,6 +222,61 @@ pub struct SweepRow {
     /// Σ NLL per evaluation window (paired comparisons between points).
     pub window_nll: Option<Vec<f64>>,
     pub seconds: f64,
+}
+
+/// The first line of a sweep file: what every point depends on besides its own parameters.
+/// Resuming and merging refuse files whose header differs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SweepHeader {
+    pub dlpx_sweep: u32,
+    /// The model (source, file hash or Hub revision, shape, dtype).
+    pub model: ModelInfo,
+    pub data: DataInfo,
+    /// Parameters of every point before the grid's values are set.
+    pub base: PruneParams,
+    /// The grid: allocations and each axis as given.
+    pub allocations: Vec<Allocation>,
+    pub axes: Vec<(String, Vec<Option<f64>>)>,
+}
+
+impl SweepHeader {
+    /// Points of the whole grid.
+    pub fn points(&self) -> usize {
+        self.allocations.len() * self.axes.iter().map(|a| a.1.len()).product::<usize>()
+    }
+}
+
+pub const SWEEP_FORMAT: u32 = 1;
+
+/// A line of a sweep file: the header, or a measured point.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SweepLine {
+    Header(Box<SweepHeader>),
+    Row(Box<SweepRow>),
+}
+
+/// The header and rows of a sweep file; a truncated last line (a killed process) is dropped.
+pub fn read_sweep(path: &Path) -> Result<(SweepHeader, Vec<SweepRow>)> {
+    let text = std::fs::read_to_string(path)
+        .wrap_err_with(|| format!("cannot read `{}`", path.display()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut header = None;
+    let mut rows = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<SweepLine>(l) {
+            Ok(SweepLine::Header(h)) if i == 0 => header = Some(*h),
+            Ok(SweepLine::Row(r)) if i > 0 => rows.push(*r),
+            Err(_) if i + 1 == lines.len() && i > 0 && !text.ends_with('\n') => {}
+            _ => bail!(
+                "`{}` line {}: not a dlpx sweep line (start over with --fresh or another --out)",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    let header = header.ok_or_else(|| eyre!("`{}` is not a dlpx sweep file", path.display()))?;
+    Ok((header, rows))
 }
 
 impl Experiment {
