@@ -412,6 +412,28 @@ pub fn sweep_lines(
 /// `--kind sweep`: perplexity on a log axis against the swept parameter, one line per
 /// allocation (and per value of the other axes), each point's bootstrap interval as an error
 /// bar, the best point ringed and named.
+/// Labelled values of a log axis from `lo` to `hi`: 1, 2, 5 × 10^k, or every m × 10^k when
+/// fewer than three of those fall inside (a perplexity axis spans less than a decade); a log
+/// axis' own key points are the powers of ten only, which leaves such an axis unlabelled.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let inside = |ms: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| ms.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| *v >= lo && *v <= hi)
+            .collect()
+    };
+    let coarse = inside(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 3 {
+        return coarse;
+    }
+    let fine = inside(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    match fine.len() >= 2 {
+        true => fine,
+        false => vec![lo, hi],
+    }
+}
+
 pub fn sweep(
     header: &SweepHeader,
     rows: &[SweepRow],
@@ -440,13 +462,19 @@ pub fn sweep(
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+            .build_cartesian_2d(
+                x0..x1,
+                (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
+            )
             .map_err(draw_err)?;
         chart
             .configure_mesh()
             .x_desc(x_name.as_str())
             .y_desc("perplexity (log scale)")
-            .y_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| match *v >= 100.0 {
+                true => format!("{v:.0}"),
+                false => format!("{v:.1}"),
+            })
             .axis_style(c.text)
             .bold_line_style(c.grid)
             .light_line_style(TRANSPARENT)
@@ -676,6 +704,19 @@ pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_ticks_label_a_span_shorter_than_a_decade() {
+        assert_eq!(
+            super::log_ticks(330.0, 730.0),
+            vec![400.0, 500.0, 600.0, 700.0]
+        );
+        assert_eq!(
+            super::log_ticks(8.0, 600.0),
+            vec![10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        );
+        assert_eq!(super::log_ticks(52.0, 58.0), vec![52.0, 58.0]);
+    }
+
     use super::*;
 
     #[test]
