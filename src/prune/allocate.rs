@@ -3,8 +3,6 @@
 //! AlphaPruning (Lu et al., 2024) as their papers define them; the temperature τ, the clamp policy
 //! and pins are dlpx's additions (README, "Pruning").
 
-use super::params::{invalid, Param};
-use color_eyre::eyre::Result;
 use serde::{Deserialize, Serialize};
 
 /// Upper bound of any block's sparsity under the `budget` policy.
@@ -142,58 +140,6 @@ impl Default for AllocParams {
 
 fn default_alpha_eps() -> f64 {
     0.2
-}
-
-impl AllocParams {
-    pub fn validate(&self, n_blocks: usize) -> Result<()> {
-        if !(0.0..1.0).contains(&self.sparsity) {
-            return Err(invalid(
-                Param::Sparsity,
-                format!("must be in [0, 1) (got {})", self.sparsity),
-            ));
-        }
-        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
-            return Err(invalid(
-                Param::Alpha,
-                format!("must be ≥ 0 (got {})", self.alpha),
-            ));
-        }
-        if let Some(t) = self.tau {
-            if t == 0.0 || t.is_nan() {
-                return Err(invalid(
-                    Param::Tau,
-                    format!("must be nonzero (got {t}); use `inf` for the paper's linear map"),
-                ));
-            }
-        }
-        if !(self.owl_lambda >= 0.0 && self.owl_lambda.is_finite()) {
-            return Err(invalid(
-                Param::OwlLambda,
-                format!("must be ≥ 0 (got {})", self.owl_lambda),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.alpha_eps) {
-            return Err(invalid(
-                Param::AlphaEps,
-                format!("must be in [0, 1) (got {})", self.alpha_eps),
-            ));
-        }
-        for &(b, s) in &self.overrides {
-            if b >= n_blocks {
-                return Err(invalid(
-                    Param::Pins,
-                    format!("for block {b}, but the model has {n_blocks} blocks"),
-                ));
-            }
-            if !(0.0..=MAX_SPARSITY).contains(&s) {
-                return Err(invalid(
-                    Param::Pins,
-                    format!("for block {b}: sparsity {s} must be in [0, {MAX_SPARSITY}]"),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Min-max normalisation to [0, 1]; all zeros when the values are all equal.

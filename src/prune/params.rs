@@ -3,13 +3,178 @@
 //! [`PruneParams`], its valid range and its fine and coarse steps, and the allocations it applies
 //! to. The command line's resolution, the explorer's parameter panel, the sweep axes and the
 //! messages of [`InvalidParam`] are lookups in [`TABLE`].
+//!
+//! The parameter set itself ([`PruneParams`]) and its validation live here as well, so the
+//! layers of `prune` run one way: `allocate` (pure, knows no parameter table) below this
+//! module, `pipeline` (plan and masks) above it.
 
 use std::fmt;
 
-use super::allocate::{Allocation, ClampPolicy};
+use color_eyre::eyre::Result;
+use serde::{Deserialize, Serialize};
+
+use super::allocate::{AllocParams, Allocation, ClampPolicy, MAX_SPARSITY};
 use super::mask::{Metric, Pattern};
-use super::pipeline::{Granularity, Mode, PruneParams};
 use super::stats::Statistic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper: masks of block l from the outputs of the pruned blocks 0..l-1.
+    Faithful,
+    /// All masks from the dense statistics; no further forward passes.
+    Preview,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// All 7 linears of a block share its sparsity (the paper).
+    Block,
+    /// Each linear is scored and allocated on its own, parameter-weighted (DLP only).
+    Linear,
+}
+
+/// Every parameter of a pruning run (the `params` object of a report / config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    pub metric: Metric,
+    pub statistic: Statistic,
+    pub granularity: Granularity,
+    pub pattern: Pattern,
+    pub mode: Mode,
+    /// OWL's outlier threshold M (scores above M × mean are outliers).
+    pub owl_m: f64,
+    pub alloc: AllocParams,
+}
+
+impl Default for PruneParams {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Wanda,
+            statistic: Statistic::Median,
+            granularity: Granularity::Block,
+            pattern: Pattern::Unstructured,
+            mode: Mode::Faithful,
+            owl_m: 5.0,
+            alloc: AllocParams::default(),
+        }
+    }
+}
+
+impl PruneParams {
+    /// The allocation parameters actually used: an N:M pattern sets the global target to N/M.
+    pub fn effective_alloc(&self) -> AllocParams {
+        let mut a = self.alloc.clone();
+        if let Pattern::NOfM { n, m } = self.pattern {
+            a.sparsity = n as f64 / m as f64;
+        }
+        a
+    }
+
+    pub fn validate(&self, n_blocks: usize) -> Result<()> {
+        validate_alloc(&self.effective_alloc(), n_blocks)?;
+        if !(self.owl_m > 0.0 && self.owl_m.is_finite()) {
+            return Err(invalid(
+                Param::OwlM,
+                format!("must be > 0 (got {})", self.owl_m),
+            ));
+        }
+        if let Pattern::NOfM { n, m } = self.pattern {
+            if m == 0 || n > m {
+                return Err(invalid(
+                    Param::Pattern,
+                    format!("{n}:{m} needs N ≤ M and M > 0"),
+                ));
+            }
+        }
+        if self.granularity == Granularity::Linear
+            && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
+        {
+            return Err(invalid(
+                Param::Granularity,
+                "linear applies to DLP and AlphaPruning only",
+            ));
+        }
+        if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
+            return Err(InvalidParam {
+                param: Param::Metric,
+                problem: Problem::Needs {
+                    subject: "sparsegpt",
+                    other: Param::Mode,
+                    value: "faithful",
+                    why: " (its Hessians come from the sequential pass)",
+                },
+            }
+            .into());
+        }
+        if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
+            return Err(InvalidParam {
+                param: Param::Pins,
+                problem: Problem::Needs {
+                    subject: "",
+                    other: Param::Granularity,
+                    value: "block",
+                    why: " (pins are per block)",
+                },
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Check the allocation parameters (the ones of [`PruneParams::effective_alloc`]).
+fn validate_alloc(a: &AllocParams, n_blocks: usize) -> Result<()> {
+    if !(0.0..1.0).contains(&a.sparsity) {
+        return Err(invalid(
+            Param::Sparsity,
+            format!("must be in [0, 1) (got {})", a.sparsity),
+        ));
+    }
+    if !(a.alpha >= 0.0 && a.alpha.is_finite()) {
+        return Err(invalid(
+            Param::Alpha,
+            format!("must be ≥ 0 (got {})", a.alpha),
+        ));
+    }
+    if let Some(t) = a.tau {
+        if t == 0.0 || t.is_nan() {
+            return Err(invalid(
+                Param::Tau,
+                format!("must be nonzero (got {t}); use `inf` for the paper's linear map"),
+            ));
+        }
+    }
+    if !(a.owl_lambda >= 0.0 && a.owl_lambda.is_finite()) {
+        return Err(invalid(
+            Param::OwlLambda,
+            format!("must be ≥ 0 (got {})", a.owl_lambda),
+        ));
+    }
+    if !(0.0..1.0).contains(&a.alpha_eps) {
+        return Err(invalid(
+            Param::AlphaEps,
+            format!("must be in [0, 1) (got {})", a.alpha_eps),
+        ));
+    }
+    for &(b, s) in &a.overrides {
+        if b >= n_blocks {
+            return Err(invalid(
+                Param::Pins,
+                format!("for block {b}, but the model has {n_blocks} blocks"),
+            ));
+        }
+        if !(0.0..=MAX_SPARSITY).contains(&s) {
+            return Err(invalid(
+                Param::Pins,
+                format!("for block {b}: sparsity {s} must be in [0, {MAX_SPARSITY}]"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A tunable pruning parameter (a row of [`TABLE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
