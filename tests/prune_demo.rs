@@ -42,7 +42,7 @@ fn paper_ordering_and_invariants_at_70_percent() {
             Allocation::Uniform => 0.0,
             Allocation::Owl => 0.16,
             Allocation::Dlp => 0.30,
-            Allocation::Alpha => unreachable!("not in this loop"),
+            other => unreachable!("{other:?} is not in this loop"),
         };
         assert!(
             (hi - lo - spread).abs() < 1e-6,

@@ -90,11 +90,14 @@ impl PruneParams {
             }
         }
         if self.granularity == Granularity::Linear
-            && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
+            && !Param::Granularity.applies_to(self.alloc.allocation)
         {
             return Err(invalid(
                 Param::Granularity,
-                "linear applies to DLP and AlphaPruning only",
+                format!(
+                    "linear applies to {} only",
+                    Param::Granularity.applies_labels()
+                ),
             ));
         }
         if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
@@ -209,6 +212,9 @@ pub struct Spec {
     pub value: Value,
     /// The allocations it matters for; empty: all of them.
     pub applies: &'static [Allocation],
+    /// How the explorer's history names its value when it differs from the start (the
+    /// parameters of some allocations only; the others have fixed words there).
+    pub history: Option<fn(&PruneParams) -> String>,
 }
 
 /// How a parameter's value is shown and changed.
@@ -260,6 +266,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Alpha,
@@ -277,6 +284,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: DLP,
+        history: Some(|p| format!("α{:.2}", p.alloc.alpha)),
     },
     Spec {
         param: Param::Tau,
@@ -297,6 +305,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: true,
         }),
         applies: DLP,
+        history: Some(|p| format!("τ{:.2}", p.alloc.tau.unwrap_or(f64::INFINITY))),
     },
     Spec {
         param: Param::Statistic,
@@ -309,6 +318,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.statistic = cycle(&Statistic::ALL, p.statistic, dir),
         },
         applies: DLP,
+        history: Some(|p| lower(&p.statistic)),
     },
     Spec {
         param: Param::Allocation,
@@ -321,6 +331,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.alloc.allocation = cycle(&Allocation::ALL, p.alloc.allocation, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Metric,
@@ -339,6 +350,7 @@ pub static TABLE: [Spec; 14] = [
             },
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Pattern,
@@ -351,6 +363,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.pattern = cycle(&Pattern::CHOICES, p.pattern, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Clamp,
@@ -363,6 +376,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.alloc.clamp = cycle(&ClampPolicy::ALL, p.alloc.clamp, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Mode,
@@ -375,6 +389,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.mode = cycle(&[Mode::Preview, Mode::Faithful], p.mode, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::OwlLambda,
@@ -392,6 +407,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Owl],
+        history: Some(|p| format!("λ{:.2}", p.alloc.owl_lambda)),
     },
     Spec {
         param: Param::AlphaEps,
@@ -409,6 +425,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Alpha],
+        history: Some(|p| format!("ε{:.2}", p.alloc.alpha_eps)),
     },
     Spec {
         param: Param::OwlM,
@@ -426,6 +443,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Owl],
+        history: Some(|p| format!("M{}", p.owl_m)),
     },
     Spec {
         param: Param::Granularity,
@@ -444,6 +462,7 @@ pub static TABLE: [Spec; 14] = [
             },
         },
         applies: &[Allocation::Dlp, Allocation::Alpha],
+        history: None,
     },
     Spec {
         param: Param::Pins,
@@ -453,6 +472,7 @@ pub static TABLE: [Spec; 14] = [
         sweep: None,
         value: Value::Other,
         applies: &[],
+        history: None,
     },
 ];
 
@@ -508,6 +528,28 @@ impl Param {
     pub fn applies_to(self, allocation: Allocation) -> bool {
         let a = self.spec().applies;
         a.is_empty() || a.contains(&allocation)
+    }
+
+    /// The allocations it matters for, as the explorer names them ("DLP and AlphaPruning");
+    /// empty when it matters for all.
+    pub fn applies_labels(self) -> String {
+        let a: Vec<&str> = self.spec().applies.iter().map(|a| a.label()).collect();
+        match a.split_last() {
+            None => String::new(),
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
+    /// The history's words for it (`α0.20`), when it has some, matters for `p`'s allocation
+    /// and differs between `p` and `start`.
+    pub fn history(self, p: &PruneParams, start: &PruneParams) -> Option<String> {
+        let words = self.spec().history?;
+        let differs = match self.number() {
+            Some(n) => (n.get)(p) != (n.get)(start),
+            None => self.show(p) != self.show(start),
+        };
+        (differs && self.applies_to(p.alloc.allocation)).then(|| words(p))
     }
 
     /// Its numeric accessors, when it is a number.
