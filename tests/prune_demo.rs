@@ -75,6 +75,16 @@ fn paper_ordering_and_invariants_at_70_percent() {
         "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}"
     );
 
+    // depth's plan (not pruned here): p − α to p + α in equal steps over the equal blocks.
+    let mut p = PruneParams::default();
+    p.alloc.allocation = Allocation::Depth;
+    let pl = plan(&m.llama, &cal, &p).unwrap();
+    let n = pl.block.len();
+    for (i, s) in pl.block.iter().enumerate() {
+        let want = 0.7 - 0.15 + 0.3 * i as f64 / (n - 1) as f64;
+        assert!((s - want).abs() < 1e-9, "depth: {:?}", pl.block);
+    }
+
     // SparseGPT (faithful): uniform beats Wanda-uniform, and DLP beats SparseGPT-uniform.
     let mut sgpt = Vec::new();
     for alloc in [Allocation::Uniform, Allocation::Dlp] {

@@ -283,7 +283,7 @@ pub static TABLE: [Spec; 14] = [
             coarse: 0.05,
             inverse: false,
         }),
-        applies: DLP,
+        applies: &[Allocation::Dlp, Allocation::Depth],
         history: Some(|p| format!("α{:.2}", p.alloc.alpha)),
     },
     Spec {
@@ -738,7 +738,12 @@ mod tests {
         let q = Param::Allocation.nudge(&p, 1, false);
         assert_eq!(q.alloc.allocation, Allocation::Alpha);
         let q = Param::Allocation.nudge(&q, 1, false);
+        assert_eq!(q.alloc.allocation, Allocation::Depth);
+        let q = Param::Allocation.nudge(&q, 1, false);
         assert_eq!(q.alloc.allocation, Allocation::Uniform);
+        // α is depth's range too.
+        assert!(Param::Alpha.applies_to(Allocation::Depth));
+        assert!(!Param::Tau.applies_to(Allocation::Depth));
         assert!(Param::Metric.set_typed(&p, "1").is_err());
         // SparseGPT needs the sequential pass: choosing it switches the mode.
         let preview = PruneParams {
