@@ -42,7 +42,7 @@ fn paper_ordering_and_invariants_at_70_percent() {
             Allocation::Uniform => 0.0,
             Allocation::Owl => 0.16,
             Allocation::Dlp => 0.30,
-            Allocation::Alpha => unreachable!("not in this loop"),
+            other => unreachable!("{other:?} is not in this loop"),
         };
         assert!(
             (hi - lo - spread).abs() < 1e-6,
@@ -74,6 +74,16 @@ fn paper_ordering_and_invariants_at_70_percent() {
         dlp < owl && owl < uniform,
         "expected DLP < OWL < uniform, got {dlp} / {owl} / {uniform}"
     );
+
+    // depth's plan (not pruned here): p − α to p + α in equal steps over the equal blocks.
+    let mut p = PruneParams::default();
+    p.alloc.allocation = Allocation::Depth;
+    let pl = plan(&m.llama, &cal, &p).unwrap();
+    let n = pl.block.len();
+    for (i, s) in pl.block.iter().enumerate() {
+        let want = 0.7 - 0.15 + 0.3 * i as f64 / (n - 1) as f64;
+        assert!((s - want).abs() < 1e-9, "depth: {:?}", pl.block);
+    }
 
     // SparseGPT (faithful): uniform beats Wanda-uniform, and DLP beats SparseGPT-uniform.
     let mut sgpt = Vec::new();

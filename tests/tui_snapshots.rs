@@ -594,9 +594,10 @@ fn large_terminal_shows_numbers_scales_table_and_an_overlay() {
     s.act(Action::CycleImportance);
     let frame = render_to_string(&s, &Theme::mono(), 200, 60);
     assert!(frame.contains("importance · median Wanda score"), "{frame}");
-    // Back to none after AlphaPruning.
-    s.act(Action::CycleOverlay);
-    s.act(Action::CycleOverlay);
+    // Back to none after the last overlay allocation.
+    for _ in 1..dlpx::app::params::overlays().count() {
+        s.act(Action::CycleOverlay);
+    }
     assert_eq!(s.overlay_alloc, None);
 }
 
@@ -726,12 +727,47 @@ fn calibration_draws_in_the_explorer_show_their_spread() {
     assert!(s.draw_spread().is_none());
 }
 
+/// The depth-linear allocation: in the panel's allocation cycle (after AlphaPruning), with α as
+/// its range, and among the overlays of DLP's chart.
+#[test]
+fn depth_allocation_in_the_cycle_and_the_overlay() {
+    use dlpx::prune::allocate::Allocation;
+    use dlpx::prune::params::Param;
+    let mut s = calibrated();
+    while s.field != Param::Allocation {
+        s.act(Action::FieldNext);
+    }
+    s.act(Action::Inc); // AlphaPruning
+    s.act(Action::Inc); // depth
+    assert_eq!(s.params.alloc.allocation, Allocation::Depth);
+    // Equal blocks: p − α = 0.55 up to p + α = 0.85 in equal steps, whatever the scores.
+    let block = &s.plan.as_ref().unwrap().block;
+    let step = 0.3 / (BLOCKS - 1) as f64;
+    for (i, b) in block.iter().enumerate() {
+        assert!((b - (0.55 + step * i as f64)).abs() < 1e-9, "{block:?}");
+    }
+    let frame = render_to_string(&s, &Theme::mono(), 160, 48);
+    assert!(frame.contains("depth"), "{frame}");
+    s.last_allocate_us = 21.0;
+    check("depth", &s);
+    // Back on DLP, v reaches depth after the other overlays.
+    s.act(Action::Dec);
+    s.act(Action::Dec);
+    assert_eq!(s.params.alloc.allocation, Allocation::Dlp);
+    for _ in 0..4 {
+        s.act(Action::CycleOverlay); // uniform, OWL, AlphaPruning, depth
+    }
+    assert_eq!(s.overlay_alloc, Some(Allocation::Depth));
+    let frame = render_to_string(&s, &Theme::mono(), 200, 60);
+    assert!(frame.contains("◆ depth"), "{frame}");
+}
+
 #[test]
 fn overlay_cycles_to_the_applied_entry() {
     let mut s = compared();
     s.act(Action::ToggleCompare); // back to the charts
-    for _ in 0..3 {
-        s.act(Action::CycleOverlay); // uniform, OWL, AlphaPruning
+    for _ in dlpx::app::params::overlays() {
+        s.act(Action::CycleOverlay); // uniform, OWL, AlphaPruning, depth
     }
     assert!(s.overlay_alloc.is_some() && s.overlay_entry.is_none());
     s.act(Action::CycleOverlay);

@@ -254,7 +254,9 @@ pub const BINDINGS: &[Binding] = &[
         KeyCode::Char('v'),
         N,
         "v",
-        "overlay uniform/OWL/Alpha",
+        // Not a list of names: a new allocation joins the overlays (`params::overlays`) and
+        // this line still fits the help at 80 columns.
+        "overlay other allocations",
         Action::CycleOverlay,
         Scope::Main,
     ),

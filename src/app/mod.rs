@@ -677,15 +677,10 @@ impl State {
     /// The next comparison overlay on the sparsity chart (key o).
     fn cycle_overlay(&mut self) {
         use crate::prune::allocate::Allocation;
-        // None → each baseline allocation (all but DLP, in `Allocation::ALL`'s order) → the last
-        // applied entry (if any) → none, skipping the allocation shown.
+        // None → each overlay allocation (`params::overlays`) → the last applied entry (if
+        // any) → none, skipping the allocation shown.
         let order: Vec<Option<Allocation>> = std::iter::once(None)
-            .chain(
-                Allocation::ALL
-                    .into_iter()
-                    .filter(|a| *a != Allocation::Dlp)
-                    .map(Some),
-            )
+            .chain(params::overlays().map(Some))
             .collect();
         let entry = self
             .history
@@ -828,7 +823,6 @@ impl State {
 
     /// Show the sweep view, starting a sweep when there is none for the current parameters.
     fn toggle_sweep(&mut self) -> Vec<Effect> {
-        use crate::prune::allocate::Allocation;
         if self.view == View::Sweep {
             self.view = View::Main;
             return vec![];
@@ -837,11 +831,12 @@ impl State {
             self.say("calibration has to finish before a sweep", Tone::Error);
             return vec![];
         }
-        // The focused parameter when it is p or α; else α for DLP (its own knob), p otherwise.
+        // The focused parameter when it is p or α; else α where it applies (DLP's own knob), p
+        // otherwise.
         let param = match self.field {
             Param::Sparsity => Param::Sparsity,
             Param::Alpha => Param::Alpha,
-            _ if self.params.alloc.allocation == Allocation::Dlp => Param::Alpha,
+            _ if Param::Alpha.applies_to(self.params.alloc.allocation) => Param::Alpha,
             _ => Param::Sparsity,
         };
         self.view = View::Sweep;

@@ -4,6 +4,7 @@
 //! is accepted, so the state never holds a configuration the engine would refuse.
 
 use crate::prune::allocate::Allocation;
+use crate::prune::params::TABLE;
 use crate::prune::pipeline::{Mode, PruneParams};
 
 /// The parameters the explorer starts from: the engine's defaults in preview mode.
@@ -12,6 +13,14 @@ pub fn explorer_defaults() -> PruneParams {
         mode: Mode::Preview,
         ..PruneParams::default()
     }
+}
+
+/// The allocations `v` overlays on the sparsity chart, in [`Allocation::ALL`]'s order: every
+/// one but DLP, the explorer's subject.
+pub fn overlays() -> impl Iterator<Item = Allocation> {
+    Allocation::ALL
+        .into_iter()
+        .filter(|a| *a != Allocation::Dlp)
 }
 
 /// A short name of a configuration for the history: the allocation and p, then every
@@ -34,33 +43,8 @@ pub fn describe(p: &PruneParams) -> String {
     if p.pattern != d.pattern {
         parts.push(p.pattern.to_string());
     }
-    match a.allocation {
-        Allocation::Dlp => {
-            if a.alpha != da.alpha {
-                parts.push(format!("α{:.2}", a.alpha));
-            }
-            if let Some(t) = a.tau {
-                parts.push(format!("τ{t:.2}"));
-            }
-            if p.statistic != d.statistic {
-                parts.push(lower(&p.statistic));
-            }
-        }
-        Allocation::Owl => {
-            if a.owl_lambda != da.owl_lambda {
-                parts.push(format!("λ{:.2}", a.owl_lambda));
-            }
-            if p.owl_m != d.owl_m {
-                parts.push(format!("M{}", p.owl_m));
-            }
-        }
-        Allocation::Alpha => {
-            if a.alpha_eps != da.alpha_eps {
-                parts.push(format!("ε{:.2}", a.alpha_eps));
-            }
-        }
-        Allocation::Uniform => {}
-    }
+    // The allocation's own parameters, in the table's order.
+    parts.extend(TABLE.iter().filter_map(|r| r.param.history(p, &d)));
     if a.clamp != da.clamp {
         parts.push(format!("clamp {}", lower(&a.clamp)));
     }

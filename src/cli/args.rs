@@ -153,7 +153,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Fetch the demo model and corpus into the cache and verify them.
     FetchDemo,
-    /// Calibrate, allocate (uniform, OWL, DLP, AlphaPruning), prune (magnitude, Wanda, SparseGPT), and compare perplexity dense vs pruned.
+    // Its help names the allocations of `Allocation::ALL`.
+    #[command(about = prune_about())]
     Prune(Box<PruneArgs>),
     /// Benchmark dense forward throughput and tokenizer speed (--prune: pruning stages; --tui: explorer latency).
     Bench(BenchArgs),
@@ -251,11 +252,10 @@ pub struct RecoverArgs {
 pub struct SweepArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A swept parameter: name=start:stop:step (stop included) or name=v1,v2,… with name one of sparsity, alpha, tau (inf allowed), owl_lambda, alpha_eps. Repeatable: every combination is measured.
-    #[arg(long = "param")]
+    // The help of both names the table's sweep axes and allocations.
+    #[arg(long = "param", help = sweep_param_help())]
     pub params: Vec<String>,
-    /// Allocations, comma-separated (uniform, owl, dlp, alpha); each is measured at every grid point.
-    #[arg(long, default_value = "dlp")]
+    #[arg(long, default_value = "dlp", help = sweep_allocation_help())]
     pub allocation: String,
     /// preview: masks from the dense statistics, no forward pass but the evaluation (seconds per point); faithful: the paper's sequential pass per point.
     #[arg(long, value_enum, default_value = "preview")]
@@ -726,6 +726,38 @@ pub struct EstimateArgs {
     /// Print the figures as JSON (bytes).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `dlpx prune`'s one-line help, naming every allocation.
+fn prune_about() -> String {
+    let labels = crate::prune::allocate::Allocation::ALL.map(|a| a.label());
+    format!(
+        "Calibrate, allocate ({}), prune (magnitude, Wanda, SparseGPT), and compare perplexity dense vs pruned.",
+        labels.join(", ")
+    )
+}
+
+/// `dlpx sweep --param`'s help, naming the sweep axes of the parameter table.
+fn sweep_param_help() -> String {
+    use crate::prune::params::Param;
+    let axes: Vec<String> = Param::sweepable()
+        .map(|p| match p.number().is_some_and(|n| n.inverse) {
+            true => format!("{} (inf allowed)", p.sweep_name()),
+            false => p.sweep_name().to_string(),
+        })
+        .collect();
+    format!(
+        "A swept parameter: name=start:stop:step (stop included) or name=v1,v2,… with name one of {}. Repeatable: every combination is measured.",
+        axes.join(", ")
+    )
+}
+
+/// `dlpx sweep --allocation`'s help, naming every allocation.
+fn sweep_allocation_help() -> String {
+    format!(
+        "Allocations, comma-separated ({}); each is measured at every grid point.",
+        crate::prune::allocate::Allocation::names()
+    )
 }
 
 /// The command-line flag of a setting.

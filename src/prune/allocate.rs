@@ -1,10 +1,9 @@
 //! Layer-wise sparsity allocation: a pure function of cached block statistics and parameters
 //! (microseconds), which is what makes reallocation instant. DLP (ICML 2025), OWL (Yin et al., 2024) and
 //! AlphaPruning (Lu et al., 2024) as their papers define them; the temperature τ, the clamp policy
-//! and pins are dlpx's additions (README, "Pruning").
+//! and pins are dlpx's additions (README, "Pruning"), and so is `depth`, a depth-linear schedule:
+//! the kind of pre-defined schedule the DLP paper argues against, there to be compared with it.
 
-use super::params::{invalid, Param};
-use color_eyre::eyre::Result;
 use serde::{Deserialize, Serialize};
 
 /// Upper bound of any block's sparsity under the `budget` policy.
@@ -18,15 +17,18 @@ pub enum Allocation {
     Dlp,
     /// AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights.
     Alpha,
+    /// Depth-linear: sparsity rises with the block index from p − α to p + α (mean p).
+    Depth,
 }
 
 impl Allocation {
     /// Every allocation, in the order the explorer cycles through them.
-    pub const ALL: [Allocation; 4] = [
+    pub const ALL: [Allocation; 5] = [
         Allocation::Uniform,
         Allocation::Owl,
         Allocation::Dlp,
         Allocation::Alpha,
+        Allocation::Depth,
     ];
 
     /// The name the command line, the sweep files and the report use.
@@ -36,6 +38,7 @@ impl Allocation {
             Allocation::Owl => "owl",
             Allocation::Dlp => "dlp",
             Allocation::Alpha => "alpha",
+            Allocation::Depth => "depth",
         }
     }
 
@@ -46,6 +49,7 @@ impl Allocation {
             Allocation::Owl => "OWL",
             Allocation::Dlp => "DLP",
             Allocation::Alpha => "AlphaPruning",
+            Allocation::Depth => "depth",
         }
     }
 
@@ -66,6 +70,7 @@ impl Allocation {
             Allocation::Alpha => {
                 "AlphaPruning: heavier-tailed spectra (smaller α̂) keep more weights"
             }
+            Allocation::Depth => "sparsity rising linearly with the block index, p − α to p + α",
         }
     }
 
@@ -110,7 +115,7 @@ pub struct AllocParams {
     pub allocation: Allocation,
     /// Global target sparsity p in [0, 1).
     pub sparsity: f64,
-    /// DLP range: sparsities span 2α.
+    /// DLP's and depth's range: sparsities span 2α.
     pub alpha: f64,
     /// DLP temperature τ; `None` is ∞ (the paper's linear map).
     pub tau: Option<f64>,
@@ -142,58 +147,6 @@ impl Default for AllocParams {
 
 fn default_alpha_eps() -> f64 {
     0.2
-}
-
-impl AllocParams {
-    pub fn validate(&self, n_blocks: usize) -> Result<()> {
-        if !(0.0..1.0).contains(&self.sparsity) {
-            return Err(invalid(
-                Param::Sparsity,
-                format!("must be in [0, 1) (got {})", self.sparsity),
-            ));
-        }
-        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
-            return Err(invalid(
-                Param::Alpha,
-                format!("must be ≥ 0 (got {})", self.alpha),
-            ));
-        }
-        if let Some(t) = self.tau {
-            if t == 0.0 || t.is_nan() {
-                return Err(invalid(
-                    Param::Tau,
-                    format!("must be nonzero (got {t}); use `inf` for the paper's linear map"),
-                ));
-            }
-        }
-        if !(self.owl_lambda >= 0.0 && self.owl_lambda.is_finite()) {
-            return Err(invalid(
-                Param::OwlLambda,
-                format!("must be ≥ 0 (got {})", self.owl_lambda),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.alpha_eps) {
-            return Err(invalid(
-                Param::AlphaEps,
-                format!("must be in [0, 1) (got {})", self.alpha_eps),
-            ));
-        }
-        for &(b, s) in &self.overrides {
-            if b >= n_blocks {
-                return Err(invalid(
-                    Param::Pins,
-                    format!("for block {b}, but the model has {n_blocks} blocks"),
-                ));
-            }
-            if !(0.0..=MAX_SPARSITY).contains(&s) {
-                return Err(invalid(
-                    Param::Pins,
-                    format!("for block {b}: sparsity {s} must be in [0, {MAX_SPARSITY}]"),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Min-max normalisation to [0, 1]; all zeros when the values are all equal.
@@ -285,6 +238,16 @@ pub fn alpha_raw(esd: &[f64], weights: &[f64], p: f64, eps: f64) -> Vec<f64> {
     f.iter().map(|x| x * scale).collect()
 }
 
+/// The depth-linear schedule: sparsity rising linearly with the unit's index from p − α to
+/// p + α, centred as DLP centres its scores (parameter-weighted mean p; with equal weights the
+/// ends are exactly p ∓ α).
+pub fn depth_raw(weights: &[f64], p: f64, alpha: f64) -> Vec<f64> {
+    let index: Vec<f64> = (0..weights.len()).map(|i| i as f64).collect();
+    let v = min_max(&index);
+    let m = wmean(&v, weights);
+    v.iter().map(|x| p + 2.0 * alpha * (x - m)).collect()
+}
+
 /// Apply a clamp policy and the per-block overrides. `weights` are parameter counts.
 pub fn clamp(
     raw: &[f64],
@@ -371,6 +334,7 @@ pub fn allocate(inp: &AllocInput, a: &AllocParams) -> Vec<f64> {
         }
         Allocation::Dlp => dlp_raw(inp.scores, inp.weights, a.sparsity, a.alpha, a.tau),
         Allocation::Alpha => alpha_raw(inp.esd, inp.weights, a.sparsity, a.alpha_eps),
+        Allocation::Depth => depth_raw(inp.weights, a.sparsity, a.alpha),
     };
     clamp(&raw, inp.weights, a.sparsity, a.clamp, &a.overrides)
 }
@@ -538,6 +502,65 @@ mod tests {
         assert!(s[0] < s[2] && s[2] < s[1]);
         assert!((s[1] - s[0] - 0.16).abs() < 1e-12);
         assert!((s.iter().sum::<f64>() / 3.0 - 0.7).abs() < 1e-12);
+    }
+
+    #[test]
+    fn depth_rises_linearly_from_p_minus_alpha_to_p_plus_alpha() {
+        let s = depth_raw(&[1.0; 4], 0.5, 0.1);
+        let want = [0.4, 0.5 - 0.1 / 3.0, 0.5 + 0.1 / 3.0, 0.6];
+        for (g, w) in s.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{s:?}");
+        }
+        assert!(
+            (s[1] - 0.466_666_666_666_7).abs() < 1e-12
+                && (s[2] - 0.533_333_333_333_3).abs() < 1e-12
+        );
+        assert!((s.iter().sum::<f64>() / 4.0 - 0.5).abs() < 1e-12);
+        // One block: p itself.
+        assert_eq!(depth_raw(&[3.0], 0.7, 0.2), vec![0.7]);
+        // Unequal weights: the same slope, shifted so the weighted mean is p.
+        let w = [1.0, 1.0, 2.0];
+        let s = depth_raw(&w, 0.6, 0.15);
+        assert!((s[1] - s[0] - 0.15).abs() < 1e-12 && (s[2] - s[1] - 0.15).abs() < 1e-12);
+        let wmean: f64 = s.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / 4.0;
+        assert!((wmean - 0.6).abs() < 1e-12, "{s:?}");
+    }
+
+    #[test]
+    fn depth_through_allocate_ignores_the_statistics_and_clamps_like_the_others() {
+        // The scores, outliers and α̂ play no part: only the block index does.
+        let scores = [5.0, 1.0, 4.0, 2.0, 3.0];
+        let s32: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
+        let w = [1.0; 5];
+        let a = AllocParams {
+            allocation: Allocation::Depth,
+            sparsity: 0.6,
+            alpha: 0.1,
+            ..Default::default()
+        };
+        let s = allocate(&input(&scores, &s32, &w), &a);
+        for (i, g) in s.iter().enumerate() {
+            assert!((g - (0.5 + 0.05 * i as f64)).abs() < 1e-12, "{s:?}");
+        }
+        // Budget: the top would be 1.02; it clamps to 0.99 and the others shift so the mean
+        // stays p (as for DLP).
+        let hi = AllocParams {
+            sparsity: 0.9,
+            alpha: 0.12,
+            ..a.clone()
+        };
+        let s = allocate(&input(&scores, &s32, &w), &hi);
+        assert_eq!(s[4], MAX_SPARSITY);
+        assert!(s.windows(2).all(|x| x[0] < x[1]), "{s:?}");
+        assert!((s.iter().sum::<f64>() / 5.0 - 0.9).abs() < 1e-12, "{s:?}");
+        // Paper: no upper bound, as for DLP.
+        let paper = AllocParams {
+            clamp: ClampPolicy::Paper,
+            ..hi
+        };
+        let s = allocate(&input(&scores, &s32, &w), &paper);
+        assert!((s[4] - 1.02).abs() < 1e-12, "{s:?}");
+        assert_eq!(Allocation::from_name("Depth"), Some(Allocation::Depth));
     }
 
     #[test]

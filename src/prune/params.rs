@@ -3,13 +3,181 @@
 //! [`PruneParams`], its valid range and its fine and coarse steps, and the allocations it applies
 //! to. The command line's resolution, the explorer's parameter panel, the sweep axes and the
 //! messages of [`InvalidParam`] are lookups in [`TABLE`].
+//!
+//! The parameter set itself ([`PruneParams`]) and its validation live here as well, so the
+//! layers of `prune` run one way: `allocate` (pure, knows no parameter table) below this
+//! module, `pipeline` (plan and masks) above it.
 
 use std::fmt;
 
-use super::allocate::{Allocation, ClampPolicy};
+use color_eyre::eyre::Result;
+use serde::{Deserialize, Serialize};
+
+use super::allocate::{AllocParams, Allocation, ClampPolicy, MAX_SPARSITY};
 use super::mask::{Metric, Pattern};
-use super::pipeline::{Granularity, Mode, PruneParams};
 use super::stats::Statistic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper: masks of block l from the outputs of the pruned blocks 0..l-1.
+    Faithful,
+    /// All masks from the dense statistics; no further forward passes.
+    Preview,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// All 7 linears of a block share its sparsity (the paper).
+    Block,
+    /// Each linear is scored and allocated on its own, parameter-weighted (DLP only).
+    Linear,
+}
+
+/// Every parameter of a pruning run (the `params` object of a report / config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneParams {
+    pub metric: Metric,
+    pub statistic: Statistic,
+    pub granularity: Granularity,
+    pub pattern: Pattern,
+    pub mode: Mode,
+    /// OWL's outlier threshold M (scores above M × mean are outliers).
+    pub owl_m: f64,
+    pub alloc: AllocParams,
+}
+
+impl Default for PruneParams {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Wanda,
+            statistic: Statistic::Median,
+            granularity: Granularity::Block,
+            pattern: Pattern::Unstructured,
+            mode: Mode::Faithful,
+            owl_m: 5.0,
+            alloc: AllocParams::default(),
+        }
+    }
+}
+
+impl PruneParams {
+    /// The allocation parameters actually used: an N:M pattern sets the global target to N/M.
+    pub fn effective_alloc(&self) -> AllocParams {
+        let mut a = self.alloc.clone();
+        if let Pattern::NOfM { n, m } = self.pattern {
+            a.sparsity = n as f64 / m as f64;
+        }
+        a
+    }
+
+    pub fn validate(&self, n_blocks: usize) -> Result<()> {
+        validate_alloc(&self.effective_alloc(), n_blocks)?;
+        if !(self.owl_m > 0.0 && self.owl_m.is_finite()) {
+            return Err(invalid(
+                Param::OwlM,
+                format!("must be > 0 (got {})", self.owl_m),
+            ));
+        }
+        if let Pattern::NOfM { n, m } = self.pattern {
+            if m == 0 || n > m {
+                return Err(invalid(
+                    Param::Pattern,
+                    format!("{n}:{m} needs N ≤ M and M > 0"),
+                ));
+            }
+        }
+        if self.granularity == Granularity::Linear
+            && !Param::Granularity.applies_to(self.alloc.allocation)
+        {
+            return Err(invalid(
+                Param::Granularity,
+                format!(
+                    "linear applies to {} only",
+                    Param::Granularity.applies_labels()
+                ),
+            ));
+        }
+        if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
+            return Err(InvalidParam {
+                param: Param::Metric,
+                problem: Problem::Needs {
+                    subject: "sparsegpt",
+                    other: Param::Mode,
+                    value: "faithful",
+                    why: " (its Hessians come from the sequential pass)",
+                },
+            }
+            .into());
+        }
+        if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
+            return Err(InvalidParam {
+                param: Param::Pins,
+                problem: Problem::Needs {
+                    subject: "",
+                    other: Param::Granularity,
+                    value: "block",
+                    why: " (pins are per block)",
+                },
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Check the allocation parameters (the ones of [`PruneParams::effective_alloc`]).
+fn validate_alloc(a: &AllocParams, n_blocks: usize) -> Result<()> {
+    if !(0.0..1.0).contains(&a.sparsity) {
+        return Err(invalid(
+            Param::Sparsity,
+            format!("must be in [0, 1) (got {})", a.sparsity),
+        ));
+    }
+    if !(a.alpha >= 0.0 && a.alpha.is_finite()) {
+        return Err(invalid(
+            Param::Alpha,
+            format!("must be ≥ 0 (got {})", a.alpha),
+        ));
+    }
+    if let Some(t) = a.tau {
+        if t == 0.0 || t.is_nan() {
+            return Err(invalid(
+                Param::Tau,
+                format!("must be nonzero (got {t}); use `inf` for the paper's linear map"),
+            ));
+        }
+    }
+    if !(a.owl_lambda >= 0.0 && a.owl_lambda.is_finite()) {
+        return Err(invalid(
+            Param::OwlLambda,
+            format!("must be ≥ 0 (got {})", a.owl_lambda),
+        ));
+    }
+    if !(0.0..1.0).contains(&a.alpha_eps) {
+        return Err(invalid(
+            Param::AlphaEps,
+            format!("must be in [0, 1) (got {})", a.alpha_eps),
+        ));
+    }
+    for &(b, s) in &a.overrides {
+        if b >= n_blocks {
+            return Err(invalid(
+                Param::Pins,
+                format!("for block {b}, but the model has {n_blocks} blocks"),
+            ));
+        }
+        if !(0.0..=MAX_SPARSITY).contains(&s) {
+            return Err(invalid(
+                Param::Pins,
+                format!("for block {b}: sparsity {s} must be in [0, {MAX_SPARSITY}]"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A tunable pruning parameter (a row of [`TABLE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +212,9 @@ pub struct Spec {
     pub value: Value,
     /// The allocations it matters for; empty: all of them.
     pub applies: &'static [Allocation],
+    /// How the explorer's history names its value when it differs from the start (the
+    /// parameters of some allocations only; the others have fixed words there).
+    pub history: Option<fn(&PruneParams) -> String>,
 }
 
 /// How a parameter's value is shown and changed.
@@ -95,6 +266,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Alpha,
@@ -111,7 +283,8 @@ pub static TABLE: [Spec; 14] = [
             coarse: 0.05,
             inverse: false,
         }),
-        applies: DLP,
+        applies: &[Allocation::Dlp, Allocation::Depth],
+        history: Some(|p| format!("α{:.2}", p.alloc.alpha)),
     },
     Spec {
         param: Param::Tau,
@@ -132,6 +305,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: true,
         }),
         applies: DLP,
+        history: Some(|p| format!("τ{:.2}", p.alloc.tau.unwrap_or(f64::INFINITY))),
     },
     Spec {
         param: Param::Statistic,
@@ -144,6 +318,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.statistic = cycle(&Statistic::ALL, p.statistic, dir),
         },
         applies: DLP,
+        history: Some(|p| lower(&p.statistic)),
     },
     Spec {
         param: Param::Allocation,
@@ -156,6 +331,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.alloc.allocation = cycle(&Allocation::ALL, p.alloc.allocation, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Metric,
@@ -174,6 +350,7 @@ pub static TABLE: [Spec; 14] = [
             },
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Pattern,
@@ -186,6 +363,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.pattern = cycle(&Pattern::CHOICES, p.pattern, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Clamp,
@@ -198,6 +376,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.alloc.clamp = cycle(&ClampPolicy::ALL, p.alloc.clamp, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::Mode,
@@ -210,6 +389,7 @@ pub static TABLE: [Spec; 14] = [
             cycle: |p, dir| p.mode = cycle(&[Mode::Preview, Mode::Faithful], p.mode, dir),
         },
         applies: &[],
+        history: None,
     },
     Spec {
         param: Param::OwlLambda,
@@ -227,6 +407,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Owl],
+        history: Some(|p| format!("λ{:.2}", p.alloc.owl_lambda)),
     },
     Spec {
         param: Param::AlphaEps,
@@ -244,6 +425,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Alpha],
+        history: Some(|p| format!("ε{:.2}", p.alloc.alpha_eps)),
     },
     Spec {
         param: Param::OwlM,
@@ -261,6 +443,7 @@ pub static TABLE: [Spec; 14] = [
             inverse: false,
         }),
         applies: &[Allocation::Owl],
+        history: Some(|p| format!("M{}", p.owl_m)),
     },
     Spec {
         param: Param::Granularity,
@@ -279,6 +462,7 @@ pub static TABLE: [Spec; 14] = [
             },
         },
         applies: &[Allocation::Dlp, Allocation::Alpha],
+        history: None,
     },
     Spec {
         param: Param::Pins,
@@ -288,6 +472,7 @@ pub static TABLE: [Spec; 14] = [
         sweep: None,
         value: Value::Other,
         applies: &[],
+        history: None,
     },
 ];
 
@@ -343,6 +528,28 @@ impl Param {
     pub fn applies_to(self, allocation: Allocation) -> bool {
         let a = self.spec().applies;
         a.is_empty() || a.contains(&allocation)
+    }
+
+    /// The allocations it matters for, as the explorer names them ("DLP and AlphaPruning");
+    /// empty when it matters for all.
+    pub fn applies_labels(self) -> String {
+        let a: Vec<&str> = self.spec().applies.iter().map(|a| a.label()).collect();
+        match a.split_last() {
+            None => String::new(),
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+
+    /// The history's words for it (`α0.20`), when it has some, matters for `p`'s allocation
+    /// and differs between `p` and `start`.
+    pub fn history(self, p: &PruneParams, start: &PruneParams) -> Option<String> {
+        let words = self.spec().history?;
+        let differs = match self.number() {
+            Some(n) => (n.get)(p) != (n.get)(start),
+            None => self.show(p) != self.show(start),
+        };
+        (differs && self.applies_to(p.alloc.allocation)).then(|| words(p))
     }
 
     /// Its numeric accessors, when it is a number.
@@ -531,7 +738,12 @@ mod tests {
         let q = Param::Allocation.nudge(&p, 1, false);
         assert_eq!(q.alloc.allocation, Allocation::Alpha);
         let q = Param::Allocation.nudge(&q, 1, false);
+        assert_eq!(q.alloc.allocation, Allocation::Depth);
+        let q = Param::Allocation.nudge(&q, 1, false);
         assert_eq!(q.alloc.allocation, Allocation::Uniform);
+        // α is depth's range too.
+        assert!(Param::Alpha.applies_to(Allocation::Depth));
+        assert!(!Param::Tau.applies_to(Allocation::Depth));
         assert!(Param::Metric.set_typed(&p, "1").is_err());
         // SparseGPT needs the sequential pass: choosing it switches the mode.
         let preview = PruneParams {

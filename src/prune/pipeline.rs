@@ -7,127 +7,20 @@ use std::time::Instant;
 use candle_core::Tensor;
 use color_eyre::eyre::{bail, Result};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use super::allocate::{allocate, n_of_m, AllocInput, AllocParams, Allocation};
+use super::allocate::{allocate, n_of_m, AllocInput};
 use super::mask::{n_of_m as n_of_m_mask, per_matrix, per_row, wanda_metric_into, Metric, Pattern};
-use super::params::{invalid, InvalidParam, Param, Problem};
+use super::params::{invalid, Param};
+/// The parameter set lives with the table that describes it; re-exported here for callers that
+/// name it beside [`plan`].
+pub use super::params::{Granularity, Mode, PruneParams};
 use super::sparsegpt::{fasterprune, Hessian, Target};
 use super::stats::{
-    block_scores, embed_windows, observe_block_timed, with_host_weights, BlockProgress,
-    Calibration, Statistic,
+    block_scores, embed_windows, observe_block_timed, with_host_weights, BlockProgress, Calibration,
 };
 use super::timing::{timed, StageTimes};
 use crate::model::llama::Block;
 use crate::model::{InputStats, LinearKind, Llama};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The paper: masks of block l from the outputs of the pruned blocks 0..l-1.
-    Faithful,
-    /// All masks from the dense statistics; no further forward passes.
-    Preview,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Granularity {
-    /// All 7 linears of a block share its sparsity (the paper).
-    Block,
-    /// Each linear is scored and allocated on its own, parameter-weighted (DLP only).
-    Linear,
-}
-
-/// Every parameter of a pruning run (the `params` object of a report / config).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PruneParams {
-    pub metric: Metric,
-    pub statistic: Statistic,
-    pub granularity: Granularity,
-    pub pattern: Pattern,
-    pub mode: Mode,
-    /// OWL's outlier threshold M (scores above M × mean are outliers).
-    pub owl_m: f64,
-    pub alloc: AllocParams,
-}
-
-impl Default for PruneParams {
-    fn default() -> Self {
-        Self {
-            metric: Metric::Wanda,
-            statistic: Statistic::Median,
-            granularity: Granularity::Block,
-            pattern: Pattern::Unstructured,
-            mode: Mode::Faithful,
-            owl_m: 5.0,
-            alloc: AllocParams::default(),
-        }
-    }
-}
-
-impl PruneParams {
-    /// The allocation parameters actually used: an N:M pattern sets the global target to N/M.
-    pub fn effective_alloc(&self) -> AllocParams {
-        let mut a = self.alloc.clone();
-        if let Pattern::NOfM { n, m } = self.pattern {
-            a.sparsity = n as f64 / m as f64;
-        }
-        a
-    }
-
-    pub fn validate(&self, n_blocks: usize) -> Result<()> {
-        self.effective_alloc().validate(n_blocks)?;
-        if !(self.owl_m > 0.0 && self.owl_m.is_finite()) {
-            return Err(invalid(
-                Param::OwlM,
-                format!("must be > 0 (got {})", self.owl_m),
-            ));
-        }
-        if let Pattern::NOfM { n, m } = self.pattern {
-            if m == 0 || n > m {
-                return Err(invalid(
-                    Param::Pattern,
-                    format!("{n}:{m} needs N ≤ M and M > 0"),
-                ));
-            }
-        }
-        if self.granularity == Granularity::Linear
-            && !matches!(self.alloc.allocation, Allocation::Dlp | Allocation::Alpha)
-        {
-            return Err(invalid(
-                Param::Granularity,
-                "linear applies to DLP and AlphaPruning only",
-            ));
-        }
-        if self.metric == Metric::SparseGpt && self.mode != Mode::Faithful {
-            return Err(InvalidParam {
-                param: Param::Metric,
-                problem: Problem::Needs {
-                    subject: "sparsegpt",
-                    other: Param::Mode,
-                    value: "faithful",
-                    why: " (its Hessians come from the sequential pass)",
-                },
-            }
-            .into());
-        }
-        if self.granularity == Granularity::Linear && !self.alloc.overrides.is_empty() {
-            return Err(InvalidParam {
-                param: Param::Pins,
-                problem: Problem::Needs {
-                    subject: "",
-                    other: Param::Granularity,
-                    value: "block",
-                    why: " (pins are per block)",
-                },
-            }
-            .into());
-        }
-        Ok(())
-    }
-}
 
 /// The allocation of a run.
 #[derive(Debug, Clone, PartialEq)]
