@@ -96,6 +96,7 @@ fn params_of(r: &Report) -> String {
             format!("M={}", num(r.params.owl_m)),
         ],
         Allocation::Alpha => vec![format!("ε={}", num(a.alpha_eps))],
+        Allocation::Depth => vec![format!("α={}", num(a.alpha))],
     };
     if !a.overrides.is_empty() {
         parts.push(format!("{} pinned", a.overrides.len()));
