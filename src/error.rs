@@ -68,6 +68,11 @@ pub enum Setting {
     LoraSteps,
     LoraLr,
     LoraAlpha,
+    LoraData,
+    SweepAxis,
+    SweepAllocations,
+    Shard,
+    AlphaHoldout,
 }
 
 impl Setting {
@@ -89,6 +94,11 @@ impl Setting {
             Setting::LoraSteps => "LoRA steps",
             Setting::LoraLr => "LoRA learning rate",
             Setting::LoraAlpha => "LoRA alpha",
+            Setting::LoraData => "LoRA training data",
+            Setting::SweepAxis => "sweep parameter",
+            Setting::SweepAllocations => "sweep allocations",
+            Setting::Shard => "shard",
+            Setting::AlphaHoldout => "α's held-out windows",
         }
     }
 }

@@ -779,6 +779,11 @@ pub fn setting_flag(s: crate::error::Setting) -> &'static str {
         Param::LoraSteps => "--steps",
         Param::LoraLr => "--lr",
         Param::LoraAlpha => "--alpha",
+        Param::LoraData => "--data",
+        Param::SweepAxis => "--param",
+        Param::SweepAllocations => "--allocation",
+        Param::Shard => "--shard",
+        Param::AlphaHoldout => "--alpha-holdout",
     }
 }
 

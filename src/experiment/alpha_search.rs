@@ -8,6 +8,7 @@ use color_eyre::eyre::{bail, Result, WrapErr};
 
 use super::{dataset, Experiment, Observer};
 use crate::data::source_windows;
+use crate::error::Setting;
 use crate::eval::perplexity::perplexity;
 use crate::prune::params::{InvalidParam, Param, Problem};
 use crate::prune::pipeline::{plan, prune_preview, Mode, PruneParams};
@@ -41,7 +42,7 @@ impl Experiment {
         obs: &mut dyn Observer,
     ) -> Result<(Vec<Vec<u32>>, DataSet)> {
         if h == 0 {
-            bail!("--alpha-holdout must be at least 1 window");
+            return Err(crate::said!(Setting::AlphaHoldout, " must be at least 1 window").into());
         }
         let d = &self.data;
         let (src, _) = d.sources()?;
@@ -57,7 +58,7 @@ impl Experiment {
             source_windows(&src, &self.model, n + h, d.seq_len, true, 0, &mut status)
                 .wrap_err_with(|| {
                     format!(
-                        "--alpha auto needs {h} held-out windows after the {n} calibration windows"
+                        "choosing α needs {h} held-out windows after the {n} calibration windows"
                     )
                 })?;
         let heldout = w.split_off(n);

@@ -30,13 +30,15 @@ impl Experiment {
         }
         let mut spec = self.data.clone();
         spec.calib = data.to_string();
-        let (src, _) = spec.sources().wrap_err("--data")?;
+        let (src, _) = spec
+            .sources()
+            .wrap_err(format!("LoRA training data `{data}`"))?;
         let seq = self.data.seq_len;
         let mut status = |m: &str| obs.status(m);
         let (mut w, sha) =
             source_windows(&src, &self.model, n_train + holdout, seq, true, spec.seed, &mut status)
                 .wrap_err_with(|| {
-                    format!("--data {data}: need {n_train} training and {holdout} held-out windows of {seq} tokens")
+                    format!("LoRA training data `{data}`: need {n_train} training and {holdout} held-out windows of {seq} tokens")
                 })?;
         let heldout = w.split_off(n_train);
         let mut held = dataset(sha.clone(), holdout, seq, data, None);

@@ -151,7 +151,7 @@ impl Experiment {
         timings.allocate_us = pl.allocate_us;
         // Draws 1..K on copies (the dense weights stay for the next draw); then draw 0, the
         // run's own calibration, prunes the model in place below.
-        let draws = self.calibration_draws(spec.calib_draws, &params, spectra, obs)?;
+        let draws = self.calibration_draws(spec.calib_draws, &params, obs)?;
         if let Some(check) = spec.check_plan {
             check(&params, &pl)?;
         }
@@ -327,7 +327,6 @@ impl Experiment {
         &mut self,
         k: usize,
         params: &PruneParams,
-        spectra: bool,
         obs: &mut dyn Observer,
     ) -> Result<Option<Draws>> {
         if k <= 1 {
@@ -336,19 +335,42 @@ impl Experiment {
         let (mut ppl, mut blocks) = (Vec::new(), Vec::new());
         for d in 1..k {
             obs.status(&format!("calibration draw {}/{k}", d + 1));
-            self.use_calibration_draw(d, obs)?;
-            let (cal, _) = self.calibrate(params.owl_m, spectra, obs)?;
-            let pl = plan(&self.model.llama, &cal, params)?;
-            let mut llama = self.model.llama.clone();
-            self.prune(&mut llama, &cal, &pl, params, obs)?;
-            let p = self
-                .perplexity(&llama, Stage::PrunedEval, obs)?
-                .ok_or_else(|| eyre!("no evaluation data"))?;
-            ppl.push(p.ppl);
-            blocks.push(pl.block.clone());
+            let cal = self.calibrate_draw(d, params, obs)?;
+            let (pl, p) = self.prune_copy(&cal, params, obs)?;
+            ppl.push(p.ok_or_else(|| eyre!("no evaluation data"))?);
+            blocks.push(pl.block);
         }
         self.use_calibration_draw(0, obs)?;
         Ok(Some((ppl, blocks)))
+    }
+
+    /// The statistics of calibration draw `k` (its windows stay the experiment's until
+    /// [`Experiment::use_calibration_draw`]`(0)` restores draw 0, the run's own), with the
+    /// spectra when the allocation reads them.
+    pub fn calibrate_draw(
+        &mut self,
+        k: usize,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<Calibration> {
+        self.use_calibration_draw(k, obs)?;
+        let spectra = params.alloc.allocation.needs_spectra();
+        Ok(self.calibrate(params.owl_m, spectra, obs)?.0)
+    }
+
+    /// Allocate from `cal`, prune a copy of the dense weights and measure its perplexity (one
+    /// calibration draw; the loaded weights stay dense).
+    pub fn prune_copy(
+        &self,
+        cal: &Calibration,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<(Plan, Option<f64>)> {
+        let pl = plan(&self.model.llama, cal, params)?;
+        let mut llama = self.model.llama.clone();
+        self.prune(&mut llama, cal, &pl, params, obs)?;
+        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
+        Ok((pl, ppl.map(|p| p.ppl)))
     }
 
     /// The speed section: the dense figures and the pruned model's, measured now.

@@ -11,11 +11,13 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::{Deserialize, Serialize};
 
 use super::{Experiment, Observer, Stage};
+use crate::error::Setting;
 use crate::prune::allocate::Allocation;
 use crate::prune::params::Param;
 use crate::prune::pipeline::{plan, PruneParams};
 use crate::prune::stats::Calibration;
 use crate::report::{DataInfo, ModelInfo};
+use crate::said;
 
 /// The name of a sweep axis in messages and files.
 fn axis(p: Param) -> &'static str {
@@ -49,7 +51,13 @@ impl Axis {
     /// `inf` is accepted for τ.
     pub fn parse(spec: &str) -> Result<Axis> {
         let Some((name, values)) = spec.split_once('=') else {
-            bail!("--param `{spec}`: write name=start:stop:step or name=v1,v2 (e.g. alpha=0:0.3:0.05)");
+            return Err(said!(
+                Setting::SweepAxis,
+                format!(
+                    " `{spec}`: write name=start:stop:step or name=v1,v2 (e.g. alpha=0:0.3:0.05)"
+                )
+            )
+            .into());
         };
         let param = parse_param(name)?;
         let num = |s: &str| -> Result<f64> {
@@ -57,28 +65,44 @@ impl Axis {
             match s {
                 "inf" | "∞" => Ok(f64::INFINITY),
                 _ => s.parse::<f64>().map_err(|_| {
-                    color_eyre::eyre::eyre!("--param {}: `{s}` is not a number", axis(param))
+                    said!(
+                        Setting::SweepAxis,
+                        format!(" {}: `{s}` is not a number", axis(param))
+                    )
+                    .into()
                 }),
             }
         };
         let values = if values.contains(':') {
             let parts: Vec<&str> = values.split(':').collect();
             let [a, b, step] = parts.as_slice() else {
-                bail!("--param {}: a range is start:stop:step", axis(param));
+                return Err(said!(
+                    Setting::SweepAxis,
+                    format!(" {}: a range is start:stop:step", axis(param))
+                )
+                .into());
             };
             let (a, b, step) = (num(a)?, num(b)?, num(step)?);
             if !(step > 0.0 && step.is_finite() && a.is_finite() && b.is_finite() && b >= a) {
-                bail!(
-                    "--param {}: the range {a}:{b}:{step} needs start ≤ stop and a step > 0",
-                    axis(param)
-                );
+                return Err(said!(
+                    Setting::SweepAxis,
+                    format!(
+                        " {}: the range {a}:{b}:{step} needs start ≤ stop and a step > 0",
+                        axis(param)
+                    )
+                )
+                .into());
             }
             let n = ((b - a) / step + 1e-9).floor() as usize + 1;
             if n > MAX_AXIS_POINTS {
-                bail!(
-                    "--param {}: {n} points; at most {MAX_AXIS_POINTS} per axis",
-                    axis(param)
-                );
+                return Err(said!(
+                    Setting::SweepAxis,
+                    format!(
+                        " {}: {n} points; at most {MAX_AXIS_POINTS} per axis",
+                        axis(param)
+                    )
+                )
+                .into());
             }
             // Each value from the start (no accumulated rounding), rounded to 12 digits so
             // 0.1 + 2·0.05 prints and keys as 0.2.
@@ -89,7 +113,7 @@ impl Axis {
             values.split(',').map(num).collect::<Result<Vec<_>>>()?
         };
         if values.is_empty() {
-            bail!("--param {}: no values", axis(param));
+            return Err(said!(Setting::SweepAxis, format!(" {}: no values", axis(param))).into());
         }
         Ok(Axis { param, values })
     }
@@ -141,11 +165,19 @@ fn fmt_value(v: f64) -> String {
 impl Grid {
     pub fn new(allocations: Vec<Allocation>, axes: Vec<Axis>) -> Result<Grid> {
         if allocations.is_empty() {
-            bail!("--allocation: name at least one ({})", Allocation::names());
+            return Err(said!(
+                Setting::SweepAllocations,
+                format!(": name at least one ({})", Allocation::names())
+            )
+            .into());
         }
         for (i, a) in axes.iter().enumerate() {
             if axes[..i].iter().any(|b| b.param == a.param) {
-                bail!("--param {} is given twice", axis(a.param));
+                return Err(said!(
+                    Setting::SweepAxis,
+                    format!(" {} is given twice", axis(a.param))
+                )
+                .into());
             }
         }
         Ok(Grid { allocations, axes })
@@ -198,7 +230,11 @@ impl Shard {
             .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
         match parsed {
             Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
-            _ => bail!("--shard `{s}`: write i/n with 0 ≤ i < n (e.g. 0/4 … 3/4)"),
+            _ => Err(said!(
+                Setting::Shard,
+                format!(" `{s}`: write i/n with 0 ≤ i < n (e.g. 0/4 … 3/4)")
+            )
+            .into()),
         }
     }
 
@@ -377,6 +413,23 @@ mod tests {
             ]
         )
         .is_err());
+    }
+
+    #[test]
+    fn grid_errors_name_the_setting_not_a_flag() {
+        let e = Shard::parse("2/2").unwrap_err();
+        let said = e.downcast_ref::<crate::error::SettingError>().unwrap();
+        assert!(e.to_string().starts_with("shard `2/2`: write i/n"), "{e}");
+        assert!(
+            said.render(|_| "--shard").starts_with("--shard `2/2`"),
+            "{e}"
+        );
+        let e = Axis::parse("alpha=0.3:0:0.1").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("sweep parameter alpha: the range 0.3:0:0.1"),
+            "{e}"
+        );
     }
 
     #[test]

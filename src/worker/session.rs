@@ -381,20 +381,18 @@ impl ExplorerSession {
         for k in 0..draws {
             let cal = match k {
                 0 => own.clone(),
-                _ => {
-                    x.use_calibration_draw(k, &mut obs)?;
-                    Arc::new(x.calibrate(params.owl_m, false, &mut obs)?.0)
-                }
+                _ => Arc::new(x.calibrate_draw(k, params, &mut obs)?),
             };
-            let pl = crate::prune::pipeline::plan(&x.model.llama, &cal, params)?;
-            let mut llama = x.model.llama.clone();
-            x.prune(&mut llama, &cal, &pl, params, &mut obs)?;
-            let ppl = x.perplexity(&llama, Stage::PrunedEval, &mut obs)?;
+            let (pl, ppl) = x.prune_copy(&cal, params, &mut obs)?;
             link.send(Msg::Draw {
                 k,
-                block: pl.block.clone(),
-                ppl: ppl.map(|p| p.ppl),
+                block: pl.block,
+                ppl,
             });
+        }
+        // Back to the session's own windows, which its statistics came from.
+        if draws > 1 {
+            x.use_calibration_draw(0, &mut obs)?;
         }
         Ok(())
     }
