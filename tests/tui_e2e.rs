@@ -160,6 +160,10 @@ fn explorer_end_to_end_in_a_terminal() {
         s.contains("◆ Alpha") && !s.contains("◆ OWL")
     });
     t.keys(&["v"]);
+    t.wait("the depth overlay", 60, |s| {
+        s.contains("◆ depth") && !s.contains("◆ Alpha")
+    });
+    t.keys(&["v"]);
     t.wait("no overlay", 60, |s| !s.contains('◆'));
 
     // Apply (preview is the explorer's default mode) and wait for the pruned perplexity.
