@@ -120,14 +120,7 @@ impl SparseMatrix {
             values.extend_from_slice(&v);
             row_ptr.push(values.len() as u32);
         }
-        values.extend_from_slice(&[0f32; kernels::PAD]);
-        Ok(Self {
-            rows,
-            cols,
-            row_ptr,
-            masks,
-            values,
-        })
+        Ok(Self::padded(rows, cols, row_ptr, masks, values))
     }
 
     /// A matrix from a packed bitmask and its kept values, as compressed-tensors'
@@ -180,15 +173,25 @@ impl SparseMatrix {
                 values.len()
             );
         }
-        let mut values = values;
+        Ok(Self::padded(rows, cols, row_ptr, masks, values))
+    }
+
+    /// The matrix from its parts, with the [`kernels::PAD`] zeros the kernels read past the end.
+    fn padded(
+        rows: usize,
+        cols: usize,
+        row_ptr: Vec<u32>,
+        masks: Vec<u64>,
+        mut values: Vec<f32>,
+    ) -> Self {
         values.extend_from_slice(&[0f32; kernels::PAD]);
-        Ok(Self {
+        Self {
             rows,
             cols,
             row_ptr,
             masks,
             values,
-        })
+        }
     }
 
     /// The non-zeros of a 2-D f32 CPU tensor.
