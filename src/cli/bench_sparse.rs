@@ -73,49 +73,82 @@ struct Speed {
 /// Decodes per configuration and mode; the median is reported.
 const DECODE_RUNS: usize = 3;
 
+/// Evaluation windows per turn when two models alternate (two batches of the demo's three).
+const EVAL_CHUNK: usize = 6;
+
+/// Decode and evaluation speed of `models` (the dense-with-zeros model and its sparse twin, or
+/// the dense model alone), measured in alternation: decode runs take turns model by model, and
+/// the evaluation windows go chunk by chunk through each model in turn, so a machine that
+/// slows down or speeds up during the run (a shared host does, by ±15 %) affects both alike.
 fn measure(
     ctx: &mut Ctx,
     x: &Experiment,
     m: &LoadedModel,
-    llama: &Llama,
+    models: &[&Llama],
     new_tokens: usize,
     what: &str,
-) -> Result<(Speed, Vec<u32>)> {
-    let m = LoadedModel {
-        llama: llama.clone(),
-        ..m.clone()
-    };
+) -> Result<Vec<(Speed, Vec<u32>)>> {
+    let loaded: Vec<LoadedModel> = models
+        .iter()
+        .map(|&llama| LoadedModel {
+            llama: llama.clone(),
+            ..m.clone()
+        })
+        .collect();
     ctx.progress
         .status(&format!("{what}: decode {new_tokens} tokens"));
     let params = GenParams {
         max_new_tokens: new_tokens,
         ..GenParams::default()
     };
-    // The median of three decodes: one run of 128 tokens wobbles by ±15 % on a busy machine.
-    let mut runs = Vec::with_capacity(DECODE_RUNS);
+    let mut runs: Vec<Vec<_>> = vec![Vec::with_capacity(DECODE_RUNS); models.len()];
     for _ in 0..DECODE_RUNS {
-        runs.push(generate(&m, PROMPT, &params, &mut |_| true)?);
+        for (lm, r) in loaded.iter().zip(&mut runs) {
+            r.push(generate(lm, PROMPT, &params, &mut |_| true)?);
+        }
     }
-    runs.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
-    let g = runs.swap_remove(DECODE_RUNS / 2);
     ctx.progress.status(&format!("{what}: evaluation"));
-    let t = Instant::now();
-    let ppl = x
-        .perplexity(llama, Stage::PrunedEval, &mut Silent)?
-        .map(|p| p.ppl)
-        .unwrap_or(f64::NAN);
-    let secs = t.elapsed().as_secs_f64();
+    let windows = x.eval.as_ref().map_or(0, |w| w.len());
+    let mut secs = vec![0f64; models.len()];
+    let mut nll = vec![(0f64, 0usize); models.len()];
+    for start in (0..windows.max(1)).step_by(EVAL_CHUNK) {
+        for (i, llama) in models.iter().enumerate() {
+            let t = Instant::now();
+            let p = x.perplexity_range(
+                llama,
+                start..start + EVAL_CHUNK,
+                Stage::PrunedEval,
+                &mut Silent,
+            )?;
+            secs[i] += t.elapsed().as_secs_f64();
+            if let Some(p) = p {
+                nll[i].0 += p.nll_sum;
+                nll[i].1 += p.tokens;
+            }
+        }
+    }
     let tokens: usize = x.eval.iter().flatten().map(|w| w.len()).sum();
-    Ok((
-        Speed {
-            decode_tok_s: g.tokens_per_s,
-            eval_tok_s: tokens as f64 / secs.max(1e-9),
-            ppl,
-            linear_bytes: llama.linear_bytes(),
-            sparse_linears: llama.sparse_linears(),
-        },
-        g.tokens,
-    ))
+    let speeds = runs
+        .into_iter()
+        .zip(models)
+        .zip(secs.iter().zip(&nll))
+        .map(|((mut r, llama), (&secs, &(nll_sum, predicted)))| {
+            r.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+            let g = r.swap_remove(DECODE_RUNS / 2);
+            let speed = Speed {
+                decode_tok_s: g.tokens_per_s,
+                eval_tok_s: tokens as f64 / secs.max(1e-9),
+                ppl: match predicted {
+                    0 => f64::NAN,
+                    n => (nll_sum / n as f64).exp(),
+                },
+                linear_bytes: llama.linear_bytes(),
+                sparse_linears: llama.sparse_linears(),
+            };
+            (speed, g.tokens)
+        })
+        .collect();
+    Ok(speeds)
 }
 
 /// `setup`: the demo protocol's (from `dlpx bench`), for the demo comparison.
@@ -130,7 +163,8 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, mut setup: crate::experiment::Setup) ->
     let kernels = kernel_table(&x.model.llama, ctx)?;
     let (cal, _) = x.calibrate(5.0, false, &mut ctx.progress)?;
     let new_tokens = a.decode_tokens;
-    let (dense, dense_ids) = measure(ctx, &x, &x.model, &x.model.llama, new_tokens, "dense")?;
+    let (dense, dense_ids) =
+        measure(ctx, &x, &x.model, &[&x.model.llama], new_tokens, "dense")?.remove(0);
     let mut rows = Vec::new();
     for c in configs() {
         ctx.progress.status(&format!("{}: masks", c.label));
@@ -141,22 +175,9 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, mut setup: crate::experiment::Setup) ->
         let sparsity = zeros.linear_sparsity()?;
         let mut sparse = zeros.clone();
         sparse.set_sparse(sparse_mode)?;
-        let (with_zeros, ids_zeros) = measure(
-            ctx,
-            &x,
-            &x.model,
-            &zeros,
-            new_tokens,
-            &format!("{} dense", c.label),
-        )?;
-        let (sp, ids_sparse) = measure(
-            ctx,
-            &x,
-            &x.model,
-            &sparse,
-            new_tokens,
-            &format!("{} sparse", c.label),
-        )?;
+        let mut both = measure(ctx, &x, &x.model, &[&zeros, &sparse], new_tokens, &c.label)?;
+        let (sp, ids_sparse) = both.remove(1);
+        let (with_zeros, ids_zeros) = both.remove(0);
         rows.push((c.label, sparsity, with_zeros, sp, ids_zeros == ids_sparse));
     }
     let mut v = json!({
@@ -190,7 +211,7 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, mut setup: crate::experiment::Setup) ->
         return Ok(());
     }
     println!(
-        "sparse execution on {} ({} threads, {} kernels, --sparse {}): decode {} new tokens (median of 3), evaluation {} × 256",
+        "sparse execution on {} ({} threads, {} kernels, --sparse {}): decode {} new tokens (median of 3, dense and sparse in turn), evaluation {} × 256 (in turns of 6 windows)",
         x.summary.info.source,
         rayon::current_num_threads(),
         crate::sparse::kernels::Isa::detect().name(),

@@ -644,8 +644,21 @@ impl Experiment {
         stage: Stage,
         obs: &mut dyn Observer,
     ) -> Result<Option<Perplexity>> {
+        let all = self.eval.as_ref().map_or(0, |w| w.len());
+        self.perplexity_range(llama, 0..n.unwrap_or(all), stage, obs)
+    }
+
+    /// As [`Experiment::perplexity`] on the evaluation windows `range` (clipped to those there
+    /// are): the sparse benchmark alternates two models chunk by chunk.
+    pub fn perplexity_range(
+        &self,
+        llama: &Llama,
+        range: std::ops::Range<usize>,
+        stage: Stage,
+        obs: &mut dyn Observer,
+    ) -> Result<Option<Perplexity>> {
         let Some(w) = &self.eval else { return Ok(None) };
-        let w = &w[..n.unwrap_or(w.len()).min(w.len())];
+        let w = &w[range.start.min(w.len())..range.end.min(w.len())];
         let started = Instant::now();
         let seq = w.first().map(|x| x.len()).unwrap_or(0);
         let r = perplexity(llama, w, &mut |done, total| {
