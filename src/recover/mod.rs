@@ -285,7 +285,9 @@ impl Adapters {
     }
 }
 
-/// Mean next-token cross-entropy of `windows` (each its own sequence) under `model`.
+/// Mean next-token cross-entropy of `windows` (each its own sequence) under `model`, through
+/// one graph (the reference the checkpointed gradients are tested against).
+#[cfg(test)]
 fn loss(model: &Llama, windows: &[Vec<u32>]) -> Result<Tensor> {
     let t = windows[0].len();
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
@@ -299,15 +301,127 @@ fn loss(model: &Llama, windows: &[Vec<u32>]) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
+/// Loss of one batch and the gradients of `vars` (the adapters), with gradient checkpointing per
+/// decoder block: the forward keeps only each block's input and cuts the graph after every
+/// block; the backward then recomputes one block at a time from its input (with the composed
+/// ops that backpropagate), and carries the gradient of the hidden state down to the block
+/// below. Memory holds one block's graph instead of thirty (on the demo, 10.5 GB → see the
+/// README, "Quantize and recover"); the price is one more forward per step. The gradients are
+/// those of [`loss`] up to summation order.
+fn checkpointed_grads(
+    model: &mut Llama,
+    windows: &[Vec<u32>],
+    vars: &[Var],
+) -> Result<(f64, candle_core::backprop::GradStore)> {
+    let t = windows[0].len();
+    let flat: Vec<u32> = windows.iter().flatten().copied().collect();
+    let ids = Tensor::from_vec(flat, (windows.len(), t), &model.device)?;
+    let inputs_ids = ids.narrow(1, 0, t - 1)?;
+    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    // Forward with the fused (inference) ops; only the blocks' inputs are kept.
+    model.set_differentiable(false);
+    let forward = (|| -> Result<(Vec<Tensor>, Tensor)> {
+        let mut x = model.embed(&inputs_ids)?.detach();
+        let mut inputs = Vec::with_capacity(model.blocks.len());
+        for i in 0..model.blocks.len() {
+            inputs.push(x.clone());
+            x = model.forward_block(i, &x, 0, None, None)?.detach();
+        }
+        Ok((inputs, x))
+    })();
+    model.set_differentiable(true);
+    let (mut inputs, top) = forward?;
+    let (loss, top_grad) = head_loss(model, &top, &targets, true)?;
+    let mut g = top_grad.ok_or_else(|| eyre!("LoRA: no gradient reached the last block"))?;
+    let mut grads = candle_core::backprop::GradStore::default();
+    for i in (0..model.blocks.len()).rev() {
+        let Some(x) = inputs.pop() else { break };
+        let x = Var::from_tensor(&x)?;
+        let y = model.forward_block(i, x.as_tensor(), 0, None, None)?;
+        // d(Σ y·g)/dθ = gᵀ ∂y/∂θ: the chain rule through this block alone.
+        let mut local = (y * &g)?.sum_all()?.backward()?;
+        for var in vars {
+            if let Some(gv) = local.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), gv);
+            }
+        }
+        if i > 0 {
+            g = local
+                .remove(x.as_tensor())
+                .ok_or_else(|| eyre!("LoRA: no gradient reached block {i}'s input"))?;
+        }
+    }
+    Ok((loss, grads))
+}
+
+/// Positions whose logits exist at once in [`head_loss`]: `HEAD_ROWS × vocab` f32 (50 MB on the
+/// demo). The whole batch's logits (4 × 255 positions, 200 MB) and the log-softmax's and the
+/// backward's copies of them were most of a training step's memory.
+const HEAD_ROWS: usize = 256;
+
+/// Mean cross-entropy of the final hidden states `top` (`[b, t, hidden]`) against `targets`
+/// (`[b·t]`), through the final norm and the head, a few positions at a time; with `grad`, also
+/// the gradient of that mean with respect to `top`.
+fn head_loss(
+    model: &Llama,
+    top: &Tensor,
+    targets: &Tensor,
+    grad: bool,
+) -> Result<(f64, Option<Tensor>)> {
+    let (b, t, d) = top.dims3()?;
+    let n = b * t;
+    let flat = top.reshape((n, d))?;
+    let mut sum = 0f64;
+    let mut grads = Vec::new();
+    for start in (0..n).step_by(HEAD_ROWS) {
+        let rows = HEAD_ROWS.min(n - start);
+        let x = flat.narrow(0, start, rows)?.reshape((1, rows, d))?;
+        let var = match grad {
+            true => Some(Var::from_tensor(&x)?),
+            false => None,
+        };
+        let input = var.as_ref().map_or(&x, |v| v.as_tensor());
+        let logits = model.head(input)?.to_dtype(DType::F32)?;
+        let v = logits.dim(2)?;
+        let part = candle_nn::loss::cross_entropy(
+            &logits.reshape((rows, v))?,
+            &targets.narrow(0, start, rows)?,
+        )?;
+        // This part's share of the batch mean.
+        let part = (part * (rows as f64 / n as f64))?;
+        sum += part.to_scalar::<f32>()? as f64;
+        if let Some(var) = var {
+            let mut gs = part.backward()?;
+            let g = gs
+                .remove(var.as_tensor())
+                .ok_or_else(|| eyre!("LoRA: no gradient reached the head's input"))?;
+            grads.push(g.reshape((rows, d))?);
+        }
+    }
+    let g = match grad {
+        true => Some(Tensor::cat(&grads, 0)?.reshape((b, t, d))?),
+        false => None,
+    };
+    Ok((sum, g))
+}
+
 /// Held-out loss, in batches, without the composed (slow) ops.
 fn heldout_loss(model: &mut Llama, heldout: &[Vec<u32>], batch: usize) -> Result<f64> {
     model.set_differentiable(false);
-    let mut sum = 0.0;
-    for c in heldout.chunks(batch) {
-        sum += loss(model, c)?.to_scalar::<f32>()? as f64 * c.len() as f64;
-    }
+    let result = (|| -> Result<f64> {
+        let mut sum = 0.0;
+        for c in heldout.chunks(batch) {
+            let t = c[0].len();
+            let flat: Vec<u32> = c.iter().flatten().copied().collect();
+            let ids = Tensor::from_vec(flat, (c.len(), t), &model.device)?;
+            let top = model.hidden(&ids.narrow(1, 0, t - 1)?)?;
+            let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+            sum += head_loss(model, &top, &targets, false)?.0 * c.len() as f64;
+        }
+        Ok(sum / heldout.len() as f64)
+    })();
     model.set_differentiable(true);
-    Ok(sum / heldout.len() as f64)
+    result
 }
 
 /// One report of training progress.
@@ -367,8 +481,9 @@ pub fn train(
         bail!("LoRA: need training and held-out windows of at least 2 tokens");
     }
     adapters.install(model)?;
+    let vars = adapters.vars();
     let mut opt = AdamW::new(
-        adapters.vars(),
+        vars.clone(),
         ParamsAdamW {
             lr: p.lr,
             weight_decay: 0.0,
@@ -408,13 +523,12 @@ pub fn train(
                 batch.push(train[order[cursor]].clone());
                 cursor += 1;
             }
-            let l = loss(model, &batch)?;
-            opt.backward_step(&l)?;
+            let (lv, grads) = checkpointed_grads(model, &batch, &vars)?;
+            opt.step(&grads)?;
             // The installed copies follow the variables only in f32; re-install otherwise.
             if model.dtype != DType::F32 {
                 adapters.install(model)?;
             }
-            let lv = l.to_scalar::<f32>()? as f64;
             out.train_loss.push(lv);
             out.steps_run = step;
             out.tokens += batch.len() * t;
@@ -523,6 +637,44 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-5, "{d}");
+    }
+
+    /// Checkpointing recomputes each block from its input; the gradients must be those of one
+    /// backward through the whole model (up to summation order).
+    #[test]
+    fn checkpointed_gradients_equal_the_whole_graph_ones() {
+        let mut m = tiny();
+        let batch = random_windows(3, 12, 64, 4);
+        let ad = Adapters::new(&m, 4, 8.0, 2).unwrap();
+        // Non-zero B, so that A's gradients are non-zero too.
+        for (i, a) in ad.items.iter().enumerate() {
+            let b = a.b.as_tensor();
+            let r = Tensor::randn(0f32, 0.1, b.dims(), &Device::Cpu).unwrap();
+            a.b.set(&(r + i as f64 * 1e-3).unwrap()).unwrap();
+        }
+        ad.install(&mut m).unwrap();
+        let vars = ad.vars();
+        m.set_differentiable(true);
+        let whole_loss = loss(&m, &batch).unwrap();
+        let whole = whole_loss.backward().unwrap();
+        let (l, ck) = checkpointed_grads(&mut m, &batch, &vars).unwrap();
+        let lw = whole_loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((l - lw).abs() < 1e-5 * lw.abs(), "loss {l} vs {lw}");
+        for v in &vars {
+            let a = whole.get(v.as_tensor()).unwrap();
+            let b = ck.get(v.as_tensor()).unwrap();
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(scale > 0.0, "a zero gradient tests nothing");
+            assert!(d <= 1e-4 * scale, "gradient differs by {d} (scale {scale})");
+        }
     }
 
     #[test]
