@@ -27,7 +27,7 @@ use serde::Serialize;
 
 pub use crate::report::{AlphaSearch, AlphaTrial};
 pub use alpha_search::alpha_grid;
-pub use observer::{Observer, Silent, Stage, Step};
+pub use observer::{Notice, Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
 pub use run::{RecoverSpec, Recovered, Run, RunSpec, TaskSpec};
 
@@ -82,7 +82,7 @@ impl Default for DataSpec {
 }
 
 impl DataSpec {
-    /// The data a saved report was made with (what `--config` replays).
+    /// The data a saved report was made with (what replaying its config reads).
     pub fn of_report(d: &DataInfo) -> Self {
         Self {
             calib: d.calib.source.clone(),
@@ -126,7 +126,7 @@ pub struct Setup {
     pub device: Device,
     pub dtype: DType,
     pub place: Placement,
-    /// Whether pruned linears run in compressed rows (`--sparse`).
+    /// Whether pruned linears run in compressed rows.
     pub sparse: SparseMode,
     pub data: DataSpec,
     /// Use the on-disk cache of calibration statistics.
@@ -322,7 +322,7 @@ impl Experiment {
             s.place == Placement::Offload,
         );
         if s.keeps_pruned_copy {
-            // With --offload the dense blocks stay in their file, the pruned ones in memory.
+            // Offloaded, the dense blocks stay in their file, the pruned ones in memory.
             est.total += est.weights + est.offloaded;
         }
         obs.status(&est.describe());
