@@ -8,6 +8,7 @@
 //! statistics, so a second run with the same model and data measures only the pruned model.
 
 mod alpha_search;
+pub mod bench;
 pub mod observer;
 mod recover;
 mod report;
@@ -16,6 +17,7 @@ mod speed;
 pub mod stages;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod scheduler;
+pub mod sparse_speed;
 pub mod sweep;
 
 use std::ops::ControlFlow;

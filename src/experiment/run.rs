@@ -365,11 +365,23 @@ impl Experiment {
         params: &PruneParams,
         obs: &mut dyn Observer,
     ) -> Result<(Plan, Option<f64>)> {
+        let (pl, llama) = self.pruned_copy(cal, params, obs)?;
+        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
+        Ok((pl, ppl.map(|p| p.ppl)))
+    }
+
+    /// Allocate from `cal` and prune a copy of the dense weights (the loaded weights stay
+    /// dense).
+    pub fn pruned_copy(
+        &self,
+        cal: &Calibration,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<(Plan, Llama)> {
         let pl = plan(&self.model.llama, cal, params)?;
         let mut llama = self.model.llama.clone();
         self.prune(&mut llama, cal, &pl, params, obs)?;
-        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
-        Ok((pl, ppl.map(|p| p.ppl)))
+        Ok((pl, llama))
     }
 
     /// The speed section: the dense figures and the pruned model's, measured now.
