@@ -71,7 +71,13 @@ pub enum Setting {
     LoraData,
     SweepAxis,
     SweepAllocations,
+    /// Starting a sweep file over instead of resuming it.
+    SweepFresh,
+    /// The sweep's output files.
+    SweepOut,
     Shard,
+    /// The number of shards of an automatic shard.
+    Shards,
     AlphaHoldout,
 }
 
@@ -97,7 +103,10 @@ impl Setting {
             Setting::LoraData => "LoRA training data",
             Setting::SweepAxis => "sweep parameter",
             Setting::SweepAllocations => "sweep allocations",
+            Setting::SweepFresh => "a fresh sweep",
+            Setting::SweepOut => "output",
             Setting::Shard => "shard",
+            Setting::Shards => "shard count",
             Setting::AlphaHoldout => "α's held-out windows",
         }
     }
@@ -184,6 +193,6 @@ mod tests {
     fn setting_errors_name_the_label_or_the_flag() {
         let e = crate::said!("use ", Setting::Offload, " or less");
         assert_eq!(e.to_string(), "use offload or less");
-        assert_eq!(e.render(|_| "--offload"), "use --offload or less");
+        assert_eq!(e.render(|_| "OFFLOAD"), "use OFFLOAD or less");
     }
 }

@@ -23,7 +23,6 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 pub mod model;
-pub mod progress;
 pub mod prune;
 pub mod recover;
 pub mod report;

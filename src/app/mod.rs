@@ -3,6 +3,7 @@
 //! behaviour can be tested (and benchmarked) without one.
 
 mod export;
+pub mod jobs;
 pub mod keys;
 mod messages;
 pub mod params;
@@ -21,6 +22,7 @@ use crate::prune::params::Param;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
 use crate::zeroshot::ZeroShot;
+use jobs::BackgroundJob;
 use keys::Action;
 
 /// One applied configuration (the history in the compare view).
@@ -555,12 +557,12 @@ impl State {
             }
             Action::Generate => return self.generate_jobs(),
             Action::ZeroShot => return self.zeroshot_job(),
-            Action::Quantize => return self.quantize_job(),
-            Action::Recover => return self.recover_job(),
+            Action::Quantize => return jobs::Quantize::start(self),
+            Action::Recover => return jobs::Recover::start(self),
             Action::ToggleSparse => return self.sparse_job(),
             Action::ToggleSweep => return self.toggle_sweep(),
             Action::CalibDraws => return self.calib_draws_job(),
-            Action::AlphaAuto => return self.alpha_auto_job(),
+            Action::AlphaAuto => return jobs::AlphaAuto::start(self),
             Action::CycleImportance => {
                 self.importance = match self.importance {
                     Importance::Statistic => Importance::OwlRatio,
@@ -642,32 +644,6 @@ impl State {
             return vec![Effect::Job(Job::CalibDraws {
                 params: Box::new(self.params.clone()),
                 draws: 4,
-            })];
-        }
-
-        vec![]
-    }
-
-    /// Choose DLP's α on held-out calibration windows (key A).
-    fn alpha_auto_job(&mut self) -> Vec<Effect> {
-        if self.cal.is_none() || self.busy {
-            self.say(
-                "wait for calibration and the running job (Esc cancels it)",
-                Tone::Error,
-            );
-        } else if !Param::Alpha.applies_to(self.params.alloc.allocation) {
-            self.say(
-                "A chooses DLP's range α: switch the allocation to DLP",
-                Tone::Error,
-            );
-        } else {
-            self.busy = true;
-            self.say(
-                "choosing α on 16 held-out calibration windows (never the evaluation data)…",
-                Tone::Info,
-            );
-            return vec![Effect::Job(Job::AlphaAuto {
-                params: Box::new(self.params.clone()),
             })];
         }
 
@@ -901,42 +877,6 @@ impl State {
             .map(|h| h.id)
     }
 
-    /// Quantize the last applied model in q8_0, q4_k and q4_0 and measure each.
-    fn quantize_job(&mut self) -> Vec<Effect> {
-        let Some(id) = self.held_entry() else {
-            self.say("apply first (a): Q quantizes the applied model", Tone::Info);
-            return vec![];
-        };
-        self.busy = true;
-        self.say(
-            format!("#{id}: quantizing q8_0, q4_k, q4_0 and measuring each… (Esc cancels)"),
-            Tone::Info,
-        );
-        vec![Effect::Job(Job::Quantize { id })]
-    }
-
-    /// A short LoRA recovery of the last applied model (`dlpx recover` saves adapters).
-    fn recover_job(&mut self) -> Vec<Effect> {
-        let Some(id) = self.held_entry() else {
-            self.say(
-                "apply first (a): F recovers the applied model with LoRA",
-                Tone::Info,
-            );
-            return vec![];
-        };
-        self.busy = true;
-        self.say(
-            format!(
-                "#{id}: LoRA recovery, {RECOVER_STEPS} steps on the calibration text… (Esc keeps the best so far)"
-            ),
-            Tone::Info,
-        );
-        vec![Effect::Job(Job::Recover {
-            id,
-            steps: RECOVER_STEPS,
-        })]
-    }
-
     /// Switch the applied model's linears between sparse execution where it is faster (auto)
     /// and dense (off); later applies keep the choice. The next generations and perplexities
     /// run that way (g generates again).
@@ -1116,97 +1056,38 @@ impl State {
         }
     }
 
-    /// A finished job's result: α chosen, a quantized or recovered entry, zero-shot scores.
-    fn on_job_result(&mut self, m: Msg) {
-        match m {
-            Msg::AlphaSearched(search) => {
-                let mut c = self.params.clone();
-                c.alloc.alpha = search.chosen;
-                self.set_params(c);
-                let values: Vec<f64> = search.trace.iter().map(|t| t.alpha).collect();
-                self.sweep = Some(SweepView {
-                    param: Param::Alpha,
-                    base: self.params.clone(),
-                    sel: values.iter().position(|v| *v == search.chosen).unwrap_or(0),
-                    ppl: search.trace.iter().map(|t| Some(t.ppl)).collect(),
-                    values,
-                    windows: search.heldout.windows,
-                    heldout: true,
-                });
-                self.view = View::Sweep;
-                self.say(
-                    format!(
-                        "α = {} chosen on {} held-out calibration windows; a applies it",
-                        search.chosen, search.heldout.windows
-                    ),
-                    Tone::Good,
-                );
-            }
-            Msg::Quantized { id, format, ppl } => {
+    /// Zero-shot scores of the dense model or of an applied entry.
+    fn on_zeroshot(&mut self, id: Option<usize>, z: ZeroShot) {
+        let msg = match id {
+            None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
+            Some(id) => format!(
+                "#{id}: zero-shot mean acc {:.4} (dense {})",
+                z.mean_acc,
+                self.dense_zeroshot
+                    .as_ref()
+                    .map(|d| format!("{:.4}", d.mean_acc))
+                    .unwrap_or("…".into())
+            ),
+        };
+        match id {
+            None => self.dense_zeroshot = Some(z),
+            Some(id) => {
                 if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.quantized.retain(|q| q.0 != format);
-                    h.quantized.push((format, ppl));
-                    let pruned = h
-                        .ppl
-                        .map(|p| format!(" ({:+.1} % vs pruned)", 100.0 * (ppl / p - 1.0)));
-                    self.say(
-                        format!(
-                            "#{id} + {}: perplexity {ppl:.2}{}",
-                            format.name(),
-                            pruned.unwrap_or_default()
-                        ),
-                        Tone::Info,
-                    );
+                    h.zeroshot = Some(z);
                 }
             }
-            Msg::Recovered {
-                id,
-                ppl,
-                steps_run,
-                best_step,
-            } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.recovered = Some((ppl, steps_run));
-                    self.say(
-                    format!("#{id} + LoRA: perplexity {ppl:.2} after {steps_run} steps (best held-out at step {best_step})"),
-                    Tone::Info,
-                );
-                }
-            }
-            Msg::ZeroShot { id, z } => {
-                let msg = match id {
-                    None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
-                    Some(id) => format!(
-                        "#{id}: zero-shot mean acc {:.4} (dense {})",
-                        z.mean_acc,
-                        self.dense_zeroshot
-                            .as_ref()
-                            .map(|d| format!("{:.4}", d.mean_acc))
-                            .unwrap_or("…".into())
-                    ),
-                };
-                match id {
-                    None => self.dense_zeroshot = Some(*z),
-                    Some(id) => {
-                        if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                            h.zeroshot = Some(*z);
-                        }
-                    }
-                }
-                self.say(msg, Tone::Good);
-            }
-            _ => {}
         }
+        self.say(msg, Tone::Good);
     }
 
     /// Handle a worker message.
     pub fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Status(s) => self.say(s, Tone::Info),
-            m @ (Msg::AlphaSearched(_)
-            | Msg::Quantized { .. }
-            | Msg::Recovered { .. }
-            | Msg::ZeroShot { .. }) => self.on_job_result(m),
+            Msg::ZeroShot { id, z } => self.on_zeroshot(id, *z),
+            m @ Msg::AlphaSearched(_) => jobs::AlphaAuto::on_reply(self, m),
+            m @ Msg::Quantized { .. } => jobs::Quantize::on_reply(self, m),
+            m @ Msg::Recovered { .. } => jobs::Recover::on_reply(self, m),
             m @ (Msg::GenStart { .. } | Msg::Token { .. } | Msg::GenDone { .. }) => {
                 self.on_generation_msg(m)
             }

@@ -782,7 +782,10 @@ pub fn setting_flag(s: crate::error::Setting) -> &'static str {
         Param::LoraData => "--data",
         Param::SweepAxis => "--param",
         Param::SweepAllocations => "--allocation",
+        Param::SweepFresh => "--fresh",
+        Param::SweepOut => "--out",
         Param::Shard => "--shard",
+        Param::Shards => "--shards",
         Param::AlphaHoldout => "--alpha-holdout",
     }
 }
@@ -795,6 +798,9 @@ pub fn flag_message(e: &(dyn std::error::Error + 'static)) -> String {
         return p.render(|p| format!("--{}", p.flag()));
     }
     if let Some(s) = e.downcast_ref::<SettingError>() {
+        return s.render(setting_flag);
+    }
+    if let Some(s) = e.downcast_ref::<crate::experiment::scheduler::ShardEnvError>() {
         return s.render(setting_flag);
     }
     e.to_string()

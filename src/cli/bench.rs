@@ -1,22 +1,18 @@
 //! `dlpx bench`: dense forward throughput and tokenizer speed; with `--prune` the pruning
 //! stages, with `--tui` the explorer's key-to-frame latency, with `--job` the whole `dlpx prune`
-//! job (wall time and peak memory). The work goes through the experiment layer; this only times.
+//! job (wall time and peak memory). The experiment layer does and times the work; this renders
+//! the figures (only the explorer's latency is timed here: it is this front end's own loop).
 
 use std::time::Instant;
 
-use candle_core::Tensor;
 use color_eyre::eyre::Result;
 
 use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
 use crate::data::{DemoSplit, TextSource};
-use crate::experiment::{DataSpec, Experiment, Setup, Silent, Stage};
+use crate::experiment::bench::{median, time_forward};
+use crate::experiment::{DataSpec, Experiment, Setup, Silent};
 use crate::model::LoadedModel;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
     if sparse {
@@ -37,32 +33,10 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
     let repeat = a.repeat.max(1);
     let p = &mut ctx.progress;
     let text = TextSource::Demo(DemoSplit::Calib).load(&mut |s| p.status(s))?;
-
-    // Tokenizer: whole calib.txt in one call.
-    let mut tok_secs = Vec::new();
-    let mut n_ids = 0;
-    for _ in 0..repeat {
-        let t = Instant::now();
-        n_ids = m.encode(&text)?.len();
-        tok_secs.push(t.elapsed().as_secs_f64());
-    }
-    let tok_s = median(tok_secs);
-    let ids = m.encode(&text)?;
-    let wins = crate::data::windows(&ids, seq_len, a.windows, "calib")?;
-    let flat: Vec<u32> = wins.iter().flatten().copied().collect();
-    let input = Tensor::from_vec(flat, (a.windows, seq_len), &m.llama.device)?;
-
-    // Dense forward with all-position logits, as perplexity needs; one warm-up pass.
-    m.llama.forward(&input, 0, None)?;
-    let mut fwd = Vec::new();
-    for i in 0..repeat {
-        ctx.progress.status(&format!("forward {}/{repeat}", i + 1));
-        let t = Instant::now();
-        let out = m.llama.forward(&input, 0, None)?;
-        out.device().synchronize()?;
-        fwd.push(t.elapsed().as_secs_f64());
-    }
-    let fwd_s = median(fwd);
+    // The tokenizer on the whole calib.txt in one call; the dense forward with all-position
+    // logits, as perplexity needs.
+    let fb = time_forward(&m, &text, a.windows, seq_len, repeat, &mut ctx.progress)?;
+    let (tok_s, n_ids, fwd_s) = (fb.tokenizer_s, fb.ids, fb.forward_s);
     let c = &m.llama.config;
     let tokens = (a.windows * seq_len) as f64;
     // Linear layers + head, plus attention scores and values (2·2·t·d per head per token, causal half).
@@ -126,34 +100,10 @@ fn with_zeroshot(
     mut v: serde_json::Value,
     forward_tokens_per_s: f64,
 ) -> Result<serde_json::Value> {
-    use crate::zeroshot::score::{loglikelihoods, EncodedDoc};
-    use crate::zeroshot::{Task, TaskSource};
     let setup = demo_setup(ctx, a, false, false)?;
     let x = Experiment::open_for_scoring(&setup, &mut ctx.progress)?;
-    let set = x.task_set(
-        &Task::ALL,
-        &TaskSource::Demo,
-        Some(a.zeroshot_limit.max(1)),
-        &mut ctx.progress,
-    )?;
-    let shared: Vec<EncodedDoc> = set
-        .tasks
-        .iter()
-        .flat_map(|t| t.encoded.iter().cloned())
-        .collect();
-    let alone: Vec<EncodedDoc> = shared
-        .iter()
-        .flat_map(|d| d.iter().map(|r| vec![r.clone()]))
-        .collect();
-    let mut time =
-        |docs: &[EncodedDoc], what: &str| -> Result<(f64, crate::zeroshot::score::Work)> {
-            ctx.progress.status(&format!("timing: zero-shot, {what}"));
-            let t = Instant::now();
-            let (_, w) = loglikelihoods(&x.model.llama, docs, set.max_len, &mut |_, _, _| true)?;
-            Ok((t.elapsed().as_secs_f64(), w))
-        };
-    let (shared_s, w) = time(&shared, "contexts shared")?;
-    let (alone_s, w_alone) = time(&alone, "each choice alone")?;
+    let zb = x.time_zeroshot(a.zeroshot_limit.max(1), &mut ctx.progress)?;
+    let (shared_s, alone_s, w, w_alone) = (zb.shared_s, zb.alone_s, zb.shared, zb.alone);
     let z = serde_json::json!({
         "examples_per_task": a.zeroshot_limit, "requests": w.requests,
         "shared": {"seconds": shared_s, "tokens": w.tokens, "requests_per_s": w.requests as f64 / shared_s,
@@ -205,46 +155,21 @@ fn demo_experiment(ctx: &mut Ctx, m: LoadedModel, a: &BenchArgs) -> Result<Exper
     Experiment::open(&setup, &mut ctx.progress)
 }
 
-/// Time each pruning stage on the demo protocol.
+/// Each pruning stage on the demo protocol, timed by the experiment.
 fn with_prune_stages(
     ctx: &mut Ctx,
     x: &Experiment,
     mut v: serde_json::Value,
     json: bool,
 ) -> Result<serde_json::Value> {
-    use crate::prune::pipeline::{plan, PruneParams};
-    let m = &x.model;
-    ctx.progress.status("timing: dense calibration pass");
-    // The engine's pass itself, never the statistics cache.
-    let t = Instant::now();
-    let cal = crate::prune::stats::calibrate(&m.llama, &x.calib, 5.0, true, &mut |_| true)?;
-    let dense_s = t.elapsed().as_secs_f64();
-    let params = PruneParams::default();
-    let mut us = Vec::new();
-    for _ in 0..1000 {
-        us.push(plan(&m.llama, &cal, &params)?.allocate_us);
-    }
-    let alloc_us = median(us);
-    let pl = plan(&m.llama, &cal, &params)?;
-    ctx.progress.status("timing: preview masks");
-    let preview = PruneParams {
-        mode: crate::prune::pipeline::Mode::Preview,
-        ..params.clone()
-    };
-    let mut pruned = m.llama.clone();
-    let t = Instant::now();
-    x.prune(&mut pruned, &cal, &pl, &preview, &mut Silent)?;
-    let masks_s = t.elapsed().as_secs_f64();
-    drop(pruned);
-    ctx.progress.status("timing: faithful pass");
-    let mut faithful = m.llama.clone();
-    let t = Instant::now();
-    x.prune(&mut faithful, &cal, &pl, &params, &mut Silent)?;
-    let faithful_s = t.elapsed().as_secs_f64();
-    ctx.progress.status("timing: evaluation");
-    let t = Instant::now();
-    x.perplexity(&faithful, Stage::PrunedEval, &mut Silent)?;
-    let eval_s = t.elapsed().as_secs_f64();
+    let st = x.time_prune_stages(&mut ctx.progress)?;
+    let (dense_s, alloc_us, masks_s, faithful_s, eval_s) = (
+        st.dense_pass_s,
+        st.allocate_median_us,
+        st.preview_masks_s,
+        st.faithful_pass_s,
+        st.eval_s,
+    );
     v["prune"] = serde_json::json!({
         "dense_pass_s": dense_s, "allocate_median_us": alloc_us, "preview_masks_s": masks_s,
         "faithful_pass_s": faithful_s, "eval_s": eval_s,

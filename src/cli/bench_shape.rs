@@ -6,14 +6,12 @@
 //! against all, and the whole model projected to its real block count and to the paper's
 //! 128 calibration windows.
 
-use std::time::Instant;
-
 use color_eyre::eyre::{bail, Result};
 
 use crate::cli::commands::Ctx;
 use crate::cli::BenchArgs;
-use crate::experiment::stages::time_protocol;
-use crate::model::synthetic::{random_model, random_windows, Shape};
+use crate::experiment::stages::{time_random_protocol, RandomShape};
+use crate::model::synthetic::{random_windows, Shape};
 use crate::model::Placement;
 use crate::prune::pipeline::{Mode, PruneParams};
 use crate::prune::timing::StageTimes;
@@ -56,24 +54,20 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         "building {} random blocks at {} shapes",
         a.blocks, shape.label
     ));
-    let t = Instant::now();
-    let mut model = random_model(
-        &shape.config,
-        a.blocks,
-        a.shape_vocab,
-        0x5EED,
-        &ctx.device,
-        ctx.dtype,
-    )?;
-    let build_s = t.elapsed().as_secs_f64();
     let windows = random_windows(a.calib_samples, seq_len, a.shape_vocab, 17);
     let params = PruneParams {
         metric: a.metric.into(),
         mode: Mode::Faithful,
         ..PruneParams::default()
     };
-
-    let pt = time_protocol(&mut model, &windows, &params, p)?;
+    let random = RandomShape {
+        config: &shape.config,
+        blocks: a.blocks,
+        vocab: a.shape_vocab,
+        device: &ctx.device,
+        dtype: ctx.dtype,
+    };
+    let (pt, build_s) = time_random_protocol(&random, &windows, &params, p)?;
     let (allocate_s, sparsity_err) = (pt.allocate_s, pt.sparsity_err);
     let (one, all) = (&pt.one_thread, &pt.all_threads);
     let (d, f) = (per_block(&pt.dense), per_block(&pt.faithful));

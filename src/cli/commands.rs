@@ -7,13 +7,13 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use color_eyre::eyre::Result;
 
+use super::progress::Progress;
 use crate::cli::{DemoArgs, EvalArgs, ExportArgs, GenerateArgs, GlobalArgs, ModelArgs};
 use crate::data::{DemoSplit, TextSource};
 use crate::eval::generate::{generate, GenParams};
 use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::experiment::{DataSpec, Setup, Stage, Step};
 use crate::model::{self, LoadedModel, ModelSource, Placement};
-use crate::progress::Progress;
 use crate::sparse::SparseMode;
 
 pub struct Ctx {

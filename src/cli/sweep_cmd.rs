@@ -212,7 +212,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
             // The environment is read here, once; the resolution is a pure function of it.
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let auto = crate::experiment::scheduler::resolve(&env, a.shards)?;
-            ctx.progress.status(&auto.to_string());
+            ctx.progress.status(&auto.render(super::setting_flag));
             Some(auto.shard)
         }
         Some(s) => {

@@ -1,4 +1,4 @@
-//! `--alpha auto`: DLP's range α chosen by the data instead of by hand (the paper tunes α per
+//! α chosen automatically: DLP's range α chosen by the data instead of by hand (the paper tunes α per
 //! model, §5). Every α of a grid is applied in preview mode (masks from the dense statistics)
 //! and measured on held-out *calibration* windows: the windows after the calibration windows
 //! of a text source, or another sampler seed of a document source. The search takes only those

@@ -8,6 +8,7 @@
 //! statistics, so a second run with the same model and data measures only the pruned model.
 
 mod alpha_search;
+pub mod bench;
 pub mod observer;
 mod recover;
 mod report;
@@ -16,6 +17,7 @@ mod speed;
 pub mod stages;
 pub use speed::{SPEED_NEW_TOKENS, SPEED_PROMPT};
 pub mod scheduler;
+pub mod sparse_speed;
 pub mod sweep;
 
 use std::ops::ControlFlow;
@@ -27,7 +29,7 @@ use serde::Serialize;
 
 pub use crate::report::{AlphaSearch, AlphaTrial};
 pub use alpha_search::alpha_grid;
-pub use observer::{Observer, Silent, Stage, Step};
+pub use observer::{Notice, Observer, Silent, Stage, Step};
 pub use report::{build_report, weighted_mean, Measured};
 pub use run::{RecoverSpec, Recovered, Run, RunSpec, TaskSpec};
 
@@ -82,7 +84,7 @@ impl Default for DataSpec {
 }
 
 impl DataSpec {
-    /// The data a saved report was made with (what `--config` replays).
+    /// The data a saved report was made with (what replaying its config reads).
     pub fn of_report(d: &DataInfo) -> Self {
         Self {
             calib: d.calib.source.clone(),
@@ -126,7 +128,7 @@ pub struct Setup {
     pub device: Device,
     pub dtype: DType,
     pub place: Placement,
-    /// Whether pruned linears run in compressed rows (`--sparse`).
+    /// Whether pruned linears run in compressed rows.
     pub sparse: SparseMode,
     pub data: DataSpec,
     /// Use the on-disk cache of calibration statistics.
@@ -322,7 +324,7 @@ impl Experiment {
             s.place == Placement::Offload,
         );
         if s.keeps_pruned_copy {
-            // With --offload the dense blocks stay in their file, the pruned ones in memory.
+            // Offloaded, the dense blocks stay in their file, the pruned ones in memory.
             est.total += est.weights + est.offloaded;
         }
         obs.status(&est.describe());

@@ -2,6 +2,7 @@
 //! steps on stderr, the explorer's worker turns them into messages; a `Break` from `step` (or
 //! `token`) cancels the job, which then ends with the typed [`crate::error::Cancelled`].
 
+use std::fmt;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -83,10 +84,42 @@ impl Step {
     }
 }
 
+/// A remark of a run that front ends word themselves: the command line adds the flag that
+/// changes what happened (the engine knows no flags), the default wording names none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Notice {
+    /// The calibration statistics came from the statistics cache.
+    StatsFromCache,
+    /// The dense perplexity came from the dense cache.
+    DenseFromCache,
+    /// The dense zero-shot scores came from the dense cache.
+    DenseZeroShotFromCache,
+    /// DLP's α was chosen on `windows` held-out calibration windows.
+    AlphaChosen { alpha: f64, windows: usize },
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::StatsFromCache => f.write_str("calibration statistics from the cache"),
+            Notice::DenseFromCache => f.write_str("dense perplexity from the cache"),
+            Notice::DenseZeroShotFromCache => f.write_str("dense zero-shot scores from the cache"),
+            Notice::AlphaChosen { alpha, windows } => write!(
+                f,
+                "α = {alpha} (lowest perplexity on {windows} held-out calibration windows)"
+            ),
+        }
+    }
+}
+
 /// Receives what an experiment does while it does it.
 pub trait Observer {
     /// A short status line ("tokenizing", "fetching …").
     fn status(&mut self, msg: &str);
+    /// A typed remark of the run; shown as its plain wording unless the front end words it.
+    fn notice(&mut self, n: Notice) {
+        self.status(&n.to_string())
+    }
     /// A step of a long stage finished; `Break` cancels the job.
     fn step(&mut self, step: Step) -> ControlFlow<()>;
     /// Calibration finished block `block` (its statistics, for live charts).

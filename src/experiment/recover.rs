@@ -14,7 +14,7 @@ pub type Windows = (Vec<Vec<u32>>, DataSet);
 
 impl Experiment {
     /// Training and held-out windows for LoRA recovery. `calib`: the experiment's calibration
-    /// windows, and the `holdout` windows that follow them in the same text (as `--alpha auto`
+    /// windows, and the `holdout` windows that follow them in the same text (as the α search
     /// holds them out); a file: its first `n_train` windows, then `holdout` more.
     pub fn recovery_windows(
         &self,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use color_eyre::eyre::{eyre, Result};
 
-use super::{build_report, Experiment, Measured, Observer, Stage};
+use super::{build_report, Experiment, Measured, Notice, Observer, Stage};
 use crate::model::quant::QuantFormat;
 use crate::model::Llama;
 use crate::prune::pipeline::{plan, Plan, PruneParams};
@@ -141,7 +141,7 @@ impl Experiment {
         timings.calibrate_s = since(t);
         timings.stats_cache_hit = hit;
         if hit {
-            obs.status("calibration statistics from the cache (--no-stats-cache recomputes them)");
+            obs.notice(Notice::StatsFromCache);
         }
         let alpha_search = match spec.alpha_auto {
             Some(holdout) => Some(self.choose_alpha(&cal, &mut params, holdout, obs)?),
@@ -264,7 +264,7 @@ impl Experiment {
         let t = Instant::now();
         let (ppl, hit) = self.dense_perplexity(obs)?;
         if hit {
-            obs.status("dense perplexity from the cache (--no-cache measures it again)");
+            obs.notice(Notice::DenseFromCache);
         }
         let eval_s = since(t);
         timings.eval_s += eval_s;
@@ -285,7 +285,7 @@ impl Experiment {
                 let set = self.task_set(&ts.tasks, &ts.source, ts.limit, obs)?;
                 let (dense, _, hit) = self.dense_zeroshot(&set, false, obs)?;
                 if hit {
-                    obs.status("dense zero-shot scores from the cache (--no-cache scores again)");
+                    obs.notice(Notice::DenseZeroShotFromCache);
                 }
                 Some((set, dense))
             }
@@ -313,11 +313,10 @@ impl Experiment {
         let (heldout, set) = self.heldout_windows(holdout, obs)?;
         let search = self.search_alpha(cal, params, &heldout, set, obs)?;
         params.alloc.alpha = search.chosen;
-        obs.status(&format!(
-            "--alpha auto: α = {} (lowest perplexity on {} held-out calibration windows)",
-            search.chosen,
-            heldout.len()
-        ));
+        obs.notice(Notice::AlphaChosen {
+            alpha: search.chosen,
+            windows: heldout.len(),
+        });
         Ok(search)
     }
 
@@ -366,11 +365,23 @@ impl Experiment {
         params: &PruneParams,
         obs: &mut dyn Observer,
     ) -> Result<(Plan, Option<f64>)> {
+        let (pl, llama) = self.pruned_copy(cal, params, obs)?;
+        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
+        Ok((pl, ppl.map(|p| p.ppl)))
+    }
+
+    /// Allocate from `cal` and prune a copy of the dense weights (the loaded weights stay
+    /// dense).
+    pub fn pruned_copy(
+        &self,
+        cal: &Calibration,
+        params: &PruneParams,
+        obs: &mut dyn Observer,
+    ) -> Result<(Plan, Llama)> {
         let pl = plan(&self.model.llama, cal, params)?;
         let mut llama = self.model.llama.clone();
         self.prune(&mut llama, cal, &pl, params, obs)?;
-        let ppl = self.perplexity(&llama, Stage::PrunedEval, obs)?;
-        Ok((pl, ppl.map(|p| p.ppl)))
+        Ok((pl, llama))
     }
 
     /// The speed section: the dense figures and the pruned model's, measured now.

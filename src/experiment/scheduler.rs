@@ -1,4 +1,4 @@
-//! `--shard auto`: which shard of a sweep this process is, from the environment a cluster
+//! The automatic shard: which shard of a sweep this process is, from the environment a cluster
 //! scheduler sets (README, "Sweeps on a cluster"): a Slurm array job or a Kubernetes Indexed
 //! Job. [`resolve`] is a pure function of the environment (a map), so every case is tested
 //! without touching the process's own environment.
@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::sweep::Shard;
+use crate::error::Setting;
 
 /// Where the shard came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,15 +16,30 @@ pub enum ShardSource {
     /// `SLURM_ARRAY_TASK_STEP`) or `0..SLURM_ARRAY_TASK_COUNT`.
     Slurm { job: Option<String>, task: usize },
     /// A Kubernetes Job with `completionMode: Indexed`: `JOB_COMPLETION_INDEX`, the count from
-    /// `--shards` or `DLPX_SHARDS` (Kubernetes does not put `completions` in the environment).
+    /// the shard-count setting or `DLPX_SHARDS` (Kubernetes does not put `completions` in the
+    /// environment).
     Kubernetes { count_from: CountFrom },
 }
 
-/// Where a Kubernetes shard count came from.
+/// Where a shard count came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CountFrom {
-    ShardsFlag,
-    Env,
+    /// The shard-count setting ([`Setting::Shards`]).
+    Shards,
+    /// An environment variable.
+    Var(&'static str),
+    /// The size of the Slurm array (its range and step).
+    SlurmArray,
+}
+
+impl CountFrom {
+    fn name(self, name: &impl Fn(Setting) -> &'static str) -> &'static str {
+        match self {
+            CountFrom::Shards => name(Setting::Shards),
+            CountFrom::Var(v) => v,
+            CountFrom::SlurmArray => "the Slurm array",
+        }
+    }
 }
 
 /// The shard and its source.
@@ -33,28 +49,31 @@ pub struct AutoShard {
     pub source: ShardSource,
 }
 
-impl fmt::Display for AutoShard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl AutoShard {
+    /// Which shard, from where, with settings named by `name` (labels or flags).
+    pub fn render(&self, name: impl Fn(Setting) -> &'static str) -> String {
         let (i, n) = (self.shard.index, self.shard.count);
+        let auto = name(Setting::Shard);
         match &self.source {
-            ShardSource::Slurm { job, task } => write!(
-                f,
-                "--shard auto: shard {i}/{n} from the Slurm array job{} (SLURM_ARRAY_TASK_ID={task})",
+            ShardSource::Slurm { job, task } => format!(
+                "{auto} auto: shard {i}/{n} from the Slurm array job{} (SLURM_ARRAY_TASK_ID={task})",
                 job.as_ref().map(|j| format!(" {j}")).unwrap_or_default()
             ),
-            ShardSource::Kubernetes { count_from } => write!(
-                f,
-                "--shard auto: shard {i}/{n} from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX={i}, {n} shards from {})",
-                match count_from {
-                    CountFrom::ShardsFlag => "--shards",
-                    CountFrom::Env => "DLPX_SHARDS",
-                }
+            ShardSource::Kubernetes { count_from } => format!(
+                "{auto} auto: shard {i}/{n} from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX={i}, {n} shards from {})",
+                count_from.name(&name)
             ),
         }
     }
 }
 
-/// Why `--shard auto` found no shard. Each message names the variables and the fix.
+impl fmt::Display for AutoShard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(Setting::label))
+    }
+}
+
+/// Why the automatic shard was not found. Each message names the variables and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEnvError {
     /// Neither scheduler's variables are set.
@@ -65,7 +84,8 @@ pub enum ShardEnvError {
     NotANumber { var: &'static str, value: String },
     /// `SLURM_ARRAY_TASK_ID` without `SLURM_ARRAY_TASK_MIN`/`MAX` or `COUNT`.
     SlurmNoRange,
-    /// An array given as a list with gaps (`--array=1,4,9`): its tasks are not shards 0..n.
+    /// An array given as a list with gaps (Slurm's `--array=1,4,9`): its tasks are not shards
+    /// 0..n.
     SlurmGaps {
         min: usize,
         max: usize,
@@ -80,76 +100,78 @@ pub enum ShardEnvError {
     },
     /// `JOB_COMPLETION_INDEX` without a count.
     KubernetesNoCount,
-    /// Two counts that disagree (`--shards` and the array size or `DLPX_SHARDS`).
+    /// Two counts that disagree (the shard-count setting and the array size or `DLPX_SHARDS`).
     CountMismatch {
-        a: (&'static str, usize),
-        b: (&'static str, usize),
+        a: (CountFrom, usize),
+        b: (CountFrom, usize),
     },
     /// A shard count of 0.
-    ZeroShards { from: &'static str },
+    ZeroShards { from: CountFrom },
 }
 
-impl fmt::Display for ShardEnvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ShardEnvError::NoScheduler => write!(
-                f,
-                "--shard auto: this is neither a Slurm array task (SLURM_ARRAY_TASK_ID with \
+impl ShardEnvError {
+    /// The message with settings named by `name` (labels in the explorer, flags on the command
+    /// line).
+    pub fn render(&self, name: impl Fn(Setting) -> &'static str) -> String {
+        let (shard, shards) = (name(Setting::Shard), name(Setting::Shards));
+        let why = match self {
+            ShardEnvError::NoScheduler => format!(
+                "this is neither a Slurm array task (SLURM_ARRAY_TASK_ID with \
                  SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_MAX or SLURM_ARRAY_TASK_COUNT) nor a \
-                 Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX, with --shards N or \
+                 Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX, with {shards} N or \
                  DLPX_SHARDS); submit it with `sbatch --array=0-N` or as a Job with \
-                 `completionMode: Indexed`, or give the shard yourself with --shard i/n"
+                 `completionMode: Indexed`, or give the shard yourself with {shard} i/n"
             ),
-            ShardEnvError::Both => write!(
-                f,
-                "--shard auto: both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set, so the \
-                 scheduler is ambiguous; unset the one that does not apply or give --shard i/n"
+            ShardEnvError::Both => format!(
+                "both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set, so the \
+                 scheduler is ambiguous; unset the one that does not apply or give {shard} i/n"
             ),
-            ShardEnvError::NotANumber { var, value } => write!(
-                f,
-                "--shard auto: {var}=`{value}` is not a non-negative integer"
-            ),
-            ShardEnvError::SlurmNoRange => write!(
-                f,
-                "--shard auto: SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_MIN and \
+            ShardEnvError::NotANumber { var, value } => {
+                format!("{var}=`{value}` is not a non-negative integer")
+            }
+            ShardEnvError::SlurmNoRange => format!(
+                "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_MIN and \
                  SLURM_ARRAY_TASK_MAX nor SLURM_ARRAY_TASK_COUNT is, so the number of shards is \
-                 unknown; run inside an `sbatch --array` job or give --shard i/n"
+                 unknown; run inside an `sbatch --array` job or give {shard} i/n"
             ),
             ShardEnvError::SlurmGaps {
                 min,
                 max,
                 step,
                 count,
-            } => write!(
-                f,
-                "--shard auto: the Slurm array has {count} tasks (SLURM_ARRAY_TASK_COUNT) but \
+            } => format!(
+                "the Slurm array has {count} tasks (SLURM_ARRAY_TASK_COUNT) but \
                  spans {min}-{max} step {step} (SLURM_ARRAY_TASK_MIN/MAX/STEP): an array given \
                  as a list with gaps is not a set of shards; submit a range such as \
                  --array=0-{}",
                 count.saturating_sub(1)
             ),
-            ShardEnvError::OutOfRange { var, index, count } => write!(
-                f,
-                "--shard auto: {var} gives shard {index}, but there are {count} shards (0…{})",
+            ShardEnvError::OutOfRange { var, index, count } => format!(
+                "{var} gives shard {index}, but there are {count} shards (0…{})",
                 count.saturating_sub(1)
             ),
-            ShardEnvError::KubernetesNoCount => write!(
-                f,
-                "--shard auto: JOB_COMPLETION_INDEX is set but not the number of shards; pass \
-                 --shards N or set DLPX_SHARDS to the Job's `completions`"
+            ShardEnvError::KubernetesNoCount => format!(
+                "JOB_COMPLETION_INDEX is set but not the number of shards; pass \
+                 {shards} N or set DLPX_SHARDS to the Job's `completions`"
             ),
-            ShardEnvError::CountMismatch { a, b } => write!(
-                f,
-                "--shard auto: {} says {} shards but {} says {}; make them agree",
-                a.0, a.1, b.0, b.1
+            ShardEnvError::CountMismatch { a, b } => format!(
+                "{} says {} shards but {} says {}; make them agree",
+                a.0.name(&name),
+                a.1,
+                b.0.name(&name),
+                b.1
             ),
             ShardEnvError::ZeroShards { from } => {
-                write!(
-                    f,
-                    "--shard auto: {from} is 0; a sweep has at least one shard"
-                )
+                format!("{} is 0; a sweep has at least one shard", from.name(&name))
             }
-        }
+        };
+        format!("{shard} auto: {why}")
+    }
+}
+
+impl fmt::Display for ShardEnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(Setting::label))
     }
 }
 
@@ -168,7 +190,7 @@ fn get(env: &HashMap<String, String>, var: &'static str) -> Result<Option<usize>
     }
 }
 
-/// The shard of this process from `env`; `shards` is `--shards N`.
+/// The shard of this process from `env`; `shards` is the shard-count setting.
 pub fn resolve(
     env: &HashMap<String, String>,
     shards: Option<usize>,
@@ -177,18 +199,20 @@ pub fn resolve(
     let k8s = get(env, "JOB_COMPLETION_INDEX")?;
     let dlpx_shards = get(env, "DLPX_SHARDS")?;
     if shards == Some(0) {
-        return Err(ShardEnvError::ZeroShards { from: "--shards" });
+        return Err(ShardEnvError::ZeroShards {
+            from: CountFrom::Shards,
+        });
     }
     if dlpx_shards == Some(0) {
         return Err(ShardEnvError::ZeroShards {
-            from: "DLPX_SHARDS",
+            from: CountFrom::Var("DLPX_SHARDS"),
         });
     }
     if let (Some(a), Some(b)) = (shards, dlpx_shards) {
         if a != b {
             return Err(ShardEnvError::CountMismatch {
-                a: ("--shards", a),
-                b: ("DLPX_SHARDS", b),
+                a: (CountFrom::Shards, a),
+                b: (CountFrom::Var("DLPX_SHARDS"), b),
             });
         }
     }
@@ -225,18 +249,18 @@ pub fn resolve(
             };
             if count == 0 {
                 return Err(ShardEnvError::ZeroShards {
-                    from: "SLURM_ARRAY_TASK_COUNT",
+                    from: CountFrom::Var("SLURM_ARRAY_TASK_COUNT"),
                 });
             }
             if let Some(s) = shards.or(dlpx_shards) {
                 if s != count {
                     let from = match shards {
-                        Some(_) => "--shards",
-                        None => "DLPX_SHARDS",
+                        Some(_) => CountFrom::Shards,
+                        None => CountFrom::Var("DLPX_SHARDS"),
                     };
                     return Err(ShardEnvError::CountMismatch {
                         a: (from, s),
-                        b: ("the Slurm array", count),
+                        b: (CountFrom::SlurmArray, count),
                     });
                 }
             }
@@ -251,8 +275,8 @@ pub fn resolve(
         }
         (None, Some(index)) => {
             let (count, count_from) = match (shards, dlpx_shards) {
-                (Some(n), _) => (n, CountFrom::ShardsFlag),
-                (None, Some(n)) => (n, CountFrom::Env),
+                (Some(n), _) => (n, CountFrom::Shards),
+                (None, Some(n)) => (n, CountFrom::Var("DLPX_SHARDS")),
                 (None, None) => return Err(ShardEnvError::KubernetesNoCount),
             };
             (
@@ -282,6 +306,15 @@ mod tests {
             .collect()
     }
 
+    /// Settings named as a command line would (this layer knows no flags).
+    fn flags(s: Setting) -> &'static str {
+        match s {
+            Setting::Shard => "SHARD",
+            Setting::Shards => "SHARDS",
+            _ => "?",
+        }
+    }
+
     fn shard(index: usize, count: usize) -> Shard {
         Shard { index, count }
     }
@@ -300,26 +333,26 @@ mod tests {
         let a = resolve(&e, None).unwrap();
         assert_eq!(a.shard, shard(1, 3));
         assert_eq!(
-            a.to_string(),
-            "--shard auto: shard 1/3 from the Slurm array job 812 (SLURM_ARRAY_TASK_ID=1)"
+            a.render(flags),
+            "SHARD auto: shard 1/3 from the Slurm array job 812 (SLURM_ARRAY_TASK_ID=1)"
         );
-        // --shards agreeing is fine, disagreeing is refused.
+        // A shard count agreeing is fine, disagreeing is refused.
         assert_eq!(resolve(&e, Some(3)).unwrap().shard, shard(1, 3));
         assert_eq!(
             resolve(&e, Some(4)).unwrap_err(),
             ShardEnvError::CountMismatch {
-                a: ("--shards", 4),
-                b: ("the Slurm array", 3)
+                a: (CountFrom::Shards, 4),
+                b: (CountFrom::SlurmArray, 3)
             }
         );
-        // --array=1-3: shards count from the array's first task.
+        // sbatch --array=1-3: shards count from the array's first task.
         let e = env(&[
             ("SLURM_ARRAY_TASK_ID", "3"),
             ("SLURM_ARRAY_TASK_MIN", "1"),
             ("SLURM_ARRAY_TASK_MAX", "3"),
         ]);
         assert_eq!(resolve(&e, None).unwrap().shard, shard(2, 3));
-        // --array=0-8:4 → tasks 0, 4, 8.
+        // sbatch --array=0-8:4 → tasks 0, 4, 8.
         let e = env(&[
             ("SLURM_ARRAY_TASK_ID", "4"),
             ("SLURM_ARRAY_TASK_MIN", "0"),
@@ -350,7 +383,7 @@ mod tests {
 
     #[test]
     fn slurm_lists_with_gaps_and_missing_ranges_are_refused() {
-        // --array=1,4,9
+        // sbatch --array=1,4,9
         let e = env(&[
             ("SLURM_ARRAY_TASK_ID", "4"),
             ("SLURM_ARRAY_TASK_MIN", "1"),
@@ -378,8 +411,12 @@ mod tests {
         let a = resolve(&e, Some(3)).unwrap();
         assert_eq!(a.shard, shard(2, 3));
         assert_eq!(
+            a.render(flags),
+            "SHARD auto: shard 2/3 from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX=2, 3 shards from SHARDS)"
+        );
+        assert_eq!(
             a.to_string(),
-            "--shard auto: shard 2/3 from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX=2, 3 shards from --shards)"
+            "shard auto: shard 2/3 from the Kubernetes Indexed Job (JOB_COMPLETION_INDEX=2, 3 shards from shard count)"
         );
         let e = env(&[("JOB_COMPLETION_INDEX", "0"), ("DLPX_SHARDS", "3")]);
         let a = resolve(&e, None).unwrap();
@@ -387,20 +424,20 @@ mod tests {
         assert_eq!(
             a.source,
             ShardSource::Kubernetes {
-                count_from: CountFrom::Env
+                count_from: CountFrom::Var("DLPX_SHARDS")
             }
         );
         assert_eq!(
             resolve(&e, Some(2)).unwrap_err(),
             ShardEnvError::CountMismatch {
-                a: ("--shards", 2),
-                b: ("DLPX_SHARDS", 3)
+                a: (CountFrom::Shards, 2),
+                b: (CountFrom::Var("DLPX_SHARDS"), 3)
             }
         );
         let e = env(&[("JOB_COMPLETION_INDEX", "1")]);
         let err = resolve(&e, None).unwrap_err();
         assert_eq!(err, ShardEnvError::KubernetesNoCount);
-        assert!(err.to_string().contains("--shards N or set DLPX_SHARDS"));
+        assert!(err.render(flags).contains("SHARDS N or set DLPX_SHARDS"));
         assert!(matches!(
             resolve(&env(&[("JOB_COMPLETION_INDEX", "3")]), Some(3)),
             Err(ShardEnvError::OutOfRange {
@@ -411,7 +448,9 @@ mod tests {
         ));
         assert_eq!(
             resolve(&env(&[("JOB_COMPLETION_INDEX", "0")]), Some(0)).unwrap_err(),
-            ShardEnvError::ZeroShards { from: "--shards" }
+            ShardEnvError::ZeroShards {
+                from: CountFrom::Shards
+            }
         );
     }
 
@@ -419,14 +458,14 @@ mod tests {
     fn neither_or_both_is_refused_naming_the_variables() {
         let err = resolve(&env(&[("HOME", "/root")]), Some(3)).unwrap_err();
         assert_eq!(err, ShardEnvError::NoScheduler);
-        let msg = err.to_string();
+        let msg = err.render(flags);
         for v in [
             "SLURM_ARRAY_TASK_ID",
             "SLURM_ARRAY_TASK_MIN",
             "SLURM_ARRAY_TASK_COUNT",
             "JOB_COMPLETION_INDEX",
             "DLPX_SHARDS",
-            "--shard i/n",
+            "SHARD i/n",
         ] {
             assert!(msg.contains(v), "{v}: {msg}");
         }

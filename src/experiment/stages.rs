@@ -4,9 +4,12 @@
 
 use std::time::Instant;
 
+use candle_core::{DType, Device};
 use color_eyre::eyre::Result;
 
 use super::Observer;
+use crate::model::config::LlamaConfig;
+use crate::model::synthetic::random_model;
 use crate::model::Llama;
 use crate::prune::pipeline::{
     achieved, per_weight_stages, plan, prune_faithful_timed, PruneParams,
@@ -28,6 +31,38 @@ pub struct ProtocolTimes {
     pub all_threads: StageTimes,
     /// Largest |achieved − planned| sparsity over the blocks.
     pub sparsity_err: f64,
+}
+
+/// A random-weight model at a real checkpoint's shapes, built in memory (nothing downloaded:
+/// the time of every stage depends on the shapes, not on the values).
+pub struct RandomShape<'a> {
+    pub config: &'a LlamaConfig,
+    /// Blocks built (of the config's own count).
+    pub blocks: usize,
+    pub vocab: usize,
+    pub device: &'a Device,
+    pub dtype: DType,
+}
+
+/// Build `shape`'s model, then [`time_protocol`] on it: the protocol's times and the seconds the
+/// build took.
+pub fn time_random_protocol(
+    shape: &RandomShape<'_>,
+    windows: &[Vec<u32>],
+    params: &PruneParams,
+    obs: &mut dyn Observer,
+) -> Result<(ProtocolTimes, f64)> {
+    let t = Instant::now();
+    let mut model = random_model(
+        shape.config,
+        shape.blocks,
+        shape.vocab,
+        0x5EED,
+        shape.device,
+        shape.dtype,
+    )?;
+    let build_s = t.elapsed().as_secs_f64();
+    Ok((time_protocol(&mut model, windows, params, obs)?, build_s))
 }
 
 /// Calibrate `model` on `windows`, allocate, time block 0's per-weight stages (the dense

@@ -216,7 +216,7 @@ impl Grid {
     }
 }
 
-/// `--shard i/n`: this process runs the points whose index ≡ i (mod n).
+/// Shard i of n: this process runs the points whose index ≡ i (mod n).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     pub index: usize,
@@ -304,11 +304,20 @@ pub fn read_sweep(path: &Path) -> Result<(SweepHeader, Vec<SweepRow>)> {
             Ok(SweepLine::Header(h)) if i == 0 => header = Some(*h),
             Ok(SweepLine::Row(r)) if i > 0 => rows.push(*r),
             Err(_) if i + 1 == lines.len() && i > 0 && !text.ends_with('\n') => {}
-            _ => bail!(
-                "`{}` line {}: not a dlpx sweep line (start over with --fresh or another --out)",
-                path.display(),
-                i + 1
-            ),
+            _ => {
+                return Err(said!(
+                    format!(
+                        "`{}` line {}: not a dlpx sweep line (start over with ",
+                        path.display(),
+                        i + 1
+                    ),
+                    Setting::SweepFresh,
+                    " or another ",
+                    Setting::SweepOut,
+                    ")"
+                )
+                .into())
+            }
         }
     }
     let header = header.ok_or_else(|| eyre!("`{}` is not a dlpx sweep file", path.display()))?;
@@ -420,10 +429,7 @@ mod tests {
         let e = Shard::parse("2/2").unwrap_err();
         let said = e.downcast_ref::<crate::error::SettingError>().unwrap();
         assert!(e.to_string().starts_with("shard `2/2`: write i/n"), "{e}");
-        assert!(
-            said.render(|_| "--shard").starts_with("--shard `2/2`"),
-            "{e}"
-        );
+        assert!(said.render(|_| "SHARD").starts_with("SHARD `2/2`"), "{e}");
         let e = Axis::parse("alpha=0.3:0:0.1").unwrap_err();
         assert!(
             e.to_string()

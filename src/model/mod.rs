@@ -352,7 +352,7 @@ struct SafetensorsSource {
 
 impl SafetensorsSource {
     /// The parts of a compressed-tensors weight (`sparse-bitmask` or `sparse-24-bitmask`, as
-    /// `dlpx prune --save DIR --format compressed` writes them; README, "Export"): for
+    /// dlpx's compressed export writes them; README, "Export"): for
     /// `<p>.weight`, the tensors `<p>.compressed` (kept values, row-major), `<p>.bitmask`
     /// (packed rows) and `<p>.shape` (`[rows, cols]`), as compressed rows in f32.
     fn compressed(&self, name: &str) -> candle_core::Result<Option<SparseMatrix>> {

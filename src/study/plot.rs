@@ -80,16 +80,52 @@ impl Colors {
 /// Why a figure could not be drawn.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlotError {
-    /// The input has nothing this kind of figure shows (says what is missing and how to get it).
-    NoData(String),
+    /// The input has nothing this kind of figure shows (the front end says how to get it).
+    NoData(Missing),
     /// The drawing backend failed.
     Draw(String),
+}
+
+/// What a figure's input lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// No report to draw an allocation from.
+    Reports,
+    /// Reports without blocks.
+    Blocks,
+    /// A sweep without an axis of two or more values.
+    SweepAxis,
+    /// A sweep whose points have no perplexity (run without evaluation).
+    SweepPerplexity,
+    /// A sweep without points.
+    SweepPoints,
+    /// A report without calibration draws (two or more).
+    Draws,
+    /// A report without zero-shot scores.
+    ZeroShot,
+    /// Zero-shot scores without any known task.
+    TaskScores,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Missing::Reports => "give one or more reports",
+            Missing::Blocks => "the reports have no blocks",
+            Missing::SweepAxis => "the sweep has no axis with two or more values to draw against",
+            Missing::SweepPerplexity => "no point of the sweep has a perplexity",
+            Missing::SweepPoints => "no points",
+            Missing::Draws => "the report has no calibration draws",
+            Missing::ZeroShot => "the report has no zero-shot scores",
+            Missing::TaskScores => "no task scores",
+        })
+    }
 }
 
 impl fmt::Display for PlotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PlotError::NoData(why) => f.write_str(why),
+            PlotError::NoData(why) => write!(f, "{why}"),
             PlotError::Draw(e) => write!(f, "drawing the figure failed: {e}"),
         }
     }
@@ -190,18 +226,16 @@ where
         .map_err(draw_err)
 }
 
-/// `--kind allocation`: each report's per-block target sparsity (line and dots) and achieved
+/// The allocation figure: each report's per-block target sparsity (line and dots) and achieved
 /// sparsity (triangles) on the top panel, its block scores (the importance statistic the
 /// allocation maps to sparsity, DLP §4) on the bottom panel. One colour per report.
 pub fn allocation(reports: &[Report], palette: Palette) -> Result<String, PlotError> {
     if reports.is_empty() {
-        return Err(PlotError::NoData(
-            "--kind allocation: give one or more reports".into(),
-        ));
+        return Err(PlotError::NoData(Missing::Reports));
     }
     let blocks = reports.iter().map(|r| r.blocks.len()).max().unwrap_or(0);
     if blocks == 0 {
-        return Err(PlotError::NoData("the reports have no blocks".into()));
+        return Err(PlotError::NoData(Missing::Blocks));
     }
     let c = palette.colors();
     let names = unique(reports.iter().map(report_label).collect());
@@ -348,12 +382,7 @@ pub fn sweep_lines(
         .axes
         .iter()
         .position(|a| a.1.len() > 1)
-        .ok_or_else(|| {
-            PlotError::NoData(
-                "--kind sweep: the sweep has no axis with two or more values to draw against"
-                    .into(),
-            )
-        })?;
+        .ok_or(PlotError::NoData(Missing::SweepAxis))?;
     let predictions = header
         .data
         .eval
@@ -398,10 +427,7 @@ pub fn sweep_lines(
         }
     }
     if lines.is_empty() {
-        return Err(PlotError::NoData(
-            "--kind sweep: no point of the sweep has a perplexity (was it run with --eval none?)"
-                .into(),
-        ));
+        return Err(PlotError::NoData(Missing::SweepPerplexity));
     }
     for l in &mut lines {
         l.points.sort_by(|a, b| a.x.total_cmp(&b.x));
@@ -409,7 +435,7 @@ pub fn sweep_lines(
     Ok((header.axes[x_axis].0.clone(), lines))
 }
 
-/// `--kind sweep`: perplexity on a log axis against the swept parameter, one line per
+/// The sweep figure: perplexity on a log axis against the swept parameter, one line per
 /// allocation (and per value of the other axes), each point's bootstrap interval as an error
 /// bar, the best point ringed and named.
 /// Labelled values of a log axis from `lo` to `hi`: 1, 2, 5 × 10^k, or every m × 10^k when
@@ -452,7 +478,7 @@ pub fn sweep(
     let best = pts()
         .min_by(|a, b| a.ppl.total_cmp(&b.ppl))
         .cloned()
-        .ok_or_else(|| PlotError::NoData("no points".into()))?;
+        .ok_or(PlotError::NoData(Missing::SweepPoints))?;
     svg((WIDTH, 420), &c, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -522,20 +548,14 @@ pub fn sweep(
     })
 }
 
-/// `--kind draws`: the allocation's spread over calibration draws (`--calib-draws`): per
+/// The draws figure: the allocation's spread over calibration draws (the report's `calib_draws`): per
 /// block the mean allocated sparsity ± one standard deviation, and each draw's value.
 pub fn draws(report: &Report, palette: Palette) -> Result<String, PlotError> {
     let d = report
         .calib_draws
         .as_ref()
         .filter(|d| d.draws > 1 && !d.block_sparsity.is_empty())
-        .ok_or_else(|| {
-            PlotError::NoData(
-                "--kind draws: the report has no calibration draws; write it with \
-                 `dlpx prune --calib-draws K` (K ≥ 2)"
-                    .into(),
-            )
-        })?;
+        .ok_or(PlotError::NoData(Missing::Draws))?;
     let c = palette.colors();
     let blocks = d.block_sparsity[0].len();
     let mean: Vec<f64> = (0..blocks)
@@ -612,22 +632,19 @@ pub fn draws(report: &Report, palette: Palette) -> Result<String, PlotError> {
     })
 }
 
-/// `--kind zeroshot`: accuracy per task, dense and pruned side by side, each with its standard
+/// The zero-shot figure: accuracy per task, dense and pruned side by side, each with its standard
 /// error, tasks in the DLP paper's order.
 pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> {
-    let z = report.zeroshot.as_ref().ok_or_else(|| {
-        PlotError::NoData(
-            "--kind zeroshot: the report has no zero-shot scores; write it with \
-             `dlpx prune --tasks all`"
-                .into(),
-        )
-    })?;
+    let z = report
+        .zeroshot
+        .as_ref()
+        .ok_or(PlotError::NoData(Missing::ZeroShot))?;
     let tasks: Vec<Task> = Task::ALL
         .into_iter()
         .filter(|t| z.dense.task(t.name()).is_some())
         .collect();
     if tasks.is_empty() {
-        return Err(PlotError::NoData("--kind zeroshot: no task scores".into()));
+        return Err(PlotError::NoData(Missing::TaskScores));
     }
     let mut sides = vec![("dense", &z.dense)];
     if let Some(p) = &z.pruned {
@@ -756,15 +773,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_data_is_a_typed_error_that_says_how_to_get_it() {
+    fn missing_data_is_a_typed_error() {
         let r = crate::study::sample::report();
         let e = draws(&r, Palette::Print).unwrap_err();
-        assert!(matches!(&e, PlotError::NoData(m) if m.contains("--calib-draws")));
+        assert_eq!(e, PlotError::NoData(Missing::Draws));
         let e = zeroshot(&r, Palette::Print).unwrap_err();
-        assert!(matches!(&e, PlotError::NoData(m) if m.contains("--tasks")));
-        assert!(matches!(
+        assert_eq!(e, PlotError::NoData(Missing::ZeroShot));
+        assert_eq!(
             allocation(&[], Palette::Dark),
-            Err(PlotError::NoData(_))
-        ));
+            Err(PlotError::NoData(Missing::Reports))
+        );
     }
 }

@@ -21,7 +21,7 @@ pub enum Format {
 /// One report's row. `None` where the report has no such measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// The model as `--model` named it (a file source by its file name).
+    /// The model as the report's source names it (a file source by its file name).
     pub model: String,
     pub allocation: Allocation,
     /// The allocation's own parameters, e.g. `α=0.15, τ=∞` (empty for uniform).
@@ -35,7 +35,7 @@ pub struct Row {
     pub dense_ppl: Option<f64>,
     /// The report's pruned perplexity, or with calibration draws their mean.
     pub pruned_ppl: Option<f64>,
-    /// With calibration draws (`--calib-draws`, two or more): their sample standard deviation
+    /// With calibration draws (two or more): their sample standard deviation
     /// and their number.
     pub pruned_ppl_sd: Option<(f64, usize)>,
     /// Pruned accuracy (0–1) of each of the seven tasks, in [`Task::ALL`]'s order.

@@ -10,6 +10,7 @@ use std::time::Instant;
 use color_eyre::eyre::{eyre, Result};
 
 use super::{Link, Session};
+use crate::app::jobs::{AlphaAuto, BackgroundJob, Quantize, Recover, Worker};
 use crate::app::{Footprint, Job, Msg};
 use crate::error::is_cancelled;
 use crate::experiment::sweep::{Axis, Grid};
@@ -181,14 +182,8 @@ impl Session for ExplorerSession {
                 let r = self.zeroshot(link, id);
                 settle(link, Stage::ZeroShot, r);
             }
-            Job::Quantize { id } => {
-                let r = self.quantize(link, id);
-                settle(link, Stage::QuantizedEval, r);
-            }
-            Job::Recover { id, steps } => {
-                let r = self.recover(link, id, steps);
-                settle(link, Stage::Recover, r);
-            }
+            Job::Quantize { id } => self.work(Quantize { id }, link),
+            Job::Recover { id, steps } => self.work(Recover { id, steps }, link),
             Job::CalibDraws { params, draws } => {
                 let r = self.calib_draws(link, &params, draws);
                 // Back to the session's own calibration windows, whatever happened.
@@ -197,10 +192,7 @@ impl Session for ExplorerSession {
                 }
                 settle(link, Stage::Prune, r);
             }
-            Job::AlphaAuto { params } => {
-                let r = self.alpha_auto(link, &params);
-                settle(link, Stage::PrunedEval, r);
-            }
+            Job::AlphaAuto { params } => self.work(AlphaAuto { params: *params }, link),
             Job::Sweep {
                 param,
                 values,
@@ -219,6 +211,26 @@ impl Session for ExplorerSession {
 }
 
 impl ExplorerSession {
+    /// Run a job's work against this session; a cancel or an error ends it with a message.
+    fn work<J: BackgroundJob>(&mut self, job: J, link: &Link) {
+        let r = match &self.x {
+            None => Err(eyre!("the model has to load first")),
+            Some(x) => {
+                let mut obs = WorkerObserver { link, pruned: true };
+                let send = |m: Msg| link.send(m);
+                let mut w = Worker {
+                    x,
+                    cal: self.cal.as_ref(),
+                    held: self.pruned_id.zip(self.pruned.as_ref()),
+                    send: &send,
+                    obs: &mut obs,
+                };
+                job.run(&mut w)
+            }
+        };
+        settle(link, J::STAGE, r);
+    }
+
     fn open(&mut self, link: &Link) -> bool {
         let mut obs = WorkerObserver {
             link,
@@ -397,18 +409,6 @@ impl ExplorerSession {
         Ok(())
     }
 
-    /// The α search of `--alpha auto`, on held-out calibration windows.
-    fn alpha_auto(&self, link: &Link, params: &PruneParams) -> Result<()> {
-        let (Some(x), Some(cal)) = (&self.x, &self.cal) else {
-            return Err(eyre!("calibration has to finish first"));
-        };
-        let mut obs = WorkerObserver { link, pruned: true };
-        let (heldout, set) = x.heldout_windows(16, &mut obs)?;
-        let search = x.search_alpha(cal, params, &heldout, set, &mut obs)?;
-        link.send(Msg::AlphaSearched(Box::new(search)));
-        Ok(())
-    }
-
     /// Preview-mode perplexity at each value of the swept parameter, point by point (the
     /// experiment's sweep point, on the first `windows` evaluation windows).
     fn sweep(
@@ -481,65 +481,6 @@ impl ExplorerSession {
                     z: Box::new(z),
                 });
             }
-        }
-        Ok(())
-    }
-
-    /// The pruned model of applied entry `id`, if the worker still holds it.
-    fn held(&self, id: usize) -> Result<(&Experiment, &LoadedModel)> {
-        match (&self.x, &self.pruned) {
-            (Some(x), Some(m)) if self.pruned_id == Some(id) => Ok((x, m)),
-            _ => Err(eyre!(
-                "#{id} is no longer the applied model: apply it again (a)"
-            )),
-        }
-    }
-
-    fn quantize(&self, link: &Link, id: usize) -> Result<()> {
-        use crate::model::quant::QuantFormat;
-        let (x, m) = self.held(id)?;
-        let mut obs = WorkerObserver { link, pruned: true };
-        for format in [QuantFormat::Q8_0, QuantFormat::Q4K, QuantFormat::Q4_0] {
-            let (q, _) = x.quantize(&m.llama, format, &mut obs)?;
-            if let Some(p) = x.perplexity(&q, Stage::QuantizedEval, &mut obs)? {
-                link.send(Msg::Quantized {
-                    id,
-                    format,
-                    ppl: p.ppl,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn recover(&self, link: &Link, id: usize, steps: usize) -> Result<()> {
-        use crate::recover::{Adapters, LoraParams};
-        let (x, m) = self.held(id)?;
-        let mut obs = WorkerObserver { link, pruned: true };
-        let p = LoraParams {
-            steps,
-            ..LoraParams::default()
-        };
-        let ((train, _), (heldout, _)) = x.recovery_windows("calib", 0, 8, &mut obs)?;
-        let adapters = Adapters::new(&m.llama, p.rank, p.alpha, p.seed)?;
-        let mut llama = m.llama.clone();
-        // A cancel (Esc) stops training with the best adapters so far, then measures them.
-        let t = x.recover(
-            &mut llama,
-            &adapters,
-            (&train, &heldout),
-            &p,
-            &mut |_| Ok(()),
-            &mut obs,
-        )?;
-        let mut quiet = crate::experiment::Silent;
-        if let Some(ppl) = x.perplexity(&llama, Stage::RecoveredEval, &mut quiet)? {
-            link.send(Msg::Recovered {
-                id,
-                ppl: ppl.ppl,
-                steps_run: t.steps_run,
-                best_step: t.best_step,
-            });
         }
         Ok(())
     }

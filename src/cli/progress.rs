@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::experiment::{Observer, Stage, Step};
+use crate::experiment::{Notice, Observer, Stage, Step};
 
 pub struct Progress {
     tty: bool,
@@ -87,11 +87,47 @@ impl Observer for Progress {
         Progress::status(self, msg)
     }
 
+    fn notice(&mut self, n: Notice) {
+        Progress::status(self, &notice_line(n))
+    }
+
     fn step(&mut self, s: Step) -> std::ops::ControlFlow<()> {
         // Generation shows its text, not a step count.
         if s.tokens_per_step > 0 {
             Progress::step(self, &s);
         }
         std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// A run's remark as the command line says it: with the flag that changes what happened.
+pub fn notice_line(n: Notice) -> String {
+    match n {
+        Notice::StatsFromCache => format!("{n} (--no-stats-cache recomputes them)"),
+        Notice::DenseFromCache => format!("{n} (--no-cache measures it again)"),
+        Notice::DenseZeroShotFromCache => format!("{n} (--no-cache scores again)"),
+        Notice::AlphaChosen { .. } => format!("--alpha auto: {n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_name_their_flags_on_the_command_line_only() {
+        let n = Notice::AlphaChosen {
+            alpha: 0.15,
+            windows: 8,
+        };
+        assert_eq!(
+            notice_line(n),
+            "--alpha auto: α = 0.15 (lowest perplexity on 8 held-out calibration windows)"
+        );
+        assert!(!n.to_string().contains("--"));
+        assert_eq!(
+            notice_line(Notice::StatsFromCache),
+            "calibration statistics from the cache (--no-stats-cache recomputes them)"
+        );
     }
 }
