@@ -1,7 +1,8 @@
 //! The cluster files the README includes (deploy/slurm/*.sbatch, deploy/k8s/*.yaml) are the
 //! ones checked here: their dlpx command lines parse with dlpx's own argument parser, the array
 //! and the Indexed Job give the shards `--shard auto` resolves, and the README names these files
-//! rather than a second copy. (A real Slurm or Kubernetes run is not part of the suite.)
+//! rather than a second copy. (tests/slurm.rs runs the Slurm scripts on a real one-node Slurm; a
+//! real Kubernetes run is not part of the suite.)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,15 +18,24 @@ fn read(rel: &str) -> String {
 }
 
 /// The script's `dlpx …` line, split as the shell would for these simple words (double
-/// quotes removed), each `$VAR` replaced by `/VAR` so the line parses as it will run.
+/// quotes removed), each `$VAR` replaced by `/VAR` so the line parses as it will run, and
+/// `"$@"` by the script's default arguments (its `set -- …` line), as when it is submitted
+/// without any.
 fn dlpx_line(script: &str) -> Vec<String> {
     let lines: Vec<&str> = script
         .lines()
         .filter(|l| l.trim_start().starts_with("dlpx "))
         .collect();
     assert_eq!(lines.len(), 1, "one dlpx command per script: {lines:?}");
-    lines[0]
-        .replace('"', "")
+    let mut line = lines[0].to_string();
+    if line.contains("\"$@\"") {
+        let defaults = script
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("set -- "))
+            .expect("a `set -- …` line with the default arguments");
+        line = line.replace("\"$@\"", defaults);
+    }
+    line.replace('"', "")
         .split_whitespace()
         .map(|w| {
             let mut out = String::new();

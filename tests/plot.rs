@@ -6,48 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{dlpx_in as dlpx, text_file as text, Tiny};
+use common::study::{lowest, rows, Study};
+use common::{dlpx_in as dlpx, ok, Tiny};
 
 /// The print palette's first series colours (Okabe–Ito), as the SVG writes them.
 const BLUE: &str = "#0072B2";
 const ORANGE: &str = "#D55E00";
 const GREEN: &str = "#009E73";
-
-fn ok(o: &std::process::Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-const DATA: [&str; 10] = [
-    "--calib-samples",
-    "4",
-    "--seq-len",
-    "16",
-    "--eval-windows",
-    "6",
-    "--mode",
-    "preview",
-    "--metric",
-    "wanda",
-];
-
-fn report(d: &Path, model: &str, text: &str, name: &str, extra: &[&str]) -> std::path::PathBuf {
-    let out = d.join(name);
-    let mut a = vec![
-        "prune",
-        "--model",
-        model,
-        "--calib",
-        text,
-        "--eval",
-        text,
-        "--report",
-        out.to_str().unwrap(),
-    ];
-    a.extend(DATA);
-    a.extend(extra);
-    ok(&dlpx(d, &a));
-    out
-}
 
 fn plot(d: &Path, inputs: &[&Path], kind: &str, name: &str) -> String {
     let out = d.join(name);
@@ -87,24 +52,17 @@ fn points(n: &roxmltree::Node) -> usize {
 
 #[test]
 fn figures_of_reports_and_of_a_sweep() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny {
-        blocks: 4,
-        ..Tiny::default()
-    }
-    .gguf_in(d, 3);
-    let text = text(d);
-    let m = model.to_str().unwrap();
-    let dlp = report(
-        d,
-        m,
-        &text,
-        "dlp.json",
-        &["--alpha", "0.1", "--calib-draws", "3"],
+    let study = Study::new(
+        Tiny {
+            blocks: 4,
+            ..Tiny::default()
+        },
+        3,
     );
-    let owl = report(d, m, &text, "owl.json", &["--allocation", "owl"]);
-    let uni = report(d, m, &text, "uniform.json", &["--allocation", "uniform"]);
+    let d = study.d();
+    let dlp = study.report("dlp.json", &["--alpha", "0.1", "--calib-draws", "3"]);
+    let owl = study.report("owl.json", &["--allocation", "owl"]);
+    let uni = study.report("uniform.json", &["--allocation", "uniform"]);
 
     // Allocation: one colour per report, target line (4 blocks) + dots + achieved triangles,
     // and its score line on the importance panel.
@@ -193,30 +151,19 @@ fn figures_of_reports_and_of_a_sweep() {
 
     // Sweep: α ∈ {0, 0.1, 0.2, 0.3} × {DLP, uniform}.
     let out = d.join("sw");
+    let data = study.data();
     let mut a = vec![
         "sweep",
-        "--model",
-        m,
-        "--calib",
-        &text,
-        "--eval",
-        &text,
         "--param",
         "alpha=0:0.3:0.1",
         "--allocation",
         "dlp,uniform",
-        "--out",
-        out.to_str().unwrap(),
     ];
-    a.extend(&DATA[..6]);
+    a.extend(data.iter().map(String::as_str));
+    a.extend(["--out", out.to_str().unwrap()]);
     ok(&dlpx(d, &a));
     let sweep = d.join("sw.jsonl");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&sweep)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = rows(&sweep);
     let svg = plot(d, &[&sweep], "sweep", "sweep.svg");
     let doc = roxmltree::Document::parse(&svg).unwrap();
     for col in [BLUE, ORANGE] {
@@ -231,15 +178,7 @@ fn figures_of_reports_and_of_a_sweep() {
     for label in ["DLP", "uniform", "alpha", "perplexity (log scale)"] {
         assert!(t.iter().any(|x| x == label), "{label}: {t:?}");
     }
-    let best = rows
-        .iter()
-        .min_by(|a, b| {
-            a["ppl"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["ppl"].as_f64().unwrap())
-        })
-        .unwrap();
+    let best = lowest(&rows, "ppl");
     let want = format!(
         "best: {} ({:.2})",
         best["key"].as_str().unwrap(),

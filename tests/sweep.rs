@@ -7,55 +7,15 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::Tiny;
-
-use common::{dlpx_in as dlpx, text_file as text};
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::study::{lowest, rows, Study, DATA};
+use common::{dlpx_in as dlpx, ok, Tiny};
 
 #[test]
 fn grid_rows_resume_shards_and_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny::default().gguf_in(d, 5);
-    let text = text(d);
+    let study = Study::new(Tiny::default(), 5);
+    let d = study.d();
     let out = d.join("sw");
-    let base: Vec<String> = [
-        "sweep",
-        "--model",
-        model.to_str().unwrap(),
-        "--calib",
-        &text,
-        "--eval",
-        &text,
-        "--calib-samples",
-        "4",
-        "--seq-len",
-        "16",
-        "--eval-windows",
-        "6",
-        "--param",
-        "alpha=0:0.2:0.1",
-        "--param",
-        "sparsity=0.5,0.6",
-        "--allocation",
-        "dlp,uniform",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let base = study.grid();
     let run = |extra: &[&str]| -> Output {
         let mut a: Vec<&str> = base.iter().map(String::as_str).collect();
         a.extend(extra);
@@ -156,34 +116,20 @@ fn grid_rows_resume_shards_and_merge() {
 
 #[test]
 fn a_sweep_point_equals_prune_with_its_parameters() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny::default().gguf_in(d, 6);
-    let text = text(d);
-    let m = model.to_str().unwrap();
-    let data = [
-        "--calib",
-        &text,
-        "--eval",
-        &text,
-        "--calib-samples",
-        "4",
-        "--seq-len",
-        "16",
-        "--eval-windows",
-        "6",
-    ];
-    let mut a = vec!["sweep", "--model", m, "--param", "alpha=0.1", "--json"];
-    a.extend(data);
+    let study = Study::new(Tiny::default(), 6);
+    let d = study.d();
+    // `--model M --calib T --eval T` and the small data.
+    let data = study.data();
+    let data: Vec<&str> = data.iter().map(String::as_str).collect();
+    let mut a = vec!["sweep", "--param", "alpha=0.1", "--json"];
+    a.extend(&data);
     let one = d.join("one");
     a.extend(["--out", one.to_str().unwrap()]);
     let o = dlpx(d, &a);
     ok(&o);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    let mut p = vec![
-        "prune", "--model", m, "--alpha", "0.1", "--mode", "preview", "--json",
-    ];
-    p.extend(data);
+    let mut p = vec!["prune", "--alpha", "0.1", "--mode", "preview", "--json"];
+    p.extend(&data);
     let o = dlpx(d, &p);
     ok(&o);
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -218,11 +164,8 @@ fn bad_grids_are_refused_before_any_work() {
 
 #[test]
 fn calibration_draws_use_disjoint_windows_and_report_the_spread() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny::default().gguf_in(d, 8);
-    let text = text(d);
-    let m = model.to_str().unwrap();
+    let study = Study::new(Tiny::default(), 8);
+    let (d, m, text) = (study.d(), study.m(), study.text.clone());
     let run = |draws: &str, samples: &str| {
         dlpx(
             d,
@@ -290,10 +233,8 @@ fn calibration_draws_use_disjoint_windows_and_report_the_spread() {
 
 #[test]
 fn alpha_auto_searches_held_out_calibration_windows_never_the_evaluation_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny::default().gguf_in(d, 9);
-    let calib = text(d);
+    let study = Study::new(Tiny::default(), 9);
+    let d = study.d();
     // Two unrelated evaluation texts: the search must not change with them.
     let eval_a = d.join("eval_a.txt");
     let eval_b = d.join("eval_b.txt");
@@ -308,31 +249,24 @@ fn alpha_auto_searches_held_out_calibration_windows_never_the_evaluation_data() 
     )
     .unwrap();
     let run = |eval: &Path| -> serde_json::Value {
-        let o = dlpx(
-            d,
-            &[
-                "prune",
-                "--model",
-                model.to_str().unwrap(),
-                "--calib",
-                &calib,
-                "--eval",
-                eval.to_str().unwrap(),
-                "--calib-samples",
-                "4",
-                "--seq-len",
-                "16",
-                "--eval-windows",
-                "6",
-                "--alpha",
-                "auto",
-                "--alpha-holdout",
-                "5",
-                "--mode",
-                "preview",
-                "--json",
-            ],
-        );
+        let mut a = vec![
+            "prune",
+            "--model",
+            study.m(),
+            "--calib",
+            &study.text,
+            "--eval",
+            eval.to_str().unwrap(),
+            "--alpha",
+            "auto",
+            "--alpha-holdout",
+            "5",
+            "--mode",
+            "preview",
+            "--json",
+        ];
+        a.extend(DATA);
+        let o = study.dlpx(&a);
         ok(&o);
         serde_json::from_slice(&o.stdout).unwrap()
     };
@@ -353,33 +287,22 @@ fn alpha_auto_searches_held_out_calibration_windows_never_the_evaluation_data() 
     assert_eq!(s["heldout"]["source"], a["data"]["calib"]["source"]);
     let trace = s["trace"].as_array().unwrap();
     assert_eq!(trace.len(), 13, "α = 0, 0.025, …, 0.3");
-    let best = trace
-        .iter()
-        .min_by(|x, y| {
-            x["ppl"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&y["ppl"].as_f64().unwrap())
-        })
-        .unwrap();
+    let best = lowest(trace, "ppl");
     assert_eq!(s["chosen"], best["alpha"]);
     assert_eq!(
         a["params"]["alloc"]["alpha"], s["chosen"],
         "the run used the chosen α"
     );
     // Only DLP has an α to search.
-    let o = dlpx(
-        d,
-        &[
-            "prune",
-            "--model",
-            model.to_str().unwrap(),
-            "--allocation",
-            "owl",
-            "--alpha",
-            "auto",
-        ],
-    );
+    let o = study.dlpx(&[
+        "prune",
+        "--model",
+        study.m(),
+        "--allocation",
+        "owl",
+        "--alpha",
+        "auto",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--alpha auto searches DLP's range α"));
 }

@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{text_file as text, Tiny};
+use common::study::{measured, rows, Study};
+use common::{ok, Tiny};
 
 /// The scheduler variables `--shard auto` reads: removed from the child so the test runs the
 /// same inside a real Slurm job or pod, then set as each case needs.
@@ -34,11 +35,6 @@ fn dlpx(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     c.output().unwrap()
 }
 
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 fn err(o: &Output) -> String {
     assert!(
         !o.status.success(),
@@ -48,69 +44,21 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-/// The rows of a sweep file (without the header line), by grid index.
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    let mut r: Vec<serde_json::Value> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    r.sort_by_key(|r| r["index"].as_u64().unwrap());
-    r
-}
-
-/// What a point measured (not how long it took).
-fn measured(r: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    r.iter()
-        .map(|r| {
-            let mut r = r.clone();
-            r.as_object_mut().unwrap().remove("seconds");
-            r
-        })
-        .collect()
-}
-
 struct Sweep {
-    dir: tempfile::TempDir,
+    study: Study,
     base: Vec<String>,
 }
 
 impl Sweep {
-    /// The grid of tests/sweep.rs: α ∈ {0, 0.1, 0.2} × p ∈ {0.5, 0.6} × {DLP, uniform}.
+    /// The grid of tests/sweep.rs.
     fn new() -> Sweep {
-        let dir = tempfile::tempdir().unwrap();
-        let (model, _) = Tiny::default().gguf_in(dir.path(), 5);
-        let text = text(dir.path());
-        let base = [
-            "sweep",
-            "--model",
-            model.to_str().unwrap(),
-            "--calib",
-            &text,
-            "--eval",
-            &text,
-            "--calib-samples",
-            "4",
-            "--seq-len",
-            "16",
-            "--eval-windows",
-            "6",
-            "--param",
-            "alpha=0:0.2:0.1",
-            "--param",
-            "sparsity=0.5,0.6",
-            "--allocation",
-            "dlp,uniform",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Sweep { dir, base }
+        let study = Study::new(Tiny::default(), 5);
+        let base = study.grid();
+        Sweep { study, base }
     }
 
     fn d(&self) -> &Path {
-        self.dir.path()
+        self.study.d()
     }
 
     fn run(&self, extra: &[&str], env: &[(&str, String)]) -> Output {

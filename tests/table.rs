@@ -3,60 +3,21 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{dlpx_in as dlpx, text_file as text, Tiny};
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn prune(d: &Path, model: &str, text: &str, extra: &[&str], report: &Path) -> serde_json::Value {
-    let mut a = vec![
-        "prune",
-        "--model",
-        model,
-        "--calib",
-        text,
-        "--eval",
-        text,
-        "--calib-samples",
-        "4",
-        "--seq-len",
-        "16",
-        "--eval-windows",
-        "6",
-        "--mode",
-        "preview",
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    a.extend(extra);
-    ok(&dlpx(d, &a));
-    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
-}
+use common::study::Study;
+use common::{ok_stdout as ok, Tiny};
 
 #[test]
 fn one_row_per_report_in_each_format() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (model, _) = Tiny::default().gguf_in(d, 5);
-    let text = text(d);
-    let m = model.to_str().unwrap();
-    let r1 = d.join("dlp.json");
-    let r2 = d.join("owl.json");
-    let a = prune(d, m, &text, &["--alpha", "0.1", "--calib-draws", "2"], &r1);
-    let b = prune(
-        d,
-        m,
-        &text,
-        &["--allocation", "owl", "--sparsity", "0.6"],
-        &r2,
-    );
+    let study = Study::new(Tiny::default(), 5);
+    let d = study.d();
+    let load = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let r1 = study.report("dlp.json", &["--alpha", "0.1", "--calib-draws", "2"]);
+    let r2 = study.report("owl.json", &["--allocation", "owl", "--sparsity", "0.6"]);
+    let (a, mut b) = (load(&r1), load(&r2));
     // Zero-shot scores written into the second report by hand (the tiny model has no tasks):
     // the table reads them from the report as `dlpx prune --tasks` writes them.
-    let mut b = b;
     let score = |task: &str, acc: f64| {
         serde_json::json!({"task": task, "split": "validation", "n": 8, "acc": acc,
             "acc_stderr": null, "acc_norm": null, "acc_norm_stderr": null})
@@ -72,12 +33,9 @@ fn one_row_per_report_in_each_format() {
     let (mean_a, sd_a) = (f(&draws["ppl_mean"]), f(&draws["ppl_sd"]));
     let (dense_b, pruned_b) = (f(&b["ppl"]["dense"]), f(&b["ppl"]["pruned"]));
     let name = "tiny.gguf";
-    assert!(m.ends_with(name), "{m}");
+    assert!(study.m().ends_with(name), "{}", study.m());
 
-    let md = ok(&dlpx(
-        d,
-        &["table", r1.to_str().unwrap(), r2.to_str().unwrap()],
-    ));
+    let md = ok(&study.dlpx(&["table", r1.to_str().unwrap(), r2.to_str().unwrap()]));
     let lines: Vec<&str> = md.lines().collect();
     assert_eq!(lines.len(), 4, "{md}");
     assert!(lines[0].starts_with("| Model | Allocation | Parameters | Metric | p |"));
@@ -96,10 +54,7 @@ fn one_row_per_report_in_each_format() {
         )
     );
 
-    let tex = ok(&dlpx(
-        d,
-        &["table", r1.to_str().unwrap(), "--format", "latex"],
-    ));
+    let tex = ok(&study.dlpx(&["table", r1.to_str().unwrap(), "--format", "latex"]));
     assert_eq!(
         tex.lines().nth(4).unwrap(),
         format!(
@@ -108,16 +63,13 @@ fn one_row_per_report_in_each_format() {
         )
     );
 
-    let csv = ok(&dlpx(
-        d,
-        &[
-            "table",
-            r2.to_str().unwrap(),
-            r1.to_str().unwrap(),
-            "--format",
-            "csv",
-        ],
-    ));
+    let csv = ok(&study.dlpx(&[
+        "table",
+        r2.to_str().unwrap(),
+        r1.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(
@@ -133,7 +85,7 @@ fn one_row_per_report_in_each_format() {
 
     // Not a report: one readable error.
     std::fs::write(d.join("x.json"), "{}").unwrap();
-    let o = dlpx(d, &["table", d.join("x.json").to_str().unwrap()]);
+    let o = study.dlpx(&["table", d.join("x.json").to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no schema_version"));
 }

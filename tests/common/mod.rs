@@ -2,6 +2,8 @@
 //! write them (GGUF with permuted Q/K rows; safetensors folder with HF names).
 #![allow(dead_code)]
 
+pub mod study;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -381,6 +383,19 @@ pub fn dlpx_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .env("DLPX_CACHE", dir.join("cache"))
         .output()
         .unwrap()
+}
+
+/// A run that must have succeeded (else its stderr is the failure): its stderr, where dlpx
+/// writes progress and what it did.
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A run that must have succeeded: its stdout, where dlpx writes its results.
+pub fn ok_stdout(o: &std::process::Output) -> String {
+    ok(o);
+    String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 /// `‖a − b‖ / ‖a‖` over all elements (f64 sums), after checking both have the same non-zero length.
