@@ -243,6 +243,17 @@ pub struct DataInfo {
     pub eval: Option<DataSet>,
 }
 
+impl DataInfo {
+    /// Next-token predictions per evaluation window (the window's length less one), which the
+    /// paired bootstrap over windows needs; 0 without an evaluation.
+    pub fn predictions_per_window(&self) -> usize {
+        self.eval
+            .as_ref()
+            .map(|e| e.seq_len.saturating_sub(1))
+            .unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockReport {

@@ -303,47 +303,36 @@ fn folder_source_writes_tokenizer_metadata_from_tokenizer_json() {
     check_round_trip(&m, &out, None);
 }
 
-use common::{dlpx_in as dlpx, text_file as text};
+use common::dlpx_in as dlpx;
+use common::study::Study;
 
 #[test]
 fn prune_quantize_reports_and_saves_what_it_measured() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (src, _) = Tiny {
-        hidden: 64,
-        ffn: 128,
-        ..Tiny::default()
-    }
-    .gguf_in(d, 8);
-    let text = text(d);
+    let study = Study::new(
+        Tiny {
+            hidden: 64,
+            ffn: 128,
+            ..Tiny::default()
+        },
+        8,
+    );
+    let d = study.d();
     let out = d.join("pruned-q8.gguf");
     let report = d.join("r.json");
-    let o = dlpx(
-        d,
-        &[
-            "prune",
-            "--model",
-            src.to_str().unwrap(),
-            "--calib",
-            &text,
-            "--eval",
-            &text,
-            "--calib-samples",
-            "4",
-            "--seq-len",
-            "16",
-            "--eval-windows",
-            "6",
-            "--quantize",
-            "q8_0",
-            "--save",
-            out.to_str().unwrap(),
-            "--format",
-            "gguf",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    );
+    let data = study.data();
+    let mut a = vec!["prune"];
+    a.extend(data.iter().map(String::as_str));
+    a.extend([
+        "--quantize",
+        "q8_0",
+        "--save",
+        out.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let o = study.dlpx(&a);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("pruned + q8_0"), "{stdout}");
@@ -364,41 +353,35 @@ fn prune_quantize_reports_and_saves_what_it_measured() {
         "{pruned} → {quant}"
     );
     // The saved file is what was measured: `dlpx eval` of it gives the quantized perplexity.
-    let o = dlpx(
-        d,
-        &[
-            "eval",
-            "--model",
-            out.to_str().unwrap(),
-            "--data",
-            &text,
-            "--seq-len",
-            "16",
-            "--windows",
-            "6",
-            "--json",
-        ],
-    );
+    let o = study.dlpx(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        &study.text,
+        "--seq-len",
+        "16",
+        "--windows",
+        "6",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let ppl = e["ppl"].as_f64().unwrap();
     assert!((ppl - quant).abs() <= 1e-9 * quant, "{ppl} vs {quant}");
     // A report of schema 4 replays as a config.
-    let o = dlpx(
-        d,
-        &[
-            "prune",
-            "--config",
-            report.to_str().unwrap(),
-            "--model",
-            src.to_str().unwrap(),
-            "--calib",
-            &text,
-            "--eval",
-            &text,
-            "--json",
-        ],
-    );
+    let o = study.dlpx(&[
+        "prune",
+        "--config",
+        report.to_str().unwrap(),
+        "--model",
+        study.m(),
+        "--calib",
+        &study.text,
+        "--eval",
+        &study.text,
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

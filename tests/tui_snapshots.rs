@@ -1010,3 +1010,88 @@ fn sparse_toggle_sends_jobs_once_a_model_is_applied() {
         "the footer names the key:\n{frame}"
     );
 }
+
+/// Shift+P, the chart key.
+fn press_p(s: &mut State) -> Vec<Effect> {
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    s.on_key(KeyEvent::new(KeyCode::Char('P'), KeyModifiers::SHIFT))
+}
+
+/// The written chart, parsed: per stroke colour the polylines, and the texts.
+fn chart(path: &std::path::Path) -> (std::collections::HashMap<String, usize>, Vec<String>) {
+    let svg = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let mut lines = std::collections::HashMap::new();
+    for n in doc.descendants().filter(|n| n.has_tag_name("polyline")) {
+        *lines
+            .entry(n.attribute("stroke").unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    let texts = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or("").trim().to_string())
+        .collect();
+    (lines, texts)
+}
+
+/// P writes the current view's chart as SVG beside the export (the folder and name of the path
+/// the export dialog proposes) with dlpx plot's drawing: the allocation with its overlay (two
+/// series), the sweep view's points; what cannot be drawn or written is a status message.
+#[test]
+fn p_writes_the_current_chart_beside_the_export() {
+    use dlpx::app::Tone;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = calibrating();
+    s.export_path = dir.path().join("study.json").to_str().unwrap().into();
+    assert!(press_p(&mut s).is_empty());
+    assert_eq!(s.status.1, Tone::Error, "{:?}", s.status);
+    assert!(s.status.0.contains("before calibration"), "{:?}", s.status);
+
+    let mut s = calibrated();
+    s.export_path = dir.path().join("study.json").to_str().unwrap().into();
+    s.act(Action::CycleOverlay); // uniform over DLP
+    press_p(&mut s);
+    let path = dir.path().join("study-allocation.svg");
+    let want = format!("wrote the chart to {}", path.display());
+    assert_eq!(s.status, (want, Tone::Good));
+    // The dark palette's first two series: DLP, then the overlay. Each has its target line, its
+    // legend sample and its score line.
+    let (lines, texts) = chart(&path);
+    assert_eq!(lines.get("#5FAFFF"), Some(&3), "{lines:?}");
+    assert_eq!(lines.get("#FFD75F"), Some(&3), "{lines:?}");
+    let series: Vec<&String> = texts.iter().filter(|t| t.ends_with(" target")).collect();
+    assert_eq!(series.len(), 2, "{texts:?}");
+    assert!(series[0].starts_with("DLP α=") && series[1].starts_with("uniform p="));
+
+    // The sweep view: one line (and its legend sample), a dot per finished point, the best named.
+    s.act(Action::FieldNext); // α
+    s.act(Action::ToggleSweep);
+    for v in [0.0, 0.05, 0.1, 0.15] {
+        s.on_msg(Msg::SweepPoint {
+            value: v,
+            ppl: 380.0 + 40_000.0 * (v - 0.1_f64).powi(2),
+        });
+    }
+    press_p(&mut s);
+    let path = dir.path().join("study-sweep.svg");
+    assert_eq!(s.status.1, Tone::Good, "{:?}", s.status);
+    let (lines, texts) = chart(&path);
+    assert_eq!(lines.get("#5FAFFF"), Some(&2), "{lines:?}");
+    assert!(!lines.contains_key("#FFD75F"), "one series: {lines:?}");
+    assert!(
+        texts.contains(&"best: alpha=0.1 (380.00)".to_string()),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"DLP".to_string()), "{texts:?}");
+
+    // A folder that does not exist: the reason on the status line, nothing written.
+    s.export_path = dir.path().join("nope/study.json").to_str().unwrap().into();
+    press_p(&mut s);
+    assert_eq!(s.status.1, Tone::Error, "{:?}", s.status);
+    assert!(
+        s.status.0.starts_with("chart not written:") && s.status.0.contains("nope"),
+        "{:?}",
+        s.status
+    );
+}

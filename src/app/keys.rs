@@ -42,6 +42,7 @@ pub enum Action {
     SweepRecheck,
     Export,
     ExportRecipe,
+    WriteChart,
     Open,
     SaveModel,
     Recalibrate,
@@ -445,6 +446,14 @@ pub const BINDINGS: &[Binding] = &[
         Scope::Any,
     ),
     b(
+        KeyCode::Char('P'),
+        S,
+        "P",
+        "chart as SVG next to export",
+        Action::WriteChart,
+        Scope::Any,
+    ),
+    b(
         KeyCode::Char('o'),
         N,
         "o",
@@ -651,16 +660,25 @@ mod tests {
             Some(Action::ZeroShot)
         );
         assert_eq!(lookup(&k(KeyCode::Char('Z'), S), Scope::Main), None);
-        // X (sparse execution) everywhere; x stays the compare view's prompt removal.
+        // X (sparse execution) and P (the chart as SVG) everywhere; x and p stay the compare
+        // view's prompt removal and edit.
         for view in [Scope::Main, Scope::Compare, Scope::Sweep] {
             assert_eq!(
                 lookup(&k(KeyCode::Char('X'), S), view),
                 Some(Action::ToggleSparse)
             );
+            assert_eq!(
+                lookup(&k(KeyCode::Char('P'), S), view),
+                Some(Action::WriteChart)
+            );
         }
         assert_eq!(
             lookup(&k(KeyCode::Char('x'), N), Scope::Compare),
             Some(Action::DeletePrompt)
+        );
+        assert_eq!(
+            lookup(&k(KeyCode::Char('p'), N), Scope::Compare),
+            Some(Action::EditPrompt)
         );
         assert_eq!(
             lookup(&k(KeyCode::Right, N), Scope::Sweep),

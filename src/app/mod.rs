@@ -8,6 +8,7 @@ pub mod keys;
 mod messages;
 pub mod params;
 
+pub use export::ChartError;
 pub use messages::{Footprint, Job, Msg, Stage, Step, Summary};
 
 use std::path::PathBuf;
@@ -582,6 +583,10 @@ impl State {
                 let t = self.recipe_path.clone();
                 self.input(InputPurpose::RecipePath, t);
             }
+            Action::WriteChart => match self.write_chart() {
+                Ok(path) => self.say(format!("wrote the chart to {}", path.display()), Tone::Good),
+                Err(e) => self.say(format!("chart not written: {e}"), Tone::Error),
+            },
             Action::Open => {
                 let t = self.export_path.clone();
                 self.input(InputPurpose::OpenPath, t);

@@ -436,12 +436,7 @@ fn show(
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
-    let predictions = header
-        .data
-        .eval
-        .as_ref()
-        .map(|e| e.seq_len.saturating_sub(1))
-        .unwrap_or(0);
+    let predictions = header.data.predictions_per_window();
     let best = rows.iter().filter(|r| r.ppl.is_some()).min_by(|a, b| {
         a.ppl
             .unwrap_or(f64::MAX)

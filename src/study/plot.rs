@@ -8,8 +8,11 @@
 
 use std::fmt;
 
+use plotters::chart::MeshStyle;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::eval::compare::paired_bootstrap;
 use crate::experiment::sweep::{SweepHeader, SweepRow};
@@ -142,6 +145,19 @@ fn draw_err<E: fmt::Display>(e: E) -> PlotError {
 pub const WIDTH: u32 = 640;
 const FONT: &str = "sans-serif";
 const LABEL: u32 = 14;
+/// Space around a panel, and under and left of its plotting area for the axes' numbers and
+/// names.
+const MARGIN: u32 = 10;
+const X_AXIS: u32 = 40;
+const Y_AXIS: u32 = 60;
+/// Legend text size, row height, and the width of an entry's sample mark with its gap.
+const LEGEND_FONT: u32 = LABEL - 2;
+const LEGEND_ROW: u32 = 18;
+const SAMPLE: u32 = 26;
+
+type Area<'o> = DrawingArea<SVGBackend<'o>, Shift>;
+/// A panel drawn on an `Area`, with its coordinates.
+type Panel<'o, X, Y> = ChartContext<'o, SVGBackend<'o>, Cartesian2d<X, Y>>;
 
 /// A report's name in a legend: allocation, its parameters and p (`DLP α=0.15, τ=∞, p=0.7`).
 pub fn report_label(r: &Report) -> String {
@@ -196,7 +212,7 @@ fn text_style(c: &Colors, size: u32) -> TextStyle<'static> {
 fn svg(
     (w, h): (u32, u32),
     c: &Colors,
-    draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<(), PlotError>,
+    draw: impl FnOnce(&Area) -> Result<(), PlotError>,
 ) -> Result<String, PlotError> {
     let mut out = String::new();
     {
@@ -208,27 +224,121 @@ fn svg(
     Ok(out)
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
-    chart: &mut ChartContext<'a, DB, CT>,
-    c: &Colors,
-    pos: SeriesLabelPosition,
-) -> Result<(), PlotError>
-where
-    DB::ErrorType: 'static,
-{
-    chart
-        .configure_series_labels()
-        .position(pos)
-        .background_style(c.background.mix(0.85))
-        .border_style(c.grid)
-        .label_font(text_style(c, LABEL - 2))
-        .draw()
+/// A panel on `area`: its caption above, the axes' label areas, the coordinates `x` × `y`.
+fn panel<'a, X: AsRangedCoord, Y: AsRangedCoord>(
+    area: &Area<'a>,
+    caption: &str,
+    caption_style: TextStyle,
+    x: X,
+    y: Y,
+) -> Result<Panel<'a, X::CoordDescType, Y::CoordDescType>, PlotError> {
+    ChartBuilder::on(area)
+        .caption(caption, caption_style)
+        .margin(MARGIN)
+        .x_label_area_size(X_AXIS)
+        .y_label_area_size(Y_AXIS)
+        .build_cartesian_2d(x, y)
         .map_err(draw_err)
+}
+
+/// Every panel's axes: their names, the palette's grid without minor lines, the labels' size.
+/// The caller adds the tick labels' format and draws.
+fn mesh<'a, 'b, X, Y, XT, YT>(
+    chart: &'b mut Panel<'a, X, Y>,
+    c: &Colors,
+    (x, y): (&str, &str),
+) -> MeshStyle<'a, 'b, X, Y, SVGBackend<'a>>
+where
+    X: Ranged<ValueType = XT> + ValueFormatter<XT>,
+    Y: Ranged<ValueType = YT> + ValueFormatter<YT>,
+{
+    let mut m = chart.configure_mesh();
+    m.x_desc(x)
+        .y_desc(y)
+        .axis_style(c.text)
+        .bold_line_style(c.grid)
+        .light_line_style(TRANSPARENT)
+        .label_style(text_style(c, LABEL))
+        .axis_desc_style(text_style(c, LABEL));
+    m
+}
+
+/// A block axis' tick label: the block's index.
+fn block_label(v: &f64) -> String {
+    format!("{}", v.round() as i64)
+}
+
+/// The mark a legend entry shows for its series, in the series' colour.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    Line(RGBColor),
+    Dot(RGBColor, i32),
+    Triangle(RGBColor),
+    Ring(RGBColor),
+    Swatch(RGBColor),
+}
+
+type Entry = (String, Key);
+
+/// Estimated width of a legend label in pixels: 0.55 em a character, a quarter more than DejaVu
+/// Sans (the widest common sans-serif) averages on these labels, so that columns never run into
+/// each other whatever font the viewer picks.
+fn label_width(s: &str) -> u32 {
+    (s.chars().count() as f64 * LEGEND_FONT as f64 * 0.55).ceil() as u32
+}
+
+/// Columns and rows of a legend under a panel, aligned with its plotting area: as many columns
+/// as the longest label leaves room for, filled row by row.
+fn legend_grid(entries: &[Entry]) -> (usize, usize) {
+    let room = WIDTH - 2 * MARGIN - Y_AXIS;
+    let column = SAMPLE + entries.iter().map(|e| label_width(&e.0)).max().unwrap_or(0) + 12;
+    let cols = ((room / column) as usize).clamp(1, entries.len().max(1));
+    (cols, entries.len().div_ceil(cols))
+}
+
+/// The height of the strip a legend takes under its panel: the legend is drawn outside the
+/// plotting area, so that no series is ever covered.
+fn legend_height(entries: &[Entry]) -> u32 {
+    legend_grid(entries).1 as u32 * LEGEND_ROW + MARGIN
+}
+
+/// `entries` in the strip `area` (of `legend_height`), left-aligned with the panel above.
+fn legend(area: &Area, c: &Colors, entries: &[Entry]) -> Result<(), PlotError> {
+    let (cols, _) = legend_grid(entries);
+    let column = (WIDTH - 2 * MARGIN - Y_AXIS) / cols as u32;
+    let style = text_style(c, LEGEND_FONT).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (label, key)) in entries.iter().enumerate() {
+        let x = (MARGIN + Y_AXIS + (i % cols) as u32 * column) as i32;
+        let y = ((i / cols) as u32 * LEGEND_ROW + LEGEND_ROW / 2) as i32;
+        sample(area, *key, (x, y))?;
+        area.draw(&Text::new(label.as_str(), (x + SAMPLE as i32, y), &style))
+            .map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+/// A legend entry's mark, 18 px wide from `(x, y)` (its vertical middle).
+fn sample(area: &Area, key: Key, (x, y): (i32, i32)) -> Result<(), PlotError> {
+    match key {
+        Key::Line(col) => area.draw(&PathElement::new(
+            vec![(x, y), (x + 18, y)],
+            col.stroke_width(2),
+        )),
+        Key::Dot(col, r) => area.draw(&Circle::new((x + 9, y), r, col.filled())),
+        Key::Triangle(col) => area.draw(&TriangleMarker::new((x + 9, y), 5, col.filled())),
+        Key::Ring(col) => area.draw(&Circle::new((x + 9, y), 5, col.stroke_width(2))),
+        Key::Swatch(col) => area.draw(&Rectangle::new(
+            [(x + 3, y - 5), (x + 15, y + 5)],
+            col.filled(),
+        )),
+    }
+    .map_err(draw_err)
 }
 
 /// The allocation figure: each report's per-block target sparsity (line and dots) and achieved
 /// sparsity (triangles) on the top panel, its block scores (the importance statistic the
-/// allocation maps to sparsity, DLP §4) on the bottom panel. One colour per report.
+/// allocation maps to sparsity, DLP §4) on the bottom panel. One colour per report; the legend
+/// between the panels.
 pub fn allocation(reports: &[Report], palette: Palette) -> Result<String, PlotError> {
     if reports.is_empty() {
         return Err(PlotError::NoData(Missing::Reports));
@@ -253,31 +363,27 @@ pub fn allocation(reports: &[Report], palette: Palette) -> Result<String, PlotEr
     )
     .unwrap_or((0.0, 1.0)));
     let statistic = format!("{:?}", reports[0].params.statistic).to_lowercase();
+    let mut entries: Vec<Entry> = Vec::new();
+    for (i, (r, name)) in reports.iter().zip(&names).enumerate() {
+        entries.push((format!("{name} target"), Key::Line(c.series(i))));
+        if r.blocks.iter().any(|b| b.achieved_sparsity.is_some()) {
+            entries.push((format!("{name} achieved"), Key::Triangle(c.series(i))));
+        }
+    }
     let x = -0.5..(blocks as f64 - 0.5);
-    svg((WIDTH, 640), &c, |root| {
-        let (top, bottom) = root.split_vertically(400);
-        let mut chart = ChartBuilder::on(&top)
-            .caption("Per-block sparsity", text_style(&c, LABEL + 4))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x.clone(), s0..s1)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("block")
-            .y_desc("sparsity")
+    let (top_h, strip_h) = (400, legend_height(&entries));
+    svg((WIDTH, top_h + strip_h + 240), &c, |root| {
+        let (top, rest) = root.split_vertically(top_h);
+        let (strip, bottom) = rest.split_vertically(strip_h);
+        let title = text_style(&c, LABEL + 4);
+        let mut chart = panel(&top, "Per-block sparsity", title, x.clone(), s0..s1)?;
+        mesh(&mut chart, &c, ("block", "sparsity"))
             .x_labels(blocks.min(16))
-            .x_label_formatter(&|v| format!("{}", v.round() as i64))
+            .x_label_formatter(&block_label)
             .y_label_formatter(&|v| format!("{v:.2}"))
-            .axis_style(c.text)
-            .bold_line_style(c.grid)
-            .light_line_style(TRANSPARENT)
-            .label_style(text_style(&c, LABEL))
-            .axis_desc_style(text_style(&c, LABEL))
             .draw()
             .map_err(draw_err)?;
-        for (i, (r, name)) in reports.iter().zip(&names).enumerate() {
+        for (i, r) in reports.iter().enumerate() {
             let col = c.series(i);
             let target: Vec<(f64, f64)> = r
                 .blocks
@@ -286,63 +392,33 @@ pub fn allocation(reports: &[Report], palette: Palette) -> Result<String, PlotEr
                 .collect();
             chart
                 .draw_series(LineSeries::new(target.clone(), col.stroke_width(2)))
-                .map_err(draw_err)?
-                .label(format!("{name} target"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
-                });
+                .map_err(draw_err)?;
             chart
                 .draw_series(target.iter().map(|p| Circle::new(*p, 3, col.filled())))
                 .map_err(draw_err)?;
-            let achieved: Vec<(f64, f64)> = r
+            let achieved = r
                 .blocks
                 .iter()
-                .filter_map(|b| b.achieved_sparsity.map(|a| (b.index as f64, a)))
-                .collect();
-            if !achieved.is_empty() {
-                chart
-                    .draw_series(
-                        achieved
-                            .iter()
-                            .map(|p| TriangleMarker::new(*p, 5, col.filled())),
-                    )
-                    .map_err(draw_err)?
-                    .label(format!("{name} achieved"))
-                    .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 5, col.filled()));
-            }
+                .filter_map(|b| b.achieved_sparsity.map(|a| (b.index as f64, a)));
+            chart
+                .draw_series(achieved.map(|p| TriangleMarker::new(p, 5, col.filled())))
+                .map_err(draw_err)?;
         }
-        legend(&mut chart, &c, SeriesLabelPosition::UpperLeft)?;
+        legend(&strip, &c, &entries)?;
 
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption(
-                format!("Block importance (score, statistic {statistic})"),
-                text_style(&c, LABEL + 2),
-            )
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x, f0..f1)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("block")
-            .y_desc("score")
+        let caption = format!("Block importance (score, statistic {statistic})");
+        let mut chart = panel(&bottom, &caption, text_style(&c, LABEL + 2), x, f0..f1)?;
+        mesh(&mut chart, &c, ("block", "score"))
             .x_labels(blocks.min(16))
-            .x_label_formatter(&|v| format!("{}", v.round() as i64))
+            .x_label_formatter(&block_label)
             .y_label_formatter(&|v| format!("{v:.3}"))
-            .axis_style(c.text)
-            .bold_line_style(c.grid)
-            .light_line_style(TRANSPARENT)
-            .label_style(text_style(&c, LABEL))
-            .axis_desc_style(text_style(&c, LABEL))
             .draw()
             .map_err(draw_err)?;
         for (i, r) in reports.iter().enumerate() {
-            let col = c.series(i);
             chart
                 .draw_series(LineSeries::new(
                     r.blocks.iter().map(|b| (b.index as f64, b.score)),
-                    col.stroke_width(2),
+                    c.series(i).stroke_width(2),
                 ))
                 .map_err(draw_err)?;
         }
@@ -383,12 +459,7 @@ pub fn sweep_lines(
         .iter()
         .position(|a| a.1.len() > 1)
         .ok_or(PlotError::NoData(Missing::SweepAxis))?;
-    let predictions = header
-        .data
-        .eval
-        .as_ref()
-        .map(|e| e.seq_len.saturating_sub(1))
-        .unwrap_or(0);
+    let predictions = header.data.predictions_per_window();
     let mut lines: Vec<SweepLine> = Vec::new();
     for r in rows {
         let (Some(ppl), Some(x)) = (r.ppl, r.values.get(x_axis).and_then(|v| v.1)) else {
@@ -435,9 +506,6 @@ pub fn sweep_lines(
     Ok((header.axes[x_axis].0.clone(), lines))
 }
 
-/// The sweep figure: perplexity on a log axis against the swept parameter, one line per
-/// allocation (and per value of the other axes), each point's bootstrap interval as an error
-/// bar, the best point ringed and named.
 /// Labelled values of a log axis from `lo` to `hi`: 1, 2, 5 × 10^k, or every m × 10^k when
 /// fewer than three of those fall inside (a perplexity axis spans less than a decade); a log
 /// axis' own key points are the powers of ten only, which leaves such an axis unlabelled.
@@ -460,14 +528,37 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     }
 }
 
+/// The sweep figure: perplexity on a log axis against the swept parameter, one line per
+/// allocation (and per value of the other axes), each point's bootstrap interval as an error
+/// bar, the best point ringed and named.
 pub fn sweep(
     header: &SweepHeader,
     rows: &[SweepRow],
     palette: Palette,
 ) -> Result<String, PlotError> {
     let (x_name, lines) = sweep_lines(header, rows)?;
+    sweep_figure(
+        &format!("Perplexity against {x_name}"),
+        &x_name,
+        &lines,
+        palette,
+    )
+}
+
+/// The sweep figure of `lines` against the parameter `x_name`, titled `title`: what
+/// The sweep figure of a sweep file (dlpx plot), and the explorer (key P) of its sweep view.
+pub fn sweep_figure(
+    title: &str,
+    x_name: &str,
+    lines: &[SweepLine],
+    palette: Palette,
+) -> Result<String, PlotError> {
     let c = palette.colors();
     let pts = || lines.iter().flat_map(|l| l.points.iter());
+    let best = pts()
+        .min_by(|a, b| a.ppl.total_cmp(&b.ppl))
+        .cloned()
+        .ok_or(PlotError::NoData(Missing::SweepPoints))?;
     let (x0, x1) = pad(span(pts().map(|p| p.x)).unwrap_or((0.0, 1.0)));
     let lo = span(pts().flat_map(|p| [p.ppl, p.interval.map_or(p.ppl, |i| i.0)]));
     let hi = span(pts().flat_map(|p| [p.ppl, p.interval.map_or(p.ppl, |i| i.1)]));
@@ -475,37 +566,25 @@ pub fn sweep(
         (Some(lo), Some(hi)) => (lo.0 / 1.05, hi.1 * 1.05),
         _ => (1.0, 10.0),
     };
-    let best = pts()
-        .min_by(|a, b| a.ppl.total_cmp(&b.ppl))
-        .cloned()
-        .ok_or(PlotError::NoData(Missing::SweepPoints))?;
-    svg((WIDTH, 420), &c, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("Perplexity against {x_name}"),
-                text_style(&c, LABEL + 4),
-            )
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(
-                x0..x1,
-                (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
-            )
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_name.as_str())
-            .y_desc("perplexity (log scale)")
+    let mut entries: Vec<Entry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), Key::Line(c.series(i))))
+        .collect();
+    entries.push((
+        format!("best: {} ({:.2})", best.key, best.ppl),
+        Key::Ring(c.text),
+    ));
+    let (chart_h, strip_h) = (420, legend_height(&entries));
+    svg((WIDTH, chart_h + strip_h), &c, |root| {
+        let (top, strip) = root.split_vertically(chart_h);
+        let y = (y0..y1).log_scale().with_key_points(log_ticks(y0, y1));
+        let mut chart = panel(&top, title, text_style(&c, LABEL + 4), x0..x1, y)?;
+        mesh(&mut chart, &c, (x_name, "perplexity (log scale)"))
             .y_label_formatter(&|v| match *v >= 100.0 {
                 true => format!("{v:.0}"),
                 false => format!("{v:.1}"),
             })
-            .axis_style(c.text)
-            .bold_line_style(c.grid)
-            .light_line_style(TRANSPARENT)
-            .label_style(text_style(&c, LABEL))
-            .axis_desc_style(text_style(&c, LABEL))
             .draw()
             .map_err(draw_err)?;
         for (i, l) in lines.iter().enumerate() {
@@ -515,11 +594,7 @@ pub fn sweep(
                     l.points.iter().map(|p| (p.x, p.ppl)),
                     col.stroke_width(2),
                 ))
-                .map_err(draw_err)?
-                .label(l.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2))
-                });
+                .map_err(draw_err)?;
             chart
                 .draw_series(
                     l.points
@@ -534,17 +609,11 @@ pub fn sweep(
                 }))
                 .map_err(draw_err)?;
         }
-        // The best point: a ring and its name.
+        // The best point: a ring, named in the legend.
         chart
             .draw_series([Circle::new((best.x, best.ppl), 8, c.text.stroke_width(2))])
-            .map_err(draw_err)?
-            .label(format!("best: {} ({:.2})", best.key, best.ppl))
-            .legend({
-                let t = c.text;
-                move |(x, y)| Circle::new((x + 9, y), 5, t.stroke_width(2))
-            });
-        legend(&mut chart, &c, SeriesLabelPosition::UpperRight)?;
-        Ok(())
+            .map_err(draw_err)?;
+        legend(&strip, &c, &entries)
     })
 }
 
@@ -569,46 +638,35 @@ pub fn draws(report: &Report, palette: Palette) -> Result<String, PlotError> {
         ),
     )
     .unwrap_or((0.0, 1.0)));
-    svg((WIDTH, 420), &c, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!(
-                    "{}: allocation over {} calibration draws (pruned PPL {:.2} ± {:.2})",
-                    report_label(report),
-                    d.draws,
-                    d.ppl_mean,
-                    d.ppl_sd
-                ),
-                text_style(&c, LABEL + 1),
-            )
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..(blocks as f64 - 0.5), y0..y1)
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("block")
-            .y_desc("allocated sparsity")
+    let (col, dots) = (c.series(0), c.series(1));
+    let entries: Vec<Entry> = vec![
+        ("mean ± sd over the draws".into(), Key::Line(col)),
+        ("each draw".into(), Key::Dot(dots, 3)),
+    ];
+    let caption = format!(
+        "{}: allocation over {} calibration draws (pruned PPL {:.2} ± {:.2})",
+        report_label(report),
+        d.draws,
+        d.ppl_mean,
+        d.ppl_sd
+    );
+    let (chart_h, strip_h) = (420, legend_height(&entries));
+    svg((WIDTH, chart_h + strip_h), &c, |root| {
+        let (top, strip) = root.split_vertically(chart_h);
+        let x = -0.5..(blocks as f64 - 0.5);
+        let mut chart = panel(&top, &caption, text_style(&c, LABEL + 1), x, y0..y1)?;
+        mesh(&mut chart, &c, ("block", "allocated sparsity"))
             .x_labels(blocks.min(16))
-            .x_label_formatter(&|v| format!("{}", v.round() as i64))
+            .x_label_formatter(&block_label)
             .y_label_formatter(&|v| format!("{v:.3}"))
-            .axis_style(c.text)
-            .bold_line_style(c.grid)
-            .light_line_style(TRANSPARENT)
-            .label_style(text_style(&c, LABEL))
-            .axis_desc_style(text_style(&c, LABEL))
             .draw()
             .map_err(draw_err)?;
-        let col = c.series(0);
         chart
             .draw_series(LineSeries::new(
                 mean.iter().enumerate().map(|(b, m)| (b as f64, *m)),
                 col.stroke_width(2),
             ))
-            .map_err(draw_err)?
-            .label("mean ± sd over the draws")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+            .map_err(draw_err)?;
         chart
             .draw_series(
                 mean.iter()
@@ -617,18 +675,14 @@ pub fn draws(report: &Report, palette: Palette) -> Result<String, PlotError> {
                     .map(|(b, (m, s))| ErrorBar::new_vertical(b as f64, m - s, *m, m + s, col, 6)),
             )
             .map_err(draw_err)?;
-        let dots = c.series(1);
         chart
             .draw_series(d.block_sparsity.iter().flat_map(|s| {
                 s.iter()
                     .enumerate()
                     .map(move |(b, v)| Circle::new((b as f64, *v), 2, dots.filled()))
             }))
-            .map_err(draw_err)?
-            .label("each draw")
-            .legend(move |(x, y)| Circle::new((x + 9, y), 3, dots.filled()));
-        legend(&mut chart, &c, SeriesLabelPosition::UpperLeft)?;
-        Ok(())
+            .map_err(draw_err)?;
+        legend(&strip, &c, &entries)
     })
 }
 
@@ -653,25 +707,25 @@ pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> 
     let c = palette.colors();
     let n = tasks.len();
     let width = 0.8 / sides.len() as f64;
-    svg((WIDTH, 420), &c, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("Zero-shot accuracy, {}", report_label(report)),
-                text_style(&c, LABEL + 2),
-            )
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..100.0)
-            .map_err(draw_err)?;
-        let names: Vec<&str> = tasks
-            .iter()
-            .map(|t| super::table::task_header(*t))
-            .collect();
-        chart
-            .configure_mesh()
-            .x_desc("task")
-            .y_desc("accuracy (%)")
+    let entries: Vec<Entry> = sides
+        .iter()
+        .enumerate()
+        .map(|(k, (side, zs))| {
+            let label = format!("{side} (mean {:.1})", 100.0 * zs.mean_acc);
+            (label, Key::Swatch(c.series(k)))
+        })
+        .collect();
+    let names: Vec<&str> = tasks
+        .iter()
+        .map(|t| super::table::task_header(*t))
+        .collect();
+    let caption = format!("Zero-shot accuracy, {}", report_label(report));
+    let (chart_h, strip_h) = (420, legend_height(&entries));
+    svg((WIDTH, chart_h + strip_h), &c, |root| {
+        let (top, strip) = root.split_vertically(chart_h);
+        let x = -0.5..(n as f64 - 0.5);
+        let mut chart = panel(&top, &caption, text_style(&c, LABEL + 2), x, 0.0..100.0)?;
+        mesh(&mut chart, &c, ("task", "accuracy (%)"))
             .x_labels(n)
             .x_label_formatter(&|v| {
                 let i = v.round();
@@ -681,14 +735,10 @@ pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> 
                 }
             })
             .disable_x_mesh()
-            .axis_style(c.text)
-            .bold_line_style(c.grid)
-            .light_line_style(TRANSPARENT)
             .label_style(text_style(&c, LABEL - 1))
-            .axis_desc_style(text_style(&c, LABEL))
             .draw()
             .map_err(draw_err)?;
-        for (k, (side, zs)) in sides.iter().enumerate() {
+        for (k, (_, zs)) in sides.iter().enumerate() {
             let col = c.series(k);
             let left = |i: usize| i as f64 - 0.4 + k as f64 * width;
             let bars: Vec<(usize, f64, Option<f64>)> = tasks
@@ -703,9 +753,7 @@ pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> 
                 .draw_series(bars.iter().map(|(i, a, _)| {
                     Rectangle::new([(left(*i), 0.0), (left(*i) + width, *a)], col.filled())
                 }))
-                .map_err(draw_err)?
-                .label(format!("{side} (mean {:.1})", 100.0 * zs.mean_acc))
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
+                .map_err(draw_err)?;
             chart
                 .draw_series(bars.iter().filter_map(|(i, a, e)| {
                     e.map(|e| {
@@ -714,8 +762,7 @@ pub fn zeroshot(report: &Report, palette: Palette) -> Result<String, PlotError> 
                 }))
                 .map_err(draw_err)?;
         }
-        legend(&mut chart, &c, SeriesLabelPosition::UpperRight)?;
-        Ok(())
+        legend(&strip, &c, &entries)
     })
 }
 
@@ -770,6 +817,120 @@ mod tests {
             unique(vec!["a".into(), "b".into(), "a".into()]),
             vec!["a #1", "b", "a #2"]
         );
+    }
+
+    /// Every text of a figure as `(x, y, text)`.
+    fn texts(svg: &str) -> Vec<(f64, f64, String)> {
+        let doc = roxmltree::Document::parse(svg).unwrap();
+        let at = |n: &roxmltree::Node, a: &str| n.attribute(a).unwrap().parse::<f64>().unwrap();
+        doc.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .map(|n| {
+                (
+                    at(&n, "x"),
+                    at(&n, "y"),
+                    n.text().unwrap_or("").trim().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every mark (dot, triangle) of a figure: its centre's height.
+    fn mark_heights(svg: &str) -> Vec<f64> {
+        let doc = roxmltree::Document::parse(svg).unwrap();
+        doc.descendants()
+            .filter_map(|n| match n.tag_name().name() {
+                "circle" => n.attribute("cy")?.parse().ok(),
+                "polygon" => {
+                    let ys: Vec<f64> = n
+                        .attribute("points")?
+                        .split_whitespace()
+                        .filter_map(|p| p.split(',').nth(1)?.parse().ok())
+                        .collect();
+                    Some(ys.iter().sum::<f64>() / ys.len() as f64)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Legend entries fit the figure, and none runs into the next one on its row.
+    fn entries_apart(legend: &[(f64, f64, String)]) {
+        for a in legend {
+            let end = a.0 + label_width(&a.2) as f64;
+            assert!(end <= WIDTH as f64, "{a:?} runs off the figure");
+            for b in legend.iter().filter(|b| b.1 == a.1 && b.0 > a.0) {
+                assert!(end <= b.0 - SAMPLE as f64, "{a:?} runs into {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_legend_is_outside_the_plotting_area_for_one_to_four_series() {
+        use crate::prune::allocate::Allocation;
+        let kinds = [
+            Allocation::Dlp,
+            Allocation::Owl,
+            Allocation::Alpha,
+            Allocation::Uniform,
+        ];
+        for n in 1..=4 {
+            let reports: Vec<Report> = kinds[..n]
+                .iter()
+                .map(|a| {
+                    let mut r = crate::study::sample::report();
+                    r.params.alloc.allocation = *a;
+                    r
+                })
+                .collect();
+            let svg = allocation(&reports, Palette::Print).unwrap();
+            let all = texts(&svg);
+            // Each report's target and achieved entry, between the 400 px sparsity panel and
+            // the score panel's caption.
+            let caption = all
+                .iter()
+                .find(|t| t.2.starts_with("Block importance"))
+                .unwrap();
+            let legend: Vec<(f64, f64, String)> = all
+                .iter()
+                .filter(|t| t.2.ends_with(" target") || t.2.ends_with(" achieved"))
+                .cloned()
+                .collect();
+            assert_eq!(legend.len(), 2 * n, "{legend:?}");
+            assert!(legend.iter().all(|t| t.1 > 400.0 && t.1 < caption.1));
+            entries_apart(&legend);
+            // The sparsity panel's dots and triangles lie above its x axis; below it are only
+            // the legend's triangles (one per report; the target's sample is a line).
+            let below = mark_heights(&svg)
+                .into_iter()
+                .filter(|y| *y > (400 - X_AXIS) as f64)
+                .count();
+            assert_eq!(below, n, "n={n}");
+        }
+        // The sweep figure: one to four lines and the best point's entry under its 420 px panel.
+        for n in 1..=4 {
+            let lines: Vec<SweepLine> = (0..n)
+                .map(|i| SweepLine {
+                    name: format!("line {i} with a long name"),
+                    points: (0..5)
+                        .map(|k| SweepPoint {
+                            x: k as f64 * 0.05,
+                            ppl: 300.0 + 10.0 * (i * k) as f64,
+                            interval: Some((280.0, 340.0 + 10.0 * (i * k) as f64)),
+                            key: format!("alpha={}", k as f64 * 0.05),
+                        })
+                        .collect(),
+                })
+                .collect();
+            let svg = sweep_figure("t", "alpha", &lines, Palette::Dark).unwrap();
+            let legend: Vec<(f64, f64, String)> =
+                texts(&svg).into_iter().filter(|t| t.1 > 420.0).collect();
+            assert_eq!(legend.len(), n + 1, "{legend:?}");
+            entries_apart(&legend);
+            assert!(mark_heights(&svg)
+                .iter()
+                .all(|y| *y < (420 - X_AXIS) as f64 || *y > 420.0));
+        }
     }
 
     #[test]

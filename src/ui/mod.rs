@@ -639,9 +639,7 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     let predictions = s
         .summary
         .as_ref()
-        .and_then(|x| x.data.eval.as_ref())
-        .map(|e| e.seq_len.saturating_sub(1))
-        .unwrap_or(0);
+        .map_or(0, |x| x.data.predictions_per_window());
     for h in s.history.iter().rev() {
         let ach = h
             .achieved
