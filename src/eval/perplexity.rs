@@ -6,6 +6,7 @@ use candle_core::{Tensor, D};
 use color_eyre::eyre::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::fused;
 use crate::model::llama::{log_softmax_f32, Llama};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,9 +28,11 @@ pub fn batch_size_for(seq_len: usize, vocab: usize) -> usize {
     (512 * 1024 * 1024 / per_window.max(1)).clamp(1, 8)
 }
 
-/// Positions whose logits exist at once: `POSITIONS × vocab` f32 (12 MB for the demo's 49,152
-/// tokens), and the log-softmax needs two more of them.
-const POSITIONS: usize = 64;
+/// Positions whose logits exist at once: `POSITIONS × vocab` f32 (48 MB for the demo's 49,152
+/// tokens); candle's log-softmax (GPUs) needs two more of them. A window's 255 predictions at
+/// once: the head's matrix product packs the whole embedding matrix on every call, four times
+/// per window with 64 positions.
+const POSITIONS: usize = 256;
 
 /// Σ NLL of one batch from its final hidden states (`None`: run the model's blocks on `ids`).
 ///
@@ -57,21 +60,30 @@ fn batch_nll(
         for start in (0..seq_len - 1).step_by(POSITIONS) {
             let n = POSITIONS.min(seq_len - 1 - start);
             let logits = model.head(&hidden.narrow(0, i, 1)?.narrow(1, start, n)?)?;
-            let lsm = log_softmax_f32(&logits)?;
-            drop(logits);
             let targets = ids.narrow(0, i, 1)?.narrow(1, start + 1, n)?;
-            let picked = lsm
-                .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            for x in picked {
-                sum += x as f64;
-                window += x as f64;
+            for x in target_log_probs(&logits, &targets)? {
+                sum += x;
+                window += x;
             }
         }
         per_window.push(-window);
     }
     Ok(-sum)
+}
+
+/// `log p(target)` at each position of `logits` `[1, n, vocab]`: fused on the CPU in f32 (one
+/// pass per row, rows in parallel), else candle's log-softmax (a GPU, bf16 logits).
+fn target_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+    let ids = targets.flatten_all()?.to_vec1::<u32>()?;
+    if let Some(lp) = fused::target_log_probs(logits, &ids)? {
+        return Ok(lp);
+    }
+    let lsm = log_softmax_f32(logits)?;
+    let picked = lsm
+        .gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(picked.into_iter().map(f64::from).collect())
 }
 
 fn ids_of(model: &Llama, chunk: &[Vec<u32>]) -> Result<Tensor> {

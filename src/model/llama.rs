@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::LlamaConfig;
+use super::fused;
 use super::linear::{LinearKind, Observer, PrunableLinear};
 use crate::sparse::{SparseMatrix, SparseMode};
 
@@ -804,6 +805,13 @@ impl Llama {
             None => (k, v),
         };
         let total = k.dims()[2];
+        if total == t && t > 1 && matches!(at, At::Offset(_)) && !self.differentiable {
+            // A block's own tokens under the causal mask (perplexity windows, scoring,
+            // calibration, a prompt's prefill): one fused pass on the CPU in f32.
+            if let Some(y) = fused::causal_attention(&q, &k, &v, scale)? {
+                return self.block_tail(blk, x, &y, &mut see);
+            }
+        }
         let k = repeat_kv(k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(v, nh / nkv)?.contiguous()?;
         let mut att = (q.matmul(&k.t()?)? * scale)?;
@@ -837,7 +845,14 @@ impl Llama {
         see(LinearKind::Up, &h)?;
         let g = blk.linear(LinearKind::Gate).forward(&h)?;
         let u = blk.linear(LinearKind::Up).forward(&h)?;
-        let a = (candle_nn::ops::silu(&g)? * u)?;
+        let fused = match self.differentiable {
+            false => fused::swiglu(&g, &u)?,
+            true => None,
+        };
+        let a = match fused {
+            Some(a) => a,
+            None => (candle_nn::ops::silu(&g)? * u)?,
+        };
         see(LinearKind::Down, &a)?;
         x + blk.linear(LinearKind::Down).forward(&a)?
     }

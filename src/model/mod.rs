@@ -1,6 +1,7 @@
 //! Loading, holding and saving models.
 
 pub mod config;
+pub mod fused;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod hf_files;

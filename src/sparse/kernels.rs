@@ -95,7 +95,7 @@ impl Isa {
     }
 }
 
-fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(Isa::detect)
 }
