@@ -183,8 +183,9 @@ struct DenseKey {
     format: u32,
 }
 
-/// Bump when the meaning of a cached dense result changes: old files then miss.
-const DENSE_FORMAT: u32 = 2;
+/// Bump when the meaning of a cached dense result changes: old files then miss. (3: the fused
+/// CPU attention and log-probabilities changed the dense figures in their last bits.)
+const DENSE_FORMAT: u32 = 3;
 
 #[derive(Serialize)]
 enum DenseQuestion<'a> {

@@ -7,17 +7,20 @@
 //!
 //! Each function has an AVX-512 path chosen at run time and a portable one. Work is split
 //! over rows or heads, each output computed by one thread in a fixed order, so the bits do not
-//! depend on the thread count. Nothing here records gradients: LoRA training keeps candle's
-//! composed ops (see `Llama::differentiable`).
+//! depend on the thread count. Nothing here records gradients: LoRA training's backward keeps
+//! candle's composed ops (see `Llama::differentiable`).
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::sparse::kernels::{isa, Isa};
 
-/// Whether `t` is a CPU f32 tensor that records no gradients (what these kernels run on).
+/// Whether `t` is a CPU f32 tensor (what these kernels run on). Their results record no
+/// gradient even when an input does (a LoRA adapter's output): callers use them only where none
+/// is needed (evaluation, and the forward of checkpointed training, which recomputes each block
+/// with candle's ops for the backward).
 fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Run `f` on the data of a contiguous CPU f32 tensor (callers check [`applies`] and make the
