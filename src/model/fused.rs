@@ -274,7 +274,7 @@ mod avx512 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
@@ -446,8 +446,8 @@ mod avx512 {
                 if j < n {
                     let pe = _mm512_set1_ps(sc[j]);
                     let ve = v.as_ptr().add(j * hd + c);
-                    for a in 0..w {
-                        even[a] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve.add(16 * a)), even[a]);
+                    for (a, e) in even.iter_mut().take(w).enumerate() {
+                        *e = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve.add(16 * a)), *e);
                     }
                 }
                 for a in 0..w {
