@@ -138,14 +138,27 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
     let n = s.n_blocks();
     let sel = (n > 0).then_some(s.block);
+    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+    draw_importance(f, s, t, top, sel, &pinned);
+    draw_allocation(f, s, t, bottom, sel, &pinned);
+    draw_panel(f, s, t, panel);
+}
+
+/// Importance: the chosen statistic of each block as bars arrive, or (key i) OWL's outlier
+/// ratio or AlphaPruning's α̂ from the finished calibration.
+fn draw_importance(
+    f: &mut Frame,
+    s: &State,
+    t: &Theme,
+    area: Rect,
+    sel: Option<usize>,
+    pinned: &[usize],
+) {
+    let n = s.n_blocks();
     let active = match &s.job {
         Some(j) if j.stage == Stage::Calibrate && s.cal.is_none() => Some(j.done),
         _ => None,
     };
-    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
-
-    // Importance: the chosen statistic of each block as bars arrive, or (key i) OWL's outlier
-    // ratio or AlphaPruning's α̂ from the finished calibration.
     let from_cal = |f: &dyn Fn(&crate::prune::stats::Calibration, usize) -> Option<f64>| {
         (0..n)
             .map(|i| s.cal.as_ref().and_then(|c| f(c, i)))
@@ -174,8 +187,8 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .unwrap_or_default();
     let b = block(format!(" importance · {what} · i switches "), t)
         .title(Line::from(sel_score).alignment(Alignment::Right));
-    let inner = b.inner(top);
-    f.render_widget(b, top);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
     if n == 0 {
         f.render_widget(
             Paragraph::new("waiting for the model…").style(t.fg(t.dim)),
@@ -192,21 +205,63 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 line: None,
                 ticks: None,
                 overlay: None,
-                pinned: &pinned,
+                pinned,
                 theme: t,
             },
             inner,
         );
     }
+}
 
-    // Allocation: target sparsity per block (0..1), the global target, achieved ticks.
+/// Allocation: target sparsity per block (0..1), the global target, achieved ticks.
+fn draw_allocation(
+    f: &mut Frame,
+    s: &State,
+    t: &Theme,
+    area: Rect,
+    sel: Option<usize>,
+    pinned: &[usize],
+) {
     let applied = s.current_applied();
     let targets: Vec<Option<f64>> = match &s.plan {
         Some(p) => p.block.iter().map(|&v| Some(v)).collect(),
-        None => vec![None; n],
+        None => vec![None; s.n_blocks()],
     };
     let p_eff = s.params.effective_alloc().sparsity;
-    let sel_alloc = match (sel, &s.plan) {
+    let b = block(allocation_title(s, p_eff), t)
+        .title(Line::from(selected_allocation(s, sel, pinned)).alignment(Alignment::Right));
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if s.plan.is_some() {
+        f.render_widget(
+            Bars {
+                values: &targets,
+                lo: 0.0,
+                hi: 1.0,
+                selected: sel,
+                active: None,
+                line: Some(p_eff),
+                ticks: applied.and_then(|a| a.achieved.as_deref()),
+                overlay: s.overlay_plan.as_deref(),
+                pinned,
+                theme: t,
+            },
+            inner,
+        );
+    } else {
+        f.render_widget(
+            Paragraph::new("the allocation appears when calibration has finished")
+                .style(t.fg(t.dim))
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+    }
+}
+
+/// The selected block's target (→ achieved, N of M, pinned), for the allocation's title.
+fn selected_allocation(s: &State, sel: Option<usize>, pinned: &[usize]) -> String {
+    let applied = s.current_applied();
+    match (sel, &s.plan) {
         (Some(i), Some(p)) if i < p.block.len() => {
             let mut x = format!(" block {i}: {:.3}", p.block[i]);
             if let Some(a) = applied.and_then(|a| a.achieved.as_ref()) {
@@ -221,7 +276,11 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             x + " "
         }
         _ => String::new(),
-    };
+    }
+}
+
+/// The allocation chart's title: p, the overlay, the draws' spread, target or achieved.
+fn allocation_title(s: &State, p_eff: f64) -> String {
     // Most important first: the right-aligned title may cover the end of this one.
     let mut label = format!(" sparsity · p {p_eff:.2}");
     if let (None, Some(id)) = (s.overlay_alloc, s.overlay_entry) {
@@ -238,41 +297,14 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             .fold(0.0, f64::max);
         label.push_str(&format!(" · {} draws Δ≤{widest:.3}", d.draws));
     }
-    match applied {
+    match s.current_applied() {
         Some(a) if a.achieved.is_some() => label.push_str(&format!(
             " · achieved ticks ({}) ",
             format!("{:?}", a.params.mode).to_lowercase()
         )),
         _ => label.push_str(" · target "),
     }
-    let b = block(label, t).title(Line::from(sel_alloc).alignment(Alignment::Right));
-    let inner = b.inner(bottom);
-    f.render_widget(b, bottom);
-    if s.plan.is_some() {
-        f.render_widget(
-            Bars {
-                values: &targets,
-                lo: 0.0,
-                hi: 1.0,
-                selected: sel,
-                active: None,
-                line: Some(p_eff),
-                ticks: applied.and_then(|a| a.achieved.as_deref()),
-                overlay: s.overlay_plan.as_deref(),
-                pinned: &pinned,
-                theme: t,
-            },
-            inner,
-        );
-    } else {
-        f.render_widget(
-            Paragraph::new("the allocation appears when calibration has finished")
-                .style(t.fg(t.dim))
-                .wrap(Wrap { trim: true }),
-            inner,
-        );
-    }
-    draw_panel(f, s, t, panel);
+    label
 }
 
 fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
@@ -847,6 +879,11 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 .labels(vec![label(y0), label((y0 + y1) / 2.0), label(y1)]),
         );
     f.render_widget(chart, chart_area);
+    draw_sweep_table(f, sw, t, table_area);
+}
+
+/// The sweep's points as a table: the selected (▸) and the best (★).
+fn draw_sweep_table(f: &mut Frame, sw: &crate::app::SweepView, t: &Theme, area: Rect) {
     let best = sw.best();
     let lines: Vec<Line> = sw
         .values
@@ -873,7 +910,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .collect();
     f.render_widget(
         Paragraph::new(lines).block(block(" value  ppl (★ best) ", t)),
-        table_area,
+        area,
     );
 }
 
