@@ -1,8 +1,8 @@
 //! The explorer's background jobs, one type each (as gitui's `AsyncJob`): the request a key
 //! makes of the state, the work it does against the experiment on the worker thread, and what
 //! its replies do to the state. A new job is one file here, its [`Job`] and [`Msg`] variants, a
-//! row in [`on_reply`] and a row of the key table ([`super::keys`]); the state's `act` and
-//! `on_msg` and the worker's `run` only dispatch to it.
+//! row in [`dispatch`] and in [`on_reply`], and a key-table row ([`super::keys`]) with its arm
+//! in `State::act`; the state's `act` and `on_msg` and the worker's `run` only dispatch to it.
 
 mod alpha_auto;
 mod apply;
