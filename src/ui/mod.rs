@@ -334,12 +334,7 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ));
     }
     lines.push(Line::raw(""));
-    let kv = |k: &str, v: String, st: Style| {
-        let pad = w
-            .saturating_sub(k.chars().count() + v.chars().count())
-            .max(1);
-        Line::styled(format!("{k}{}{v}", " ".repeat(pad)), st)
-    };
+    let kv = |k: &str, v: String, st: Style| kv_line(k, v, w, st);
     lines.push(kv(
         "dense ppl",
         s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
@@ -357,29 +352,7 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             }),
         ));
         if let Some(fp) = &h.footprint {
-            let mode = fp.mode.name();
-            let full = format!("{mode}, {}/{}", fp.sparse_linears, fp.linears);
-            let k = "sparse exec. (X)";
-            let v = match k.chars().count() + full.chars().count() < w {
-                true => full,
-                false => mode.to_string(),
-            };
-            lines.push(kv(k, v, t.fg(t.text)));
-            let mb = |b: u64| b as f64 / 1e6;
-            let ratio = match fp.dense_bytes {
-                0 => String::new(),
-                _ => format!(" {:.2}×", fp.ratio()),
-            };
-            lines.push(kv(
-                &format!("linears #{}", h.id),
-                format!("{:.0} MB{ratio}", mb(fp.bytes)),
-                t.fg(t.text),
-            ));
-            lines.push(kv(
-                "linears dense",
-                format!("{:.0} MB", mb(fp.dense_bytes)),
-                t.fg(t.dim),
-            ));
+            lines.extend(footprint_lines(h.id, fp, w, t));
         }
     }
     if !s.params.alloc.overrides.is_empty() {
@@ -422,6 +395,49 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         lines.extend(block_table(s, t, plan, avail));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+/// The panel's rows on applied entry `id`'s linears: how they run, their bytes, the dense bytes.
+fn footprint_lines(
+    id: usize,
+    fp: &crate::app::Footprint,
+    w: usize,
+    t: &Theme,
+) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let kv = |k: &str, v: String, st: Style| kv_line(k, v, w, st);
+    let mode = fp.mode.name();
+    let full = format!("{mode}, {}/{}", fp.sparse_linears, fp.linears);
+    let k = "sparse exec. (X)";
+    let v = match k.chars().count() + full.chars().count() < w {
+        true => full,
+        false => mode.to_string(),
+    };
+    lines.push(kv(k, v, t.fg(t.text)));
+    let mb = |b: u64| b as f64 / 1e6;
+    let ratio = match fp.dense_bytes {
+        0 => String::new(),
+        _ => format!(" {:.2}×", fp.ratio()),
+    };
+    lines.push(kv(
+        &format!("linears #{id}"),
+        format!("{:.0} MB{ratio}", mb(fp.bytes)),
+        t.fg(t.text),
+    ));
+    lines.push(kv(
+        "linears dense",
+        format!("{:.0} MB", mb(fp.dense_bytes)),
+        t.fg(t.dim),
+    ));
+    lines
+}
+
+/// A panel row of width `w`: `k` on the left, `v` on the right.
+fn kv_line(k: &str, v: String, w: usize, st: Style) -> Line<'static> {
+    let pad = w
+        .saturating_sub(k.chars().count() + v.chars().count())
+        .max(1);
+    Line::styled(format!("{k}{}{v}", " ".repeat(pad)), st)
 }
 
 /// The panel's per-block table around the selected block, then the history, in `avail` rows.
@@ -580,47 +596,53 @@ fn draw_generations(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         );
         if h > 1 {
             let body = Rect::new(inner.x, y + 1, inner.width, h - 1);
-            let [l, _, r] = Layout::horizontal([
-                Constraint::Length(half),
-                Constraint::Length(1),
-                Constraint::Min(1),
-            ])
-            .areas(body);
-            let show = |x: &str| {
-                if x.is_empty() {
-                    "…".to_string()
-                } else {
-                    x.replace('\n', " ⏎ ")
-                }
-            };
-            f.render_widget(
-                Paragraph::new(show(&p.dense))
-                    .style(t.fg(t.text))
-                    .wrap(Wrap { trim: false }),
-                l,
-            );
-            let pruned = show(&p.pruned);
-            let line = match crate::app::first_difference(&show(&p.dense), &pruned) {
-                Some(at) => {
-                    let cut = pruned
-                        .char_indices()
-                        .nth(at)
-                        .map(|(b, _)| b)
-                        .unwrap_or(pruned.len());
-                    Line::from(vec![
-                        Span::styled(pruned[..cut].to_string(), t.fg(t.text)),
-                        Span::styled(
-                            pruned[cut..].to_string(),
-                            t.fg(t.error).add_modifier(Modifier::REVERSED),
-                        ),
-                    ])
-                }
-                None => Line::styled(pruned, t.fg(t.text)),
-            };
-            f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), r);
+            draw_continuations(f, p, t, body, half);
         }
         y += h;
     }
+}
+
+/// A prompt's two continuations side by side in `body` (dense `half` wide), the pruned one
+/// marked from where it departs from the dense one.
+fn draw_continuations(f: &mut Frame, p: &crate::app::PromptGen, t: &Theme, body: Rect, half: u16) {
+    let [l, _, r] = Layout::horizontal([
+        Constraint::Length(half),
+        Constraint::Length(1),
+        Constraint::Min(1),
+    ])
+    .areas(body);
+    let show = |x: &str| {
+        if x.is_empty() {
+            "…".to_string()
+        } else {
+            x.replace('\n', " ⏎ ")
+        }
+    };
+    f.render_widget(
+        Paragraph::new(show(&p.dense))
+            .style(t.fg(t.text))
+            .wrap(Wrap { trim: false }),
+        l,
+    );
+    let pruned = show(&p.pruned);
+    let line = match crate::app::first_difference(&show(&p.dense), &pruned) {
+        Some(at) => {
+            let cut = pruned
+                .char_indices()
+                .nth(at)
+                .map(|(b, _)| b)
+                .unwrap_or(pruned.len());
+            Line::from(vec![
+                Span::styled(pruned[..cut].to_string(), t.fg(t.text)),
+                Span::styled(
+                    pruned[cut..].to_string(),
+                    t.fg(t.error).add_modifier(Modifier::REVERSED),
+                ),
+            ])
+        }
+        None => Line::styled(pruned, t.fg(t.text)),
+    };
+    f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), r);
 }
 
 fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
@@ -629,6 +651,36 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     draw_generations(f, s, t, gens);
     let [hist, blocks] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(tables);
+    let lines = history_lines(s, t);
+    f.render_widget(
+        Paragraph::new(lines).block(block(" perplexity (history) ", t)),
+        hist,
+    );
+    // With zero-shot scores, their table takes the top of the right pane (all of it when the
+    // pane is too short for both).
+    let blocks = match &s.dense_zeroshot {
+        Some(d) => {
+            let want = d.tasks.len() as u16 + 4;
+            let both = blocks.height >= want + 6;
+            let [top, rest] = Layout::vertical([
+                Constraint::Length(if both { want } else { blocks.height }),
+                Constraint::Min(0),
+            ])
+            .areas(blocks);
+            draw_zeroshot(f, s, d, t, top);
+            if !both {
+                return;
+            }
+            rest
+        }
+        None => blocks,
+    };
+    draw_block_targets(f, s, t, blocks);
+}
+
+/// The compare view's history: the dense model, the last footprint, and each applied entry
+/// with its perplexity relative to the highlighted one.
+fn history_lines(s: &State, t: &Theme) -> Vec<Line<'static>> {
     let zs = |z: &Option<crate::zeroshot::ZeroShot>| {
         z.as_ref()
             .map(|z| format!(" zs {:.3}", z.mean_acc))
@@ -716,30 +768,7 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             }),
         ));
     }
-    f.render_widget(
-        Paragraph::new(lines).block(block(" perplexity (history) ", t)),
-        hist,
-    );
-    // With zero-shot scores, their table takes the top of the right pane (all of it when the
-    // pane is too short for both).
-    let blocks = match &s.dense_zeroshot {
-        Some(d) => {
-            let want = d.tasks.len() as u16 + 4;
-            let both = blocks.height >= want + 6;
-            let [top, rest] = Layout::vertical([
-                Constraint::Length(if both { want } else { blocks.height }),
-                Constraint::Min(0),
-            ])
-            .areas(blocks);
-            draw_zeroshot(f, s, d, t, top);
-            if !both {
-                return;
-            }
-            rest
-        }
-        None => blocks,
-    };
-    draw_block_targets(f, s, t, blocks);
+    lines
 }
 
 /// Requested vs achieved per block for the last applied configuration, around the selection.
