@@ -688,4 +688,54 @@ mod tests {
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert!(matches!(s.on_key(ctrl_c).as_slice(), [Effect::Quit]));
     }
+
+    #[test]
+    fn keys_request_jobs_and_replies_reach_them() {
+        use crate::sparse::SparseMode;
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        // Loading: r is refused with the reason; s has nothing to save yet.
+        assert!(s.act(Action::Recalibrate).is_empty());
+        assert_eq!(s.status.1, Tone::Error);
+        assert!(s.act(Action::SaveModel).is_empty());
+        assert!(s.status.0.starts_with("apply masks first"));
+        s.on_msg(Msg::Idle);
+        assert!(!s.busy);
+        let fx = s.act(Action::Generate);
+        assert!(
+            matches!(fx.as_slice(), [Effect::Job(Job::Generate { prompts })] if prompts == &["x"])
+        );
+        assert!(s.busy);
+        // Each reply goes to its job.
+        s.on_msg(Msg::GenStart {
+            pruned: true,
+            prompt: 0,
+        });
+        s.on_msg(Msg::Token {
+            pruned: true,
+            prompt: 0,
+            text: "a".into(),
+        });
+        assert_eq!(
+            (s.prompts[0].pruned.as_str(), s.prompts[0].pruned_tokens),
+            ("a", 1)
+        );
+        s.on_msg(Msg::Footprint {
+            id: 9,
+            footprint: Footprint {
+                mode: SparseMode::Off,
+                sparse_linears: 0,
+                linears: 7,
+                bytes: 1,
+                dense_bytes: 1,
+            },
+        });
+        assert_eq!(s.sparse, Some(SparseMode::Off));
+        s.on_msg(Msg::Saved(PathBuf::from("out")));
+        assert_eq!(
+            s.status,
+            ("saved the pruned model to out".into(), Tone::Good)
+        );
+        s.on_msg(Msg::Idle);
+        assert!(!s.busy && s.job.is_none());
+    }
 }
