@@ -1,4 +1,4 @@
-//! The versioned report of a pruning run; the same JSON is the config that `--config` replays.
+//! The versioned report of a pruning run; the same JSON is the config a later run replays.
 //! Every file is written atomically (temp file in the same folder, then rename).
 
 use std::path::Path;
@@ -27,16 +27,16 @@ pub struct Report {
     pub ppl: PplInfo,
     #[serde(default)]
     pub generations: Vec<GenerationPair>,
-    /// How `--alpha auto` chose α (held-out calibration windows, every α tried).
+    /// How α was chosen automatically (held-out calibration windows, every α tried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha_search: Option<AlphaSearch>,
-    /// Calibration sensitivity (`--calib-draws`).
+    /// Calibration sensitivity: the same run from disjoint calibration draws.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calib_draws: Option<CalibDraws>,
-    /// Zero-shot accuracy of the dense and the pruned model (schema 3; `--tasks`).
+    /// Zero-shot accuracy of the dense and the pruned model (schema 3; when tasks were scored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<ZeroShotPair>,
-    /// The pruned model quantized (schema 4; `--quantize`).
+    /// The pruned model quantized (schema 4; when the run quantized it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized: Option<QuantizedReport>,
     /// LoRA recovery of the pruned model (schema 4; `dlpx recover`).
@@ -72,7 +72,7 @@ pub struct AlphaSearch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedReport {
-    /// `--sparse`: how the pruned linears ran (`auto`, `on`, `off`).
+    /// How the pruned linears ran (`auto`, `on`, `off`).
     pub sparse_mode: String,
     /// Pruned linears held in compressed rows (of 7 per block).
     pub sparse_linears: usize,
@@ -112,7 +112,7 @@ pub struct RecoveredReport {
     /// Perplexity on the report's evaluation windows, and each window's Σ NLL.
     pub ppl: Option<f64>,
     pub window_nll: Option<Vec<f64>>,
-    /// Zero-shot accuracy on the report's tasks (when `--tasks` was given).
+    /// Zero-shot accuracy on the report's tasks (when tasks were scored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<crate::zeroshot::ZeroShot>,
 }
@@ -126,7 +126,7 @@ pub struct QuantizedReport {
     /// Perplexity on the report's evaluation windows, and each window's Σ NLL.
     pub ppl: Option<f64>,
     pub window_nll: Option<Vec<f64>>,
-    /// Zero-shot accuracy on the report's tasks (when `--tasks` was given).
+    /// Zero-shot accuracy on the report's tasks (when tasks were scored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<crate::zeroshot::ZeroShot>,
 }
@@ -204,7 +204,7 @@ impl Default for Tool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
-    /// What `--model` named (`demo`, a path, or a Hub id).
+    /// The model the run was given (`demo`, a path, or a Hub id).
     pub source: String,
     /// sha256 of the GGUF file, for file sources.
     pub sha256: Option<String>,
@@ -263,7 +263,7 @@ pub struct BlockReport {
     /// OWL outlier ratio (percent) at `params.owl_m`.
     pub outlier_ratio: f64,
     /// AlphaPruning's α̂, the mean over the block's 7 linears; `null` when the run skipped the
-    /// spectra (they are computed for `--allocation alpha` and in the explorer).
+    /// spectra (they are computed for the `alpha` allocation and in the explorer).
     #[serde(default)]
     pub esd_alpha: Option<f64>,
     pub target_sparsity: f64,
@@ -319,7 +319,7 @@ pub struct Timings {
     /// Seconds scoring zero-shot tasks (dense and pruned).
     #[serde(default)]
     pub zeroshot_s: f64,
-    /// Seconds quantizing and measuring the quantized model (`--quantize`).
+    /// Seconds quantizing and measuring the quantized model (when the run quantized it).
     #[serde(default)]
     pub quantize_s: f64,
 }

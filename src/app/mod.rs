@@ -7,18 +7,18 @@ pub mod jobs;
 pub mod keys;
 mod messages;
 pub mod params;
+mod views;
 
 pub use export::ChartError;
 pub use messages::{Footprint, Job, Msg, Stage, Step, Summary};
+pub use views::compare::{first_difference, PromptGen, DEFAULT_PROMPTS};
+pub use views::sweep::SweepView;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use std::time::Instant;
-
-use crate::prune::allocate::MAX_SPARSITY;
 use crate::prune::params::Param;
 use crate::prune::pipeline::{plan_for, Plan, PruneParams};
 use crate::prune::stats::{Calibration, ScoreStats};
@@ -48,25 +48,6 @@ pub struct Applied {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct PromptGen {
-    pub prompt: String,
-    pub dense: String,
-    pub pruned: String,
-    /// Tokens per side: pieces streamed so far, then the finished continuation's new tokens.
-    pub dense_tokens: usize,
-    pub pruned_tokens: usize,
-    /// Seconds from the side's start to its last streamed piece (the rate while it streams).
-    pub dense_secs: Option<f64>,
-    pub pruned_secs: Option<f64>,
-    /// The finished continuation's decode speed (KV-cached steps), measured by the worker;
-    /// for a dense continuation from the cache, when it was generated.
-    pub dense_tok_s: Option<f64>,
-    pub pruned_tok_s: Option<f64>,
-    dense_started: Option<Instant>,
-    pruned_started: Option<Instant>,
-}
-
 /// One calibration draw: its per-block allocation and pruned perplexity.
 pub type DrawResult = (Vec<f64>, Option<f64>);
 
@@ -78,21 +59,6 @@ pub struct DrawSpread {
     pub ppl_sd: f64,
     /// Each block's lowest and highest allocated sparsity over the draws.
     pub block_range: Vec<(f64, f64)>,
-}
-
-/// The explorer's prompts when none are given: a fact, a continuation of prose, a list and a
-/// simple reasoning step, so the compare view shows different kinds of damage.
-pub const DEFAULT_PROMPTS: [&str; 4] = [
-    "The capital of France is",
-    "The old house at the end of the road had been empty for years, and",
-    "Three things every kitchen needs are:",
-    "If a train leaves at 3 pm and the trip takes 2 hours, it arrives at",
-];
-
-/// Where `pruned` departs from `dense`: the char index of the first difference, or `None`
-/// while one is a prefix of the other (the same text so far).
-pub fn first_difference(dense: &str, pruned: &str) -> Option<usize> {
-    dense.chars().zip(pruned.chars()).position(|(a, b)| a != b)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,44 +76,6 @@ impl View {
             View::Compare => keys::Scope::Compare,
             View::Sweep => keys::Scope::Sweep,
         }
-    }
-}
-
-/// The sweep view's data: preview perplexity at each value of one parameter, the others as
-/// they were when the sweep started.
-#[derive(Debug, Clone)]
-pub struct SweepView {
-    pub param: Param,
-    pub base: PruneParams,
-    pub values: Vec<f64>,
-    /// Perplexity per value, as the points finish.
-    pub ppl: Vec<Option<f64>>,
-    /// Evaluation windows per point.
-    pub windows: usize,
-    /// The selected point.
-    pub sel: usize,
-    /// Measured on held-out calibration windows (`A`), not on the evaluation windows.
-    pub heldout: bool,
-}
-
-impl SweepView {
-    /// The point with the lowest perplexity so far.
-    pub fn best(&self) -> Option<usize> {
-        (0..self.values.len())
-            .filter(|&i| self.ppl[i].is_some())
-            .min_by(|&a, &b| {
-                self.ppl[a]
-                    .unwrap_or(f64::MAX)
-                    .total_cmp(&self.ppl[b].unwrap_or(f64::MAX))
-            })
-    }
-
-    /// Whether the sweep was made with `params` (all but the swept parameter equal).
-    fn made_with(&self, params: &PruneParams) -> bool {
-        let mut p = params.clone();
-        self.param.set(&mut p, self.param.get(&self.base));
-        p.mode = self.base.mode;
-        p == self.base
     }
 }
 
@@ -494,133 +422,55 @@ impl State {
         });
     }
 
+    /// What a key does: a background job's request (one type each, `jobs`), a view's own key
+    /// (`views`), a dialog, or the session's cancel, help and quit.
     pub fn act(&mut self, a: Action) -> Vec<Effect> {
-        let panel: Vec<Param> = Param::panel().collect();
-        let n_fields = panel.len();
-        let fi = panel.iter().position(|f| *f == self.field).unwrap_or(0);
+        use Action as A;
         match a {
-            Action::FieldNext => self.field = panel[(fi + 1) % n_fields],
-            Action::FieldPrev => self.field = panel[(fi + n_fields - 1) % n_fields],
-            Action::Inc | Action::Dec | Action::IncCoarse | Action::DecCoarse => {
-                let dir = if matches!(a, Action::Inc | Action::IncCoarse) {
-                    1
-                } else {
-                    -1
-                };
-                let coarse = matches!(a, Action::IncCoarse | Action::DecCoarse);
-                let c = self.field.nudge(&self.params, dir, coarse);
-                self.set_params(c);
-            }
-            Action::TypeValue => {
-                if self.field.number().is_some() {
-                    let cur = match (self.field, self.params.alloc.tau) {
-                        (Param::Tau, None) => "inf".to_string(),
-                        _ => self.field.show(&self.params),
-                    };
-                    self.input(InputPurpose::Value(self.field), cur);
-                } else {
-                    let c = self.field.nudge(&self.params, 1, false);
-                    self.set_params(c);
-                }
-            }
-            Action::BlockNext => {
-                self.block = (self.block + 1).min(self.n_blocks().saturating_sub(1))
-            }
-            Action::BlockPrev => self.block = self.block.saturating_sub(1),
-            Action::PinUp | Action::PinDown | Action::Unpin | Action::UnpinAll => {
-                return self.act_pins(a)
-            }
-            Action::Apply => return self.apply(),
-            Action::ToggleCompare => {
-                self.view = match self.view {
-                    View::Main | View::Sweep => View::Compare,
-                    View::Compare => View::Main,
-                }
-            }
-            Action::PromptNext => {
-                self.prompt_sel = (self.prompt_sel + 1).min(self.prompts.len().saturating_sub(1))
-            }
-            Action::PromptPrev => self.prompt_sel = self.prompt_sel.saturating_sub(1),
-            Action::EditPrompt => {
-                if let Some(p) = self.prompts.get(self.prompt_sel) {
-                    let t = p.prompt.clone();
-                    self.input(InputPurpose::EditPrompt(self.prompt_sel), t);
-                }
-            }
-            Action::AddPrompt => self.input(InputPurpose::AddPrompt, String::new()),
-            Action::DeletePrompt => {
-                if self.prompts.len() > 1 {
-                    self.prompts.remove(self.prompt_sel);
-                    self.prompt_sel = self.prompt_sel.min(self.prompts.len() - 1);
-                } else {
-                    self.say("keep at least one prompt (p edits it)", Tone::Error);
-                }
-            }
-            Action::Generate => return self.generate_jobs(),
-            Action::ZeroShot => return self.zeroshot_job(),
-            Action::Quantize => return jobs::Quantize::start(self),
-            Action::Recover => return jobs::Recover::start(self),
-            Action::ToggleSparse => return self.sparse_job(),
-            Action::ToggleSweep => return self.toggle_sweep(),
-            Action::CalibDraws => return self.calib_draws_job(),
-            Action::AlphaAuto => return jobs::AlphaAuto::start(self),
-            Action::CycleImportance => {
-                self.importance = match self.importance {
-                    Importance::Statistic => Importance::OwlRatio,
-                    Importance::OwlRatio => Importance::AlphaHat,
-                    Importance::AlphaHat => Importance::Statistic,
-                };
-            }
-            Action::CycleOverlay => self.cycle_overlay(),
-            Action::SweepPrev | Action::SweepNext | Action::SweepJump | Action::SweepRecheck => {
+            A::Apply => return jobs::Apply::start(self),
+            A::Generate => return jobs::Generate::start(self),
+            A::ZeroShot => return jobs::ZeroShot::start(self),
+            A::Quantize => return jobs::Quantize::start(self),
+            A::Recover => return jobs::Recover::start(self),
+            A::ToggleSparse => return jobs::Sparse::start(self),
+            A::ToggleSweep => return jobs::Sweep::start(self),
+            A::CalibDraws => return jobs::CalibDraws::start(self),
+            A::AlphaAuto => return jobs::AlphaAuto::start(self),
+            A::Recalibrate => return jobs::Calibrate::start(self),
+            A::FieldNext
+            | A::FieldPrev
+            | A::Inc
+            | A::Dec
+            | A::IncCoarse
+            | A::DecCoarse
+            | A::TypeValue
+            | A::BlockNext
+            | A::BlockPrev
+            | A::PinUp
+            | A::PinDown
+            | A::Unpin
+            | A::UnpinAll
+            | A::CycleImportance
+            | A::CycleOverlay => self.act_charts(a),
+            A::ToggleCompare
+            | A::PromptNext
+            | A::PromptPrev
+            | A::EditPrompt
+            | A::AddPrompt
+            | A::DeletePrompt => self.act_compare(a),
+            A::SweepPrev | A::SweepNext | A::SweepJump | A::SweepRecheck => {
                 return self.act_sweep(a)
             }
-            Action::Export => {
-                let t = self.export_path.clone();
-                self.input(InputPurpose::ExportPath, t);
-            }
-            Action::ExportRecipe => {
-                let t = self.recipe_path.clone();
-                self.input(InputPurpose::RecipePath, t);
-            }
-            Action::WriteChart => match self.write_chart() {
-                Ok(path) => self.say(format!("wrote the chart to {}", path.display()), Tone::Good),
-                Err(e) => self.say(format!("chart not written: {e}"), Tone::Error),
-            },
-            Action::Open => {
-                let t = self.export_path.clone();
-                self.input(InputPurpose::OpenPath, t);
-            }
-            Action::SaveModel => {
-                if self.history.iter().all(|h| h.achieved.is_none()) {
-                    self.say(
-                        "apply masks first (a); then s saves the pruned model",
-                        Tone::Error,
-                    );
-                } else {
-                    let t = self.save_path.clone();
-                    self.input(InputPurpose::SavePath, t);
-                }
-            }
-            Action::Recalibrate => {
-                if self.busy {
-                    self.say("a job is running (Esc cancels it)", Tone::Error);
-                } else {
-                    self.cal = None;
-                    self.plan = None;
-                    self.block_stats.clear();
-                    self.busy = true;
-                    return vec![Effect::Job(Job::Calibrate)];
-                }
-            }
-            Action::Cancel => {
+            A::Export | A::ExportRecipe | A::WriteChart | A::Open => self.act_files(a),
+            A::SaveModel => jobs::SaveModel::ask(self),
+            A::Cancel => {
                 if self.busy {
                     self.say("cancelling…", Tone::Info);
                     return vec![Effect::Cancel];
                 }
             }
-            Action::Help => self.overlay = Some(Overlay::Help),
-            Action::Quit => {
+            A::Help => self.overlay = Some(Overlay::Help),
+            A::Quit => {
                 if self.busy {
                     self.overlay = Some(Overlay::ConfirmQuit);
                 } else {
@@ -631,246 +481,27 @@ impl State {
         vec![]
     }
 
-    /// Prune from four disjoint calibration draws (key D).
-    fn calib_draws_job(&mut self) -> Vec<Effect> {
-        if self.cal.is_none() || self.busy {
-            self.say(
-                "wait for calibration and the running job (Esc cancels it)",
-                Tone::Error,
-            );
-        } else {
-            self.busy = true;
-            self.draws = Some((self.params.clone(), Vec::new()));
-            let mode = format!("{:?}", self.params.mode).to_lowercase();
-            self.say(
-                format!("pruning ({mode}) from 4 disjoint calibration draws… (Esc cancels)"),
-                Tone::Info,
-            );
-            return vec![Effect::Job(Job::CalibDraws {
-                params: Box::new(self.params.clone()),
-                draws: 4,
-            })];
-        }
-
-        vec![]
-    }
-
-    /// The next comparison overlay on the sparsity chart (key o).
-    fn cycle_overlay(&mut self) {
-        use crate::prune::allocate::Allocation;
-        // None → each overlay allocation (`params::overlays`) → the last applied entry (if
-        // any) → none, skipping the allocation shown.
-        let order: Vec<Option<Allocation>> = std::iter::once(None)
-            .chain(params::overlays().map(Some))
-            .collect();
-        let entry = self
-            .history
-            .iter()
-            .rev()
-            .find(|h| h.achieved.is_some())
-            .map(|h| h.id);
-        if self.overlay_entry.take().is_none() {
-            let mut i = order
-                .iter()
-                .position(|o| *o == self.overlay_alloc)
-                .unwrap_or(0);
-            loop {
-                i = (i + 1) % order.len();
-                if order[i] != Some(self.params.alloc.allocation) {
-                    break;
-                }
-            }
-            // Wrapping past the last allocation shows the applied entry first.
-            if order[i].is_none() && self.overlay_alloc.is_some() {
-                self.overlay_entry = entry;
-            }
-            self.overlay_alloc = order[i];
-        }
-        self.replan();
-    }
-
-    /// The sweep view's keys: move along the points, use one, or re-check it faithfully.
-    fn act_sweep(&mut self, a: Action) -> Vec<Effect> {
+    /// The keys of the file dialogs (export, recipe, open) and of key P's chart.
+    fn act_files(&mut self, a: Action) {
         match a {
-            Action::SweepPrev | Action::SweepNext => {
-                if let Some(sw) = &mut self.sweep {
-                    let n = sw.values.len();
-                    sw.sel = match a {
-                        Action::SweepNext => (sw.sel + 1).min(n.saturating_sub(1)),
-                        _ => sw.sel.saturating_sub(1),
-                    };
-                }
-            }
-            _ => {
-                let Some(sw) = &self.sweep else { return vec![] };
-                let (param, v) = (sw.param, sw.values[sw.sel]);
-                let mut c = self.params.clone();
-                param.set(&mut c, v);
-                if a == Action::SweepRecheck {
-                    c.mode = crate::prune::pipeline::Mode::Faithful;
-                }
-                self.set_params(c);
-                self.view = View::Main;
-                if a == Action::SweepRecheck {
-                    return self.apply();
-                }
-                self.say(
-                    format!("{} = {v} from the sweep; a applies it", param.sweep_name()),
-                    Tone::Good,
-                );
-            }
-        }
-        vec![]
-    }
-
-    /// Pin the selected block's sparsity up or down, unpin it, or unpin all.
-    fn act_pins(&mut self, a: Action) -> Vec<Effect> {
-        match a {
-            Action::PinUp | Action::PinDown => {
-                let Some(plan) = &self.plan else {
-                    self.say(
-                        "calibration has to finish before blocks can be pinned",
-                        Tone::Error,
-                    );
-                    return vec![];
+            Action::Export | Action::Open => {
+                let t = self.export_path.clone();
+                let purpose = match a {
+                    Action::Export => InputPurpose::ExportPath,
+                    _ => InputPurpose::OpenPath,
                 };
-                let cur = plan.block.get(self.block).copied().unwrap_or(0.0);
-                let d = if a == Action::PinUp { 0.01 } else { -0.01 };
-                let v = ((cur + d) * 100.0).round() / 100.0;
-                let mut c = self.params.clone();
-                c.alloc.overrides.retain(|o| o.0 != self.block);
-                c.alloc
-                    .overrides
-                    .push((self.block, v.clamp(0.0, MAX_SPARSITY)));
-                c.alloc.overrides.sort_by_key(|o| o.0);
-                self.set_params(c);
+                self.input(purpose, t);
             }
-            Action::Unpin => {
-                let mut c = self.params.clone();
-                c.alloc.overrides.retain(|o| o.0 != self.block);
-                self.set_params(c);
+            Action::ExportRecipe => {
+                let t = self.recipe_path.clone();
+                self.input(InputPurpose::RecipePath, t);
             }
-            _ => {
-                let mut c = self.params.clone();
-                c.alloc.overrides.clear();
-                self.set_params(c);
-            }
+            Action::WriteChart => match self.write_chart() {
+                Ok(path) => self.say(format!("wrote the chart to {}", path.display()), Tone::Good),
+                Err(e) => self.say(format!("chart not written: {e}"), Tone::Error),
+            },
+            _ => {}
         }
-        vec![]
-    }
-
-    fn apply(&mut self) -> Vec<Effect> {
-        let Some(plan) = self.plan.clone() else {
-            self.say(
-                "calibration has to finish before masks can be applied",
-                Tone::Error,
-            );
-            return vec![];
-        };
-        // Ids are never reused, even when a cancelled or superseded apply leaves the history.
-        let id = self
-            .history
-            .iter()
-            .map(|h| h.id)
-            .max()
-            .unwrap_or(0)
-            .max(self.last_id)
-            + 1;
-        self.last_id = id;
-        self.history.push(Applied {
-            id,
-            params: self.params.clone(),
-            target: plan.block.clone(),
-            n_of_m: plan.n_of_m.clone(),
-            achieved: None,
-            ppl: None,
-            window_nll: None,
-            zeroshot: None,
-            quantized: vec![],
-            recovered: None,
-            footprint: None,
-            seconds: 0.0,
-        });
-        self.busy = true;
-        let mode = format!("{:?}", self.params.mode).to_lowercase();
-        self.say(format!("applying #{id} ({mode})…"), Tone::Info);
-        vec![Effect::Job(Job::Apply {
-            id,
-            params: Box::new(self.params.clone()),
-            plan: Box::new(plan),
-            prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
-        })]
-    }
-
-    /// Show the sweep view, starting a sweep when there is none for the current parameters.
-    fn toggle_sweep(&mut self) -> Vec<Effect> {
-        if self.view == View::Sweep {
-            self.view = View::Main;
-            return vec![];
-        }
-        if self.cal.is_none() {
-            self.say("calibration has to finish before a sweep", Tone::Error);
-            return vec![];
-        }
-        // The focused parameter when it is p or α; else α where it applies (DLP's own knob), p
-        // otherwise.
-        let param = match self.field {
-            Param::Sparsity => Param::Sparsity,
-            Param::Alpha => Param::Alpha,
-            _ if Param::Alpha.applies_to(self.params.alloc.allocation) => Param::Alpha,
-            _ => Param::Sparsity,
-        };
-        self.view = View::Sweep;
-        let fresh = self
-            .sweep
-            .as_ref()
-            .is_some_and(|s| s.param == param && s.made_with(&self.params));
-        if fresh {
-            return vec![];
-        }
-        if self.busy {
-            self.say(
-                "a job is running (Esc cancels it); w again sweeps",
-                Tone::Error,
-            );
-            return vec![];
-        }
-        let values: Vec<f64> = match param {
-            Param::Sparsity => (0..10).map(|i| (40 + 5 * i) as f64 / 100.0).collect(),
-            _ => (0..13).map(|i| (25 * i) as f64 / 1000.0).collect(),
-        };
-        let mut base = self.params.clone();
-        base.mode = crate::prune::pipeline::Mode::Preview;
-        let current = param.get(&self.params);
-        self.sweep = Some(SweepView {
-            param,
-            base: base.clone(),
-            sel: values
-                .iter()
-                .enumerate()
-                .min_by(|a, b| (a.1 - current).abs().total_cmp(&(b.1 - current).abs()))
-                .map(|(i, _)| i)
-                .unwrap_or(0),
-            ppl: vec![None; values.len()],
-            values: values.clone(),
-            windows: self.sweep_windows,
-            heldout: false,
-        });
-        self.busy = true;
-        self.say(
-            format!(
-                "sweeping {} in preview on {} evaluation windows… (Esc cancels, finished points stay)",
-                param.sweep_name(),
-                self.sweep_windows
-            ),
-            Tone::Info,
-        );
-        vec![Effect::Job(Job::Sweep {
-            param,
-            values,
-            params: Box::new(base),
-            windows: self.sweep_windows,
-        })]
     }
 
     /// The last applied entry whose pruned model the worker holds, if it has finished.
@@ -880,73 +511,6 @@ impl State {
             .rev()
             .find(|h| h.achieved.is_some())
             .map(|h| h.id)
-    }
-
-    /// Switch the applied model's linears between sparse execution where it is faster (auto)
-    /// and dense (off); later applies keep the choice. The next generations and perplexities
-    /// run that way (g generates again).
-    fn sparse_job(&mut self) -> Vec<Effect> {
-        use crate::sparse::SparseMode;
-        let (Some(id), Some(cur)) = (self.held_entry(), self.sparse) else {
-            self.say(
-                "apply first (a): X switches the applied model's sparse execution",
-                Tone::Info,
-            );
-            return vec![];
-        };
-        let mode = match cur {
-            SparseMode::Off => SparseMode::Auto,
-            SparseMode::Auto | SparseMode::On => SparseMode::Off,
-        };
-        self.sparse = Some(mode);
-        self.busy = true;
-        self.say(
-            format!("#{id}: sparse execution {}…", mode.name()),
-            Tone::Info,
-        );
-        vec![Effect::Job(Job::Sparse { mode })]
-    }
-
-    /// Score the dense model (once) and the last applied configuration, if it has no score yet.
-    fn zeroshot_job(&mut self) -> Vec<Effect> {
-        let id = self
-            .history
-            .iter()
-            .rev()
-            .find(|h| h.achieved.is_some())
-            .map(|h| h.id);
-        let pending = self.dense_zeroshot.is_none()
-            || id.is_some_and(|id| {
-                self.history
-                    .iter()
-                    .any(|h| h.id == id && h.zeroshot.is_none())
-            });
-        if !pending {
-            self.say(
-                "zero-shot accuracy is already measured for the dense model and the last apply",
-                Tone::Info,
-            );
-            return vec![];
-        }
-        self.busy = true;
-        self.say(
-            match id {
-                Some(id) => format!("scoring zero-shot accuracy: dense, then #{id}… (Esc cancels)"),
-                None => {
-                    "scoring zero-shot accuracy of the dense model… (a applies, then z scores it)"
-                        .to_string()
-                }
-            },
-            Tone::Info,
-        );
-        vec![Effect::Job(Job::ZeroShot { id })]
-    }
-
-    fn generate_jobs(&mut self) -> Vec<Effect> {
-        self.busy = true;
-        vec![Effect::Job(Job::Generate {
-            prompts: self.prompts.iter().map(|p| p.prompt.clone()).collect(),
-        })]
     }
 
     fn submit(&mut self, purpose: InputPurpose, text: String) -> Vec<Effect> {
@@ -974,11 +538,8 @@ impl State {
                 Err(e) => self.say(format!("{e}"), Tone::Error),
             },
             InputPurpose::SavePath => {
-                self.save_path = text.clone();
-                self.busy = true;
-                return vec![Effect::Job(Job::SaveModel {
-                    dir: PathBuf::from(text),
-                })];
+                self.save_path = text;
+                return jobs::SaveModel::start(self);
             }
             InputPurpose::EditPrompt(i) => {
                 if let Some(p) = self.prompts.get_mut(i) {
@@ -987,7 +548,7 @@ impl State {
                         ..Default::default()
                     };
                 }
-                return self.generate_jobs();
+                return jobs::Generate::start(self);
             }
             InputPurpose::AddPrompt => {
                 if !text.trim().is_empty() {
@@ -996,106 +557,18 @@ impl State {
                         ..Default::default()
                     });
                     self.prompt_sel = self.prompts.len() - 1;
-                    return self.generate_jobs();
+                    return jobs::Generate::start(self);
                 }
             }
         }
         vec![]
     }
 
-    /// A streamed generation's start, tokens and end.
-    fn on_generation_msg(&mut self, m: Msg) {
-        match m {
-            Msg::GenStart { pruned, prompt } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    if pruned {
-                        p.pruned.clear();
-                        p.pruned_tokens = 0;
-                        p.pruned_secs = None;
-                        p.pruned_tok_s = None;
-                        p.pruned_started = Some(Instant::now());
-                    } else {
-                        p.dense.clear();
-                        p.dense_tokens = 0;
-                        p.dense_secs = None;
-                        p.dense_tok_s = None;
-                        p.dense_started = Some(Instant::now());
-                    }
-                }
-            }
-            Msg::Token {
-                pruned,
-                prompt,
-                text,
-            } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    if pruned {
-                        p.pruned.push_str(&text);
-                        p.pruned_tokens += 1;
-                        p.pruned_secs = p.pruned_started.map(|t| t.elapsed().as_secs_f64());
-                    } else {
-                        p.dense.push_str(&text);
-                        p.dense_tokens += 1;
-                        p.dense_secs = p.dense_started.map(|t| t.elapsed().as_secs_f64());
-                    }
-                }
-            }
-            Msg::GenDone {
-                pruned,
-                prompt,
-                tokens,
-                tokens_per_s,
-            } => {
-                if let Some(p) = self.prompts.get_mut(prompt) {
-                    let rate = (tokens_per_s > 0.0).then_some(tokens_per_s);
-                    if pruned {
-                        p.pruned_tokens = tokens;
-                        p.pruned_tok_s = rate;
-                    } else {
-                        p.dense_tokens = tokens;
-                        p.dense_tok_s = rate;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Zero-shot scores of the dense model or of an applied entry.
-    fn on_zeroshot(&mut self, id: Option<usize>, z: ZeroShot) {
-        let msg = match id {
-            None => format!("dense: zero-shot mean acc {:.4}", z.mean_acc),
-            Some(id) => format!(
-                "#{id}: zero-shot mean acc {:.4} (dense {})",
-                z.mean_acc,
-                self.dense_zeroshot
-                    .as_ref()
-                    .map(|d| format!("{:.4}", d.mean_acc))
-                    .unwrap_or("…".into())
-            ),
-        };
-        match id {
-            None => self.dense_zeroshot = Some(z),
-            Some(id) => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.zeroshot = Some(z);
-                }
-            }
-        }
-        self.say(msg, Tone::Good);
-    }
-
-    /// Handle a worker message.
+    /// Handle a worker message: a job's reply goes to its job (`jobs::on_reply`); progress,
+    /// status and the end of a job are the state's own.
     pub fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Status(s) => self.say(s, Tone::Info),
-            Msg::ZeroShot { id, z } => self.on_zeroshot(id, *z),
-            m @ Msg::AlphaSearched(_) => jobs::AlphaAuto::on_reply(self, m),
-            m @ Msg::Quantized { .. } => jobs::Quantize::on_reply(self, m),
-            m @ Msg::Recovered { .. } => jobs::Recover::on_reply(self, m),
-            m @ (Msg::GenStart { .. } | Msg::Token { .. } | Msg::GenDone { .. }) => {
-                self.on_generation_msg(m)
-            }
             Msg::Progress(step) => {
                 self.job = Some(JobView {
                     stage: step.stage,
@@ -1105,104 +578,6 @@ impl State {
                     eta_s: step.eta_s(),
                 });
             }
-            Msg::Loaded(s) => {
-                self.say(
-                    format!(
-                        "loaded {} ({} blocks); calibrating…",
-                        s.info.source, s.info.blocks
-                    ),
-                    Tone::Info,
-                );
-                self.summary = Some(*s);
-                self.block = self.block.min(self.n_blocks().saturating_sub(1));
-            }
-            Msg::BlockScored { block, stats } => {
-                if block == self.block_stats.len() {
-                    self.block_stats.push(stats);
-                }
-            }
-            Msg::Calibrated { cal, cache_hit } => {
-                self.block_stats = cal.blocks.clone();
-                self.cache_hit = cache_hit;
-                self.say(
-                    if cache_hit {
-                        "calibration statistics from the cache; ←/→ change the allocation, a applies"
-                            .to_string()
-                    } else {
-                        format!(
-                            "calibrated in {:.1}s; ←/→ change the allocation, a applies",
-                            cal.seconds
-                        )
-                    },
-                    Tone::Good,
-                );
-                self.cal = Some(cal);
-                self.replan();
-            }
-            Msg::DensePpl { ppl, window_nll } => {
-                self.dense_ppl = Some(ppl);
-                self.dense_window_nll = Some(window_nll);
-            }
-            Msg::Applied {
-                id,
-                achieved,
-                seconds,
-            } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.achieved = Some(achieved);
-                    h.seconds = seconds;
-                }
-                for p in &mut self.prompts {
-                    p.pruned.clear();
-                }
-                self.say(
-                    format!("applied #{id} in {seconds:.1}s; evaluating…"),
-                    Tone::Info,
-                );
-            }
-            Msg::Draw { k, block, ppl } => {
-                if let Some((_, d)) = &mut self.draws {
-                    d.push((block, ppl));
-                }
-                if let Some(p) = ppl {
-                    self.say(
-                        format!("calibration draw {}: pruned perplexity {p:.2}", k + 1),
-                        Tone::Info,
-                    );
-                }
-            }
-            Msg::SweepPoint { value, ppl } => {
-                if let Some(sw) = &mut self.sweep {
-                    if let Some(i) = sw.values.iter().position(|v| *v == value) {
-                        sw.ppl[i] = Some(ppl);
-                    }
-                    if let Some(b) = sw.best() {
-                        sw.sel = b;
-                    }
-                }
-            }
-            Msg::PrunedPpl {
-                id,
-                ppl,
-                window_nll,
-            } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.ppl = Some(ppl);
-                    h.window_nll = Some(window_nll);
-                }
-                self.say(format!("#{id}: pruned perplexity {ppl:.2}"), Tone::Good);
-            }
-            Msg::Footprint { id, footprint } => {
-                if let Some(h) = self.history.iter_mut().find(|h| h.id == id) {
-                    h.footprint = Some(footprint);
-                }
-                self.sparse = Some(footprint.mode);
-            }
-            Msg::Superseded(id) => self.history.retain(|h| h.id != id),
-            Msg::Saved(dir) => self.say(
-                format!("saved the pruned model to {}", dir.display()),
-                Tone::Good,
-            ),
             Msg::Cancelled(stage) => {
                 // A cancelled apply produced nothing: it leaves the history.
                 if stage == Stage::Prune {
@@ -1223,6 +598,7 @@ impl State {
                 self.busy = false;
                 self.job = None;
             }
+            m => jobs::on_reply(self, m),
         }
     }
 }
@@ -1311,5 +687,55 @@ mod tests {
         ));
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert!(matches!(s.on_key(ctrl_c).as_slice(), [Effect::Quit]));
+    }
+
+    #[test]
+    fn keys_request_jobs_and_replies_reach_them() {
+        use crate::sparse::SparseMode;
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        // Loading: r is refused with the reason; s has nothing to save yet.
+        assert!(s.act(Action::Recalibrate).is_empty());
+        assert_eq!(s.status.1, Tone::Error);
+        assert!(s.act(Action::SaveModel).is_empty());
+        assert!(s.status.0.starts_with("apply masks first"));
+        s.on_msg(Msg::Idle);
+        assert!(!s.busy);
+        let fx = s.act(Action::Generate);
+        assert!(
+            matches!(fx.as_slice(), [Effect::Job(Job::Generate { prompts })] if prompts == &["x"])
+        );
+        assert!(s.busy);
+        // Each reply goes to its job.
+        s.on_msg(Msg::GenStart {
+            pruned: true,
+            prompt: 0,
+        });
+        s.on_msg(Msg::Token {
+            pruned: true,
+            prompt: 0,
+            text: "a".into(),
+        });
+        assert_eq!(
+            (s.prompts[0].pruned.as_str(), s.prompts[0].pruned_tokens),
+            ("a", 1)
+        );
+        s.on_msg(Msg::Footprint {
+            id: 9,
+            footprint: Footprint {
+                mode: SparseMode::Off,
+                sparse_linears: 0,
+                linears: 7,
+                bytes: 1,
+                dense_bytes: 1,
+            },
+        });
+        assert_eq!(s.sparse, Some(SparseMode::Off));
+        s.on_msg(Msg::Saved(PathBuf::from("out")));
+        assert_eq!(
+            s.status,
+            ("saved the pruned model to out".into(), Tone::Good)
+        );
+        s.on_msg(Msg::Idle);
+        assert!(!s.busy && s.job.is_none());
     }
 }

@@ -803,6 +803,12 @@ pub fn flag_message(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(s) = e.downcast_ref::<crate::experiment::scheduler::ShardEnvError>() {
         return s.render(setting_flag);
     }
+    if let Some(d) = e.downcast_ref::<crate::device::DeviceError>() {
+        return d.render(if d.is_device() { "--device" } else { "--dtype" });
+    }
+    if let Some(g) = e.downcast_ref::<crate::export::gguf::GgufError>() {
+        return g.render("--format gguf", "--save");
+    }
     e.to_string()
 }
 
@@ -858,4 +864,34 @@ pub struct PlotArgs {
     pub out: std::path::PathBuf,
     #[arg(long, value_enum, default_value = "dark")]
     pub palette: PaletteArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag_message;
+
+    #[test]
+    fn engine_refusals_name_flags_only_on_the_command_line() {
+        let flags = |e: &color_eyre::Report| e.chain().map(flag_message).collect::<Vec<_>>();
+        let e = crate::device::parse_device("tpu").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown device `tpu`: use auto, cpu, cuda, cuda:N or metal"
+        );
+        assert_eq!(
+            flags(&e),
+            ["unknown --device `tpu`: use auto, cpu, cuda, cuda:N or metal"]
+        );
+        let e = crate::device::parse_dtype("f8", &candle_core::Device::Cpu).unwrap_err();
+        assert_eq!(
+            flags(&e),
+            ["unknown --dtype `f8`: use auto, f32, bf16 or f16"]
+        );
+        let e = crate::export::gguf::check_target(std::path::Path::new("m.bin")).unwrap_err();
+        assert!(!e.to_string().contains("--"), "{e}");
+        assert_eq!(
+            flags(&e),
+            ["--format gguf writes one file: give --save a path ending in .gguf (got `m.bin`)"]
+        );
+    }
 }

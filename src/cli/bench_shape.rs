@@ -47,8 +47,6 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
     }
     let shape = Shape::parse(shape)?;
     let seq_len = a.seq_len.unwrap_or(2048);
-    let real_blocks = shape.config.num_hidden_layers;
-    let threads = rayon::current_num_threads();
     let p = &mut ctx.progress;
     p.status(&format!(
         "building {} random blocks at {} shapes",
@@ -68,108 +66,169 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
         dtype: ctx.dtype,
     };
     let (pt, build_s) = time_random_protocol(&random, &windows, &params, p)?;
-    let (allocate_s, sparsity_err) = (pt.allocate_s, pt.sparsity_err);
-    let (one, all) = (&pt.one_thread, &pt.all_threads);
     let (d, f) = (per_block(&pt.dense), per_block(&pt.faithful));
     let block = d.plus(&f);
     let scale = PAPER_WINDOWS as f64 / a.calib_samples as f64;
-    let paper = scale_tokens(&block, scale);
-    let whole_s = block.total() * real_blocks as f64;
-    let whole_paper_s = paper.total() * real_blocks as f64;
-    let speedup = |s1: f64, sn: f64| if sn > 0.0 { s1 / sn } else { f64::NAN };
-    let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
-
-    let stage_json = |t: &StageTimes| {
-        serde_json::Value::Object(
-            t.stages()
-                .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-                .collect(),
-        )
+    let fig = Figures {
+        shape: &shape,
+        seq_len,
+        real_blocks: shape.config.num_hidden_layers,
+        threads: rayon::current_num_threads(),
+        build_s,
+        allocate_s: pt.allocate_s,
+        sparsity_err: pt.sparsity_err,
+        one: &pt.one_thread,
+        all: &pt.all_threads,
+        paper: scale_tokens(&block, scale),
+        d,
+        f,
+        block,
+        scale,
+        peak_mib: crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0),
     };
-    let v = serde_json::json!({
-        "shape": shape.label,
-        "device": crate::device::describe(&ctx.device),
-        "dtype": format!("{:?}", ctx.dtype).to_lowercase(),
-        "threads": threads,
-        "blocks": a.blocks,
-        "real_blocks": real_blocks,
-        "vocab": a.shape_vocab,
-        "calib_windows": a.calib_samples,
-        "seq_len": seq_len,
-        "metric": crate::prune::mask::Metric::from(a.metric),
-        "block_linear_params": shape.config.block_linear_params(),
-        "build_s": build_s,
-        "allocate_s": allocate_s,
-        "per_block": {"dense_pass": stage_json(&d), "faithful_pass": stage_json(&f), "both": stage_json(&block),
-            "total_s": block.total(), "per_weight_s": block.per_weight(),
-            "per_weight_share": block.per_weight() / block.total()},
-        "per_weight_block0": {"one_thread": stage_json(one), "all_threads": stage_json(all),
-            "speedup_block_statistic": speedup(one.block_statistic, all.block_statistic),
-            "speedup_masks": speedup(one.masks, all.masks),
-            "speedup_per_weight": speedup(one.per_weight(), all.per_weight())},
-        "projected": {"whole_model_s": whole_s,
-            "whole_model_paper_windows_s": whole_paper_s, "paper_windows": PAPER_WINDOWS,
-            "per_weight_share_paper_windows": paper.per_weight() / paper.total()},
-        "achieved_vs_planned_max_abs": sparsity_err,
-        "peak_rss_mib": peak_mib,
-    });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&fig.json(ctx, a))?);
+    } else {
+        fig.print(ctx, a);
     }
-    println!(
-        "paper protocol at {} ({} of {real_blocks} blocks, {} linear weights per block, vocabulary reduced to {}), {} × {seq_len} random-token windows, {:?} faithful DLP p 0.7, {}",
-        shape.label,
-        a.blocks,
-        shape.config.block_linear_params(),
-        a.shape_vocab,
-        a.calib_samples,
-        crate::prune::mask::Metric::from(a.metric),
-        crate::device::describe(&ctx.device)
-    );
-    println!(
-        "{:<16} {:>11} {:>11} {:>11} {:>7}",
-        "stage (s/block)", "dense pass", "faithful", "both", "share"
-    );
-    for ((name, dv), ((_, fv), (_, bv))) in d
-        .stages()
-        .iter()
-        .zip(f.stages().iter().zip(block.stages().iter()))
-    {
+    Ok(())
+}
+
+/// One thread's time over all threads' (NaN when the latter is zero).
+fn speedup(s1: f64, sn: f64) -> f64 {
+    if sn > 0.0 {
+        s1 / sn
+    } else {
+        f64::NAN
+    }
+}
+
+fn stage_json(t: &StageTimes) -> serde_json::Value {
+    serde_json::Value::Object(
+        t.stages()
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect(),
+    )
+}
+
+/// The protocol's timings and what they project to.
+struct Figures<'a> {
+    shape: &'a Shape,
+    seq_len: usize,
+    real_blocks: usize,
+    threads: usize,
+    build_s: f64,
+    allocate_s: f64,
+    sparsity_err: f64,
+    /// Block 0's per-weight stages on one thread and on all.
+    one: &'a StageTimes,
+    all: &'a StageTimes,
+    /// Per block: the dense pass, the faithful pass, both, and both at the paper's windows.
+    d: StageTimes,
+    f: StageTimes,
+    block: StageTimes,
+    paper: StageTimes,
+    scale: f64,
+    peak_mib: Option<f64>,
+}
+
+impl Figures<'_> {
+    fn whole_s(&self) -> f64 {
+        self.block.total() * self.real_blocks as f64
+    }
+
+    fn whole_paper_s(&self) -> f64 {
+        self.paper.total() * self.real_blocks as f64
+    }
+
+    fn json(&self, ctx: &Ctx, a: &BenchArgs) -> serde_json::Value {
+        let (one, all, block, paper) = (self.one, self.all, &self.block, &self.paper);
+        serde_json::json!({
+            "shape": self.shape.label,
+            "device": crate::device::describe(&ctx.device),
+            "dtype": format!("{:?}", ctx.dtype).to_lowercase(),
+            "threads": self.threads,
+            "blocks": a.blocks,
+            "real_blocks": self.real_blocks,
+            "vocab": a.shape_vocab,
+            "calib_windows": a.calib_samples,
+            "seq_len": self.seq_len,
+            "metric": crate::prune::mask::Metric::from(a.metric),
+            "block_linear_params": self.shape.config.block_linear_params(),
+            "build_s": self.build_s,
+            "allocate_s": self.allocate_s,
+            "per_block": {"dense_pass": stage_json(&self.d), "faithful_pass": stage_json(&self.f), "both": stage_json(block),
+                "total_s": block.total(), "per_weight_s": block.per_weight(),
+                "per_weight_share": block.per_weight() / block.total()},
+            "per_weight_block0": {"one_thread": stage_json(one), "all_threads": stage_json(all),
+                "speedup_block_statistic": speedup(one.block_statistic, all.block_statistic),
+                "speedup_masks": speedup(one.masks, all.masks),
+                "speedup_per_weight": speedup(one.per_weight(), all.per_weight())},
+            "projected": {"whole_model_s": self.whole_s(),
+                "whole_model_paper_windows_s": self.whole_paper_s(), "paper_windows": PAPER_WINDOWS,
+                "per_weight_share_paper_windows": paper.per_weight() / paper.total()},
+            "achieved_vs_planned_max_abs": self.sparsity_err,
+            "peak_rss_mib": self.peak_mib,
+        })
+    }
+
+    fn print(&self, ctx: &Ctx, a: &BenchArgs) {
+        let (one, all, d, f, block) = (self.one, self.all, &self.d, &self.f, &self.block);
+        let (seq_len, real_blocks, threads) = (self.seq_len, self.real_blocks, self.threads);
+        let (build_s, sparsity_err, scale) = (self.build_s, self.sparsity_err, self.scale);
         println!(
-            "{name:<16} {dv:>11.3} {fv:>11.3} {bv:>11.3} {:>6.1}%",
-            100.0 * bv / block.total()
+            "paper protocol at {} ({} of {real_blocks} blocks, {} linear weights per block, vocabulary reduced to {}), {} × {seq_len} random-token windows, {:?} faithful DLP p 0.7, {}",
+            self.shape.label,
+            a.blocks,
+            self.shape.config.block_linear_params(),
+            a.shape_vocab,
+            a.calib_samples,
+            crate::prune::mask::Metric::from(a.metric),
+            crate::device::describe(&ctx.device)
+        );
+        println!(
+            "{:<16} {:>11} {:>11} {:>11} {:>7}",
+            "stage (s/block)", "dense pass", "faithful", "both", "share"
+        );
+        for ((name, dv), ((_, fv), (_, bv))) in d
+            .stages()
+            .iter()
+            .zip(f.stages().iter().zip(block.stages().iter()))
+        {
+            println!(
+                "{name:<16} {dv:>11.3} {fv:>11.3} {bv:>11.3} {:>6.1}%",
+                100.0 * bv / block.total()
+            );
+        }
+        println!(
+            "{:<16} {:>11.3} {:>11.3} {:>11.3}",
+            "total",
+            d.total(),
+            f.total(),
+            block.total()
+        );
+        println!(
+            "per-weight stages of block 0 (statistic + masks): {:.3}s on 1 thread, {:.3}s on {threads} → {:.2}× (statistic {:.2}×, masks {:.2}×)",
+            one.per_weight(),
+            all.per_weight(),
+            speedup(one.per_weight(), all.per_weight()),
+            speedup(one.block_statistic, all.block_statistic),
+            speedup(one.masks, all.masks)
+        );
+        println!(
+            "projected whole model ({real_blocks} blocks): {:.1} min at {} windows; {:.1} min at the paper's {PAPER_WINDOWS} × {seq_len} (forwards and statistics scaled by {scale:.0}×; per-weight stages {:.1}% of it)",
+            self.whole_s() / 60.0,
+            a.calib_samples,
+            self.whole_paper_s() / 60.0,
+            100.0 * self.paper.per_weight() / self.paper.total()
+        );
+        println!(
+            "allocation {:.1} ms · model built in {build_s:.1}s · achieved sparsity within {sparsity_err:.1e} of the plan · peak RSS {}",
+            self.allocate_s * 1e3,
+            self.peak_mib
+                .map(|m| format!("{m:.0} MiB"))
+                .unwrap_or_else(|| "unknown".into())
         );
     }
-    println!(
-        "{:<16} {:>11.3} {:>11.3} {:>11.3}",
-        "total",
-        d.total(),
-        f.total(),
-        block.total()
-    );
-    println!(
-        "per-weight stages of block 0 (statistic + masks): {:.3}s on 1 thread, {:.3}s on {threads} → {:.2}× (statistic {:.2}×, masks {:.2}×)",
-        one.per_weight(),
-        all.per_weight(),
-        speedup(one.per_weight(), all.per_weight()),
-        speedup(one.block_statistic, all.block_statistic),
-        speedup(one.masks, all.masks)
-    );
-    println!(
-        "projected whole model ({real_blocks} blocks): {:.1} min at {} windows; {:.1} min at the paper's {PAPER_WINDOWS} × {seq_len} (forwards and statistics scaled by {scale:.0}×; per-weight stages {:.1}% of it)",
-        whole_s / 60.0,
-        a.calib_samples,
-        whole_paper_s / 60.0,
-        100.0 * paper.per_weight() / paper.total()
-    );
-    println!(
-        "allocation {:.1} ms · model built in {build_s:.1}s · achieved sparsity within {sparsity_err:.1e} of the plan · peak RSS {}",
-        allocate_s * 1e3,
-        peak_mib
-            .map(|m| format!("{m:.0} MiB"))
-            .unwrap_or_else(|| "unknown".into())
-    );
-    Ok(())
 }

@@ -188,41 +188,8 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         return merge(a);
     }
     // Everything that needs no model is checked first.
-    let allocations = a
-        .allocation
-        .split(',')
-        .map(|s| {
-            Allocation::from_name(s).ok_or_else(|| {
-                eyre!(
-                    "--allocation: `{}` is not one of {}",
-                    s.trim(),
-                    Allocation::names()
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let axes = a
-        .params
-        .iter()
-        .map(|s| Axis::parse(s))
-        .collect::<Result<Vec<_>>>()?;
-    let grid = Grid::new(allocations, axes)?;
-    let shard = match a.shard.as_deref().map(str::trim) {
-        Some("auto") => {
-            // The environment is read here, once; the resolution is a pure function of it.
-            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let auto = crate::experiment::scheduler::resolve(&env, a.shards)?;
-            ctx.progress.status(&auto.render(super::setting_flag));
-            Some(auto.shard)
-        }
-        Some(s) => {
-            if a.shards.is_some() {
-                bail!("--shards N is the shard count for --shard auto; with --shard i/n the count is n");
-            }
-            Some(Shard::parse(s)?)
-        }
-        None => None,
-    };
+    let grid = grid_of(a)?;
+    let shard = shard_of(ctx, a)?;
     let mut base = match &a.config {
         Some(p) => Report::load(p)?.params,
         None => PruneParams::default(),
@@ -260,32 +227,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
         allocations: grid.allocations.clone(),
         axes: axes_of(&grid),
     };
-    let mut rows = match (a.fresh, jsonl.exists()) {
-        (false, true) => {
-            let (h, rows) = read_file(&jsonl)?;
-            if h != header {
-                bail!(
-                    "`{}` is a sweep of another model, data, grid or base parameters: use --fresh \
-                     to replace it or another --out",
-                    jsonl.display()
-                );
-            }
-            rows
-        }
-        _ => {
-            crate::assets::write_atomic(
-                &jsonl,
-                format!(
-                    "{}\n",
-                    serde_json::to_string(&Line::Header(Box::new(header.clone())))?
-                )
-                .as_bytes(),
-            )?;
-            Vec::new()
-        }
-    };
-    // A truncated last line was dropped: rewrite the file so appends start on a fresh line.
-    rewrite(&jsonl, &header, &rows)?;
+    let mut rows = resume(&jsonl, &header, a.fresh)?;
     let todo: Vec<_> = points
         .iter()
         .filter(|p| shard.is_none_or(|s| s.owns(p)))
@@ -315,13 +257,7 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
             i + 1,
             todo.len(),
             p.key(),
-            match i {
-                0 => String::new(),
-                _ => format!(
-                    "  (ETA {:.0}s)",
-                    started.elapsed().as_secs_f64() / i as f64 * (todo.len() - i) as f64
-                ),
-            }
+            eta(started, i, todo.len())
         ));
         let row = x.sweep_point(&cal, &base, p, None, obs)?;
         append(&jsonl, &row)?;
@@ -330,6 +266,92 @@ pub fn run(ctx: &mut Ctx, a: &SweepArgs) -> Result<()> {
     rows.sort_by_key(|r| r.index);
     write_csv(&csv, &grid_names(&header), &rows)?;
     show(a.json, &header, &rows, dense.map(|d| d.ppl), &jsonl, &csv)
+}
+
+/// The grid of `--allocation` and `--param`.
+fn grid_of(a: &SweepArgs) -> Result<Grid> {
+    let allocations = a
+        .allocation
+        .split(',')
+        .map(|s| {
+            Allocation::from_name(s).ok_or_else(|| {
+                eyre!(
+                    "--allocation: `{}` is not one of {}",
+                    s.trim(),
+                    Allocation::names()
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let axes = a
+        .params
+        .iter()
+        .map(|s| Axis::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    Grid::new(allocations, axes)
+}
+
+/// This process's shard: `--shard i/n`, or `--shard auto` from the scheduler's environment.
+fn shard_of(ctx: &mut Ctx, a: &SweepArgs) -> Result<Option<Shard>> {
+    Ok(match a.shard.as_deref().map(str::trim) {
+        Some("auto") => {
+            // The environment is read here, once; the resolution is a pure function of it.
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let auto = crate::experiment::scheduler::resolve(&env, a.shards)?;
+            ctx.progress.status(&auto.render(super::setting_flag));
+            Some(auto.shard)
+        }
+        Some(s) => {
+            if a.shards.is_some() {
+                bail!("--shards N is the shard count for --shard auto; with --shard i/n the count is n");
+            }
+            Some(Shard::parse(s)?)
+        }
+        None => None,
+    })
+}
+
+/// The rows already in the sweep file when it is this sweep's (else refused), or a fresh file
+/// with only the header (`--fresh`, or no file yet).
+fn resume(jsonl: &Path, header: &Header, fresh: bool) -> Result<Vec<SweepRow>> {
+    let rows = match (fresh, jsonl.exists()) {
+        (false, true) => {
+            let (h, rows) = read_file(jsonl)?;
+            if h != *header {
+                bail!(
+                    "`{}` is a sweep of another model, data, grid or base parameters: use --fresh \
+                     to replace it or another --out",
+                    jsonl.display()
+                );
+            }
+            rows
+        }
+        _ => {
+            crate::assets::write_atomic(
+                jsonl,
+                format!(
+                    "{}\n",
+                    serde_json::to_string(&Line::Header(Box::new(header.clone())))?
+                )
+                .as_bytes(),
+            )?;
+            Vec::new()
+        }
+    };
+    // A truncated last line was dropped: rewrite the file so appends start on a fresh line.
+    rewrite(jsonl, header, &rows)?;
+    Ok(rows)
+}
+
+/// The time left after `i` of `n` points, from the time so far (nothing before the first ends).
+fn eta(started: std::time::Instant, i: usize, n: usize) -> String {
+    match i {
+        0 => String::new(),
+        _ => format!(
+            "  (ETA {:.0}s)",
+            started.elapsed().as_secs_f64() / i as f64 * (n - i) as f64
+        ),
+    }
 }
 
 /// Rewrite a sweep file from its header and rows (atomically).

@@ -1,4 +1,4 @@
-//! What sparse execution buys, measured for `dlpx bench --sparse` (README, "Sparse
+//! What sparse execution buys, measured for the sparse bench (README, "Sparse
 //! execution"): decode and evaluation speed, bytes and perplexity of a model, magnitude masks
 //! for a random-weight model, and the kernel table whose crossover `auto` uses. Each figure is timed here; the bench only renders them.
 

@@ -3,9 +3,11 @@
 //! (Llama and Mistral), the architecture metadata it reads, and the tokenizer metadata of the
 //! source (copied from a GGUF source; built from the tokenizer for byte-level BPE folders).
 //!
-//! Only the seven linears of every block are quantized (`--quantize`); embeddings, head and norms
-//! stay f32, so the file holds exactly the values dlpx measured. Without `--quantize` the
-//! linears are f32 too (pruned zeros stored as zeros).
+//! Only the seven linears of every block are quantized (when a format is given); embeddings,
+//! head and norms stay f32, so the file holds exactly the values dlpx measured. Without a
+//! format the linears are f32 too (pruned zeros stored as zeros).
+//!
+//! The refusals are typed ([`GgufError`]): the command line names its flags in them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +21,41 @@ use crate::model::config::Arch;
 use crate::model::gguf::permute_rows;
 use crate::model::quant::{quantize_matrix, QuantFormat};
 use crate::model::{LinearKind, LoadedModel, ModelSource};
+
+/// Why a GGUF export was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GgufError {
+    /// The tokenizer is not one dlpx can write as GGUF metadata (why not).
+    Tokenizer(String),
+    /// The target is not a `.gguf` file path.
+    NotAFile(std::path::PathBuf),
+}
+
+impl GgufError {
+    /// The message with the format setting and the save path named by `format` and `save`
+    /// (plain words here, flags on the command line).
+    pub fn render(&self, format: &str, save: &str) -> String {
+        match self {
+            GgufError::Tokenizer(why) => format!(
+                "{format}: cannot write this tokenizer as GGUF metadata ({why}); dlpx writes \
+                 byte-level BPE tokenizers (GPT-2, SmolLM, Llama 3, Qwen2) and copies a GGUF \
+                 source's; convert others with llama.cpp's convert_hf_to_gguf.py from a {save} folder"
+            ),
+            GgufError::NotAFile(out) => format!(
+                "{format} writes one file: give {save} a path ending in .gguf (got `{}`)",
+                out.display()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for GgufError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render("GGUF export", "saved"))
+    }
+}
+
+impl std::error::Error for GgufError {}
 
 /// What the GGUF export wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,13 +171,7 @@ fn tokenizer_metadata_from_json(model: &LoadedModel) -> Result<Vec<(String, Valu
             .to_string(false)
             .map_err(|e| eyre!("reading the tokenizer: {e}"))?,
     )?;
-    let unsupported = |why: &str| {
-        eyre!(
-            "--format gguf: cannot write this tokenizer as GGUF metadata ({why}); dlpx writes \
-             byte-level BPE tokenizers (GPT-2, SmolLM, Llama 3, Qwen2) and copies a GGUF \
-             source's; convert others with llama.cpp's convert_hf_to_gguf.py from a --save folder"
-        )
-    };
+    let unsupported = |why: &str| color_eyre::Report::from(GgufError::Tokenizer(why.to_string()));
     let m = &doc["model"];
     if m["type"] != "BPE" || m["byte_fallback"] == true {
         return Err(unsupported("not a byte-level BPE model"));
@@ -260,10 +291,7 @@ fn rope_freqs(model: &LoadedModel) -> Option<Vec<f32>> {
 /// any work).
 pub fn check_target(out: &Path) -> Result<()> {
     if out.extension().and_then(|e| e.to_str()) != Some("gguf") {
-        bail!(
-            "--format gguf writes one file: give --save a path ending in .gguf (got `{}`)",
-            out.display()
-        );
+        bail!(GgufError::NotAFile(out.to_path_buf()));
     }
     if out.exists() {
         bail!(

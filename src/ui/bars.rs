@@ -70,6 +70,34 @@ fn label_step(n: usize, cw: u16) -> usize {
         .unwrap_or(1000)
 }
 
+/// The plotting area: where a value lands, in eighths of a row above the axis.
+struct Plot {
+    area: Rect,
+    /// Rows above the axis row.
+    plot_h: u16,
+    axis_y: u16,
+    lo: f64,
+    span: f64,
+    /// The target line's row (from the bottom), if any.
+    line_row: Option<usize>,
+}
+
+impl Plot {
+    fn eighths(&self, v: f64) -> usize {
+        (((v - self.lo) / self.span).clamp(0.0, 1.0) * self.plot_h as f64 * 8.0).round() as usize
+    }
+
+    /// The row (from the bottom) of a mark at `v`: the row holding its top eighth.
+    fn mark_row(&self, v: f64) -> usize {
+        (self.eighths(v).saturating_sub(1) / 8).min(self.plot_h as usize - 1)
+    }
+
+    /// The screen row of row `r` from the bottom.
+    fn y(&self, r: usize) -> u16 {
+        self.axis_y - 1 - r as u16
+    }
+}
+
 impl Widget for Bars<'_> {
     fn render(self, full: Rect, buf: &mut Buffer) {
         if full.height < 2 || full.width == 0 || self.values.is_empty() {
@@ -101,25 +129,32 @@ impl Widget for Bars<'_> {
             height: full.height - u16::from(numbers),
         };
         let plot_h = area.height - 1; // the last row is the axis
-        let axis_y = area.y + plot_h;
+        let mut plot = Plot {
+            area,
+            plot_h,
+            axis_y: area.y + plot_h,
+            lo: self.lo,
+            span: (self.hi - self.lo).max(1e-12),
+            line_row: None,
+        };
+        // The row (from the bottom) that holds the line's height.
+        plot.line_row = self
+            .line
+            .map(|v| (plot.eighths(v) / 8).min(plot_h as usize - 1));
         let (first, cw, margin) = self.columns(area.width);
         // With a scale the bars start next to it; without, they are centred.
         let margin = if scale { 0 } else { margin };
         let bw = if cw >= 3 { cw - 1 } else { cw };
-        let span = (self.hi - self.lo).max(1e-12);
-        let eighths_of = |v: f64| -> usize {
-            (((v - self.lo) / span).clamp(0.0, 1.0) * plot_h as f64 * 8.0).round() as usize
+        let cols = Columns {
+            first,
+            cw,
+            margin,
+            bw,
         };
-        let line_row = self.line.map(|v| {
-            let e = eighths_of(v);
-            // The row (from the bottom) that holds the line's height.
-            (e / 8).min(plot_h as usize - 1)
-        });
         // The target line also runs through the margins.
-        if let Some(r) = line_row {
-            let y = axis_y - 1 - r as u16;
+        if let Some(r) = plot.line_row {
             for x in area.x..area.x + area.width {
-                buf[(x, y)].set_symbol("─").set_fg(t.target);
+                buf[(x, plot.y(r))].set_symbol("─").set_fg(t.target);
             }
         }
         for (slot, i) in (first..self.values.len()).enumerate() {
@@ -127,87 +162,103 @@ impl Widget for Bars<'_> {
             if x0 + bw > area.x + area.width {
                 break;
             }
-            let color = if Some(i) == self.selected {
-                t.bar_selected
-            } else if Some(i) == self.active {
-                t.bar_active
-            } else if self.pinned.contains(&i) {
-                t.pinned
+            self.draw_bar(buf, &plot, &cols, x0, i);
+        }
+        if numbers {
+            self.draw_numbers(buf, area, cols, plot.axis_y + 1);
+        }
+        if scale {
+            let x_end = full.x + aw - 1;
+            self.draw_scale(buf, &plot, x_end, &labels, line_label.as_deref());
+        }
+    }
+}
+
+impl Bars<'_> {
+    /// Block `i`'s column at `x0`: the bar in eighths, its achieved tick, the target line through
+    /// it and the gap after it, the overlay's mark, and its axis mark.
+    fn draw_bar(&self, buf: &mut Buffer, plot: &Plot, cols: &Columns, x0: u16, i: usize) {
+        let t = self.theme;
+        let (area, line_row) = (plot.area, plot.line_row);
+        let (bw, cw) = (cols.bw, cols.cw);
+        let color = if Some(i) == self.selected {
+            t.bar_selected
+        } else if Some(i) == self.active {
+            t.bar_active
+        } else if self.pinned.contains(&i) {
+            t.pinned
+        } else {
+            t.bar
+        };
+        let filled = self.values[i].map(|v| plot.eighths(v)).unwrap_or(0);
+        let tick_row = self.ticks.and_then(|a| a.get(i)).map(|&v| plot.mark_row(v));
+        for r in 0..plot.plot_h as usize {
+            let y = plot.y(r);
+            let level = filled.saturating_sub(r * 8).min(8);
+            let (sym, fg) = if level == 8 {
+                ("█", color)
+            } else if level > 0 {
+                (EIGHTHS[level], color)
+            } else if Some(r) == line_row {
+                ("─", t.target)
             } else {
-                t.bar
+                (" ", t.text)
             };
-            let filled = self.values[i].map(eighths_of).unwrap_or(0);
-            let tick_row = self
-                .ticks
-                .and_then(|a| a.get(i))
-                .map(|&v| (eighths_of(v).saturating_sub(1) / 8).min(plot_h as usize - 1));
-            for r in 0..plot_h as usize {
-                let y = axis_y - 1 - r as u16;
-                let level = filled.saturating_sub(r * 8).min(8);
-                let (sym, fg) = if level == 8 {
-                    ("█", color)
-                } else if level > 0 {
-                    (EIGHTHS[level], color)
-                } else if Some(r) == line_row {
-                    ("─", t.target)
-                } else {
-                    (" ", t.text)
-                };
-                let fg = if level > 0 && Some(r) == tick_row {
-                    t.achieved
-                } else {
-                    fg
-                };
-                for dx in 0..bw {
-                    buf[(x0 + dx, y)].set_symbol(sym).set_fg(fg);
-                }
-                // The target line continues through the gaps between bars.
-                if bw < cw && Some(r) == line_row {
-                    for dx in bw..cw {
-                        if x0 + dx < area.x + area.width {
-                            buf[(x0 + dx, y)].set_symbol("─").set_fg(t.target);
-                        }
+            let fg = if level > 0 && Some(r) == tick_row {
+                t.achieved
+            } else {
+                fg
+            };
+            for dx in 0..bw {
+                buf[(x0 + dx, y)].set_symbol(sym).set_fg(fg);
+            }
+            // The target line continues through the gaps between bars.
+            if bw < cw && Some(r) == line_row {
+                for dx in bw..cw {
+                    if x0 + dx < area.x + area.width {
+                        buf[(x0 + dx, y)].set_symbol("─").set_fg(t.target);
                     }
                 }
             }
-            if let Some(&v) = self.overlay.and_then(|o| o.get(i)) {
-                let r = (eighths_of(v).saturating_sub(1) / 8).min(plot_h as usize - 1);
-                let y = axis_y - 1 - r as u16;
-                for dx in 0..bw {
-                    buf[(x0 + dx, y)].set_symbol("◆").set_fg(t.accent);
-                }
-            }
-            let (mark, fg) = self.mark(i);
-            buf[(x0, axis_y)].set_symbol(mark).set_fg(fg);
         }
-        if numbers {
-            let cols = Columns {
-                first,
-                cw,
-                margin,
-                bw,
-            };
-            self.draw_numbers(buf, area, cols, axis_y + 1);
+        if let Some(&v) = self.overlay.and_then(|o| o.get(i)) {
+            let y = plot.y(plot.mark_row(v));
+            for dx in 0..bw {
+                buf[(x0 + dx, y)].set_symbol("◆").set_fg(t.accent);
+            }
         }
-        if scale {
-            let put = |buf: &mut Buffer, row: u16, text: &str, fg| {
-                let x = full.x + aw - 1 - text.chars().count() as u16;
-                buf.set_string(x, row, text, ratatui::style::Style::default().fg(fg));
-            };
-            let top = area.y;
-            let bottom = axis_y - 1;
-            let mid = (top + bottom) / 2;
-            let line_y = line_row.map(|r| axis_y - 1 - r as u16);
-            for (row, text) in [(top, &labels[0]), (mid, &labels[1]), (bottom, &labels[2])] {
-                // The target's own label wins its row and the rows next to it.
-                if line_y.is_some_and(|l| l.abs_diff(row) <= 1) {
-                    continue;
-                }
-                put(buf, row, text, t.dim);
+        let (mark, fg) = self.mark(i);
+        buf[(x0, plot.axis_y)].set_symbol(mark).set_fg(fg);
+    }
+
+    /// The value scale, right-aligned to column `x_end`: top, middle and bottom values, and
+    /// the target line's on its row.
+    fn draw_scale(
+        &self,
+        buf: &mut Buffer,
+        plot: &Plot,
+        x_end: u16,
+        labels: &[String; 3],
+        line_label: Option<&str>,
+    ) {
+        let t = self.theme;
+        let put = |buf: &mut Buffer, row: u16, text: &str, fg| {
+            let x = x_end - text.chars().count() as u16;
+            buf.set_string(x, row, text, ratatui::style::Style::default().fg(fg));
+        };
+        let top = plot.area.y;
+        let bottom = plot.axis_y - 1;
+        let mid = (top + bottom) / 2;
+        let line_y = plot.line_row.map(|r| plot.y(r));
+        for (row, text) in [(top, &labels[0]), (mid, &labels[1]), (bottom, &labels[2])] {
+            // The target's own label wins its row and the rows next to it.
+            if line_y.is_some_and(|l| l.abs_diff(row) <= 1) {
+                continue;
             }
-            if let (Some(y), Some(text)) = (line_y, &line_label) {
-                put(buf, y, text, t.target);
-            }
+            put(buf, row, text, t.dim);
+        }
+        if let (Some(y), Some(text)) = (line_y, line_label) {
+            put(buf, y, text, t.target);
         }
     }
 }

@@ -138,14 +138,27 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
     let n = s.n_blocks();
     let sel = (n > 0).then_some(s.block);
+    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
+    draw_importance(f, s, t, top, sel, &pinned);
+    draw_allocation(f, s, t, bottom, sel, &pinned);
+    draw_panel(f, s, t, panel);
+}
+
+/// Importance: the chosen statistic of each block as bars arrive, or (key i) OWL's outlier
+/// ratio or AlphaPruning's α̂ from the finished calibration.
+fn draw_importance(
+    f: &mut Frame,
+    s: &State,
+    t: &Theme,
+    area: Rect,
+    sel: Option<usize>,
+    pinned: &[usize],
+) {
+    let n = s.n_blocks();
     let active = match &s.job {
         Some(j) if j.stage == Stage::Calibrate && s.cal.is_none() => Some(j.done),
         _ => None,
     };
-    let pinned: Vec<usize> = s.params.alloc.overrides.iter().map(|o| o.0).collect();
-
-    // Importance: the chosen statistic of each block as bars arrive, or (key i) OWL's outlier
-    // ratio or AlphaPruning's α̂ from the finished calibration.
     let from_cal = |f: &dyn Fn(&crate::prune::stats::Calibration, usize) -> Option<f64>| {
         (0..n)
             .map(|i| s.cal.as_ref().and_then(|c| f(c, i)))
@@ -174,8 +187,8 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .unwrap_or_default();
     let b = block(format!(" importance · {what} · i switches "), t)
         .title(Line::from(sel_score).alignment(Alignment::Right));
-    let inner = b.inner(top);
-    f.render_widget(b, top);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
     if n == 0 {
         f.render_widget(
             Paragraph::new("waiting for the model…").style(t.fg(t.dim)),
@@ -192,21 +205,63 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 line: None,
                 ticks: None,
                 overlay: None,
-                pinned: &pinned,
+                pinned,
                 theme: t,
             },
             inner,
         );
     }
+}
 
-    // Allocation: target sparsity per block (0..1), the global target, achieved ticks.
+/// Allocation: target sparsity per block (0..1), the global target, achieved ticks.
+fn draw_allocation(
+    f: &mut Frame,
+    s: &State,
+    t: &Theme,
+    area: Rect,
+    sel: Option<usize>,
+    pinned: &[usize],
+) {
     let applied = s.current_applied();
     let targets: Vec<Option<f64>> = match &s.plan {
         Some(p) => p.block.iter().map(|&v| Some(v)).collect(),
-        None => vec![None; n],
+        None => vec![None; s.n_blocks()],
     };
     let p_eff = s.params.effective_alloc().sparsity;
-    let sel_alloc = match (sel, &s.plan) {
+    let b = block(allocation_title(s, p_eff), t)
+        .title(Line::from(selected_allocation(s, sel, pinned)).alignment(Alignment::Right));
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if s.plan.is_some() {
+        f.render_widget(
+            Bars {
+                values: &targets,
+                lo: 0.0,
+                hi: 1.0,
+                selected: sel,
+                active: None,
+                line: Some(p_eff),
+                ticks: applied.and_then(|a| a.achieved.as_deref()),
+                overlay: s.overlay_plan.as_deref(),
+                pinned,
+                theme: t,
+            },
+            inner,
+        );
+    } else {
+        f.render_widget(
+            Paragraph::new("the allocation appears when calibration has finished")
+                .style(t.fg(t.dim))
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+    }
+}
+
+/// The selected block's target (→ achieved, N of M, pinned), for the allocation's title.
+fn selected_allocation(s: &State, sel: Option<usize>, pinned: &[usize]) -> String {
+    let applied = s.current_applied();
+    match (sel, &s.plan) {
         (Some(i), Some(p)) if i < p.block.len() => {
             let mut x = format!(" block {i}: {:.3}", p.block[i]);
             if let Some(a) = applied.and_then(|a| a.achieved.as_ref()) {
@@ -221,7 +276,11 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             x + " "
         }
         _ => String::new(),
-    };
+    }
+}
+
+/// The allocation chart's title: p, the overlay, the draws' spread, target or achieved.
+fn allocation_title(s: &State, p_eff: f64) -> String {
     // Most important first: the right-aligned title may cover the end of this one.
     let mut label = format!(" sparsity · p {p_eff:.2}");
     if let (None, Some(id)) = (s.overlay_alloc, s.overlay_entry) {
@@ -238,41 +297,14 @@ fn draw_main(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             .fold(0.0, f64::max);
         label.push_str(&format!(" · {} draws Δ≤{widest:.3}", d.draws));
     }
-    match applied {
+    match s.current_applied() {
         Some(a) if a.achieved.is_some() => label.push_str(&format!(
             " · achieved ticks ({}) ",
             format!("{:?}", a.params.mode).to_lowercase()
         )),
         _ => label.push_str(" · target "),
     }
-    let b = block(label, t).title(Line::from(sel_alloc).alignment(Alignment::Right));
-    let inner = b.inner(bottom);
-    f.render_widget(b, bottom);
-    if s.plan.is_some() {
-        f.render_widget(
-            Bars {
-                values: &targets,
-                lo: 0.0,
-                hi: 1.0,
-                selected: sel,
-                active: None,
-                line: Some(p_eff),
-                ticks: applied.and_then(|a| a.achieved.as_deref()),
-                overlay: s.overlay_plan.as_deref(),
-                pinned: &pinned,
-                theme: t,
-            },
-            inner,
-        );
-    } else {
-        f.render_widget(
-            Paragraph::new("the allocation appears when calibration has finished")
-                .style(t.fg(t.dim))
-                .wrap(Wrap { trim: true }),
-            inner,
-        );
-    }
-    draw_panel(f, s, t, panel);
+    label
 }
 
 fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
@@ -302,12 +334,7 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         ));
     }
     lines.push(Line::raw(""));
-    let kv = |k: &str, v: String, st: Style| {
-        let pad = w
-            .saturating_sub(k.chars().count() + v.chars().count())
-            .max(1);
-        Line::styled(format!("{k}{}{v}", " ".repeat(pad)), st)
-    };
+    let kv = |k: &str, v: String, st: Style| kv_line(k, v, w, st);
     lines.push(kv(
         "dense ppl",
         s.dense_ppl.map(|p| format!("{p:.2}")).unwrap_or("…".into()),
@@ -325,29 +352,7 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             }),
         ));
         if let Some(fp) = &h.footprint {
-            let mode = fp.mode.name();
-            let full = format!("{mode}, {}/{}", fp.sparse_linears, fp.linears);
-            let k = "sparse exec. (X)";
-            let v = match k.chars().count() + full.chars().count() < w {
-                true => full,
-                false => mode.to_string(),
-            };
-            lines.push(kv(k, v, t.fg(t.text)));
-            let mb = |b: u64| b as f64 / 1e6;
-            let ratio = match fp.dense_bytes {
-                0 => String::new(),
-                _ => format!(" {:.2}×", fp.ratio()),
-            };
-            lines.push(kv(
-                &format!("linears #{}", h.id),
-                format!("{:.0} MB{ratio}", mb(fp.bytes)),
-                t.fg(t.text),
-            ));
-            lines.push(kv(
-                "linears dense",
-                format!("{:.0} MB", mb(fp.dense_bytes)),
-                t.fg(t.dim),
-            ));
+            lines.extend(footprint_lines(h.id, fp, w, t));
         }
     }
     if !s.params.alloc.overrides.is_empty() {
@@ -390,6 +395,49 @@ fn draw_panel(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         lines.extend(block_table(s, t, plan, avail));
     }
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+}
+
+/// The panel's rows on applied entry `id`'s linears: how they run, their bytes, the dense bytes.
+fn footprint_lines(
+    id: usize,
+    fp: &crate::app::Footprint,
+    w: usize,
+    t: &Theme,
+) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let kv = |k: &str, v: String, st: Style| kv_line(k, v, w, st);
+    let mode = fp.mode.name();
+    let full = format!("{mode}, {}/{}", fp.sparse_linears, fp.linears);
+    let k = "sparse exec. (X)";
+    let v = match k.chars().count() + full.chars().count() < w {
+        true => full,
+        false => mode.to_string(),
+    };
+    lines.push(kv(k, v, t.fg(t.text)));
+    let mb = |b: u64| b as f64 / 1e6;
+    let ratio = match fp.dense_bytes {
+        0 => String::new(),
+        _ => format!(" {:.2}×", fp.ratio()),
+    };
+    lines.push(kv(
+        &format!("linears #{id}"),
+        format!("{:.0} MB{ratio}", mb(fp.bytes)),
+        t.fg(t.text),
+    ));
+    lines.push(kv(
+        "linears dense",
+        format!("{:.0} MB", mb(fp.dense_bytes)),
+        t.fg(t.dim),
+    ));
+    lines
+}
+
+/// A panel row of width `w`: `k` on the left, `v` on the right.
+fn kv_line(k: &str, v: String, w: usize, st: Style) -> Line<'static> {
+    let pad = w
+        .saturating_sub(k.chars().count() + v.chars().count())
+        .max(1);
+    Line::styled(format!("{k}{}{v}", " ".repeat(pad)), st)
 }
 
 /// The panel's per-block table around the selected block, then the history, in `avail` rows.
@@ -548,47 +596,53 @@ fn draw_generations(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         );
         if h > 1 {
             let body = Rect::new(inner.x, y + 1, inner.width, h - 1);
-            let [l, _, r] = Layout::horizontal([
-                Constraint::Length(half),
-                Constraint::Length(1),
-                Constraint::Min(1),
-            ])
-            .areas(body);
-            let show = |x: &str| {
-                if x.is_empty() {
-                    "…".to_string()
-                } else {
-                    x.replace('\n', " ⏎ ")
-                }
-            };
-            f.render_widget(
-                Paragraph::new(show(&p.dense))
-                    .style(t.fg(t.text))
-                    .wrap(Wrap { trim: false }),
-                l,
-            );
-            let pruned = show(&p.pruned);
-            let line = match crate::app::first_difference(&show(&p.dense), &pruned) {
-                Some(at) => {
-                    let cut = pruned
-                        .char_indices()
-                        .nth(at)
-                        .map(|(b, _)| b)
-                        .unwrap_or(pruned.len());
-                    Line::from(vec![
-                        Span::styled(pruned[..cut].to_string(), t.fg(t.text)),
-                        Span::styled(
-                            pruned[cut..].to_string(),
-                            t.fg(t.error).add_modifier(Modifier::REVERSED),
-                        ),
-                    ])
-                }
-                None => Line::styled(pruned, t.fg(t.text)),
-            };
-            f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), r);
+            draw_continuations(f, p, t, body, half);
         }
         y += h;
     }
+}
+
+/// A prompt's two continuations side by side in `body` (dense `half` wide), the pruned one
+/// marked from where it departs from the dense one.
+fn draw_continuations(f: &mut Frame, p: &crate::app::PromptGen, t: &Theme, body: Rect, half: u16) {
+    let [l, _, r] = Layout::horizontal([
+        Constraint::Length(half),
+        Constraint::Length(1),
+        Constraint::Min(1),
+    ])
+    .areas(body);
+    let show = |x: &str| {
+        if x.is_empty() {
+            "…".to_string()
+        } else {
+            x.replace('\n', " ⏎ ")
+        }
+    };
+    f.render_widget(
+        Paragraph::new(show(&p.dense))
+            .style(t.fg(t.text))
+            .wrap(Wrap { trim: false }),
+        l,
+    );
+    let pruned = show(&p.pruned);
+    let line = match crate::app::first_difference(&show(&p.dense), &pruned) {
+        Some(at) => {
+            let cut = pruned
+                .char_indices()
+                .nth(at)
+                .map(|(b, _)| b)
+                .unwrap_or(pruned.len());
+            Line::from(vec![
+                Span::styled(pruned[..cut].to_string(), t.fg(t.text)),
+                Span::styled(
+                    pruned[cut..].to_string(),
+                    t.fg(t.error).add_modifier(Modifier::REVERSED),
+                ),
+            ])
+        }
+        None => Line::styled(pruned, t.fg(t.text)),
+    };
+    f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), r);
 }
 
 fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
@@ -597,6 +651,36 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
     draw_generations(f, s, t, gens);
     let [hist, blocks] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(tables);
+    let lines = history_lines(s, t);
+    f.render_widget(
+        Paragraph::new(lines).block(block(" perplexity (history) ", t)),
+        hist,
+    );
+    // With zero-shot scores, their table takes the top of the right pane (all of it when the
+    // pane is too short for both).
+    let blocks = match &s.dense_zeroshot {
+        Some(d) => {
+            let want = d.tasks.len() as u16 + 4;
+            let both = blocks.height >= want + 6;
+            let [top, rest] = Layout::vertical([
+                Constraint::Length(if both { want } else { blocks.height }),
+                Constraint::Min(0),
+            ])
+            .areas(blocks);
+            draw_zeroshot(f, s, d, t, top);
+            if !both {
+                return;
+            }
+            rest
+        }
+        None => blocks,
+    };
+    draw_block_targets(f, s, t, blocks);
+}
+
+/// The compare view's history: the dense model, the last footprint, and each applied entry
+/// with its perplexity relative to the highlighted one.
+fn history_lines(s: &State, t: &Theme) -> Vec<Line<'static>> {
     let zs = |z: &Option<crate::zeroshot::ZeroShot>| {
         z.as_ref()
             .map(|z| format!(" zs {:.3}", z.mean_acc))
@@ -684,30 +768,7 @@ fn draw_compare(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
             }),
         ));
     }
-    f.render_widget(
-        Paragraph::new(lines).block(block(" perplexity (history) ", t)),
-        hist,
-    );
-    // With zero-shot scores, their table takes the top of the right pane (all of it when the
-    // pane is too short for both).
-    let blocks = match &s.dense_zeroshot {
-        Some(d) => {
-            let want = d.tasks.len() as u16 + 4;
-            let both = blocks.height >= want + 6;
-            let [top, rest] = Layout::vertical([
-                Constraint::Length(if both { want } else { blocks.height }),
-                Constraint::Min(0),
-            ])
-            .areas(blocks);
-            draw_zeroshot(f, s, d, t, top);
-            if !both {
-                return;
-            }
-            rest
-        }
-        None => blocks,
-    };
-    draw_block_targets(f, s, t, blocks);
+    lines
 }
 
 /// Requested vs achieved per block for the last applied configuration, around the selection.
@@ -847,6 +908,11 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
                 .labels(vec![label(y0), label((y0 + y1) / 2.0), label(y1)]),
         );
     f.render_widget(chart, chart_area);
+    draw_sweep_table(f, sw, t, table_area);
+}
+
+/// The sweep's points as a table: the selected (▸) and the best (★).
+fn draw_sweep_table(f: &mut Frame, sw: &crate::app::SweepView, t: &Theme, area: Rect) {
     let best = sw.best();
     let lines: Vec<Line> = sw
         .values
@@ -873,7 +939,7 @@ fn draw_sweep(f: &mut Frame, s: &State, t: &Theme, area: Rect) {
         .collect();
     f.render_widget(
         Paragraph::new(lines).block(block(" value  ppl (★ best) ", t)),
-        table_area,
+        area,
     );
 }
 

@@ -12,8 +12,9 @@ use std::sync::{mpsc, Arc};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use crate::app::jobs::{Spec, ZeroShotSpec};
 use crate::app::{Job, Msg};
-pub use session::{ExplorerSession, Spec, ZeroShotSpec};
+pub use session::ExplorerSession;
 
 impl queue::Keyed for Job {
     fn same_kind(&self, other: &Self) -> bool {

@@ -2,7 +2,7 @@
 //! `dlpx prune --alpha auto` chooses it; the DLP paper tunes α per model, §5). The trace opens
 //! in the sweep view.
 
-use color_eyre::eyre::{eyre, Result};
+use color_eyre::eyre::Result;
 
 use super::{BackgroundJob, Worker};
 use crate::app::{Job, Msg, Stage, State, SweepView, Tone, View};
@@ -53,12 +53,9 @@ impl BackgroundJob for AlphaAuto {
     }
 
     fn run(&self, w: &mut Worker<'_>) -> Result<()> {
-        let (x, cal) = match w.cal {
-            Some(cal) => (w.x, cal),
-            None => return Err(eyre!("calibration has to finish first")),
-        };
+        let (x, cal) = (&*w.x, w.held.calibration()?);
         let (heldout, set) = x.heldout_windows(HELDOUT, w.obs)?;
-        let search = x.search_alpha(cal, &self.params, &heldout, set, w.obs)?;
+        let search = x.search_alpha(&cal, &self.params, &heldout, set, w.obs)?;
         (w.send)(Msg::AlphaSearched(Box::new(search)));
         Ok(())
     }

@@ -33,7 +33,7 @@ impl BackgroundJob for Quantize {
 
     fn run(&self, w: &mut Worker<'_>) -> Result<()> {
         let id = self.id;
-        let m = w.held(id)?;
+        let m = w.held.model(id)?;
         for format in [QuantFormat::Q8_0, QuantFormat::Q4K, QuantFormat::Q4_0] {
             let (q, _) = w.x.quantize(&m.llama, format, w.obs)?;
             if let Some(p) = w.x.perplexity(&q, Stage::QuantizedEval, w.obs)? {

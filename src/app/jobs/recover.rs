@@ -45,8 +45,8 @@ impl BackgroundJob for Recover {
     }
 
     fn run(&self, w: &mut Worker<'_>) -> Result<()> {
-        let (id, x) = (self.id, w.x);
-        let m = w.held(id)?;
+        let (id, x) = (self.id, &*w.x);
+        let m = w.held.model(id)?;
         let p = LoraParams {
             steps: self.steps,
             ..LoraParams::default()
