@@ -44,6 +44,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let setup = Setup {
         stats_cache: !a.no_stats_cache,
         metric: params.metric,
+        recovery: Some((lora.rank, lora.batch)),
         ..ctx.setup(&a.model, DataSpec::of_report(&base.data))?
     };
     let obs = &mut ctx.progress;

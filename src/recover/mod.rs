@@ -10,6 +10,8 @@
 //! - Saved in PEFT's layout ([`Adapters::save_peft`]); merging is optional and re-applies the
 //!   mask ([`Adapters::merge`]).
 
+pub mod memory;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -398,7 +400,7 @@ fn backward(
 /// Positions whose logits exist at once in [`head_loss`]: `HEAD_ROWS × vocab` f32 (50 MB on the
 /// demo). The whole batch's logits (4 × 255 positions, 200 MB) and the log-softmax's and the
 /// backward's copies of them were most of a training step's memory.
-const HEAD_ROWS: usize = 256;
+pub(crate) const HEAD_ROWS: usize = 256;
 
 /// Mean cross-entropy of the final hidden states `top` (`[b, t, hidden]`) against `targets`
 /// (`[b·t]`), through the final norm and the head, a few positions at a time; with `grad`, also
