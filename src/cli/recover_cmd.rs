@@ -8,7 +8,6 @@ use color_eyre::eyre::{bail, Result};
 use crate::cli::commands::Ctx;
 use crate::cli::RecoverArgs;
 use crate::experiment::{DataSpec, Experiment, RecoverSpec, Recovered, RunSpec, Setup};
-use crate::model::Placement;
 use crate::recover::{Adapters, LoraParams};
 use crate::report::Report;
 
@@ -30,9 +29,6 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let tasks = a.task.spec(a.tasks.as_deref())?;
     if a.holdout == 0 {
         bail!("--holdout must be at least 1 window (early stopping needs held-out text)");
-    }
-    if ctx.place == Placement::Offload {
-        bail!("dlpx recover trains on a resident model: drop --offload");
     }
     crate::model::ensure_free_dir(&a.out)?;
     if let Some(dir) = &a.save {

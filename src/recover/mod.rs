@@ -111,13 +111,6 @@ pub struct Adapters {
 impl Adapters {
     /// Fresh adapters for every block linear of `model` (f32, on its device).
     pub fn new(model: &Llama, rank: usize, alpha: f64, seed: u64) -> Result<Self> {
-        if model.offload.is_some() {
-            return Err(crate::said!(
-                "LoRA recovery needs the model resident: drop ",
-                Setting::Offload
-            )
-            .into());
-        }
         let dev = &model.device;
         let mut rng = SplitMix64::new(seed);
         let mut items = Vec::new();
@@ -294,18 +287,24 @@ impl Adapters {
     /// Merge the adapters into the weights and re-apply each layer's mask:
     /// `W ← (W + (α/r)·B A) ⊙ [W ≠ 0]`, so the model stays exactly as sparse (the low-rank
     /// update of the pruned entries is dropped). The adapters are removed from the linears.
+    /// One block at a time: an offloaded block is read from its file, merged, and kept (in host
+    /// memory) as a pruned block is; every merged linear is held as the pruned model held it
+    /// (compressed rows where they run faster), so the merged model is no second, dense copy.
     pub fn merge(&self, model: &mut Llama) -> Result<()> {
-        for ad in &self.items {
-            let l = model.blocks[ad.block].linear_mut(ad.kind);
-            let w = l.weight()?.to_dtype(DType::F32)?;
-            let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
-            let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * self.scale())?;
-            let merged = ((w + delta)? * keep)?;
-            l.set_weight(merged)?;
-            // Held as the pruned model was (compressed rows where they run faster), so the
-            // merged model is not a second, dense copy of the base.
-            l.compact(model.sparse)?;
-            l.lora = None;
+        for i in 0..model.blocks.len() {
+            let mut blk = model.block(i)?.into_owned();
+            for ad in self.items.iter().filter(|a| a.block == i) {
+                let l = blk.linear_mut(ad.kind);
+                let w = l.weight()?.to_dtype(DType::F32)?;
+                let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
+                let (a, b) = (ad.a.as_tensor(), ad.b.as_tensor());
+                let delta =
+                    (b.to_device(w.device())?.matmul(&a.to_device(w.device())?)? * self.scale())?;
+                let merged = ((w + delta)? * keep)?;
+                l.set_weight(merged)?;
+                l.lora = None;
+            }
+            model.store_block(i, blk)?;
         }
         Ok(())
     }
@@ -348,10 +347,13 @@ fn checkpointed_grads(
     // Forward with the fused (inference) ops; only the blocks' inputs are kept.
     model.set_differentiable(false);
     let forward = (|| -> Result<(Vec<Tensor>, Tensor)> {
+        // Offloaded, the block inputs wait in host memory and the device holds one block (read
+        // from its file or host memory by `forward_block`) and one batch at a time.
+        let home = model.activations_home();
         let mut x = model.embed(&inputs_ids)?.detach();
         let mut inputs = Vec::with_capacity(model.blocks.len());
         for i in 0..model.blocks.len() {
-            inputs.push(x.clone());
+            inputs.push(x.to_device(&home)?);
             x = model.forward_block(i, &x, 0, None, None)?.detach();
         }
         Ok((inputs, x))
@@ -379,7 +381,7 @@ fn backward(
     let mut grads = candle_core::backprop::GradStore::default();
     for i in (0..model.blocks.len()).rev() {
         let Some(x) = inputs.pop() else { break };
-        let x = Var::from_tensor(&x)?;
+        let x = Var::from_tensor(&x.to_device(&model.device)?)?;
         let y = model.forward_block(i, x.as_tensor(), 0, None, None)?;
         // d(Σ y·g)/dθ = gᵀ ∂y/∂θ: the chain rule through this block alone.
         let mut local = (y * &g)?.sum_all()?.backward()?;
