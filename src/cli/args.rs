@@ -673,6 +673,11 @@ pub struct BenchArgs {
     /// Also time the pruning stages on the demo protocol (dense pass, allocation, masks, faithful pass, eval).
     #[arg(long)]
     pub prune: bool,
+    /// With --shape: time one LoRA recovery step (checkpointed forward, backward and AdamW, rank
+    /// 8) on --calib-samples random windows of --seq-len tokens (default 256), and project the
+    /// whole model's step time and memory.
+    #[arg(long, requires = "shape", conflicts_with = "prune")]
+    pub recover: bool,
     /// Also time the explorer's key press → reallocation → redrawn frame on the demo statistics.
     #[arg(long)]
     pub tui: bool,

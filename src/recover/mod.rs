@@ -399,6 +399,53 @@ fn backward(
     Ok((loss, grads))
 }
 
+/// One training step's figures (see [`time_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepTime {
+    pub loss: f64,
+    /// The checkpointed forward, the head's loss and the recomputing backward (seconds).
+    pub forward_backward_s: f64,
+    /// AdamW's update of every adapter (seconds).
+    pub optimizer_s: f64,
+    /// Tokens the step predicted.
+    pub tokens: usize,
+}
+
+/// One training step of `adapters` on `windows` as [`train`] runs it (checkpointed forward and
+/// backward, then AdamW), timed.
+pub fn time_step(
+    model: &mut Llama,
+    adapters: &Adapters,
+    windows: &[Vec<u32>],
+    lr: f64,
+) -> Result<StepTime> {
+    if windows.is_empty() || windows[0].len() < 2 {
+        bail!("LoRA: need windows of at least 2 tokens");
+    }
+    adapters.install(model)?;
+    let mut opt = AdamW::new(
+        adapters.vars(),
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let t = Instant::now();
+    let (loss, grads) = checkpointed_grads(model, windows, adapters)?;
+    let forward_backward_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    opt.step(&grads)?;
+    let optimizer_s = t.elapsed().as_secs_f64();
+    model.set_differentiable(false);
+    Ok(StepTime {
+        loss,
+        forward_backward_s,
+        optimizer_s,
+        tokens: windows.len() * (windows[0].len() - 1),
+    })
+}
+
 /// Positions whose logits exist at once in [`head_loss`]: `HEAD_ROWS × vocab` f32 (50 MB on the
 /// demo). The whole batch's logits (4 × 255 positions, 200 MB) and the log-softmax's and the
 /// backward's copies of them were most of a training step's memory.
