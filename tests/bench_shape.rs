@@ -148,3 +148,44 @@ fn shape_errors_are_one_readable_line() {
         "{err}"
     );
 }
+
+/// `--recover --shape`: one LoRA step timed, its peak memory, and the projection to the real
+/// block count (step time) and the recovery estimate of the whole model (memory).
+#[test]
+fn recover_step_is_timed_and_projected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (ok, out, err) = bench(&[
+        "--recover",
+        "--shape",
+        cfg.to_str().unwrap(),
+        "--blocks",
+        "2",
+        "--calib-samples",
+        "2",
+        "--seq-len",
+        "32",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["real_blocks"], 12);
+    assert_eq!(v["step"]["tokens"], 2 * 31);
+    let step = &v["step"];
+    let s = step["forward_backward_s"].as_f64().unwrap() + step["optimizer_s"].as_f64().unwrap();
+    assert!(s > 0.0 && step["loss"].as_f64().unwrap().is_finite(), "{v}");
+    // Random weights over a 1024-token vocabulary: the loss starts near ln(1024).
+    let loss = step["loss"].as_f64().unwrap();
+    assert!((loss - 1024f64.ln()).abs() < 1.0, "loss {loss}");
+    let proj = v["projected"]["step_s"].as_f64().unwrap();
+    assert!((proj - s * 6.0).abs() < 1e-9 * proj, "{proj} vs {s} × 12/2");
+    let (res, off) = (
+        v["projected"]["memory"]["total"].as_u64().unwrap(),
+        v["projected"]["memory_offload"]["total"].as_u64().unwrap(),
+    );
+    assert!(off < res, "{off} vs {res}");
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // --recover needs --shape, and is not --prune.
+    let (ok, _, err) = bench(&["--recover"]);
+    assert!(!ok && err.contains("--shape"), "{err}");
+}

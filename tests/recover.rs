@@ -289,3 +289,79 @@ fn bad_recover_input_fails_before_any_work() {
         "mine"
     );
 }
+
+/// `--offload`: the block weights stay in their file and are read one block at a time for the
+/// forward and the recomputation; training and the recovered model are those of a resident run.
+#[test]
+fn offloaded_recovery_equals_the_resident_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src, _) = Tiny::default().gguf_in(d, 3);
+    let src = src.to_str().unwrap();
+    let text = text(d);
+    let r = d.join("r.json");
+    ok(&dlpx(
+        d,
+        &[
+            "prune",
+            "--model",
+            src,
+            "--calib",
+            &text,
+            "--eval",
+            &text,
+            "--calib-samples",
+            "6",
+            "--seq-len",
+            "16",
+            "--eval-windows",
+            "4",
+            "--report",
+            r.to_str().unwrap(),
+        ],
+    ));
+    let run = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let out = d.join(name);
+        let mut args = vec![
+            "recover",
+            "--model",
+            src,
+            "--config",
+            r.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--lr",
+            "5e-3",
+            "--holdout",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        let o = dlpx(d, &args);
+        ok(&o);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let resident = run("resident", &[]);
+    let offloaded = run("offloaded", &["--offload"]);
+    let (a, b) = (&resident["recovered"], &offloaded["recovered"]);
+    assert_eq!(a["training"]["train_loss"], b["training"]["train_loss"]);
+    assert_eq!(a["training"]["heldout"], b["training"]["heldout"]);
+    let (pa, pb) = (a["ppl"].as_f64().unwrap(), b["ppl"].as_f64().unwrap());
+    assert!(pa > 0.0 && pa == pb, "resident {pa}, offloaded {pb}");
+    // Training moved the adapters: the recovered model is not the pruned one.
+    assert_ne!(a["ppl"], resident["ppl"]["pruned"]);
+    // Merged (and re-masked) into the blocks an offloaded run holds: as merged resident.
+    let merged = |name, extra: &[&str]| run(name, extra)["recovered"]["ppl"].as_f64().unwrap();
+    let (ma, mb) = (
+        merged("ma", &["--merge"]),
+        merged("mb", &["--offload", "--merge"]),
+    );
+    assert!(
+        ma.is_finite() && ma == mb,
+        "merged: resident {ma}, offloaded {mb}"
+    );
+}

@@ -691,3 +691,52 @@ fn llama31_gguf_with_rope_freqs_equals_rope_scaling() {
     let e = model::save_folder(&m31, &dir.path().join("out")).unwrap_err();
     assert!(format!("{e:#}").contains("rope_freqs"), "{e:#}");
 }
+
+/// The recovery estimate of `dlpx estimate` for Llama-2-7B's shapes against a hand calculation
+/// (rank 8, 4 × 2048-token windows, bf16), and offloaded.
+#[test]
+fn recovery_estimate_for_llama2_7b_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":4096,
+            "intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,
+            "num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,
+            "rms_norm_eps":1e-5,"tie_word_embeddings":false}"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dlpx"))
+            .args(["estimate", "--config-json", cfg.to_str().unwrap()])
+            .args(["--seq-len", "2048", "--dtype", "bf16", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let r = &run(&[])["recover"];
+    // r·(in + out): q, k, v, o are 4096 → 4096; gate, up, down 4096 ↔ 11008; f32.
+    let adapters: u64 = 32 * 8 * (4 * 8192 + 3 * 15104) * 4;
+    assert_eq!(r["adapters"], adapters);
+    assert_eq!(r["optimizer"], 4 * adapters);
+    let t: u64 = 2047;
+    assert_eq!(r["checkpoints"], 33 * 4 * t * 4096 * 2 + 4 * t * 4096 * 4);
+    assert_eq!(
+        r["block_workspace"],
+        (8 * 4 * 32 * t * t + 10 * 4 * t * 11008 + 20 * 4 * t * 4096) * 2
+    );
+    assert_eq!(r["head"], 10u64 * 256 * 32000 * 4);
+    assert_eq!(r["weights"], 6_738_415_616u64 * 2);
+    let off = &run(&["--offload"])["recover"];
+    let block: u64 = (4 * 4096 * 4096 + 3 * 4096 * 11008) * 2;
+    assert_eq!(off["offloaded"], 32 * block);
+    assert_eq!(off["weights"], 6_738_415_616u64 * 2 - 31 * block);
+    // Offloaded in bf16, a 7B recovery fits in 24 GiB (the issue's bound).
+    assert!(off["total"].as_u64().unwrap() < 24 << 30, "{off}");
+    // Rank and batch are the recovery's own.
+    let r2 = &run(&["--rank", "16", "--batch", "2"])["recover"];
+    assert_eq!(r2["adapters"], 2 * adapters);
+    assert_eq!(r2["checkpoints"], 33 * 2 * t * 4096 * 2 + 2 * t * 4096 * 4);
+}

@@ -184,6 +184,7 @@ fn demo_session_reports_speeds_cached_rows_and_the_sparse_toggle() {
             dense_cache: true,
             metric: dlpx::prune::mask::Metric::Wanda,
             keeps_pruned_copy: true,
+            recovery: None,
         },
         owl_m: 5.0,
         max_new_tokens: 12,

@@ -160,7 +160,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print the JSON Schema of the report/config format.
     Schema,
-    /// Preflight memory estimate of a pruning run from a config.json alone (no weights needed).
+    /// Preflight memory estimate of a pruning run and of LoRA recovery (`dlpx recover`) from a config.json alone (no weights needed).
     Estimate(EstimateArgs),
     /// Token ids (and pieces) of a text, for checking a tokenizer or a conversion.
     Tokenize(TokenizeArgs),
@@ -673,6 +673,11 @@ pub struct BenchArgs {
     /// Also time the pruning stages on the demo protocol (dense pass, allocation, masks, faithful pass, eval).
     #[arg(long)]
     pub prune: bool,
+    /// With --shape: time one LoRA recovery step (checkpointed forward, backward and AdamW, rank
+    /// 8) on --calib-samples random windows of --seq-len tokens (default 256), and project the
+    /// whole model's step time and memory.
+    #[arg(long, requires = "shape", conflicts_with = "prune")]
+    pub recover: bool,
     /// Also time the explorer's key press → reallocation → redrawn frame on the demo statistics.
     #[arg(long)]
     pub tui: bool,
@@ -723,7 +728,13 @@ pub struct EstimateArgs {
     /// Per-weight metric (SparseGPT adds its Hessians).
     #[arg(long, value_enum, default_value = "wanda")]
     pub metric: MetricArg,
-    /// Print the figures as JSON (bytes).
+    /// LoRA adapter rank of the recovery estimate (as `dlpx recover --rank`).
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA training windows per step of the recovery estimate (as `dlpx recover --batch`).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Print the figures as JSON (bytes; the recovery estimate under `recover`).
     #[arg(long)]
     pub json: bool,
 }

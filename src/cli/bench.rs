@@ -23,8 +23,13 @@ pub fn run(ctx: &mut Ctx, a: &BenchArgs, sparse: bool) -> Result<()> {
         return job(ctx, a);
     }
     if let Some(shape) = &a.shape {
+        if a.recover {
+            return crate::cli::bench_shape::recover(ctx, a, shape);
+        }
         if !a.prune {
-            color_eyre::eyre::bail!("--shape times --prune or --sparse: add one of them");
+            color_eyre::eyre::bail!(
+                "--shape times --prune, --recover or --sparse: add one of them"
+            );
         }
         return crate::cli::bench_shape::run(ctx, a, shape);
     }

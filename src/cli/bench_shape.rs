@@ -232,3 +232,105 @@ impl Figures<'_> {
         );
     }
 }
+
+/// LoRA rank of `dlpx bench --recover --shape` (`dlpx recover`'s default).
+const RECOVER_RANK: usize = 8;
+
+/// `dlpx bench --recover --shape`: one LoRA training step (checkpointed forward, backward, AdamW)
+/// on a random-weight model at a real checkpoint's shapes; its peak RSS and tokens/s, and the
+/// whole model projected: the step time scaled to the real block count, the memory by the
+/// recovery estimate (resident and offloaded), which is also printed for the model built here.
+pub fn recover(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
+    use crate::experiment::stages::time_random_recovery;
+    use crate::prune::memory::gib;
+    use crate::recover::memory::RecoveryEstimate;
+    if ctx.place == Placement::Offload {
+        bail!("--shape builds its model in memory; drop --offload (it offloads a model file)");
+    }
+    if a.calib_samples == 0 {
+        bail!("--calib-samples must be at least 1");
+    }
+    let shape = Shape::parse(shape)?;
+    let seq_len = a.seq_len.unwrap_or(256);
+    let real_blocks = shape.config.num_hidden_layers;
+    let p = &mut ctx.progress;
+    p.status(&format!(
+        "building {} random blocks at {} shapes, one LoRA step on {} × {seq_len} tokens",
+        a.blocks, shape.label, a.calib_samples
+    ));
+    let windows = random_windows(a.calib_samples, seq_len, a.shape_vocab, 17);
+    let random = RandomShape {
+        config: &shape.config,
+        blocks: a.blocks,
+        vocab: a.shape_vocab,
+        device: &ctx.device,
+        dtype: ctx.dtype,
+    };
+    let (step, build_s) = time_random_recovery(&random, &windows, RECOVER_RANK)?;
+    let peak_mib = crate::prune::memory::peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let step_s = step.forward_backward_s + step.optimizer_s;
+    let tok_s = step.tokens as f64 / step_s;
+    // The blocks dominate a step at these shapes; the head's share is left out of the scaling.
+    let whole_s = step_s * real_blocks as f64 / a.blocks as f64;
+    let db = ctx.dtype.size_in_bytes();
+    let mut built = shape.config.clone();
+    built.num_hidden_layers = a.blocks;
+    built.vocab_size = a.shape_vocab;
+    let est = |c: &crate::model::LlamaConfig, offload| {
+        RecoveryEstimate::new(c, db, RECOVER_RANK, a.calib_samples, seq_len, offload)
+    };
+    let (here, whole, whole_off) = (
+        est(&built, false),
+        est(&shape.config, false),
+        est(&shape.config, true),
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "shape": shape.label,
+            "device": crate::device::describe(&ctx.device),
+            "dtype": format!("{:?}", ctx.dtype).to_lowercase(),
+            "threads": rayon::current_num_threads(),
+            "blocks": a.blocks,
+            "real_blocks": real_blocks,
+            "vocab": a.shape_vocab,
+            "rank": RECOVER_RANK,
+            "windows": a.calib_samples,
+            "seq_len": seq_len,
+            "build_s": build_s,
+            "step": {"loss": step.loss, "forward_backward_s": step.forward_backward_s,
+                "optimizer_s": step.optimizer_s, "tokens": step.tokens, "tokens_per_s": tok_s},
+            "peak_rss_mib": peak_mib,
+            "estimate_here": here,
+            "projected": {"step_s": whole_s, "tokens_per_s": step.tokens as f64 / whole_s,
+                "memory": whole, "memory_offload": whole_off},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "one LoRA step (rank {RECOVER_RANK}, checkpointed forward + backward + AdamW) at {} ({} of {real_blocks} blocks, vocabulary reduced to {}), {} × {seq_len} random-token windows, {:?}, {}",
+        shape.label,
+        a.blocks,
+        a.shape_vocab,
+        a.calib_samples,
+        ctx.dtype,
+        crate::device::describe(&ctx.device)
+    );
+    println!(
+        "step {step_s:.2}s (forward + backward {:.2}s, AdamW {:.3}s): {tok_s:.0} tokens/s · peak RSS {} (estimate for the model built here {:.2} GiB) · built in {build_s:.1}s",
+        step.forward_backward_s,
+        step.optimizer_s,
+        peak_mib
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "unknown".into()),
+        gib(here.total)
+    );
+    println!(
+        "projected whole model ({real_blocks} blocks): {whole_s:.1}s per step, {:.1} tokens/s; memory {:.1} GiB resident, {:.1} GiB with --offload ({:?})",
+        step.tokens as f64 / whole_s,
+        gib(whole.total),
+        gib(whole_off.total),
+        ctx.dtype
+    );
+    Ok(())
+}

@@ -55,6 +55,7 @@ impl Ctx {
             dense_cache: true,
             metric: crate::prune::mask::Metric::Wanda,
             keeps_pruned_copy: false,
+            recovery: None,
         })
     }
 
@@ -239,8 +240,18 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
         crate::prune::mask::Metric::from(a.metric),
         ctx.place == Placement::Offload,
     );
+    let rec = crate::recover::memory::RecoveryEstimate::new(
+        &c,
+        ctx.dtype.size_in_bytes(),
+        a.rank,
+        a.batch,
+        a.seq_len,
+        ctx.place == Placement::Offload,
+    );
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        let mut v = serde_json::to_value(&e)?;
+        v["recover"] = serde_json::to_value(&rec)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
             "{} blocks, {:.2} B parameters, {:?}, {} × {} calibration tokens, {:?}",
@@ -252,15 +263,23 @@ pub fn estimate(ctx: &Ctx, a: &crate::cli::EstimateArgs) -> Result<()> {
             crate::prune::mask::Metric::from(a.metric)
         );
         println!("{}", e.describe());
+        println!(
+            "{} (rank {}, {} × {} tokens per step)",
+            rec.describe(),
+            a.rank,
+            a.batch,
+            a.seq_len
+        );
         if let Some(avail) = crate::prune::memory::available_bytes() {
+            let fits = |total: u64| match total <= avail {
+                true => "fits",
+                false => "does not fit",
+            };
             println!(
-                "available here: {:.1} GiB ({})",
+                "available here: {:.1} GiB (pruning {}, recovery {})",
                 crate::prune::memory::gib(avail),
-                if e.total <= avail {
-                    "fits"
-                } else {
-                    "does not fit"
-                }
+                fits(e.total),
+                fits(rec.total)
             );
         }
     }

@@ -8,7 +8,6 @@ use color_eyre::eyre::{bail, Result};
 use crate::cli::commands::Ctx;
 use crate::cli::RecoverArgs;
 use crate::experiment::{DataSpec, Experiment, RecoverSpec, Recovered, RunSpec, Setup};
-use crate::model::Placement;
 use crate::recover::{Adapters, LoraParams};
 use crate::report::Report;
 
@@ -31,9 +30,6 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     if a.holdout == 0 {
         bail!("--holdout must be at least 1 window (early stopping needs held-out text)");
     }
-    if ctx.place == Placement::Offload {
-        bail!("dlpx recover trains on a resident model: drop --offload");
-    }
     crate::model::ensure_free_dir(&a.out)?;
     if let Some(dir) = &a.save {
         crate::model::ensure_free_dir(dir)?;
@@ -44,6 +40,7 @@ pub fn run(ctx: &mut Ctx, a: &RecoverArgs) -> Result<()> {
     let setup = Setup {
         stats_cache: !a.no_stats_cache,
         metric: params.metric,
+        recovery: Some((lora.rank, lora.batch)),
         ..ctx.setup(&a.model, DataSpec::of_report(&base.data))?
     };
     let obs = &mut ctx.progress;

@@ -213,6 +213,7 @@ pub fn start(g: &crate::cli::GlobalArgs, a: &crate::cli::TuiArgs) -> Result<()> 
             // The explorer can switch to SparseGPT at any key press.
             metric: crate::prune::mask::Metric::SparseGpt,
             keeps_pruned_copy: true,
+            recovery: None,
         },
         owl_m: params.owl_m,
         max_new_tokens: a.max_new_tokens,

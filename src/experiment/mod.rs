@@ -139,6 +139,8 @@ pub struct Setup {
     pub metric: Metric,
     /// A pruned copy of the weights is kept beside the dense ones (the explorer compares both).
     pub keeps_pruned_copy: bool,
+    /// LoRA recovery follows the pruning: (rank, batch) its preflight estimate plans for.
+    pub recovery: Option<(usize, usize)>,
 }
 
 /// What the model and data are, for reports and the explorer's header.
@@ -330,6 +332,18 @@ impl Experiment {
         }
         obs.status(&est.describe());
         est.check(available, d.calib_samples)?;
+        if let Some((rank, batch)) = s.recovery {
+            let rec = crate::recover::memory::RecoveryEstimate::new(
+                &model.llama.config,
+                s.dtype.size_in_bytes(),
+                rank,
+                batch,
+                d.seq_len,
+                s.place == Placement::Offload,
+            );
+            obs.status(&rec.describe());
+            rec.check(available, batch)?;
+        }
 
         let mut status = |m: &str| obs.status(m);
         let (calib, calib_sha) = source_windows(

@@ -65,6 +65,28 @@ pub fn time_random_protocol(
     Ok((time_protocol(&mut model, windows, params, obs)?, build_s))
 }
 
+/// Build `shape`'s model and time one LoRA training step (rank `rank`) on `windows`: the step's
+/// figures and the seconds the build took.
+pub fn time_random_recovery(
+    shape: &RandomShape<'_>,
+    windows: &[Vec<u32>],
+    rank: usize,
+) -> Result<(crate::recover::StepTime, f64)> {
+    let t = Instant::now();
+    let mut model = random_model(
+        shape.config,
+        shape.blocks,
+        shape.vocab,
+        0x5EED,
+        shape.device,
+        shape.dtype,
+    )?;
+    let build_s = t.elapsed().as_secs_f64();
+    let adapters = crate::recover::Adapters::new(&model, rank, 2.0 * rank as f64, 1)?;
+    let step = crate::recover::time_step(&mut model, &adapters, windows, 2e-4)?;
+    Ok((step, build_s))
+}
+
 /// Calibrate `model` on `windows`, allocate, time block 0's per-weight stages (the dense
 /// weights still) and prune `model` in place by the faithful pass, each stage timed.
 pub fn time_protocol(

@@ -213,7 +213,10 @@ impl PrunableLinear {
         let y = match &self.store {
             Store::Dense(w) => match crate::sparse::dense_gemv(w, &x2)? {
                 Some(y) => y,
-                None => x2.matmul(&w.t()?)?,
+                None => match crate::sparse::FrozenMatmul::apply(w, &x2)? {
+                    Some(y) => y,
+                    None => x2.matmul(&w.t()?)?,
+                },
             },
             Store::Sparse(s) if x.device().is_cpu() && x.dtype() == DType::F32 => {
                 SparseMatmul::apply(s, &x2)?

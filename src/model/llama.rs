@@ -889,7 +889,10 @@ impl Llama {
                 let h = h.reshape((b * t, d))?;
                 let y = match crate::sparse::dense_gemv(&self.embed_tokens, &h)? {
                     Some(y) => y,
-                    None => h.matmul(&self.embed_tokens.t()?)?,
+                    None => match crate::sparse::FrozenMatmul::apply(&self.embed_tokens, &h)? {
+                        Some(y) => y,
+                        None => h.matmul(&self.embed_tokens.t()?)?,
+                    },
                 };
                 y.reshape((b, t, self.config.vocab_size))
             }

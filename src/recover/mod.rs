@@ -10,6 +10,8 @@
 //! - Saved in PEFT's layout ([`Adapters::save_peft`]); merging is optional and re-applies the
 //!   mask ([`Adapters::merge`]).
 
+pub mod memory;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -109,13 +111,6 @@ pub struct Adapters {
 impl Adapters {
     /// Fresh adapters for every block linear of `model` (f32, on its device).
     pub fn new(model: &Llama, rank: usize, alpha: f64, seed: u64) -> Result<Self> {
-        if model.offload.is_some() {
-            return Err(crate::said!(
-                "LoRA recovery needs the model resident: drop ",
-                Setting::Offload
-            )
-            .into());
-        }
         let dev = &model.device;
         let mut rng = SplitMix64::new(seed);
         let mut items = Vec::new();
@@ -155,14 +150,35 @@ impl Adapters {
         self.alpha / self.rank as f64
     }
 
-    /// Put the adapters into `model`'s linears (they then take part in every forward).
+    /// Put the adapters into `model`'s linears (they then take part in every forward), as
+    /// constants: in f32 they share the variables' storage, so they follow every optimizer
+    /// step, but no forward records a graph through them. A forward through variables keeps
+    /// every intermediate of every block alive for a backward that an evaluation never runs
+    /// (on the demo, 3 GB more for one held-out batch).
     pub fn install(&self, model: &mut Llama) -> Result<()> {
+        self.put(model, false)
+    }
+
+    /// As [`Adapters::install`], with the variables themselves: a forward then records the graph
+    /// that a backward follows to the adapters (the recomputation inside a training step).
+    fn install_trainable(&self, model: &mut Llama) -> Result<()> {
+        self.put(model, true)
+    }
+
+    fn put(&self, model: &mut Llama, trainable: bool) -> Result<()> {
         let dtype = model.dtype;
+        let value = |v: &Var| -> Result<Tensor> {
+            let t = match trainable {
+                true => v.as_tensor().clone(),
+                false => v.as_tensor().detach(),
+            };
+            Ok(t.to_dtype(dtype)?)
+        };
         for ad in &self.items {
             let l = model.blocks[ad.block].linear_mut(ad.kind);
             l.lora = Some(Lora {
-                a: ad.a.as_tensor().to_dtype(dtype)?,
-                b: ad.b.as_tensor().to_dtype(dtype)?,
+                a: value(&ad.a)?,
+                b: value(&ad.b)?,
                 scale: self.scale(),
             });
         }
@@ -271,15 +287,24 @@ impl Adapters {
     /// Merge the adapters into the weights and re-apply each layer's mask:
     /// `W ← (W + (α/r)·B A) ⊙ [W ≠ 0]`, so the model stays exactly as sparse (the low-rank
     /// update of the pruned entries is dropped). The adapters are removed from the linears.
+    /// One block at a time: an offloaded block is read from its file, merged, and kept (in host
+    /// memory) as a pruned block is; every merged linear is held as the pruned model held it
+    /// (compressed rows where they run faster), so the merged model is no second, dense copy.
     pub fn merge(&self, model: &mut Llama) -> Result<()> {
-        for ad in &self.items {
-            let l = model.blocks[ad.block].linear_mut(ad.kind);
-            let w = l.weight()?.to_dtype(DType::F32)?;
-            let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
-            let delta = (ad.b.as_tensor().matmul(ad.a.as_tensor())? * self.scale())?;
-            let merged = ((w + delta)? * keep)?;
-            l.set_weight(merged)?;
-            l.lora = None;
+        for i in 0..model.blocks.len() {
+            let mut blk = model.block(i)?.into_owned();
+            for ad in self.items.iter().filter(|a| a.block == i) {
+                let l = blk.linear_mut(ad.kind);
+                let w = l.weight()?.to_dtype(DType::F32)?;
+                let keep = w.ne(0.0)?.to_dtype(DType::F32)?;
+                let (a, b) = (ad.a.as_tensor(), ad.b.as_tensor());
+                let delta =
+                    (b.to_device(w.device())?.matmul(&a.to_device(w.device())?)? * self.scale())?;
+                let merged = ((w + delta)? * keep)?;
+                l.set_weight(merged)?;
+                l.lora = None;
+            }
+            model.store_block(i, blk)?;
         }
         Ok(())
     }
@@ -311,8 +336,9 @@ fn loss(model: &Llama, windows: &[Vec<u32>]) -> Result<Tensor> {
 fn checkpointed_grads(
     model: &mut Llama,
     windows: &[Vec<u32>],
-    vars: &[Var],
+    adapters: &Adapters,
 ) -> Result<(f64, candle_core::backprop::GradStore)> {
+    let vars = adapters.vars();
     let t = windows[0].len();
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
     let ids = Tensor::from_vec(flat, (windows.len(), t), &model.device)?;
@@ -321,22 +347,41 @@ fn checkpointed_grads(
     // Forward with the fused (inference) ops; only the blocks' inputs are kept.
     model.set_differentiable(false);
     let forward = (|| -> Result<(Vec<Tensor>, Tensor)> {
+        // Offloaded, the block inputs wait in host memory and the device holds one block (read
+        // from its file or host memory by `forward_block`) and one batch at a time.
+        let home = model.activations_home();
         let mut x = model.embed(&inputs_ids)?.detach();
         let mut inputs = Vec::with_capacity(model.blocks.len());
         for i in 0..model.blocks.len() {
-            inputs.push(x.clone());
+            inputs.push(x.to_device(&home)?);
             x = model.forward_block(i, &x, 0, None, None)?.detach();
         }
         Ok((inputs, x))
     })();
     model.set_differentiable(true);
     let (mut inputs, top) = forward?;
-    let (loss, top_grad) = head_loss(model, &top, &targets, true)?;
+    let result = backward(model, adapters, &vars, &mut inputs, &top, &targets);
+    adapters.install(model)?;
+    result
+}
+
+/// The backward half of [`checkpointed_grads`]: the head's loss and gradient, then each block
+/// recomputed from its input with the adapters installed as variables.
+fn backward(
+    model: &mut Llama,
+    adapters: &Adapters,
+    vars: &[Var],
+    inputs: &mut Vec<Tensor>,
+    top: &Tensor,
+    targets: &Tensor,
+) -> Result<(f64, candle_core::backprop::GradStore)> {
+    adapters.install_trainable(model)?;
+    let (loss, top_grad) = head_loss(model, top, targets, true)?;
     let mut g = top_grad.ok_or_else(|| eyre!("LoRA: no gradient reached the last block"))?;
     let mut grads = candle_core::backprop::GradStore::default();
     for i in (0..model.blocks.len()).rev() {
         let Some(x) = inputs.pop() else { break };
-        let x = Var::from_tensor(&x)?;
+        let x = Var::from_tensor(&x.to_device(&model.device)?)?;
         let y = model.forward_block(i, x.as_tensor(), 0, None, None)?;
         // d(Σ y·g)/dθ = gᵀ ∂y/∂θ: the chain rule through this block alone.
         let mut local = (y * &g)?.sum_all()?.backward()?;
@@ -354,10 +399,57 @@ fn checkpointed_grads(
     Ok((loss, grads))
 }
 
+/// One training step's figures (see [`time_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepTime {
+    pub loss: f64,
+    /// The checkpointed forward, the head's loss and the recomputing backward (seconds).
+    pub forward_backward_s: f64,
+    /// AdamW's update of every adapter (seconds).
+    pub optimizer_s: f64,
+    /// Tokens the step predicted.
+    pub tokens: usize,
+}
+
+/// One training step of `adapters` on `windows` as [`train`] runs it (checkpointed forward and
+/// backward, then AdamW), timed.
+pub fn time_step(
+    model: &mut Llama,
+    adapters: &Adapters,
+    windows: &[Vec<u32>],
+    lr: f64,
+) -> Result<StepTime> {
+    if windows.is_empty() || windows[0].len() < 2 {
+        bail!("LoRA: need windows of at least 2 tokens");
+    }
+    adapters.install(model)?;
+    let mut opt = AdamW::new(
+        adapters.vars(),
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let t = Instant::now();
+    let (loss, grads) = checkpointed_grads(model, windows, adapters)?;
+    let forward_backward_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    opt.step(&grads)?;
+    let optimizer_s = t.elapsed().as_secs_f64();
+    model.set_differentiable(false);
+    Ok(StepTime {
+        loss,
+        forward_backward_s,
+        optimizer_s,
+        tokens: windows.len() * (windows[0].len() - 1),
+    })
+}
+
 /// Positions whose logits exist at once in [`head_loss`]: `HEAD_ROWS × vocab` f32 (50 MB on the
 /// demo). The whole batch's logits (4 × 255 positions, 200 MB) and the log-softmax's and the
 /// backward's copies of them were most of a training step's memory.
-const HEAD_ROWS: usize = 256;
+pub(crate) const HEAD_ROWS: usize = 256;
 
 /// Mean cross-entropy of the final hidden states `top` (`[b, t, hidden]`) against `targets`
 /// (`[b·t]`), through the final norm and the head, a few positions at a time; with `grad`, also
@@ -523,7 +615,7 @@ pub fn train(
                 batch.push(train[order[cursor]].clone());
                 cursor += 1;
             }
-            let (lv, grads) = checkpointed_grads(model, &batch, &vars)?;
+            let (lv, grads) = checkpointed_grads(model, &batch, adapters)?;
             opt.step(&grads)?;
             // The installed copies follow the variables only in f32; re-install otherwise.
             if model.dtype != DType::F32 {
@@ -652,12 +744,12 @@ mod tests {
             let r = Tensor::randn(0f32, 0.1, b.dims(), &Device::Cpu).unwrap();
             a.b.set(&(r + i as f64 * 1e-3).unwrap()).unwrap();
         }
-        ad.install(&mut m).unwrap();
+        ad.install_trainable(&mut m).unwrap();
         let vars = ad.vars();
         m.set_differentiable(true);
         let whole_loss = loss(&m, &batch).unwrap();
         let whole = whole_loss.backward().unwrap();
-        let (l, ck) = checkpointed_grads(&mut m, &batch, &vars).unwrap();
+        let (l, ck) = checkpointed_grads(&mut m, &batch, &ad).unwrap();
         let lw = whole_loss.to_scalar::<f32>().unwrap() as f64;
         assert!((l - lw).abs() < 1e-5 * lw.abs(), "loss {l} vs {lw}");
         for v in &vars {
@@ -677,9 +769,45 @@ mod tests {
         }
     }
 
+    /// Installed for evaluation, the adapters are constants: a forward records no graph (one
+    /// through the variables keeps every block's intermediates alive, 3 GB on the demo), yet
+    /// they follow the variables' updates.
+    #[test]
+    fn installed_adapters_record_no_graph_and_follow_updates() {
+        let mut m = tiny();
+        let ids = Tensor::new(&[[1u32, 5, 9, 13, 2, 7]], &Device::Cpu).unwrap();
+        let ad = Adapters::new(&m, 4, 8.0, 2).unwrap();
+        ad.install(&mut m).unwrap();
+        // The final hidden states (the head's fused norm records nothing, so the logits would
+        // not show a graph that lives until the head).
+        assert!(
+            !m.hidden(&ids).unwrap().track_op(),
+            "an evaluation forward recorded a graph"
+        );
+        let before = m.forward(&ids, 0, None).unwrap();
+        for a in &ad.items {
+            let b = a.b.as_tensor();
+            a.b.set(&Tensor::ones(b.dims(), DType::F32, &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let after = m.forward(&ids, 0, None).unwrap();
+        let d = (after - &before).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(
+            d.to_scalar::<f32>().unwrap() > 1e-3,
+            "the update is not in effect"
+        );
+        ad.install_trainable(&mut m).unwrap();
+        assert!(m.hidden(&ids).unwrap().track_op());
+    }
+
     #[test]
     fn lora_lowers_the_loss_and_keeps_every_pruned_zero() {
         let mut m = tiny();
+        // Every pruned linear in compressed rows: trained through the sparse product's
+        // backward, and merged back into compressed rows (no dense copy of the base).
+        m.set_sparse(crate::sparse::SparseMode::On).unwrap();
+        assert_eq!(m.sparse_linears(), 14);
+        let sparse_bytes = m.linear_bytes();
         let before = weights(&m);
         let batch = random_windows(4, 16, 64, 9);
         let ad = Adapters::new(&m, 4, 8.0, 1).unwrap();
@@ -710,6 +838,8 @@ mod tests {
         assert!((now - best).abs() < 1e-4, "{now} vs best {best}");
         // Merged and re-masked: the same zeros, other weights changed.
         ad.merge(&mut m).unwrap();
+        assert_eq!(m.sparse_linears(), 14, "merged into dense weights");
+        assert_eq!(m.linear_bytes(), sparse_bytes);
         let merged = weights(&m);
         for (b, a) in before.iter().flatten().zip(merged.iter().flatten()) {
             assert_eq!(*b == 0.0, *a == 0.0);

@@ -21,7 +21,7 @@ pub mod pool;
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-pub use op::{dense_gemv, SparseMatmul};
+pub use op::{dense_gemv, FrozenMatmul, SparseMatmul};
 
 /// When pruned linears run in compressed rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

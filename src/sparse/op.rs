@@ -93,3 +93,96 @@ pub fn dense_gemv(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
         &candle_core::Device::Cpu,
     )?))
 }
+
+/// `x @ Wᵀ` for a contiguous f32 CPU input `[n, cols]` and a frozen dense `W` `[rows, cols]`
+/// (training adapters on a frozen base). candle's own matmul backward also computes the
+/// gradient of its right-hand side, frozen or not: one more product per linear and a
+/// weight-sized gradient (with its zero-filled accumulator) held until the backward ends, which at
+/// Llama-2-7B's shapes is most of a block's backward memory. This backward gives the input's
+/// gradient only.
+pub struct FrozenMatmul(pub Tensor);
+
+impl FrozenMatmul {
+    /// Where it applies (f32 on the CPU, an input that carries gradients, a weight that does
+    /// not), `x @ Wᵀ`; else `None` and the caller uses the general matmul.
+    pub fn apply(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+        let applies = x.track_op()
+            && !w.track_op()
+            && x.device().is_cpu()
+            && w.device().is_cpu()
+            && x.dtype() == DType::F32
+            && w.dtype() == DType::F32
+            && x.rank() == 2;
+        if !applies {
+            return Ok(None);
+        }
+        Ok(Some(x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen-matmul: input is {:?}, not f32", storage.dtype());
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the input is not contiguous");
+        };
+        let x = Tensor::from_slice(&data[a..b], layout.shape(), &candle_core::Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (ys, yl) = y.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*ys, yl.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-matmul: unexpected product storage");
+        };
+        Ok((CpuStorage::F32(v[a..b].to_vec()), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // d(x Wᵀ)/dx = grad · W; W gets no gradient.
+        Ok(Some(grad_res.matmul(&self.0)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Values and the input's gradient equal candle's matmul; the frozen weight gets none.
+    #[test]
+    fn frozen_matmul_equals_matmul_and_its_input_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+        let plain = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        let frozen = FrozenMatmul::apply(&w, x.as_tensor()).unwrap().unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap()
+        };
+        assert!(diff(&plain, &frozen) < 1e-6);
+        let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = (frozen * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (a, b) = (
+            gp.get(x.as_tensor()).unwrap(),
+            gf.get(x.as_tensor()).unwrap(),
+        );
+        assert!(diff(a, b) < 1e-5, "input gradients differ");
+        assert!(diff(a, &g.matmul(&w).unwrap()) < 1e-5);
+        // Not applied where nothing needs a gradient.
+        assert!(FrozenMatmul::apply(&w, &w).unwrap().is_none());
+    }
+}
