@@ -44,6 +44,22 @@ pub struct RandomShape<'a> {
     pub dtype: DType,
 }
 
+impl RandomShape<'_> {
+    /// The random-weight model (fixed seed) and the seconds its build took.
+    fn build(&self) -> Result<(Llama, f64)> {
+        let t = Instant::now();
+        let model = random_model(
+            self.config,
+            self.blocks,
+            self.vocab,
+            0x5EED,
+            self.device,
+            self.dtype,
+        )?;
+        Ok((model, t.elapsed().as_secs_f64()))
+    }
+}
+
 /// Build `shape`'s model, then [`time_protocol`] on it: the protocol's times and the seconds the
 /// build took.
 pub fn time_random_protocol(
@@ -52,16 +68,7 @@ pub fn time_random_protocol(
     params: &PruneParams,
     obs: &mut dyn Observer,
 ) -> Result<(ProtocolTimes, f64)> {
-    let t = Instant::now();
-    let mut model = random_model(
-        shape.config,
-        shape.blocks,
-        shape.vocab,
-        0x5EED,
-        shape.device,
-        shape.dtype,
-    )?;
-    let build_s = t.elapsed().as_secs_f64();
+    let (mut model, build_s) = shape.build()?;
     Ok((time_protocol(&mut model, windows, params, obs)?, build_s))
 }
 
@@ -72,16 +79,7 @@ pub fn time_random_recovery(
     windows: &[Vec<u32>],
     rank: usize,
 ) -> Result<(crate::recover::StepTime, f64)> {
-    let t = Instant::now();
-    let mut model = random_model(
-        shape.config,
-        shape.blocks,
-        shape.vocab,
-        0x5EED,
-        shape.device,
-        shape.dtype,
-    )?;
-    let build_s = t.elapsed().as_secs_f64();
+    let (mut model, build_s) = shape.build()?;
     let adapters = crate::recover::Adapters::new(&model, rank, 2.0 * rank as f64, 1)?;
     let step = crate::recover::time_step(&mut model, &adapters, windows, 2e-4)?;
     Ok((step, build_s))
