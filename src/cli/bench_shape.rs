@@ -38,14 +38,20 @@ fn scale_tokens(t: &StageTimes, f: f64) -> StageTimes {
     }
 }
 
-pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
+/// The named shape, after the checks both shape benchmarks need: the model is built in memory
+/// and needs at least one window.
+fn checked_shape(ctx: &Ctx, a: &BenchArgs, shape: &str) -> Result<Shape> {
     if ctx.place == Placement::Offload {
         bail!("--shape builds its model in memory; drop --offload (it offloads a model file)");
     }
     if a.calib_samples == 0 {
         bail!("--calib-samples must be at least 1");
     }
-    let shape = Shape::parse(shape)?;
+    Shape::parse(shape)
+}
+
+pub fn run(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
+    let shape = checked_shape(ctx, a, shape)?;
     let seq_len = a.seq_len.unwrap_or(2048);
     let p = &mut ctx.progress;
     p.status(&format!(
@@ -244,13 +250,7 @@ pub fn recover(ctx: &mut Ctx, a: &BenchArgs, shape: &str) -> Result<()> {
     use crate::experiment::stages::time_random_recovery;
     use crate::prune::memory::gib;
     use crate::recover::memory::RecoveryEstimate;
-    if ctx.place == Placement::Offload {
-        bail!("--shape builds its model in memory; drop --offload (it offloads a model file)");
-    }
-    if a.calib_samples == 0 {
-        bail!("--calib-samples must be at least 1");
-    }
-    let shape = Shape::parse(shape)?;
+    let shape = checked_shape(ctx, a, shape)?;
     let seq_len = a.seq_len.unwrap_or(256);
     let real_blocks = shape.config.num_hidden_layers;
     let p = &mut ctx.progress;
