@@ -514,6 +514,18 @@ impl State {
     }
 
     fn submit(&mut self, purpose: InputPurpose, text: String) -> Vec<Effect> {
+        let is_path = matches!(
+            purpose,
+            InputPurpose::ExportPath
+                | InputPurpose::RecipePath
+                | InputPurpose::OpenPath
+                | InputPurpose::SavePath
+        );
+        if is_path && text.trim().is_empty() {
+            // Refused here rather than left to the file system's "failed to persist" message.
+            self.say("the path is empty: type a file name", Tone::Error);
+            return Vec::new();
+        }
         match purpose {
             InputPurpose::Value(f) => match f.set_typed(&self.params, &text) {
                 Ok(c) => self.set_params(c),
@@ -656,6 +668,21 @@ mod tests {
         press(&mut s, KeyCode::Enter);
         let want: f64 = format!("{shown}1").parse().unwrap();
         assert_eq!(s.params.alloc.sparsity, want, "{:?}", s.status);
+    }
+
+    #[test]
+    fn an_empty_path_is_refused_with_a_plain_message() {
+        let mut s = State::new(PruneParams::default(), vec!["x".into()]);
+        for purpose in [
+            InputPurpose::ExportPath,
+            InputPurpose::RecipePath,
+            InputPurpose::OpenPath,
+        ] {
+            s.status = (String::new(), Tone::Info);
+            assert!(s.submit(purpose, "  ".into()).is_empty());
+            assert_eq!(s.status.0, "the path is empty: type a file name");
+            assert_eq!(s.status.1, Tone::Error);
+        }
     }
 
     #[test]
