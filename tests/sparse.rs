@@ -155,6 +155,48 @@ fn edge_cases_all_zero_dense_and_two_of_four() {
     check(1500, 130, 2, 0.6, 2, 7);
 }
 
+/// An infinite weight makes its own row infinite and no other: the matrix–vector kernel's lanes
+/// past a quarter's kept weights multiply zeros by the following values, which must not turn
+/// `0 · ∞` into a NaN elsewhere.
+#[test]
+fn an_infinite_weight_stays_in_its_row() {
+    let (rows, cols) = (4, 40);
+    let mut w = matrix(rows, cols, 0.7, 0, 11);
+    w[cols + 3] = f32::INFINITY; // row 1, column 3
+    let s = SparseMatrix::from_dense(&w, rows, cols).unwrap();
+    let x: Vec<f32> = (0..cols).map(|c| 1.0 + c as f32 * 0.01).collect();
+    for isa in isas() {
+        let mut y = vec![0f32; rows];
+        gemv_with(isa, s.blocked(), &x, &mut y);
+        assert_eq!(y[1], f32::INFINITY, "{isa:?}");
+        for r in [0, 2, 3] {
+            let want: f64 = (0..cols)
+                .map(|c| w[r * cols + c] as f64 * x[c] as f64)
+                .sum();
+            assert!(
+                (y[r] as f64 - want).abs() < 1e-4,
+                "{isa:?} row {r}: {}",
+                y[r]
+            );
+        }
+    }
+}
+
+/// The decode attention's weighted sum: `y += a·x` equals the scalar loop bit for bit (a
+/// multiply then an add, no fused multiply-add), for every tail length.
+#[test]
+fn axpy_equals_the_scalar_loop() {
+    for n in 0..70 {
+        let x = inputs(1, n, n as u64);
+        let y0 = inputs(1, n, 100 + n as u64);
+        let a = 0.37 - n as f32 * 0.01;
+        let mut y = y0.clone();
+        dlpx::sparse::kernels::axpy(a, &x, &mut y);
+        let want: Vec<f32> = y0.iter().zip(&x).map(|(&o, &v)| o + a * v).collect();
+        assert_eq!(y, want, "n = {n}");
+    }
+}
+
 /// Big enough for the parallel paths; the result must not depend on the thread count.
 #[test]
 fn bits_do_not_depend_on_the_thread_count() {

@@ -223,10 +223,7 @@ fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Te
         }
         out.iter_mut().for_each(|o| *o = 0.0);
         for (j, &p) in s.iter().enumerate() {
-            let vj = &vg[j * hd..(j + 1) * hd];
-            for (o, &x) in out.iter_mut().zip(vj) {
-                *o += p * x;
-            }
+            crate::sparse::kernels::axpy(p, &vg[j * hd..(j + 1) * hd], out);
         }
         out.iter_mut().for_each(|o| *o /= sum);
     };

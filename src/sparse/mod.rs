@@ -10,7 +10,10 @@
 //! one probe), a dense GEMV took 21–25 ms per pass, compressed rows with u8 column offsets
 //! and 16-lane gathers from the L1-resident input 12.5 ms, and the bitmask with a 16-value
 //! load expanded between registers 9 ms (the expand's load form, `vexpandps zmm, m512`, took
-//! 17–19 ms: it is microcoded on Zen 4). The sparse benchmark (README, "Sparse execution")
+//! 17–19 ms: it is microcoded on Zen 4). Packing the input under the mask (`vcompressps`)
+//! instead of spreading the values took 0.8× the expand's time in a later probe (over all
+//! 210 linears of one decode step: 5.7–6.2 ms against 7.2–7.7 ms; streaming the same bytes
+//! 4.2–4.7 ms). The sparse benchmark (README, "Sparse execution")
 //! measures both uses (decode and evaluation) against dense in one run. [`SparseMode`] decides
 //! per linear from the measured crossover (README, "Sparse execution").
 
@@ -82,6 +85,8 @@ pub struct SparseMatrix {
     masks: Vec<u64>,
     /// Followed by [`kernels::PAD`] zeros (the kernels load 16 values at a time).
     values: Vec<f32>,
+    /// No value is infinite or NaN (the matrix–vector kernel then loads values unmasked).
+    finite: bool,
 }
 
 impl SparseMatrix {
@@ -185,12 +190,14 @@ impl SparseMatrix {
         mut values: Vec<f32>,
     ) -> Self {
         values.extend_from_slice(&[0f32; kernels::PAD]);
+        let finite = values.iter().all(|v| v.is_finite());
         Self {
             rows,
             cols,
             row_ptr,
             masks,
             values,
+            finite,
         }
     }
 
@@ -235,6 +242,7 @@ impl SparseMatrix {
             row_ptr: &self.row_ptr,
             masks: &self.masks,
             values: &self.values,
+            finite: self.finite,
         }
     }
 
