@@ -31,8 +31,20 @@ pub const BLOCK: usize = 64;
 /// from any kept weight's position.
 pub const PAD: usize = 16;
 
-/// Rows per parallel task in [`gemv`].
-const GEMV_ROWS_PER_TASK: usize = 64;
+/// Rows per parallel task of a batch-1 product ([`gemv`], [`dense_gemv`]): two tasks per
+/// thread, at least [`GEMV_MIN_ROWS`] rows. Each task then streams one long contiguous stretch
+/// of the weights, which the hardware prefetcher follows; with 64-row tasks every task started
+/// a new stream from memory. Measured over the demo's 210 linears at p 0.7 (Zen 4, 2 threads,
+/// compressed rows): 64-row tasks 5.7–6.4 ms, a quarter of the rows per task 5.3–5.8 ms. More
+/// tasks than threads keep a worker that starts late from holding up the product by more than
+/// one task.
+fn gemv_rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(2 * super::pool::global().threads())
+        .max(GEMV_MIN_ROWS)
+}
+
+/// The smallest task of a batch-1 product.
+const GEMV_MIN_ROWS: usize = 16;
 /// Below this many kept weights a product is not worth a rayon dispatch.
 const PARALLEL_MIN_NNZ: usize = 32 * 1024;
 
@@ -119,7 +131,7 @@ pub fn gemv_with(isa: Isa, w: Blocked<'_>, x: &[f32], y: &mut [f32]) {
     if w.nnz() < PARALLEL_MIN_NNZ {
         rows_into(0, y);
     } else {
-        super::pool::fill_chunks(y, GEMV_ROWS_PER_TASK, &rows_into);
+        super::pool::fill_chunks(y, gemv_rows_per_task(w.rows), &rows_into);
     }
 }
 
@@ -723,7 +735,7 @@ pub fn dense_gemv(w: &[f32], cols: usize, x: &[f32], y: &mut [f32]) {
     if w.len() < 64 * 1024 {
         rows_into(0, y);
     } else {
-        super::pool::fill_chunks(y, GEMV_ROWS_PER_TASK, &rows_into);
+        super::pool::fill_chunks(y, gemv_rows_per_task(y.len()), &rows_into);
     }
 }
 

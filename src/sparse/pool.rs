@@ -85,6 +85,11 @@ impl SpinPool {
         }
     }
 
+    /// The threads that run a job: the caller and the workers.
+    pub fn threads(&self) -> usize {
+        self.workers + 1
+    }
+
     /// Run `f(0..tasks)` on the calling thread and the workers; returns when all are done.
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let guard = match (self.workers, tasks, self.busy.try_lock()) {
