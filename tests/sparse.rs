@@ -182,18 +182,34 @@ fn an_infinite_weight_stays_in_its_row() {
     }
 }
 
-/// The decode attention's weighted sum: `y += a·x` equals the scalar loop bit for bit (a
-/// multiply then an add, no fused multiply-add), for every tail length.
+/// The decode attention's weighted sum `out[d] = Σ_j p[j] v[j·stride + d]` equals the scalar
+/// loop (a multiply then an add per position, in order) bit for bit, for head sizes around the
+/// 16- and 64-lane steps and rows longer than the output.
 #[test]
-fn axpy_equals_the_scalar_loop() {
-    for n in 0..70 {
-        let x = inputs(1, n, n as u64);
-        let y0 = inputs(1, n, 100 + n as u64);
-        let a = 0.37 - n as f32 * 0.01;
-        let mut y = y0.clone();
-        dlpx::sparse::kernels::axpy(a, &x, &mut y);
-        let want: Vec<f32> = y0.iter().zip(&x).map(|(&o, &v)| o + a * v).collect();
-        assert_eq!(y, want, "n = {n}");
+fn weighted_rows_equal_the_scalar_loop() {
+    for (n, stride) in [
+        (0, 4),
+        (1, 1),
+        (5, 8),
+        (16, 16),
+        (17, 20),
+        (64, 64),
+        (80, 80),
+        (130, 131),
+    ] {
+        for positions in [0, 1, 7, 40] {
+            let p = inputs(1, positions, (n + positions) as u64);
+            let v = inputs(1, positions.max(1) * stride, 7 + n as u64);
+            let mut want = vec![0f32; n];
+            for (j, &pj) in p.iter().enumerate() {
+                for (d, o) in want.iter_mut().enumerate() {
+                    *o += pj * v[j * stride + d];
+                }
+            }
+            let mut got = vec![f32::NAN; n];
+            dlpx::sparse::kernels::weighted_rows(&p, &v, stride, &mut got);
+            assert_eq!(got, want, "n {n}, stride {stride}, {positions} positions");
+        }
     }
 }
 

@@ -221,10 +221,7 @@ fn decode_attention(q: &Tensor, e: &KvEntry, nh: usize, scale: f64) -> Result<Te
             *x = (*x - max).exp();
             sum += *x;
         }
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for (j, &p) in s.iter().enumerate() {
-            crate::sparse::kernels::axpy(p, &vg[j * hd..(j + 1) * hd], out);
-        }
+        crate::sparse::kernels::weighted_rows(&s, vg, hd, out);
         out.iter_mut().for_each(|o| *o /= sum);
     };
     let mut out = vec![0f32; nh * hd];

@@ -751,16 +751,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `y[i] += a · x[i]` (a multiply, then an add, each rounded: the same bits on both paths).
-/// The weighted sum of values in a decode step's attention; the compiler's own vectorisation
-/// of this loop uses 4-lane SSE in a portable build.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len(), "axpy: lengths");
+/// `out[d] = Σ_j p[j] · v[j · stride + d]` for `d < out.len()`, summed over `j` in order with
+/// a multiply, then an add, each rounded (the same bits on both paths): the weighted sum of
+/// values in a decode step's attention (`v` a KV head's cached values, one row of `stride` per
+/// position). The AVX-512 path keeps 64 outputs in registers across all positions; a loop of
+/// `out += p[j] · v_j` stores and reloads `out` for every position, and the compiler's own
+/// vectorisation of it uses 4-lane SSE in a portable build.
+pub fn weighted_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    assert!(out.len() <= stride, "weighted_rows: row length");
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(
+            v.len() >= last * stride + out.len(),
+            "weighted_rows: values length"
+        );
+    }
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: avx512f was detected at run time; the lengths are equal.
-        Isa::Avx512 => unsafe { avx512_dense::axpy(a, x, y) },
-        _ => y.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v),
+        // SAFETY: avx512f was detected at run time; the lengths are asserted above.
+        Isa::Avx512 => unsafe { avx512_dense::weighted_rows(p, v, stride, out) },
+        _ => {
+            out.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                let row = &v[j * stride..j * stride + out.len()];
+                out.iter_mut().zip(row).for_each(|(o, &x)| *o += pj * x);
+            }
+        }
     }
 }
 
@@ -783,28 +798,39 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 mod avx512_dense {
     use std::arch::x86_64::*;
 
-    /// `y[i] += a · x[i]`, 16 lanes at a time, the tail under a mask.
+    /// [`super::weighted_rows`]: 64 outputs at a time (four registers, the last ones under a
+    /// mask) summed over every position before they are stored.
     ///
     /// # Safety
-    /// The CPU supports avx512f and `x.len() == y.len()`.
+    /// The CPU supports avx512f; `out.len() ≤ stride` and `v` holds `(p.len() − 1) · stride +
+    /// out.len()` values (when `p` is not empty).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len();
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let av = _mm512_set1_ps(a);
-        let mut i = 0;
-        // SAFETY (loop and tail): every access covers `[i, i + 16)` with `i + 16 ≤ n`, or is
-        // masked to the `n − i` remaining elements.
-        while i + 16 <= n {
-            let p = _mm512_mul_ps(av, _mm512_loadu_ps(xp.add(i)));
-            _mm512_storeu_ps(yp.add(i), _mm512_add_ps(_mm512_loadu_ps(yp.add(i)), p));
-            i += 16;
-        }
-        if i < n {
-            let m: __mmask16 = ((1u32 << (n - i)) - 1) as __mmask16;
-            let p = _mm512_mul_ps(av, _mm512_maskz_loadu_ps(m, xp.add(i)));
-            let s = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp.add(i)), p);
-            _mm512_mask_storeu_ps(yp.add(i), m, s);
+    pub unsafe fn weighted_rows(p: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+        let n = out.len();
+        let vp = v.as_ptr();
+        let mut d0 = 0;
+        while d0 < n {
+            let lanes = |q: usize| -> __mmask16 {
+                let left = n.saturating_sub(d0 + 16 * q).min(16);
+                ((1u32 << left) - 1) as __mmask16
+            };
+            let masks = [lanes(0), lanes(1), lanes(2), lanes(3)];
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (j, &pj) in p.iter().enumerate() {
+                let pv = _mm512_set1_ps(pj);
+                let row = vp.add(j * stride + d0);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: lanes under `masks[q]` are outputs `d0 + 16q + l < n ≤ stride` of
+                    // row `j < p.len()`, inside `v` by the caller's contract.
+                    let x = _mm512_maskz_loadu_ps(masks[q], row.add(16 * q));
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(pv, x));
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                // SAFETY: the same lanes of `out`, which has `n` elements.
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(d0 + 16 * q), masks[q], *a);
+            }
+            d0 += 64;
         }
     }
 
