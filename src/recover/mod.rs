@@ -554,6 +554,30 @@ pub struct Trained {
     pub tokens: usize,
     pub seconds: f64,
     pub stop: Stop,
+    /// Seconds in the training steps alone (checkpointed forward and backward, AdamW), without
+    /// the held-out evaluations that `seconds` also counts.
+    #[serde(default)]
+    pub step_s: f64,
+    /// The held-out evaluations' forward rate in this run (tokens/s): the same model, batch and
+    /// window length as a training step, forward only. `tokens / step_s` over this is the
+    /// training throughput relative to a forward.
+    #[serde(default)]
+    pub forward_tokens_per_s: f64,
+}
+
+impl Trained {
+    /// Training tokens per second of step time.
+    pub fn train_tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.step_s.max(1e-9)
+    }
+
+    /// Training throughput over the same run's forward throughput (0 when not measured).
+    pub fn throughput_ratio(&self) -> f64 {
+        match self.forward_tokens_per_s > 0.0 {
+            true => self.train_tokens_per_s() / self.forward_tokens_per_s,
+            false => 0.0,
+        }
+    }
 }
 
 /// Train `adapters` (installed into `model` here) on `train` with early stopping on `heldout`.
@@ -594,8 +618,19 @@ pub fn train(
         tokens: 0,
         seconds: 0.0,
         stop: Stop::Steps,
+        step_s: 0.0,
+        forward_tokens_per_s: 0.0,
     };
-    let mut best = heldout_loss(model, heldout, p.batch)?;
+    // The held-out forward's time and tokens, for the run's forward rate.
+    let (mut fwd_s, mut fwd_tokens) = (0f64, 0usize);
+    let mut timed_heldout = |model: &mut Llama| -> Result<f64> {
+        let t0 = Instant::now();
+        let l = heldout_loss(model, heldout, p.batch)?;
+        fwd_s += t0.elapsed().as_secs_f64();
+        fwd_tokens += heldout.len() * heldout[0].len();
+        Ok(l)
+    };
+    let mut best = timed_heldout(model)?;
     out.heldout.push((0, best));
     let mut best_snap = adapters.snapshot()?;
     let mut since_best = 0;
@@ -615,18 +650,20 @@ pub fn train(
                 batch.push(train[order[cursor]].clone());
                 cursor += 1;
             }
+            let t0 = Instant::now();
             let (lv, grads) = checkpointed_grads(model, &batch, adapters)?;
             opt.step(&grads)?;
             // The installed copies follow the variables only in f32; re-install otherwise.
             if model.dtype != DType::F32 {
                 adapters.install(model)?;
             }
+            out.step_s += t0.elapsed().as_secs_f64();
             out.train_loss.push(lv);
             out.steps_run = step;
             out.tokens += batch.len() * t;
             let mut h = None;
             if step % p.eval_every == 0 || step == p.steps {
-                let hl = heldout_loss(model, heldout, p.batch)?;
+                let hl = timed_heldout(model)?;
                 out.heldout.push((step, hl));
                 h = Some(hl);
                 if hl < best {
@@ -658,6 +695,7 @@ pub fn train(
         Ok(())
     })();
     model.set_differentiable(false);
+    out.forward_tokens_per_s = fwd_tokens as f64 / fwd_s.max(1e-9);
     result?;
     adapters.restore(&best_snap)?;
     adapters.install(model)?;
