@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::LlamaConfig;
-use super::{fused, train_ops};
 use super::linear::{LinearKind, Observer, PrunableLinear};
+use super::{fused, train_ops};
 use crate::sparse::{SparseMatrix, SparseMode};
 
 /// Precomputed rope tables `[max_pos, head_dim/2]`.
@@ -589,6 +589,17 @@ impl Llama {
             .flat_map(|b| b.linears.iter())
             .map(PrunableLinear::weight_bytes)
             .sum()
+    }
+
+    /// Hold (`on`) or drop the transposes of the sparse linears, for the backward of training
+    /// steps ([`PrunableLinear::keep_transpose`]).
+    pub fn keep_transposes(&mut self, on: bool) -> Result<()> {
+        for b in self.blocks.iter_mut().filter(|b| b.resident) {
+            for l in b.linears.iter_mut() {
+                l.keep_transpose(on)?;
+            }
+        }
+        Ok(())
     }
 
     /// Switch the forward between candle's fused kernels (inference) and ops that

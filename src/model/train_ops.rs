@@ -263,12 +263,7 @@ impl CustomOp1 for Softmax {
 /// `P` and, per key/value head with its query heads stacked (no repeated keys), gives
 /// `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`, `dQ = scale · dS K`, `dK = scale · dSᵀ Q`
 /// (Dao et al., 2022, FlashAttention's backward, unblocked).
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-) -> Result<Option<Tensor>> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
     let (b, nh, t, hd) = q.dims4()?;
     let (_, nkv, _, _) = k.dims4()?;
     let fits = nkv > 0 && nh % nkv == 0 && k.dims() == [b, nkv, t, hd] && v.dims() == k.dims();

@@ -431,9 +431,12 @@ pub fn time_step(
             ..ParamsAdamW::default()
         },
     )?;
+    model.keep_transposes(true)?;
     let t = Instant::now();
-    let (loss, grads) = checkpointed_grads(model, windows, adapters)?;
+    let grads = checkpointed_grads(model, windows, adapters);
     let forward_backward_s = t.elapsed().as_secs_f64();
+    model.keep_transposes(false)?;
+    let (loss, grads) = grads?;
     let t = Instant::now();
     opt.step(&grads)?;
     let optimizer_s = t.elapsed().as_secs_f64();
@@ -554,21 +557,27 @@ pub struct Trained {
     pub tokens: usize,
     pub seconds: f64,
     pub stop: Stop,
-    /// Seconds in the training steps alone (checkpointed forward and backward, AdamW), without
+    /// Seconds of each training step alone (checkpointed forward and backward, AdamW), without
     /// the held-out evaluations that `seconds` also counts.
     #[serde(default)]
-    pub step_s: f64,
+    pub step_seconds: Vec<f64>,
     /// The held-out evaluations' forward rate in this run (tokens/s): the same model, batch and
-    /// window length as a training step, forward only. `tokens / step_s` over this is the
-    /// training throughput relative to a forward.
+    /// window length as a training step, forward only.
     #[serde(default)]
     pub forward_tokens_per_s: f64,
 }
 
 impl Trained {
-    /// Training tokens per second of step time.
+    /// Training tokens per second of step time, at the median step (a machine shared with
+    /// other work slows some steps).
     pub fn train_tokens_per_s(&self) -> f64 {
-        self.tokens as f64 / self.step_s.max(1e-9)
+        let mut t = self.step_seconds.clone();
+        if t.is_empty() {
+            return 0.0;
+        }
+        t.sort_by(f64::total_cmp);
+        let median = t[t.len() / 2];
+        self.tokens as f64 / t.len() as f64 / median.max(1e-9)
     }
 
     /// Training throughput over the same run's forward throughput (0 when not measured).
@@ -618,7 +627,7 @@ pub fn train(
         tokens: 0,
         seconds: 0.0,
         stop: Stop::Steps,
-        step_s: 0.0,
+        step_seconds: vec![],
         forward_tokens_per_s: 0.0,
     };
     // The held-out forward's time and tokens, for the run's forward rate.
@@ -632,6 +641,9 @@ pub fn train(
     };
     let mut best = timed_heldout(model)?;
     out.heldout.push((0, best));
+    // Sparse linears multiply by W in compressed rows in the backward too (held until the end
+    // of training: about a third of the dense linears' bytes at 70 % zeros).
+    model.keep_transposes(true)?;
     let mut best_snap = adapters.snapshot()?;
     let mut since_best = 0;
     let mut cursor = train.len();
@@ -657,7 +669,7 @@ pub fn train(
             if model.dtype != DType::F32 {
                 adapters.install(model)?;
             }
-            out.step_s += t0.elapsed().as_secs_f64();
+            out.step_seconds.push(t0.elapsed().as_secs_f64());
             out.train_loss.push(lv);
             out.steps_run = step;
             out.tokens += batch.len() * t;
@@ -695,6 +707,7 @@ pub fn train(
         Ok(())
     })();
     model.set_differentiable(false);
+    model.keep_transposes(false)?;
     out.forward_tokens_per_s = fwd_tokens as f64 / fwd_s.max(1e-9);
     result?;
     adapters.restore(&best_snap)?;

@@ -30,7 +30,10 @@ fn value_and_grads(
     inputs: &[Tensor],
     seed: u64,
 ) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = f(&ts);
     let g = randn(y.dims(), seed);
@@ -122,7 +125,11 @@ fn softmax_matches_the_composed_softmax() {
         let mask = Tensor::from_vec(mask, dims.as_slice(), &Device::Cpu).unwrap();
         check(
             &format!("softmax {dims:?}"),
-            |t| softmax_last_dim(&(&t[0] + &mask).unwrap()).unwrap().unwrap(),
+            |t| {
+                softmax_last_dim(&(&t[0] + &mask).unwrap())
+                    .unwrap()
+                    .unwrap()
+            },
             |t| candle_nn::ops::softmax(&(&t[0] + &mask).unwrap(), D::Minus1).unwrap(),
             &[x],
             1e-5,
@@ -176,7 +183,11 @@ fn causal_attention_matches_the_composed_attention() {
         let scale = 1.0 / (hd as f64).sqrt();
         check(
             &format!("attention {b}x{nh}/{nkv}x{t}x{hd}"),
-            |x| causal_attention(&x[0], &x[1], &x[2], scale).unwrap().unwrap(),
+            |x| {
+                causal_attention(&x[0], &x[1], &x[2], scale)
+                    .unwrap()
+                    .unwrap()
+            },
             |x| composed_attention(&x[0], &x[1], &x[2], scale),
             &[q, k, v],
             2e-5,
