@@ -1,6 +1,7 @@
 //! Fused CPU f32 operations with a backward pass, for the recomputation inside a LoRA training
 //! step (README, "Quantize and recover"): RMS norm, the half-split rotary embedding, softmax over
-//! the last dimension, and the causal attention of a block's own tokens. candle's fused kernels
+//! the last dimension, the causal attention of a block's own tokens, and the head's
+//! cross-entropy. candle's fused kernels
 //! for these have no backward, and composed from its tensor ops each became several elementwise
 //! ops, each with its own buffer and its own backward step.
 //!
@@ -394,6 +395,70 @@ fn score_grads(
         }
     });
     ds
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy.
+
+/// Mean next-token cross-entropy of `logits` `[rows, vocab]` against `targets` (`rows` ids):
+/// `mean_r(log Σ exp(x_r) − x_r[t_r])`, as candle's `cross_entropy` composes it (a log-softmax,
+/// a gather, a mean; each a pass over the whole `rows × vocab` block, and as many in the
+/// backward). Backward: `(softmax(x_r) − onehot(t_r)) · g / rows`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, vocab) = logits.dims2()?;
+    if !applies(logits) || targets.dims() != [rows] || rows == 0 || vocab == 0 {
+        return Ok(None);
+    }
+    let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target id {bad} is outside the vocabulary of {vocab}");
+    }
+    Ok(Some(
+        logits.contiguous()?.apply_op1(CrossEntropy { targets })?,
+    ))
+}
+
+struct CrossEntropy {
+    targets: Vec<u32>,
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "train-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let vocab = l.dims()[1];
+        let sum: f64 = x
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| -fused::row_log_prob(row, t as usize))
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        let mean = (sum / self.targets.len() as f64) as f32;
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let vocab = arg.dims()[1];
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.targets.len() as f32;
+        let dx = with_values(arg, |x| {
+            let mut dx = vec![0f32; x.len()];
+            dx.par_chunks_mut(vocab)
+                .zip(x.par_chunks(vocab))
+                .zip(self.targets.par_iter())
+                .for_each(|((dx, x), &t)| {
+                    dx.copy_from_slice(x);
+                    softmax_in_place(dx);
+                    dx[t as usize] -= 1.0;
+                    dx.iter_mut().for_each(|d| *d *= g);
+                });
+            dx
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), &Device::Cpu)?))
+    }
 }
 
 #[cfg(test)]

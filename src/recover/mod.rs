@@ -478,10 +478,11 @@ fn head_loss(
         let input = var.as_ref().map_or(&x, |v| v.as_tensor());
         let logits = model.head(input)?.to_dtype(DType::F32)?;
         let v = logits.dim(2)?;
-        let part = candle_nn::loss::cross_entropy(
-            &logits.reshape((rows, v))?,
-            &targets.narrow(0, start, rows)?,
-        )?;
+        let (logits, tgt) = (logits.reshape((rows, v))?, targets.narrow(0, start, rows)?);
+        let part = match crate::model::train_ops::cross_entropy(&logits, &tgt)? {
+            Some(l) => l,
+            None => candle_nn::loss::cross_entropy(&logits, &tgt)?,
+        };
         // This part's share of the batch mean.
         let part = (part * (rows as f64 / n as f64))?;
         sum += part.to_scalar::<f32>()? as f64;

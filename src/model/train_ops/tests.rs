@@ -207,3 +207,24 @@ fn other_dtypes_are_left_to_the_composed_ops() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn cross_entropy_matches_candles() {
+    for (i, &(rows, vocab)) in [(1, 1), (3, 17), (37, 301), (8, 4099)].iter().enumerate() {
+        let x = (randn(&[rows, vocab], 60 + i as u64) * 3.0).unwrap();
+        let t: Vec<u32> = (0..rows as u32)
+            .map(|r| (r * 7 + 3) % vocab as u32)
+            .collect();
+        let t = Tensor::from_vec(t, rows, &Device::Cpu).unwrap();
+        check(
+            &format!("cross-entropy {rows}x{vocab}"),
+            |x| cross_entropy(&x[0], &t).unwrap().unwrap(),
+            |x| candle_nn::loss::cross_entropy(&x[0], &t).unwrap(),
+            &[x],
+            1e-5,
+        );
+    }
+    let x = randn(&[2, 5], 1);
+    let bad = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+    assert!(cross_entropy(&x, &bad).is_err());
+}
