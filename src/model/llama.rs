@@ -877,7 +877,7 @@ impl Llama {
         let u = blk.linear(LinearKind::Up).forward(&h)?;
         let fused = match self.differentiable {
             false => fused::swiglu(&g, &u)?,
-            true => None,
+            true => train_ops::swiglu(&g, &u)?,
         };
         let a = match fused {
             Some(a) => a,

@@ -1,6 +1,6 @@
 //! Fused CPU f32 operations with a backward pass, for the recomputation inside a LoRA training
 //! step (README, "Quantize and recover"): RMS norm, the half-split rotary embedding, softmax over
-//! the last dimension, the causal attention of a block's own tokens, and the head's
+//! the last dimension, the causal attention of a block's own tokens, SwiGLU, and the head's
 //! cross-entropy. candle's fused kernels
 //! for these have no backward, and composed from its tensor ops each became several elementwise
 //! ops, each with its own buffer and its own backward step.
@@ -12,7 +12,9 @@
 //! one thread in a fixed order, so the bits do not depend on the thread count.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use super::fused::{self, AttnShape};
@@ -395,6 +397,78 @@ fn score_grads(
         }
     });
     ds
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU.
+
+/// `silu(g) · u` (Shazeer, 2020) for `g`, `u` of one shape; backward
+/// `dg = dy · u · σ(g) (1 + g (1 − σ(g)))`, `du = dy · g σ(g)`.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+    if g.dims() != u.dims() || !applies(g) || !applies(u) {
+        return Ok(None);
+    }
+    Ok(Some(g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)?))
+}
+
+struct SwiGlu;
+
+/// Elements per parallel SwiGLU task.
+const SWIGLU_CHUNK: usize = 16 * 1024;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "train-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(SWIGLU_CHUNK)
+            .zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK)))
+            .for_each(|(y, (g, u))| fused::swiglu_slice(g, u, y));
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with_values(g, |g| {
+            with_values(u, |u| {
+                with_values(grad, |dy| {
+                    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                    dg.par_chunks_mut(SWIGLU_CHUNK)
+                        .zip(du.par_chunks_mut(SWIGLU_CHUNK))
+                        .enumerate()
+                        .for_each(|(c, (dg, du))| {
+                            let at = c * SWIGLU_CHUNK;
+                            for (i, (dg, du)) in dg.iter_mut().zip(du.iter_mut()).enumerate() {
+                                let (g, u, dy) = (g[at + i], u[at + i], dy[at + i]);
+                                let s = 1.0 / (1.0 + (-g).exp());
+                                *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                                *du = dy * g * s;
+                            }
+                        });
+                    (dg, du)
+                })
+            })
+        })???;
+        let shape = g.shape();
+        Ok((
+            Some(Tensor::from_vec(dg, shape, &Device::Cpu)?),
+            Some(Tensor::from_vec(du, shape, &Device::Cpu)?),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

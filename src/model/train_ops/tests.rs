@@ -228,3 +228,18 @@ fn cross_entropy_matches_candles() {
     let bad = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
     assert!(cross_entropy(&x, &bad).is_err());
 }
+
+#[test]
+fn swiglu_matches_the_composed_one() {
+    for (i, n) in [1usize, 17, 1000, 40_000].into_iter().enumerate() {
+        let g = (randn(&[n], 80 + i as u64) * 4.0).unwrap();
+        let u = randn(&[n], 90 + i as u64);
+        check(
+            &format!("swiglu {n}"),
+            |x| swiglu(&x[0], &x[1]).unwrap().unwrap(),
+            |x| (candle_nn::ops::silu(&x[0]).unwrap() * &x[1]).unwrap(),
+            &[g, u],
+            1e-5,
+        );
+    }
+}
