@@ -115,6 +115,18 @@ pub struct RecoveredReport {
     /// Zero-shot accuracy on the report's tasks (when tasks were scored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeroshot: Option<crate::zeroshot::ZeroShot>,
+    /// The pruned model's evaluation forward (perplexity, no adapters, no gradients) in this
+    /// run, tokens/s: what the training throughput is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_tokens_per_s: Option<f64>,
+}
+
+impl RecoveredReport {
+    /// Training throughput (step time alone) over the same run's evaluation forward.
+    pub fn train_over_eval(&self) -> Option<f64> {
+        self.eval_tokens_per_s
+            .map(|e| self.training.train_tokens_per_s() / e.max(1e-9))
+    }
 }
 
 /// The pruned model with its linears quantized (GGUF block formats), measured dequantized: the

@@ -611,12 +611,15 @@ pub fn stages_table(r: &crate::report::Report) -> String {
     if let Some(l) = &r.recovered {
         let t = &l.training;
         out += &format!(
-            "LoRA: {} steps of {} windows ({} tokens, {:.0} s, {:.0} tok/s), stopped by {:?}; best held-out loss {:.4} at step {} (pruned: {:.4}); {} adapter parameters\n",
+            "LoRA: {} steps of {} windows ({} tokens, {:.0} s, {:.0} tok/s; median step {:.1} tok/s, {:.3}× the run's held-out forward at {:.0} tok/s), stopped by {:?}; best held-out loss {:.4} at step {} (pruned: {:.4}); {} adapter parameters\n",
             t.steps_run,
             l.lora.batch,
             t.tokens,
             t.seconds,
             t.tokens as f64 / t.seconds.max(1e-9),
+            t.train_tokens_per_s(),
+            t.throughput_ratio(),
+            t.forward_tokens_per_s,
             t.stop,
             t.heldout
                 .iter()
@@ -626,6 +629,12 @@ pub fn stages_table(r: &crate::report::Report) -> String {
             t.heldout.first().map(|h| h.1).unwrap_or(f64::NAN),
             l.adapter_params
         );
+        if let (Some(e), Some(r)) = (l.eval_tokens_per_s, l.train_over_eval()) {
+            out += &format!(
+                "LoRA throughput: training steps {:.1} tok/s = {r:.3}× this run's pruned evaluation forward ({e:.0} tok/s)\n",
+                t.train_tokens_per_s()
+            );
+        }
     }
     out
 }

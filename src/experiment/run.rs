@@ -203,7 +203,17 @@ impl Experiment {
         };
         timings.quantize_s = since(t);
         let recovered = match spec.recover {
-            Some(r) => Some(self.recover_pruned(r, task_set.as_ref(), &mut timings, obs)?),
+            Some(r) => {
+                // The pruned model's evaluation forward, which the training throughput is
+                // compared with (same run, same machine load).
+                let eval_tokens_per_s = pruned_ppl
+                    .is_some()
+                    .then(|| self.eval_tokens() as f64 / pruned_eval_s.max(1e-9));
+                let (rec, mut rep) =
+                    self.recover_pruned(r, task_set.as_ref(), &mut timings, obs)?;
+                rep.eval_tokens_per_s = eval_tokens_per_s;
+                Some((rec, rep))
+            }
             None => None,
         };
 
@@ -437,6 +447,7 @@ impl Experiment {
             ppl: ppl.as_ref().map(|p| p.ppl),
             window_nll: ppl.map(|p| p.window_nll),
             zeroshot,
+            eval_tokens_per_s: None,
         };
         Ok((Recovered { llama, adapters }, report))
     }

@@ -67,8 +67,9 @@ pub struct PrunableLinear {
 enum Store {
     Dense(Tensor),
     /// Compressed rows in host memory, f32 (the dense tensor is freed): what a pruned CPU
-    /// model runs with (README, "Sparse execution").
-    Sparse(Arc<SparseMatrix>),
+    /// model runs with (README, "Sparse execution"); while adapters train, also the transpose's
+    /// (see [`PrunableLinear::keep_transpose`]).
+    Sparse(Arc<SparseMatrix>, Option<Arc<SparseMatrix>>),
 }
 
 /// A LoRA adapter (Hu et al., 2022) as PEFT defines it: `y += scale · (x Aᵀ) Bᵀ`, with
@@ -98,7 +99,7 @@ impl PrunableLinear {
     ) -> Self {
         Self {
             name: name.into(),
-            store: Store::Sparse(Arc::new(weight)),
+            store: Store::Sparse(Arc::new(weight), None),
             bias,
             lora: None,
         }
@@ -115,14 +116,28 @@ impl PrunableLinear {
     pub fn weight(&self) -> Result<Tensor> {
         match &self.store {
             Store::Dense(w) => Ok(w.clone()),
-            Store::Sparse(s) => s.to_tensor(&Device::Cpu, DType::F32),
+            Store::Sparse(s, _) => s.to_tensor(&Device::Cpu, DType::F32),
         }
+    }
+
+    /// With `on`, hold a sparse weight's transpose in compressed rows too, so that the
+    /// backward of a training step multiplies by `W` without rebuilding it dense (a fresh
+    /// dense copy of every linear per step, and the zeros multiplied); without, drop it.
+    /// Dense weights are left as they are.
+    pub fn keep_transpose(&mut self, on: bool) -> Result<()> {
+        if let Store::Sparse(s, t) = &mut self.store {
+            *t = match on {
+                true => Some(Arc::new(s.transposed()?)),
+                false => None,
+            };
+        }
+        Ok(())
     }
 
     /// The compressed rows, when the weight is held sparse.
     pub fn sparse(&self) -> Option<&SparseMatrix> {
         match &self.store {
-            Store::Sparse(s) => Some(s),
+            Store::Sparse(s, _) => Some(s),
             Store::Dense(_) => None,
         }
     }
@@ -130,14 +145,14 @@ impl PrunableLinear {
     pub fn in_features(&self) -> usize {
         match &self.store {
             Store::Dense(w) => w.dims()[1],
-            Store::Sparse(s) => s.cols(),
+            Store::Sparse(s, _) => s.cols(),
         }
     }
 
     pub fn out_features(&self) -> usize {
         match &self.store {
             Store::Dense(w) => w.dims()[0],
-            Store::Sparse(s) => s.rows(),
+            Store::Sparse(s, _) => s.rows(),
         }
     }
 
@@ -148,14 +163,14 @@ impl PrunableLinear {
     pub fn device(&self) -> Device {
         match &self.store {
             Store::Dense(w) => w.device().clone(),
-            Store::Sparse(_) => Device::Cpu,
+            Store::Sparse(..) => Device::Cpu,
         }
     }
 
     pub fn dtype(&self) -> DType {
         match &self.store {
             Store::Dense(w) => w.dtype(),
-            Store::Sparse(_) => DType::F32,
+            Store::Sparse(..) => DType::F32,
         }
     }
 
@@ -164,7 +179,7 @@ impl PrunableLinear {
         match &self.store {
             Store::Dense(w) if w.stride().contains(&0) => 0,
             Store::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Store::Sparse(s) => s.bytes(),
+            Store::Sparse(s, _) => s.bytes(),
         }
     }
 
@@ -189,10 +204,10 @@ impl PrunableLinear {
                 if !mode.use_sparse(rows, cols, s.sparsity(), w.device(), w.dtype()) {
                     return Ok(false);
                 }
-                self.store = Store::Sparse(Arc::new(s));
+                self.store = Store::Sparse(Arc::new(s), None);
                 Ok(true)
             }
-            Store::Sparse(s) => {
+            Store::Sparse(s, _) => {
                 if mode.use_sparse(rows, cols, s.sparsity(), &Device::Cpu, DType::F32) {
                     return Ok(true);
                 }
@@ -218,10 +233,10 @@ impl PrunableLinear {
                     None => x2.matmul(&w.t()?)?,
                 },
             },
-            Store::Sparse(s) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                SparseMatmul::apply(s, &x2)?
+            Store::Sparse(s, t) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                SparseMatmul::apply_with(s, t.as_ref(), &x2)?
             }
-            Store::Sparse(s) => {
+            Store::Sparse(s, _) => {
                 let w = s.to_tensor(x.device(), x.dtype())?;
                 x2.matmul(&w.t()?)?
             }
@@ -231,7 +246,9 @@ impl PrunableLinear {
             None => y,
         };
         let y = match &self.lora {
-            Some(l) => (y + (x2.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?)?,
+            // The scale on the rank-r product, not on the output-sized one: one pass over
+            // `[rows, r]` instead of `[rows, out]`.
+            Some(l) => (y + (x2.matmul(&l.a.t()?)? * l.scale)?.matmul(&l.b.t()?)?)?,
             None => y,
         };
         let mut out = dims;
@@ -291,7 +308,7 @@ impl PrunableLinear {
     /// Fraction of exactly-zero weights.
     pub fn sparsity(&self) -> Result<f64> {
         let w = match &self.store {
-            Store::Sparse(s) => return Ok(s.sparsity()),
+            Store::Sparse(s, _) => return Ok(s.sparsity()),
             Store::Dense(w) => w,
         };
         let zeros = w

@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::LlamaConfig;
-use super::fused;
 use super::linear::{LinearKind, Observer, PrunableLinear};
+use super::{fused, train_ops};
 use crate::sparse::{SparseMatrix, SparseMode};
 
 /// Precomputed rope tables `[max_pos, head_dim/2]`.
@@ -21,7 +21,8 @@ use crate::sparse::{SparseMatrix, SparseMode};
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
-    /// Composed ops instead of the fused kernel, for training (see [`Llama::set_differentiable`]).
+    /// An op with a backward instead of candle's fused kernel, for training (see
+    /// [`Llama::set_differentiable`]).
     differentiable: bool,
 }
 
@@ -49,11 +50,16 @@ impl Rope {
         self.cos.dims()[0]
     }
 
-    /// candle's fused rope has no backward pass; the composed one (same arithmetic) has.
+    /// candle's fused rope has no backward pass; for training, ours (CPU f32) or the composed
+    /// one (same arithmetic) has.
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        match self.differentiable {
-            true => candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin),
-            false => candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin),
+        let x = x.contiguous()?;
+        if !self.differentiable {
+            return candle_nn::rotary_emb::rope(&x, cos, sin);
+        }
+        match train_ops::rope(&x, cos, sin)? {
+            Some(y) => Ok(y),
+            None => candle_nn::rotary_emb::rope_slow(&x, cos, sin),
         }
     }
 
@@ -357,8 +363,9 @@ pub struct Llama {
     pub offload: Option<Offload>,
     /// Whether pruned linears run in compressed rows ([`SparseMode`]); see [`Llama::set_sparse`].
     pub sparse: SparseMode,
-    /// Run rms-norm, softmax and rope as composed tensor ops that backpropagate (candle's fused
-    /// kernels have no backward pass), for LoRA training; slower, same values to rounding.
+    /// Run rms-norm, softmax, rope and attention as ops that backpropagate (candle's fused
+    /// kernels have no backward pass), for LoRA training: ours with a backward on the CPU in f32
+    /// ([`train_ops`]), else candle's composed ops; same values to rounding.
     differentiable: bool,
 }
 
@@ -578,7 +585,18 @@ impl Llama {
             .sum()
     }
 
-    /// Switch the forward between candle's fused kernels (inference) and composed ops that
+    /// Hold (`on`) or drop the transposes of the sparse linears, for the backward of training
+    /// steps ([`PrunableLinear::keep_transpose`]).
+    pub fn keep_transposes(&mut self, on: bool) -> Result<()> {
+        for b in self.blocks.iter_mut().filter(|b| b.resident) {
+            for l in b.linears.iter_mut() {
+                l.keep_transpose(on)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switch the forward between candle's fused kernels (inference) and ops that
     /// backpropagate (training).
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
@@ -586,17 +604,23 @@ impl Llama {
     }
 
     fn norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let eps = self.config.rms_norm_eps as f32;
-        match self.differentiable {
-            true => candle_nn::ops::rms_norm_slow(x, w, eps),
-            false => rms_norm(x, w, eps),
+        let eps = self.config.rms_norm_eps;
+        if !self.differentiable {
+            return rms_norm(x, w, eps as f32);
+        }
+        match train_ops::rms_norm(x, w, eps)? {
+            Some(y) => Ok(y),
+            None => candle_nn::ops::rms_norm_slow(x, w, eps as f32),
         }
     }
 
     fn softmax(&self, att: &Tensor) -> Result<Tensor> {
-        match self.differentiable {
-            true => candle_nn::ops::softmax(att, D::Minus1),
-            false => softmax_last_dim(att),
+        if !self.differentiable {
+            return softmax_last_dim(att);
+        }
+        match train_ops::softmax_last_dim(att)? {
+            Some(y) => Ok(y),
+            None => candle_nn::ops::softmax(att, D::Minus1),
         }
     }
 
@@ -799,10 +823,16 @@ impl Llama {
             None => (k, v),
         };
         let total = k.dims()[2];
-        if total == t && t > 1 && matches!(at, At::Offset(_)) && !self.differentiable {
+        if total == t && t > 1 && matches!(at, At::Offset(_)) {
             // A block's own tokens under the causal mask (perplexity windows, scoring,
-            // calibration, a prompt's prefill): one fused pass on the CPU in f32.
-            if let Some(y) = fused::causal_attention(&q, &k, &v, scale)? {
+            // calibration, a prompt's prefill, training): one fused pass on the CPU in f32.
+            let y = match self.differentiable {
+                false => fused::causal_attention(&q, &k, &v, scale)?,
+                true => train_ops::causal_attention(&q, &k, &v, scale)?
+                    .map(|y| y.transpose(1, 2)?.reshape((b, t, nh * hd)))
+                    .transpose()?,
+            };
+            if let Some(y) = y {
                 return self.block_tail(blk, x, &y, &mut see);
             }
         }
@@ -841,7 +871,7 @@ impl Llama {
         let u = blk.linear(LinearKind::Up).forward(&h)?;
         let fused = match self.differentiable {
             false => fused::swiglu(&g, &u)?,
-            true => None,
+            true => train_ops::swiglu(&g, &u)?,
         };
         let a = match fused {
             Some(a) => a,

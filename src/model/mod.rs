@@ -10,6 +10,7 @@ pub mod llama;
 pub mod quant;
 pub mod source;
 pub mod synthetic;
+pub mod train_ops;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

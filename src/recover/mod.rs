@@ -431,9 +431,12 @@ pub fn time_step(
             ..ParamsAdamW::default()
         },
     )?;
+    model.keep_transposes(true)?;
     let t = Instant::now();
-    let (loss, grads) = checkpointed_grads(model, windows, adapters)?;
+    let grads = checkpointed_grads(model, windows, adapters);
     let forward_backward_s = t.elapsed().as_secs_f64();
+    model.keep_transposes(false)?;
+    let (loss, grads) = grads?;
     let t = Instant::now();
     opt.step(&grads)?;
     let optimizer_s = t.elapsed().as_secs_f64();
@@ -475,10 +478,11 @@ fn head_loss(
         let input = var.as_ref().map_or(&x, |v| v.as_tensor());
         let logits = model.head(input)?.to_dtype(DType::F32)?;
         let v = logits.dim(2)?;
-        let part = candle_nn::loss::cross_entropy(
-            &logits.reshape((rows, v))?,
-            &targets.narrow(0, start, rows)?,
-        )?;
+        let (logits, tgt) = (logits.reshape((rows, v))?, targets.narrow(0, start, rows)?);
+        let part = match crate::model::train_ops::cross_entropy(&logits, &tgt)? {
+            Some(l) => l,
+            None => candle_nn::loss::cross_entropy(&logits, &tgt)?,
+        };
         // This part's share of the batch mean.
         let part = (part * (rows as f64 / n as f64))?;
         sum += part.to_scalar::<f32>()? as f64;
@@ -554,6 +558,36 @@ pub struct Trained {
     pub tokens: usize,
     pub seconds: f64,
     pub stop: Stop,
+    /// Seconds of each training step alone (checkpointed forward and backward, AdamW), without
+    /// the held-out evaluations that `seconds` also counts.
+    #[serde(default)]
+    pub step_seconds: Vec<f64>,
+    /// The held-out evaluations' forward rate in this run (tokens/s): the same model, batch and
+    /// window length as a training step, forward only.
+    #[serde(default)]
+    pub forward_tokens_per_s: f64,
+}
+
+impl Trained {
+    /// Training tokens per second of step time, at the median step (a machine shared with
+    /// other work slows some steps).
+    pub fn train_tokens_per_s(&self) -> f64 {
+        let mut t = self.step_seconds.clone();
+        if t.is_empty() {
+            return 0.0;
+        }
+        t.sort_by(f64::total_cmp);
+        let median = t[t.len() / 2];
+        self.tokens as f64 / t.len() as f64 / median.max(1e-9)
+    }
+
+    /// Training throughput over the same run's forward throughput (0 when not measured).
+    pub fn throughput_ratio(&self) -> f64 {
+        match self.forward_tokens_per_s > 0.0 {
+            true => self.train_tokens_per_s() / self.forward_tokens_per_s,
+            false => 0.0,
+        }
+    }
 }
 
 /// Train `adapters` (installed into `model` here) on `train` with early stopping on `heldout`.
@@ -594,9 +628,23 @@ pub fn train(
         tokens: 0,
         seconds: 0.0,
         stop: Stop::Steps,
+        step_seconds: vec![],
+        forward_tokens_per_s: 0.0,
     };
-    let mut best = heldout_loss(model, heldout, p.batch)?;
+    // The held-out forward's time and tokens, for the run's forward rate.
+    let (mut fwd_s, mut fwd_tokens) = (0f64, 0usize);
+    let mut timed_heldout = |model: &mut Llama| -> Result<f64> {
+        let t0 = Instant::now();
+        let l = heldout_loss(model, heldout, p.batch)?;
+        fwd_s += t0.elapsed().as_secs_f64();
+        fwd_tokens += heldout.len() * heldout[0].len();
+        Ok(l)
+    };
+    let mut best = timed_heldout(model)?;
     out.heldout.push((0, best));
+    // Sparse linears multiply by W in compressed rows in the backward too (held until the end
+    // of training: about a third of the dense linears' bytes at 70 % zeros).
+    model.keep_transposes(true)?;
     let mut best_snap = adapters.snapshot()?;
     let mut since_best = 0;
     let mut cursor = train.len();
@@ -615,18 +663,20 @@ pub fn train(
                 batch.push(train[order[cursor]].clone());
                 cursor += 1;
             }
+            let t0 = Instant::now();
             let (lv, grads) = checkpointed_grads(model, &batch, adapters)?;
             opt.step(&grads)?;
             // The installed copies follow the variables only in f32; re-install otherwise.
             if model.dtype != DType::F32 {
                 adapters.install(model)?;
             }
+            out.step_seconds.push(t0.elapsed().as_secs_f64());
             out.train_loss.push(lv);
             out.steps_run = step;
             out.tokens += batch.len() * t;
             let mut h = None;
             if step % p.eval_every == 0 || step == p.steps {
-                let hl = heldout_loss(model, heldout, p.batch)?;
+                let hl = timed_heldout(model)?;
                 out.heldout.push((step, hl));
                 h = Some(hl);
                 if hl < best {
@@ -658,6 +708,8 @@ pub fn train(
         Ok(())
     })();
     model.set_differentiable(false);
+    model.keep_transposes(false)?;
+    out.forward_tokens_per_s = fwd_tokens as f64 / fwd_s.max(1e-9);
     result?;
     adapters.restore(&best_snap)?;
     adapters.install(model)?;

@@ -266,6 +266,20 @@ impl SparseMatrix {
         w
     }
 
+    /// `Wᵀ` `[cols, rows]` in compressed rows.
+    pub fn transposed(&self) -> Result<Self> {
+        let w = self.to_dense();
+        let mut t = vec![0f32; w.len()];
+        t.par_chunks_mut(self.rows.max(1))
+            .enumerate()
+            .for_each(|(c, row)| {
+                for (r, v) in row.iter_mut().enumerate() {
+                    *v = w[r * self.cols + c];
+                }
+            });
+        Self::from_dense(&t, self.cols, self.rows)
+    }
+
     /// The dense `[rows, cols]` tensor on `dev` in `dtype`.
     pub fn to_tensor(&self, dev: &Device, dtype: DType) -> Result<Tensor> {
         Tensor::from_vec(self.to_dense(), (self.rows, self.cols), &Device::Cpu)?

@@ -9,14 +9,41 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use super::{kernels, SparseMatrix};
 
 /// `x @ Wᵀ` for a contiguous f32 CPU input `[n, cols]`. Its backward (the gradient of the
-/// input, for LoRA training on a frozen sparse base) multiplies by the dense `W`.
-pub struct SparseMatmul(pub Arc<SparseMatrix>);
+/// input, for LoRA training on a frozen sparse base) multiplies by `W`: in compressed rows when
+/// `Wᵀ`'s are given, else by `W` made dense for that product.
+pub struct SparseMatmul {
+    w: Arc<SparseMatrix>,
+    wt: Option<Arc<SparseMatrix>>,
+}
 
 impl SparseMatmul {
     /// Apply to `x` `[n, cols]`.
     pub fn apply(w: &Arc<SparseMatrix>, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1(SparseMatmul(w.clone()))
+        Self::apply_with(w, None, x)
     }
+
+    /// Apply to `x` `[n, cols]`, with `Wᵀ` in compressed rows for the backward.
+    pub fn apply_with(
+        w: &Arc<SparseMatrix>,
+        wt: Option<&Arc<SparseMatrix>>,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let op = SparseMatmul {
+            w: w.clone(),
+            wt: wt.cloned(),
+        };
+        x.contiguous()?.apply_op1(op)
+    }
+}
+
+/// `x Mᵀ` for a contiguous f32 CPU `x` `[n, M.cols]` and `M` in compressed rows.
+fn product(m: &SparseMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * m.rows()];
+    match n {
+        1 => kernels::gemv(m.blocked(), x, &mut y),
+        _ => kernels::gemm(m.blocked(), x, n, &mut y),
+    }
+    y
 }
 
 impl CustomOp1 for SparseMatmul {
@@ -25,7 +52,7 @@ impl CustomOp1 for SparseMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let w = &self.0;
+        let w = &self.w;
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("sparse-matmul: input is {:?}, not f32", storage.dtype());
         };
@@ -39,19 +66,27 @@ impl CustomOp1 for SparseMatmul {
         let Some((a, b)) = layout.contiguous_offsets() else {
             candle_core::bail!("sparse-matmul: the input is not contiguous");
         };
-        let x = &data[a..b];
-        let mut y = vec![0f32; n * w.rows()];
-        match n {
-            1 => kernels::gemv(w.blocked(), x, &mut y),
-            _ => kernels::gemm(w.blocked(), x, n, &mut y),
-        }
+        let y = product(w, &data[a..b], n);
         Ok((CpuStorage::F32(y), Shape::from((n, w.rows()))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        // d(x Wᵀ)/dx = grad · W; the dense W lives only for this product.
-        let w = self.0.to_tensor(arg.device(), DType::F32)?;
-        Ok(Some(grad_res.matmul(&w)?))
+        // d(x Wᵀ)/dx = grad · W = grad · (Wᵀ)ᵀ.
+        let Some(wt) = &self.wt else {
+            // The dense W lives only for this product.
+            let w = self.w.to_tensor(arg.device(), DType::F32)?;
+            return Ok(Some(grad_res.matmul(&w)?));
+        };
+        let n = grad_res.dims2()?.0;
+        let g = grad_res.detach().contiguous()?;
+        let (gs, gl) = g.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*gs, gl.contiguous_offsets())
+        else {
+            candle_core::bail!("sparse-matmul: the gradient is not a contiguous f32 CPU tensor");
+        };
+        let dx = product(wt, &v[a..b], n);
+        Ok(Some(Tensor::from_vec(dx, (n, wt.rows()), arg.device())?))
     }
 }
 
@@ -154,6 +189,39 @@ impl CustomOp1 for FrozenMatmul {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// The sparse product's input gradient is `grad · W`, through the dense `W` or through
+    /// `Wᵀ` in compressed rows; odd shapes, several column blocks.
+    #[test]
+    fn sparse_matmul_input_gradient_with_and_without_the_transpose() {
+        let dev = Device::Cpu;
+        let (rows, cols, n) = (37, 131, 5);
+        let w: Vec<f32> = Tensor::randn(0f32, 1.0, rows * cols, &dev)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w: Vec<f32> = (w.iter().enumerate())
+            .map(|(i, &v)| if i % 3 == 0 { v } else { 0.0 })
+            .collect();
+        let s = Arc::new(SparseMatrix::from_dense(&w, rows, cols).unwrap());
+        let st = Arc::new(s.transposed().unwrap());
+        assert_eq!(st.to_dense().len(), w.len());
+        let wd = Tensor::from_vec(w, (rows, cols), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (n, rows), &dev).unwrap();
+        let want = g.matmul(&wd).unwrap();
+        for t in [None, Some(&st)] {
+            let y = SparseMatmul::apply_with(&s, t, x.as_tensor()).unwrap();
+            let gs = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = gs.get(x.as_tensor()).unwrap();
+            let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-4,
+                "transpose {}",
+                t.is_some()
+            );
+        }
+    }
 
     /// Values and the input's gradient equal candle's matmul; the frozen weight gets none.
     #[test]
