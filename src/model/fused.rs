@@ -149,16 +149,24 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Whether the fused attention runs on these inputs: CPU f32, `q` `[b, heads, t, d]`, `k` and
+/// `v` `[b, kv_heads, t, d]` with `kv_heads` dividing `heads`.
+pub(crate) fn attention_applies(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<bool> {
+    let (b, nh, t, hd) = q.dims4()?;
+    let (_, nkv, _, _) = k.dims4()?;
+    let fits = nkv > 0 && nh % nkv == 0 && k.dims() == [b, nkv, t, hd] && v.dims() == k.dims();
+    Ok(fits && applies(q) && applies(k) && applies(v))
+}
+
 /// Softmax attention of `t` tokens over themselves with the causal mask (query `i` sees keys
 /// `0..=i`): `q` `[b, heads, t, d]`, `k`, `v` `[b, kv_heads, t, d]` (CPU f32) → `[b, t, heads·d]`.
 /// The masked half of the scores is never computed. `None` where the tensors are not CPU f32.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let (b, nh, t, hd) = q.dims4()?;
-    let (_, nkv, _, _) = k.dims4()?;
-    let fits = nkv > 0 && nh % nkv == 0 && k.dims() == [b, nkv, t, hd] && v.dims() == k.dims();
-    if !fits || !applies(q) || !applies(k) || !applies(v) {
+    if !attention_applies(q, k, v)? {
         return Ok(None);
     }
+    let (b, nh, t, hd) = q.dims4()?;
+    let nkv = k.dims4()?.1;
     let shape = AttnShape {
         batch: b,
         heads: nh,

@@ -267,10 +267,7 @@ impl CustomOp1 for Softmax {
 /// `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`, `dQ = scale · dS K`, `dK = scale · dSᵀ Q`
 /// (Dao et al., 2022, FlashAttention's backward, unblocked).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let (b, nh, t, hd) = q.dims4()?;
-    let (_, nkv, _, _) = k.dims4()?;
-    let fits = nkv > 0 && nh % nkv == 0 && k.dims() == [b, nkv, t, hd] && v.dims() == k.dims();
-    if !fits || !applies(q) || !applies(k) || !applies(v) {
+    if !fused::attention_applies(q, k, v)? {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
