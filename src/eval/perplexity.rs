@@ -59,9 +59,14 @@ fn batch_nll(
         let mut window = 0f64;
         for start in (0..seq_len - 1).step_by(POSITIONS) {
             let n = POSITIONS.min(seq_len - 1 - start);
-            let logits = model.head(&hidden.narrow(0, i, 1)?.narrow(1, start, n)?)?;
+            let h = hidden.narrow(0, i, 1)?.narrow(1, start, n)?;
             let targets = ids.narrow(0, i, 1)?.narrow(1, start + 1, n)?;
-            for x in target_log_probs(&logits, &targets)? {
+            let ids = targets.flatten_all()?.to_vec1::<u32>()?;
+            let lp = match model.head_log_probs(&h, &ids)? {
+                Some(lp) => lp,
+                None => target_log_probs(&model.head(&h)?, &targets)?,
+            };
+            for x in lp {
                 sum += x;
                 window += x;
             }

@@ -923,6 +923,19 @@ impl Llama {
         }
     }
 
+    /// `log p(targets[i])` at each position of the final hidden states `x` (`[1, n, hidden]`)
+    /// without keeping the logits, where the head is the tied embedding on the CPU in f32
+    /// (`fused::head_target_log_probs`, the same bits as [`Llama::head`] and a log-softmax);
+    /// `None` elsewhere (an untied head, a GPU), and the caller goes through [`Llama::head`].
+    pub fn head_log_probs(&self, x: &Tensor, targets: &[u32]) -> Result<Option<Vec<f64>>> {
+        if self.lm_head.is_some() {
+            return Ok(None);
+        }
+        let h = self.norm(&x.contiguous()?, &self.norm)?;
+        let (b, t, d) = h.dims3()?;
+        fused::head_target_log_probs(&h.reshape((b * t, d))?, &self.embed_tokens, targets)
+    }
+
     /// Full forward of ids `[b, t]` at `offset`: logits `[b, t, vocab]`.
     pub fn forward(
         &self,
