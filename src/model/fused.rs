@@ -455,7 +455,10 @@ mod avx512 {
 
     /// One head of [`super::causal_attention`]. Keys are transposed to `kt[d][j]` (padded with
     /// zeros to a multiple of [`GROUP`]) so that 16 scores come from one FMA per dimension; a
-    /// query's last group may score keys past it, which are then left out.
+    /// query's last group may score keys past it, which are then left out. Queries go in pairs
+    /// ([`rows`]): each loaded key and value serves both, and the pair's independent FMA chains
+    /// fill the FMA units that one query's chains left idle. Each query's arithmetic is that of
+    /// a query alone, in the same order, so the pairing does not change a bit.
     ///
     /// # Safety
     /// The CPU supports avx512f; `q`, `k`, `v`, `out` are `t × hd` with `hd % 16 == 0`.
@@ -469,85 +472,158 @@ mod avx512 {
                 kt[d * tp + j] = k[j * hd + d];
             }
         }
-        let mut sc = vec![0f32; tp];
+        let mut sc = [vec![0f32; tp], vec![0f32; tp]];
+        let keys = Keys { kt: &kt, tp, v, hd };
+        let mut i = 0;
+        while i + 1 < t {
+            rows::<2>(s, &keys, q, i, &mut sc, out);
+            i += 2;
+        }
+        if i < t {
+            rows::<1>(s, &keys, q, i, &mut sc, out);
+        }
+    }
+
+    /// A head's keys (transposed, `tp` per dimension) and values (`[t, hd]`).
+    struct Keys<'a> {
+        kt: &'a [f32],
+        tp: usize,
+        v: &'a [f32],
+        hd: usize,
+    }
+
+    /// Queries `i0..i0 + N` of one head (`N` is 1 or 2): query `i` attends to keys `0..=i`.
+    ///
+    /// # Safety
+    /// avx512f; `i0 + N ≤ t`; `q` and `out` are `t × hd`, `sc` rows `tp` long (as in [`head`]).
+    // The loops over `a` (a 16-lane chunk) and `r` (a query) index several arrays in step.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const N: usize>(
+        s: AttnShape,
+        keys: &Keys<'_>,
+        q: &[f32],
+        i0: usize,
+        sc: &mut [Vec<f32>; 2],
+        out: &mut [f32],
+    ) {
+        let (hd, tp) = (keys.hd, keys.tp);
+        let n: [usize; N] = std::array::from_fn(|r| i0 + r + 1);
+        // Scores of keys [0, groups · 64) for every query of the pass (the last query's
+        // groups; an earlier query's extra scores are never read).
+        // SAFETY: kt rows are `tp` long and `g + 64 ≤ tp`; `(i0 + r) · hd + d` is inside `q`.
         let scale = _mm512_set1_ps(s.scale);
-        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        for i in 0..t {
-            let n = i + 1;
-            let qi = q.as_ptr().add(i * hd);
-            // Scores of keys [0, groups · 64).
-            // SAFETY: kt rows are `tp` long and `g + 64 ≤ tp`; `qi + d` is inside row i.
-            let mut g = 0;
-            while g < n {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                for d in 0..hd {
-                    let qd = _mm512_set1_ps(*qi.add(d));
-                    let row = kt.as_ptr().add(d * tp + g);
-                    for (a, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row.add(16 * a)), *acc);
+        let mut g = 0;
+        while g < n[N - 1] {
+            let mut acc = [[_mm512_setzero_ps(); 4]; N];
+            for d in 0..hd {
+                let row = keys.kt.as_ptr().add(d * tp + g);
+                let qd: [__m512; N] =
+                    std::array::from_fn(|r| _mm512_set1_ps(*q.as_ptr().add((i0 + r) * hd + d)));
+                for a in 0..4 {
+                    let kv = _mm512_loadu_ps(row.add(16 * a));
+                    for r in 0..N {
+                        acc[r][a] = _mm512_fmadd_ps(qd[r], kv, acc[r][a]);
                     }
                 }
+            }
+            for (r, acc) in acc.iter().enumerate() {
                 for (a, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(sc.as_mut_ptr().add(g + 16 * a), _mm512_mul_ps(*acc, scale));
+                    _mm512_storeu_ps(
+                        sc[r].as_mut_ptr().add(g + 16 * a),
+                        _mm512_mul_ps(*acc, scale),
+                    );
                 }
-                g += GROUP;
             }
-            // Softmax numerators over keys [0, n); the rest of the last 16 lanes are masked.
-            // SAFETY: loads and stores cover `[j, j + 16) ∩ [0, n)` through the mask; n ≤ tp.
-            let mut m = ninf;
+            g += GROUP;
+        }
+        let inv: [__m512; N] = std::array::from_fn(|r| softmax(&mut sc[r], n[r]));
+        // Weighted values, 64 dimensions at a time; even and odd keys in separate accumulators
+        // so that eight FMA chains per query run side by side. The keys both queries attend to
+        // go through together; then each query finishes its own keys as it would alone.
+        // SAFETY: value rows are `hd` long; `c + 16 · a < hd` for the chunks used.
+        let v = keys.v.as_ptr();
+        let mut c = 0;
+        while c < hd {
+            let w = ((hd - c) / 16).min(4);
+            let mut even = [[_mm512_setzero_ps(); 4]; N];
+            let mut odd = [[_mm512_setzero_ps(); 4]; N];
             let mut j = 0;
-            while j < n {
-                let k = first((n - j).min(16));
-                m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, k, sc.as_ptr().add(j)));
-                j += 16;
+            while j + 1 < n[0] {
+                let (ve, vo) = (v.add(j * hd + c), v.add((j + 1) * hd + c));
+                let pe: [__m512; N] = std::array::from_fn(|r| _mm512_set1_ps(sc[r][j]));
+                let po: [__m512; N] = std::array::from_fn(|r| _mm512_set1_ps(sc[r][j + 1]));
+                for a in 0..w {
+                    let (xe, xo) = (
+                        _mm512_loadu_ps(ve.add(16 * a)),
+                        _mm512_loadu_ps(vo.add(16 * a)),
+                    );
+                    for r in 0..N {
+                        even[r][a] = _mm512_fmadd_ps(pe[r], xe, even[r][a]);
+                        odd[r][a] = _mm512_fmadd_ps(po[r], xo, odd[r][a]);
+                    }
+                }
+                j += 2;
             }
-            let mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-            let mut sum = _mm512_setzero_ps();
-            j = 0;
-            while j < n {
-                let k = first((n - j).min(16));
-                let e = exp(_mm512_sub_ps(
-                    _mm512_mask_loadu_ps(ninf, k, sc.as_ptr().add(j)),
-                    mx,
-                ));
-                sum = _mm512_add_ps(sum, e);
-                _mm512_mask_storeu_ps(sc.as_mut_ptr().add(j), k, e);
-                j += 16;
-            }
-            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-            // Weighted values, 64 dimensions at a time; even and odd keys in separate
-            // accumulators so that eight FMA chains run side by side.
-            // SAFETY: value rows are `hd` long; `c + 16 · a < hd` for the chunks used.
-            let o = out.as_mut_ptr().add(i * hd);
-            let mut c = 0;
-            while c < hd {
-                let w = ((hd - c) / 16).min(4);
-                let mut even = [_mm512_setzero_ps(); 4];
-                let mut odd = [_mm512_setzero_ps(); 4];
-                let mut j = 0;
-                while j + 1 < n {
-                    let (pe, po) = (_mm512_set1_ps(sc[j]), _mm512_set1_ps(sc[j + 1]));
-                    let (ve, vo) = (v.as_ptr().add(j * hd + c), v.as_ptr().add((j + 1) * hd + c));
+            for r in 0..N {
+                let (even, odd) = (&mut even[r], &mut odd[r]);
+                let mut j = j;
+                while j + 1 < n[r] {
+                    let (pe, po) = (_mm512_set1_ps(sc[r][j]), _mm512_set1_ps(sc[r][j + 1]));
+                    let (ve, vo) = (v.add(j * hd + c), v.add((j + 1) * hd + c));
                     for a in 0..w {
                         even[a] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve.add(16 * a)), even[a]);
                         odd[a] = _mm512_fmadd_ps(po, _mm512_loadu_ps(vo.add(16 * a)), odd[a]);
                     }
                     j += 2;
                 }
-                if j < n {
-                    let pe = _mm512_set1_ps(sc[j]);
-                    let ve = v.as_ptr().add(j * hd + c);
+                if j < n[r] {
+                    let pe = _mm512_set1_ps(sc[r][j]);
+                    let ve = v.add(j * hd + c);
                     for (a, e) in even.iter_mut().take(w).enumerate() {
                         *e = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve.add(16 * a)), *e);
                     }
                 }
+                let o = out.as_mut_ptr().add((i0 + r) * hd);
                 for a in 0..w {
-                    let y = _mm512_mul_ps(_mm512_add_ps(even[a], odd[a]), inv);
+                    let y = _mm512_mul_ps(_mm512_add_ps(even[a], odd[a]), inv[r]);
                     _mm512_storeu_ps(o.add(c + 16 * a), y);
                 }
-                c += 16 * w;
             }
+            c += 16 * w;
         }
+    }
+
+    /// Softmax numerators over scores `[0, n)` of `sc` in place (the rest of the last 16
+    /// lanes are masked); returns `1 / Σ` broadcast.
+    ///
+    /// # Safety
+    /// avx512f; `n ≤ sc.len()`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn softmax(sc: &mut [f32], n: usize) -> __m512 {
+        // SAFETY: loads and stores cover `[j, j + 16) ∩ [0, n)` through the mask; n ≤ tp.
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut m = ninf;
+        let mut j = 0;
+        while j < n {
+            let k = first((n - j).min(16));
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, k, sc.as_ptr().add(j)));
+            j += 16;
+        }
+        let mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        j = 0;
+        while j < n {
+            let k = first((n - j).min(16));
+            let e = exp(_mm512_sub_ps(
+                _mm512_mask_loadu_ps(ninf, k, sc.as_ptr().add(j)),
+                mx,
+            ));
+            sum = _mm512_add_ps(sum, e);
+            _mm512_mask_storeu_ps(sc.as_mut_ptr().add(j), k, e);
+            j += 16;
+        }
+        _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum))
     }
 }
 
