@@ -51,9 +51,7 @@ pub fn target_log_probs(logits: &Tensor, targets: &[u32]) -> Result<Option<Vec<f
             logits.dims()
         );
     }
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("target id {bad} is outside the vocabulary of {vocab}");
-    }
+    check_targets(targets, vocab)?;
     if !applies(logits) {
         return Ok(None);
     }
@@ -89,9 +87,7 @@ pub fn head_target_log_probs(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<
             targets.len()
         );
     }
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("target id {bad} is outside the vocabulary of {vocab}");
-    }
+    check_targets(targets, vocab)?;
     if !applies(h) || !applies(w) || n == 0 {
         return Ok(None);
     }
@@ -144,6 +140,14 @@ pub fn head_target_log_probs(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<
         })
     })??;
     Ok(Some(lp))
+}
+
+/// Every target id is inside the vocabulary.
+fn check_targets(targets: &[u32], vocab: usize) -> Result<()> {
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("target id {bad} is outside the vocabulary of {vocab}");
+    }
+    Ok(())
 }
 
 thread_local! {
