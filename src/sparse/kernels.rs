@@ -699,7 +699,10 @@ mod avx512_transpose {
         }
     }
 
-    /// [`super::transpose_tile`] in 16 × 16 squares transposed between registers.
+    /// [`super::transpose_tile`] in 16 × 16 squares transposed between registers, sixteen
+    /// tokens at a time across all columns: the loads then follow 16 rows of `x` front to back,
+    /// streams the hardware prefetcher tracks (column-block outer, they were 128 streams
+    /// advancing 64 bytes each).
     ///
     /// # Safety
     /// avx512f; `x` holds `nt · cols` floats, `nt ≤ TILE`, `xt` holds `cols · TILE` floats.
@@ -707,9 +710,9 @@ mod avx512_transpose {
     pub unsafe fn transpose_tile(x: &[f32], nt: usize, cols: usize, xt: &mut [f32]) {
         let (xp, op) = (x.as_ptr(), xt.as_mut_ptr());
         let mut r = [_mm512_setzero_ps(); 16];
-        for c0 in (0..cols).step_by(16) {
-            let cm = lanes(cols - c0);
-            for t0 in (0..TILE).step_by(16) {
+        for t0 in (0..TILE).step_by(16) {
+            for c0 in (0..cols).step_by(16) {
+                let cm = lanes(cols - c0);
                 for (i, r_i) in r.iter_mut().enumerate() {
                     // SAFETY: row `t0 + i < nt` of `x`, columns `c0..` under the mask `< cols`.
                     *r_i = match t0 + i < nt {
@@ -718,15 +721,23 @@ mod avx512_transpose {
                     };
                 }
                 transpose16(&mut r);
-                for (j, r_j) in r.iter().enumerate().take(cols - c0) {
-                    // SAFETY: column `c0 + j < cols`, tokens `t0..t0 + 16 ≤ TILE`.
-                    _mm512_storeu_ps(op.add((c0 + j) * TILE + t0), *r_j);
+                for (j, r_j) in r.iter().enumerate() {
+                    if c0 + j < cols {
+                        // SAFETY: column `c0 + j < cols`, tokens `t0..t0 + 16 ≤ TILE`.
+                        _mm512_storeu_ps(op.add((c0 + j) * TILE + t0), *r_j);
+                    }
                 }
             }
         }
     }
 
-    /// [`super::scatter_tile`] in 16 × 16 squares transposed between registers.
+    /// [`super::scatter_tile`] in 16 × 16 squares transposed between registers, sixteen
+    /// tokens at a time across all rows, so the stores fill 16 rows of `out` front to back.
+    /// With the rows outer they went to 128 rows of `out` 64 bytes at a time, which on the
+    /// Intel Xeon (Sapphire Rapids class, 2 MiB L2) missed the cache on nearly every store: the
+    /// scatter took 23 % of the kernel's time on a 1536 × 576 layer with 2048 tokens, and 10 %
+    /// in this order (`perf`, same probe); sparse evaluation of the demo at p 0.7 gained 9 %
+    /// (median of six alternating runs).
     ///
     /// # Safety
     /// avx512f; `acc` holds `rows · TILE` floats, `out` `nt · rows`, `nt ≤ TILE`.
@@ -734,9 +745,10 @@ mod avx512_transpose {
     pub unsafe fn scatter_tile(acc: &[f32], nt: usize, rows: usize, out: &mut [f32]) {
         let (ap, op) = (acc.as_ptr(), out.as_mut_ptr());
         let mut r = [_mm512_setzero_ps(); 16];
-        for r0 in (0..rows).step_by(16) {
-            let rm = lanes(rows - r0);
-            for t0 in (0..nt).step_by(16) {
+        for t0 in (0..nt).step_by(16) {
+            let tokens = nt - t0;
+            for r0 in (0..rows).step_by(16) {
+                let rm = lanes(rows - r0);
                 for (i, r_i) in r.iter_mut().enumerate() {
                     // SAFETY: row `r0 + i < rows` of `acc`, tokens `t0..t0 + 16 ≤ TILE`.
                     *r_i = match r0 + i < rows {
@@ -745,9 +757,11 @@ mod avx512_transpose {
                     };
                 }
                 transpose16(&mut r);
-                for (j, r_j) in r.iter().enumerate().take(nt - t0) {
-                    // SAFETY: token `t0 + j < nt`, rows `r0..` under the mask `< rows`.
-                    _mm512_mask_storeu_ps(op.add((t0 + j) * rows + r0), rm, *r_j);
+                for (j, r_j) in r.iter().enumerate() {
+                    if j < tokens {
+                        // SAFETY: token `t0 + j < nt`, rows `r0..` under the mask `< rows`.
+                        _mm512_mask_storeu_ps(op.add((t0 + j) * rows + r0), rm, *r_j);
+                    }
                 }
             }
         }
