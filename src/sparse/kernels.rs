@@ -601,7 +601,8 @@ mod avx512 {
     ) {
         let mut k = 0;
         while m != 0 {
-            let p = xb.add(m.trailing_zeros() as usize * TILE);
+            let mut p = xb.add(m.trailing_zeros() as usize * TILE);
+            base_only(&mut p);
             m &= m - 1;
             let bv = _mm512_set1_ps(*v.add(k));
             k += 1;
@@ -609,6 +610,19 @@ mod avx512 {
                 *a_l = _mm512_fmadd_ps(bv, _mm512_load_ps(p.add(16 * l)), *a_l);
             }
         }
+    }
+
+    /// Leaves `p` as it is, but makes the compiler hold it in one register, so the loads that
+    /// follow address `[p + offset]`. Without it the compiler folds `xb + column · TILE` into
+    /// each multiply-add's memory operand as `[xb + index + offset]`, and Intel cores split a
+    /// three-operand instruction with an indexed memory operand into two micro-ops at rename:
+    /// the kernel measured 4–5 % faster on the Intel Xeon with this (one demo MLP shape, 1024
+    /// tokens, one thread, six alternating runs).
+    #[inline(always)]
+    fn base_only(p: &mut *const f32) {
+        // SAFETY: an empty template that only names `p` as an input and output register: it
+        // reads and writes no memory and changes no value.
+        unsafe { core::arch::asm!("/* {0} */", inout(reg) *p, options(pure, nomem, nostack)) };
     }
 
     /// [`single`] for two rows at once (their weights interleaved while both have some left).
@@ -632,8 +646,10 @@ mod avx512 {
         let mut c = start::<R>(o2, fresh);
         let (mut k1, mut k2) = (0, 0);
         while m1 != 0 && m2 != 0 {
-            let p1 = xb.add(m1.trailing_zeros() as usize * TILE);
-            let p2 = xb.add(m2.trailing_zeros() as usize * TILE);
+            let mut p1 = xb.add(m1.trailing_zeros() as usize * TILE);
+            let mut p2 = xb.add(m2.trailing_zeros() as usize * TILE);
+            base_only(&mut p1);
+            base_only(&mut p2);
             m1 &= m1 - 1;
             m2 &= m2 - 1;
             let b1 = _mm512_set1_ps(*v1.add(k1));
