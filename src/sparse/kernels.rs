@@ -620,9 +620,11 @@ mod avx512 {
     /// tokens, one thread, six alternating runs).
     #[inline(always)]
     fn base_only(p: &mut *const f32) {
-        // SAFETY: an empty template that only names `p` as an input and output register: it
+        let mut addr = p.addr();
+        // SAFETY: an empty template that only names `addr` as an input and output register: it
         // reads and writes no memory and changes no value.
-        unsafe { core::arch::asm!("/* {0} */", inout(reg) *p, options(pure, nomem, nostack)) };
+        unsafe { core::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack)) };
+        *p = p.with_addr(addr);
     }
 
     /// [`single`] for two rows at once (their weights interleaved while both have some left).
